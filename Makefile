@@ -1,0 +1,82 @@
+# resty-async: `make` builds build/resty_async_core.so, `make run` starts a
+# demo nginx on 127.0.0.1:8080, `make test` runs every test.
+
+CARGO      ?= cargo
+NGINX      ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+MODULE_DIR ?= /usr/lib/nginx/modules
+# Debian's nginx loads the lua module dynamically (ndk first).
+LUA_MODULES ?= $(wildcard $(MODULE_DIR)/ndk_http_module.so) \
+               $(wildcard $(MODULE_DIR)/ngx_http_lua_module.so)
+PROFILE    ?= release
+TARGET_DIR := target/$(PROFILE)
+CARGO_PROFILE := $(if $(filter release,$(PROFILE)),--release,)
+# Base directory of the completion sockets during `make test`.
+TEST_BASE  ?= /tmp/resty-async-test
+
+# Debian packages needed to run and test (installed by `make deps` as root).
+DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
+                libtest-base-perl libtext-diff-perl liburi-perl
+
+SO := build/resty_async_core.so
+RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
+
+.PHONY: all build deps run test test-rust test-nginx clean
+
+all: build
+
+build: $(SO)
+
+$(SO): $(RUST_SRC)
+	$(CARGO) build $(CARGO_PROFILE) --features core-module
+	@mkdir -p build
+	cp $(TARGET_DIR)/libresty_async.so $@
+
+# Install what is missing, when we may (root with apt); otherwise say what
+# is missing and go on (a later step fails with a clearer message).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" \
+	        || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing:$$missing"; \
+	        apt-get update -qq && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	            || exit 1; \
+	    else \
+	        echo "missing Debian packages:$$missing (run 'make deps' as root)"; \
+	    fi; \
+	fi
+
+run: deps build
+	@mkdir -p build/demo/logs
+	@echo "resty-async demo on http://127.0.0.1:8080 (Ctrl-C stops it). Try:"
+	@echo "  curl 'http://127.0.0.1:8080/sleep?s=0.5'"
+	@echo "  curl --data-binary @README.md http://127.0.0.1:8080/sha256"
+	@echo "  curl 'http://127.0.0.1:8080/read?path=/etc/hostname'"
+	@echo "  curl http://127.0.0.1:8080/concurrent"
+	@echo "  curl http://127.0.0.1:8080/stats"
+	sed -e 's|@REPO@|$(CURDIR)|g' -e 's|@LOAD_MODULES@|$(foreach m,$(LUA_MODULES),load_module $(m);)|' \
+	    nginx/demo.conf > build/demo/nginx.conf
+	$(NGINX) -p $(CURDIR)/build/demo -c $(CURDIR)/build/demo/nginx.conf -g 'daemon off;'
+
+test: deps build test-rust test-nginx
+
+test-rust:
+	$(CARGO) test $(CARGO_PROFILE)
+
+# The real Test::Nginx when installed, else the compatible runner in t/compat.
+test-nginx: build
+	@rm -rf $(TEST_BASE) && mkdir -p $(TEST_BASE)
+	@if perl -MTest::Nginx::Socket::Lua -e1 2>/dev/null; then inc=""; \
+	    else inc="-I t/compat"; echo "(Test::Nginx not installed: using t/compat)"; fi; \
+	TEST_NGINX_BINARY=$(NGINX) TEST_NGINX_LOAD_MODULES="$(strip $(LUA_MODULES))" \
+	TEST_NGINX_ASYNC_BASE=$(TEST_BASE) prove $$inc -r t
+	@left=$$(ls -A $(TEST_BASE)); if [ -n "$$left" ]; then \
+	    echo "FAIL: the runtime left files in $(TEST_BASE): $$left"; exit 1; fi; \
+	echo "no socket files or directories left in $(TEST_BASE)"
+
+clean:
+	rm -rf build t/servroot
+	$(CARGO) clean

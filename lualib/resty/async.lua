@@ -1,0 +1,539 @@
+-- resty.async: Rust futures and blocking work for OpenResty, driven by
+-- nginx's own event loop.
+--
+-- Each Rust module built on the resty-async crate (this library's own
+-- built-ins live in `resty_async_core`) has a runtime per worker process.
+-- This file gives every runtime a *driver*: one `ngx.timer.at` callback per
+-- worker that connects a cosocket to the runtime's completion socket, runs
+-- the ready Rust tasks when a byte arrives or a Rust timer is due, and posts
+-- the `ngx.semaphore` of each waiting caller whose task finished.
+
+local semaphore = require "ngx.semaphore"
+local core = require "resty_async_core"
+
+local ngx = ngx
+local type = type
+local error = error
+local pairs = pairs
+local pcall = pcall
+local tostring = tostring
+local setmetatable = setmetatable
+local math_ceil = math.ceil
+local math_huge = math.huge
+local get_phase = ngx.get_phase
+local timer_at = ngx.timer.at
+local thread_spawn = ngx.thread.spawn
+local thread_kill = ngx.thread.kill
+local ngx_log = ngx.log
+local ERR = ngx.ERR
+local WARN = ngx.WARN
+local exiting = ngx.worker.exiting
+local tcp = ngx.socket.tcp
+local sema_new = semaphore.new
+
+
+local _M = {
+    version = core.version,
+}
+
+
+-- Phases whose handlers run in a coroutine ngx_lua can suspend.
+local YIELDABLE = {
+    rewrite = true,
+    access = true,
+    content = true,
+    timer = true,
+    ssl_cert = true,
+    ssl_session_fetch = true,
+    ssl_client_hello = true,
+    preread = true,
+}
+
+-- The driver checks ngx.worker.exiting() at least this often (seconds).
+local IDLE_WAIT = 1
+-- Read timeout of the completion socket's reader (ms; ngx_lua's maximum).
+-- The reader never needs a timeout; timers use a semaphore wait instead, as
+-- a read timeout would be logged at the error level.
+local READ_TIMEOUT = 2 ^ 31 - 1
+-- Most semaphores kept for reuse.
+local MAX_SPARE_SEMAS = 1024
+
+local config = {
+    timeout = 60,
+    threads = nil,
+    max_queue = nil,
+    base_dir = nil,
+}
+
+-- One state per runtime (Rust library), keyed by the runtime's id.
+local states = {}
+local nstates = 0
+
+-- wrapper function -> { st = state, raw = raw function, name = name }
+local wrapped = setmetatable({}, { __mode = "k" })
+
+local spare_semas = {}
+local nspare = 0
+
+
+local function get_sema()
+    if nspare > 0 then
+        local s = spare_semas[nspare]
+        spare_semas[nspare] = nil
+        nspare = nspare - 1
+        return s
+    end
+    return sema_new(0)
+end
+
+
+local function put_sema(s)
+    if nspare < MAX_SPARE_SEMAS and s:count() == 0 then
+        nspare = nspare + 1
+        spare_semas[nspare] = s
+    end
+end
+
+
+-- Wakes the driver's main loop (to re-arm for an earlier Rust timer, or to
+-- see that the reader stopped).
+local function kick(st)
+    local tick = st.tick
+    if tick and tick:count() <= 0 then
+        tick:post(1)
+    end
+end
+
+
+-- Runs ready tasks and due timers; posts the waiters of finished tasks.
+local function run_poll(st, arm)
+    local rt = st.rt
+    local ids = st.ids
+    local n, next_ms, rearm = rt.poll(ids, arm)
+    local waiters = st.waiters
+    for i = 1, n do
+        local id = ids[i]
+        ids[i] = nil
+        local sema = waiters[id]
+        if sema then
+            sema:post(1)
+        else
+            -- nobody waits for it any more: free its result
+            rt.cancel(id)
+        end
+    end
+    st.polls = st.polls + 1
+    return next_ms, rearm
+end
+
+
+-- Light thread of the driver: each byte on the completion socket means
+-- "tasks were woken"; run them right here.
+local function reader(st, sock)
+    while true do
+        local data, err = sock:receiveany(4096)
+        if not data then
+            if err ~= "timeout" then
+                st.reader_err = err
+                kick(st)
+                return
+            end
+        else
+            local _, rearm = run_poll(st, false)
+            if rearm then
+                kick(st)
+            end
+        end
+    end
+end
+
+
+local function drive(st)
+    local rt = st.rt
+    local path, err = rt.path()
+    if not path then
+        return nil, err
+    end
+
+    local sock = tcp()
+    st.sock = sock
+    local ok
+    ok, err = sock:connect("unix:" .. path)
+    if not ok then
+        return nil, "cannot connect to the completion socket " .. path
+                    .. ": " .. tostring(err)
+    end
+
+    ok, err = rt.accept()
+    if not ok then
+        return nil, err
+    end
+
+    sock:settimeout(READ_TIMEOUT)
+    st.reader_err = nil
+    local th
+    th, err = thread_spawn(reader, st, sock)
+    if not th then
+        return nil, "cannot spawn the reader thread: " .. tostring(err)
+    end
+    st.reader = th
+    st.failures = 0
+
+    local tick = st.tick
+    while true do
+        local next_ms = run_poll(st, true)
+
+        if st.reader_err then
+            return nil, "completion socket: " .. st.reader_err
+        end
+
+        if st.nwaiting == 0 and exiting() then
+            return true
+        end
+
+        local wait = IDLE_WAIT
+        if next_ms >= 0 then
+            -- nginx timers have millisecond resolution: round up, so that
+            -- the deadline has passed when we wake
+            local s = math_ceil(next_ms) / 1000
+            if s < 0.001 then
+                s = 0.001
+            end
+            if s < wait then
+                wait = s
+            end
+        end
+        tick:wait(wait)
+    end
+end
+
+
+local start_driver
+
+
+local function driver(premature, st)
+    if premature then
+        st.running = false
+        return
+    end
+
+    local ok, res, err = pcall(drive, st)
+
+    if st.reader then
+        thread_kill(st.reader)
+        st.reader = nil
+    end
+    if st.sock then
+        st.sock:close()
+        st.sock = nil
+    end
+    st.rt.disconnect()
+    st.running = false
+
+    if ok and res then
+        return  -- the worker is exiting and nobody waits
+    end
+
+    local why = ok and err or res
+    st.failures = st.failures + 1
+    if exiting() then
+        ngx_log(WARN, "resty.async: driver of ", st.name, " stopped while ",
+                "the worker exits: ", why)
+        return
+    end
+
+    ngx_log(ERR, "resty.async: driver of ", st.name, " died: ", why,
+            "; restarting")
+    local delay = 0.001 * 2 ^ st.failures
+    if delay > 1 then
+        delay = 1
+    end
+    local started, terr = start_driver(st, delay)
+    if not started then
+        ngx_log(ERR, "resty.async: cannot restart the driver of ", st.name,
+                ": ", terr)
+    end
+end
+
+
+start_driver = function(st, delay)
+    if not st.tick then
+        st.tick = sema_new(0)
+    end
+    -- Create the socket now, so that a failure reaches the caller.
+    local path, err = st.rt.path()
+    if not path then
+        return nil, err
+    end
+    local ok
+    ok, err = timer_at(delay or 0, driver, st)
+    if not ok then
+        return nil, "cannot start the resty.async driver: " .. tostring(err)
+    end
+    st.running = true
+    return true
+end
+
+
+-- Waits for task `id` of `st` to finish; returns its results.
+local function wait(st, id, timeout)
+    if not st.running then
+        local ok, err = start_driver(st)
+        if not ok then
+            st.rt.cancel(id)
+            return nil, err
+        end
+    end
+
+    local sema = get_sema()
+    local waiters = st.waiters
+    waiters[id] = sema
+    st.nwaiting = st.nwaiting + 1
+
+    local ok, err = sema:wait(timeout)
+
+    waiters[id] = nil
+    st.nwaiting = st.nwaiting - 1
+    put_sema(sema)
+
+    if ok then
+        return st.rt.take(id)
+    end
+
+    -- timeout: drop the Rust future now (its destructors run)
+    st.rt.cancel(id)
+    return nil, err
+end
+
+
+-- Turns what a raw function returned into the caller's results.
+local function finish(st, timeout, ok, ...)
+    if ok then
+        return ...
+    end
+    if ok == nil then
+        -- misuse (a wrong argument): raise in the caller
+        error((...), 3)
+    end
+    local id, rearm = ...
+    if rearm then
+        kick(st)
+    end
+    return wait(st, id, timeout)
+end
+
+
+local function check_phase(name)
+    local phase = get_phase()
+    if not YIELDABLE[phase] then
+        error("resty.async: " .. name .. "() cannot wait in the " .. phase
+              .. " phase (use it in rewrite, access or content handlers, "
+              .. "ngx.timer callbacks or ngx.thread light threads)", 3)
+    end
+end
+
+
+local function make_async(st, name, raw)
+    local function f(...)
+        check_phase(name)
+        return finish(st, config.timeout, raw(...))
+    end
+    wrapped[f] = { st = st, raw = raw, name = name }
+    return f
+end
+
+
+local function sync_finish(ok, ...)
+    if ok then
+        return ...
+    end
+    error((...), 3)
+end
+
+
+local function make_sync(raw)
+    return function(...)
+        return sync_finish(raw(...))
+    end
+end
+
+
+local function check_timeout(v, pos, fname)
+    if type(v) ~= "number" then
+        error("bad argument #" .. pos .. " to '" .. fname
+              .. "' (number expected, got " .. type(v) .. ")", 3)
+    end
+    if v ~= v or v <= 0 or v == math_huge then
+        error("bad argument #" .. pos .. " to '" .. fname
+              .. "' (timeout must be a finite number > 0)", 3)
+    end
+end
+
+
+-- Wraps the functions of a resty-async Rust module (the table its luaopen
+-- function made with `Module`). `Module::build` calls this.
+function _M.register(raw)
+    if type(raw) ~= "table" or type(raw.__rt) ~= "table"
+       or type(raw.__kinds) ~= "table"
+    then
+        error("bad argument #1 to 'register' (the raw table of a "
+              .. "resty-async module expected)", 2)
+    end
+
+    local id = raw.__id
+    local st = states[id]
+    if not st then
+        st = {
+            name = raw.__name or "?",
+            rt = raw.__rt,
+            waiters = {},
+            nwaiting = 0,
+            ids = {},
+            running = false,
+            failures = 0,
+            polls = 0,
+        }
+        states[id] = st
+        nstates = nstates + 1
+        local ok, err = st.rt.configure(config.threads, config.max_queue,
+                                        config.base_dir)
+        if not ok then
+            ngx_log(WARN, "resty.async: ", st.name, ": ", err)
+        end
+    end
+
+    local out = {}
+    for name, kind in pairs(raw.__kinds) do
+        local f = raw[name]
+        if kind == "async" then
+            out[name] = make_async(st, name, f)
+        elseif kind == "sync" then
+            out[name] = make_sync(f)
+        else
+            out[name] = f
+        end
+    end
+    return out
+end
+
+
+local OPTIONS = {
+    timeout = "number",
+    threads = "number",
+    max_queue = "number",
+    base_dir = "string",
+}
+
+
+function _M.configure(opts)
+    if type(opts) ~= "table" then
+        error("bad argument #1 to 'configure' (table expected, got "
+              .. type(opts) .. ")", 2)
+    end
+    for k, v in pairs(opts) do
+        local want = OPTIONS[k]
+        if not want then
+            error("bad argument #1 to 'configure' (unknown option '"
+                  .. tostring(k) .. "')", 2)
+        end
+        if type(v) ~= want then
+            error("bad argument #1 to 'configure' (option '" .. k .. "': "
+                  .. want .. " expected, got " .. type(v) .. ")", 2)
+        end
+    end
+    if opts.timeout ~= nil then
+        check_timeout(opts.timeout, 1, "configure")
+    end
+    for _, k in pairs({ "threads", "max_queue" }) do
+        local v = opts[k]
+        if v ~= nil and (v ~= v or v < 1 or v % 1 ~= 0 or v > 2 ^ 20) then
+            error("bad argument #1 to 'configure' (option '" .. k
+                  .. "' must be an integer >= 1)", 2)
+        end
+    end
+
+    local threads = opts.threads or config.threads
+    local max_queue = opts.max_queue or config.max_queue
+    local base_dir = opts.base_dir or config.base_dir
+    for _, st in pairs(states) do
+        local ok, err = st.rt.configure(threads, max_queue, base_dir)
+        if not ok then
+            return nil, err
+        end
+    end
+    config.threads = threads
+    config.max_queue = max_queue
+    config.base_dir = base_dir
+    if opts.timeout then
+        config.timeout = opts.timeout
+    end
+
+    -- In a worker (not in init_by_lua, before fork), start the drivers now.
+    local phase = get_phase()
+    if phase ~= "init" then
+        for _, st in pairs(states) do
+            if not st.running then
+                local ok, err = start_driver(st)
+                if not ok then
+                    return nil, err
+                end
+            end
+        end
+    end
+    return true
+end
+
+
+-- Calls resty.async function `f` with a timeout of its own (seconds).
+function _M.with_timeout(timeout, f, ...)
+    check_timeout(timeout, 1, "with_timeout")
+    local w = wrapped[f]
+    if not w then
+        error("bad argument #2 to 'with_timeout' (a resty.async function "
+              .. "expected)", 2)
+    end
+    check_phase(w.name)
+    return finish(w.st, timeout, w.raw(...))
+end
+
+
+local SUMMED = {
+    "in_flight", "completed", "cancelled", "task_polls", "pool_threads",
+    "pool_queued", "pool_running", "pool_done", "pool_rejected",
+    "pool_skipped", "timers", "wakeups", "driver_polls", "rejected_peers",
+}
+
+
+-- Counters of every runtime of this worker, added up.
+function _M.stats()
+    local out = {
+        runtimes = nstates,
+        drivers = 0,
+        waiting = 0,
+        timeout = config.timeout,
+    }
+    for _, k in pairs(SUMMED) do
+        out[k] = 0
+    end
+    for _, st in pairs(states) do
+        local s = st.rt.stats()
+        for _, k in pairs(SUMMED) do
+            out[k] = out[k] + s[k]
+        end
+        out.pool_max_threads = s.pool_max_threads
+        if st.running then
+            out.drivers = out.drivers + 1
+        end
+        out.waiting = out.waiting + st.nwaiting
+    end
+    return out
+end
+
+
+local builtins = _M.register(core)
+for name, f in pairs(builtins) do
+    _M[name] = f
+end
+
+
+return _M

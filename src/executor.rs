@@ -1,0 +1,292 @@
+//! A single-threaded executor on async-task.
+//!
+//! Tasks are polled only on the thread that owns the [`Executor`] (the nginx
+//! worker). Their wakers may fire on any thread: the schedule function puts
+//! the `Runnable` on a channel and asks the [`Notifier`] for a wake-up, which
+//! nginx delivers to the driver as a read event. The driver then calls
+//! [`Executor::run_ready`] and collects the finished tasks with
+//! [`Executor::take_completed`].
+//!
+//! A task's output stays in its slot until [`Executor::take`] fetches it or
+//! [`Executor::cancel`] throws the task away.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use async_task::{Runnable, Task};
+use crossbeam_channel::{Receiver, Sender};
+use futures::FutureExt;
+
+use crate::socket::Notifier;
+
+thread_local! {
+    static POLLING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether this thread is inside a task's poll right now (used to tell a
+/// future driven by the executor from a direct call).
+pub fn in_poll() -> bool {
+    POLLING.with(|p| p.get() > 0)
+}
+
+fn run(runnable: Runnable) {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            POLLING.with(|p| p.set(p.get() - 1));
+        }
+    }
+    POLLING.with(|p| p.set(p.get() + 1));
+    let _depth = Depth;
+    runnable.run();
+}
+
+/// Identifies a task of one executor. Never reused within a process.
+pub type TaskId = u64;
+
+/// A task's future panicked; the message of the panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panicked(pub String);
+
+impl Panicked {
+    pub(crate) fn from_payload(payload: Box<dyn Any + Send>) -> Panicked {
+        let msg = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "non-string panic payload".to_owned()
+        };
+        Panicked(msg)
+    }
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rust function panicked: {}", self.0)
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+/// The result of a task: its output, or the panic that ended it.
+pub type Outcome<T> = Result<T, Panicked>;
+
+/// What [`Executor::spawn`] found after the first poll.
+#[derive(Debug)]
+pub enum Spawned<T> {
+    /// The future finished at once; nothing was queued.
+    Ready(Outcome<T>),
+    /// The future is pending; wait for this id in `take_completed`.
+    Pending(TaskId),
+}
+
+/// Counters of one executor.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorStats {
+    /// Tasks spawned and not yet taken or cancelled.
+    pub in_flight: usize,
+    /// Tasks that ran to completion (including ready-at-once ones).
+    pub completed: u64,
+    /// Tasks cancelled before they finished.
+    pub cancelled: u64,
+    /// Runnables run.
+    pub polls: u64,
+}
+
+/// What the schedule function needs, shared with every waker.
+struct Shared {
+    queue: Sender<Runnable>,
+    notifier: Arc<Notifier>,
+}
+
+struct Slot<T> {
+    // Kept until the slot goes: dropping a Task cancels it.
+    _task: Task<()>,
+    done: Option<Outcome<T>>,
+}
+
+struct Inner<T> {
+    shared: Arc<Shared>,
+    queue: Receiver<Runnable>,
+    slots: RefCell<HashMap<TaskId, Slot<T>>>,
+    completed: RefCell<Vec<TaskId>>,
+    next_id: Cell<TaskId>,
+    stats: Cell<ExecutorStats>,
+}
+
+impl<T> Inner<T> {
+    fn finish(&self, id: TaskId, out: Outcome<T>) {
+        if let Some(slot) = self.slots.borrow_mut().get_mut(&id) {
+            slot.done = Some(out);
+            self.completed.borrow_mut().push(id);
+        }
+        self.bump(|s| s.completed += 1);
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut ExecutorStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+}
+
+/// A single-threaded executor whose wake-ups go through a [`Notifier`].
+pub struct Executor<T> {
+    inner: Rc<Inner<T>>,
+}
+
+impl<T: 'static> Executor<T> {
+    /// An executor that asks `notifier` for a wake-up when tasks are ready.
+    pub fn new(notifier: Arc<Notifier>) -> Executor<T> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Executor {
+            inner: Rc::new(Inner {
+                shared: Arc::new(Shared { queue: tx, notifier }),
+                queue: rx,
+                slots: RefCell::new(HashMap::new()),
+                completed: RefCell::new(Vec::new()),
+                next_id: Cell::new(1),
+                stats: Cell::new(ExecutorStats::default()),
+            }),
+        }
+    }
+
+    /// Spawns `fut` and polls it once, here and now.
+    pub fn spawn<F>(&self, fut: F) -> Spawned<T>
+    where
+        F: Future<Output = T> + 'static,
+    {
+        let id = self.inner.next_id.get();
+        self.inner.next_id.set(id + 1);
+        let weak: Weak<Inner<T>> = Rc::downgrade(&self.inner);
+        let wrapped = async move {
+            let out = AssertUnwindSafe(fut).catch_unwind().await.map_err(Panicked::from_payload);
+            if let Some(inner) = weak.upgrade() {
+                inner.finish(id, out);
+            }
+        };
+        let shared = Arc::clone(&self.inner.shared);
+        let schedule = move |runnable: Runnable| {
+            // The receiver lives as long as the executor; after teardown a
+            // late wake-up has nothing to run.
+            if shared.queue.send(runnable).is_ok() {
+                shared.notifier.notify();
+            }
+        };
+        let (runnable, task) = async_task::spawn_local(wrapped, schedule);
+        self.inner.slots.borrow_mut().insert(id, Slot { _task: task, done: None });
+        self.inner.bump(|s| s.polls += 1);
+        run(runnable);
+
+        let mut slots = self.inner.slots.borrow_mut();
+        if slots.get(&id).is_some_and(|s| s.done.is_some()) {
+            let slot = slots.remove(&id).expect("slot checked above");
+            let mut completed = self.inner.completed.borrow_mut();
+            if let Some(pos) = completed.iter().rposition(|&c| c == id) {
+                completed.swap_remove(pos);
+            }
+            Spawned::Ready(slot.done.expect("done checked above"))
+        } else {
+            Spawned::Pending(id)
+        }
+    }
+
+    /// Runs up to `budget` ready tasks; returns how many ran.
+    pub fn run_ready(&self, budget: usize) -> usize {
+        let mut n = 0;
+        while n < budget {
+            match self.inner.queue.try_recv() {
+                Ok(runnable) => {
+                    run(runnable);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.inner.bump(|s| s.polls += n as u64);
+        n
+    }
+
+    /// Whether tasks are waiting to run.
+    pub fn has_ready(&self) -> bool {
+        !self.inner.queue.is_empty()
+    }
+
+    /// Hands the ids of tasks finished since the last call to `f`.
+    pub fn take_completed(&self, mut f: impl FnMut(TaskId)) {
+        let ids = std::mem::take(&mut *self.inner.completed.borrow_mut());
+        for id in ids {
+            f(id);
+        }
+    }
+
+    /// The outcome of a finished task, which frees its slot. `None` if the
+    /// task is unknown or not finished.
+    pub fn take(&self, id: TaskId) -> Option<Outcome<T>> {
+        let mut slots = self.inner.slots.borrow_mut();
+        if !slots.get(&id)?.done.is_some() {
+            return None;
+        }
+        let slot = slots.remove(&id)?;
+        drop(slots);
+        slot.done
+    }
+
+    /// Throws a task away: its future is dropped before this returns (its
+    /// destructors run), or its unclaimed output is freed. Returns whether
+    /// the task existed.
+    pub fn cancel(&self, id: TaskId) -> bool {
+        let slot = self.inner.slots.borrow_mut().remove(&id);
+        let Some(slot) = slot else { return false };
+        if slot.done.is_none() {
+            self.inner.bump(|s| s.cancelled += 1);
+        }
+        // Dropping the Task of an idle task schedules it once more so that
+        // running it drops the future: run the queue now so that happens
+        // before we return. (The Task of a running task - cancel called from
+        // inside a task - only marks it closed.)
+        drop(slot);
+        self.run_ready(usize::MAX);
+        true
+    }
+
+    /// Whether a task is known (pending or finished but not taken).
+    pub fn contains(&self, id: TaskId) -> bool {
+        self.inner.slots.borrow().contains_key(&id)
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ExecutorStats {
+        let mut s = self.inner.stats.get();
+        s.in_flight = self.inner.slots.borrow().len();
+        s
+    }
+
+    /// Cancels every task and drops every future, on this thread.
+    pub fn shutdown(&self) {
+        let slots = std::mem::take(&mut *self.inner.slots.borrow_mut());
+        drop(slots);
+        self.inner.completed.borrow_mut().clear();
+        while let Ok(runnable) = self.inner.queue.try_recv() {
+            // Cancelled tasks drop their future when run.
+            runnable.run();
+        }
+    }
+}
+
+impl<T> Drop for Executor<T> {
+    fn drop(&mut self) {
+        let slots = std::mem::take(&mut *self.inner.slots.borrow_mut());
+        drop(slots);
+        while let Ok(runnable) = self.inner.queue.try_recv() {
+            drop(runnable);
+        }
+    }
+}

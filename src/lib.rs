@@ -1,0 +1,58 @@
+//! Run Rust futures and blocking work from OpenResty without blocking the
+//! nginx worker, driven by nginx's own event loop.
+//!
+//! A Lua handler calls a function of a module built with [`Module`]; the
+//! function spawns a task on this worker's single-threaded executor and
+//! polls it once. If it is not finished, the handler's light thread waits on
+//! an `ngx.semaphore` while nginx serves other requests. Wake-ups from any
+//! thread (the blocking pool, a `std::thread`, another runtime) write a byte
+//! to a per-worker unix socket that a cosocket in an `ngx.timer` driver
+//! reads; the driver runs the ready tasks on the worker thread and posts the
+//! semaphores of the finished ones. Timers are fired by the same driver,
+//! whose read timeout is the next deadline: no reactor of our own.
+//!
+//! # Writing a module
+//!
+//! ```rust,ignore
+//! use std::time::Duration;
+//! use mlua::prelude::*;
+//! use resty_async::Module;
+//!
+//! #[mlua::lua_module]
+//! fn my_module(lua: &Lua) -> LuaResult<LuaTable> {
+//!     let mut m = Module::new(lua, "my_module")?;
+//!     // async: awaits timers, pool jobs, or futures completed elsewhere
+//!     m.add_async("slow_add", |_lua, (a, b): (i64, i64)| async move {
+//!         resty_async::sleep(Duration::from_millis(10)).await;
+//!         Ok(a + b)
+//!     })?;
+//!     // blocking: runs on the pool
+//!     m.add_blocking("count_lines", |path: String| {
+//!         std::fs::read_to_string(&path).map(|s| s.lines().count())
+//!     })?;
+//!     // sync
+//!     m.add_function("hello", |_, name: String| Ok(format!("hello, {name}")))?;
+//!     m.build()
+//! }
+//! ```
+//!
+//! From Lua: `local m = require "my_module"; local n, err = m.slow_add(1, 2)`.
+#![warn(missing_docs, rust_2018_idioms)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+#[macro_use]
+mod sys;
+
+pub mod core;
+pub mod executor;
+pub mod module;
+pub mod pool;
+pub mod runtime;
+pub mod socket;
+pub mod timer;
+
+pub use crate::module::{create_async_function, Module};
+pub use crate::pool::{BlockingTask, PoolError};
+pub use crate::runtime::{sleep, unblock, Config, Runtime};
+pub use crate::timer::Sleep;
+pub use mlua;

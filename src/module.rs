@@ -1,0 +1,423 @@
+//! Building a Lua module whose functions wait without blocking nginx.
+//!
+//! A [`Module`] collects functions of four kinds and turns them into the
+//! exports table of a `luaopen_*` entry point:
+//!
+//! * [`Module::add_async`]: an async closure, run by this worker's executor;
+//! * [`Module::add_blocking`]: a closure run on the blocking pool;
+//! * [`Module::add_function`]: a plain synchronous function;
+//! * [`Module::add_lua_async`]: a function made by mlua's
+//!   `Lua::create_async_function`, driven by the executor (no tokio).
+//!
+//! [`Module::build`] hands the raw functions to `require("resty.async")`,
+//! which wraps each one so that a call from a handler, an `ngx.timer`
+//! callback or an `ngx.thread` waits on an `ngx.semaphore` (only its own light
+//! thread yields) and returns the results, or `nil, "message"`.
+//!
+//! # The raw calling convention (between this crate and `resty/async.lua`)
+//!
+//! A raw function returns `true, ...` (finished: the results), `false, id`
+//! (pending: wait for task `id`, then call `rt.take(id)`), or `nil, message`
+//! (misuse, e.g. a wrong argument type: the wrapper raises `message`). No
+//! error ever leaves Rust as an mlua error value, since ngx_lua would log such
+//! a userdata as "unknown reason".
+
+use std::fmt::Display;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Table, Value};
+
+use crate::executor::{Outcome, Panicked, Spawned, TaskId};
+use crate::runtime::{Config, LuaOutput, Runtime};
+
+/// The exports of a module crate, under construction. See the module docs.
+pub struct Module {
+    lua: Lua,
+    raw: Table,
+    kinds: Table,
+}
+
+impl Module {
+    /// Starts a module called `name` (used in messages and `async.stats()`).
+    pub fn new(lua: &Lua, name: &str) -> mlua::Result<Module> {
+        let raw = lua.create_table()?;
+        let kinds = lua.create_table()?;
+        raw.raw_set("__name", name)?;
+        raw.raw_set("__kinds", kinds.clone())?;
+        raw.raw_set("__rt", control_table(lua)?)?;
+        raw.raw_set("__id", runtime_id())?;
+        Ok(Module { lua: lua.clone(), raw, kinds })
+    }
+
+    /// Adds an async function. `f` gets the Lua state and the converted
+    /// arguments (a wrong argument raises a Lua error in the caller) and
+    /// returns a future, polled on the worker thread: it may await
+    /// [`crate::sleep`], [`crate::unblock`], or any `Future` completed by
+    /// another thread or runtime. `Err(e)` becomes `nil, tostring(e)`.
+    pub fn add_async<A, R, F, Fut>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
+    where
+        A: FromLuaMulti,
+        R: IntoLuaMulti,
+        F: Fn(Lua, A) -> Fut + 'static,
+        Fut: Future<Output = mlua::Result<R>> + 'static,
+    {
+        let fname = name.to_owned();
+        self.add_raw_async(name, move |lua, args| {
+            let args = A::from_lua_args(args, 1, Some(&fname), lua).map_err(|e| error_message(&e))?;
+            Ok(f(lua.clone(), args))
+        })
+    }
+
+    /// Adds a function whose body runs on the blocking pool (CPU work,
+    /// blocking system calls). The arguments are converted on the worker
+    /// thread, the results back on it. `Err(e)` becomes `nil, e.to_string()`;
+    /// a full pool queue becomes `nil, "busy ..."` at once; a panic becomes
+    /// `nil, "rust function panicked: ..."`.
+    pub fn add_blocking<A, R, E, F>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
+    where
+        A: FromLuaMulti + Send + 'static,
+        R: IntoLuaMulti + Send + 'static,
+        E: Display + Send + 'static,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.add_async(name, move |_lua, args: A| {
+            let f = Arc::clone(&f);
+            async move {
+                match crate::unblock(move || f(args)).await {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(mlua::Error::RuntimeError(e.to_string())),
+                    Err(e) => Err(mlua::Error::RuntimeError(e.to_string())),
+                }
+            }
+        })
+    }
+
+    /// Adds a plain synchronous function (it must not block). `Err(e)`
+    /// becomes `nil, message`; a panic becomes `nil, "... panicked ..."`.
+    pub fn add_function<A, R, F>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
+    where
+        A: FromLuaMulti,
+        R: IntoLuaMulti,
+        F: Fn(&Lua, A) -> mlua::Result<R> + 'static,
+    {
+        let fname = name.to_owned();
+        let func = self.lua.create_function(move |lua, args: MultiValue| {
+            let args = match A::from_lua_args(args, 1, Some(&fname), lua) {
+                Ok(a) => a,
+                Err(e) => return misuse(lua, error_message(&e)),
+            };
+            let out = catch_unwind(AssertUnwindSafe(|| f(lua, args).and_then(|r| r.into_lua_multi(lua))))
+                .map_err(Panicked::from_payload);
+            finished(lua, out)
+        })?;
+        self.insert(name, "sync", func)
+    }
+
+    /// Registers a function made by mlua's `Lua::create_async_function`
+    /// (or [`create_async_function`]). It is run by the executor through
+    /// `Function::call_async`, never by busy polling. Registering it also
+    /// points its internal `yield` at a guard: called directly, outside
+    /// resty-async, it raises a clear error instead of spinning the worker.
+    pub fn add_lua_async(&mut self, name: &str, f: Function) -> mlua::Result<&mut Module> {
+        guard_lua_async(&self.lua, &f)
+            .map_err(|e| mlua::Error::RuntimeError(format!("add_lua_async(\"{name}\"): {}", error_message(&e))))?;
+        self.add_raw_async(name, move |_lua, args| {
+            let f = f.clone();
+            Ok(async move { f.call_async::<MultiValue>(args).await })
+        })
+    }
+
+    /// Adds a plain value (a constant, a version string...).
+    pub fn add_value(&mut self, name: &str, v: impl IntoLua) -> mlua::Result<&mut Module> {
+        self.raw.raw_set(name, v)?;
+        self.kinds.raw_set(name, "value")?;
+        Ok(self)
+    }
+
+    /// The lowest level: `f` validates the arguments (`Err(message)` is
+    /// raised in the caller) and returns the future to run.
+    pub(crate) fn add_raw_async<F, Fut, R>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
+    where
+        F: Fn(&Lua, MultiValue) -> Result<Fut, String> + 'static,
+        Fut: Future<Output = mlua::Result<R>> + 'static,
+        R: IntoLuaMulti,
+    {
+        let func = self.lua.create_function(move |lua, args: MultiValue| {
+            let fut = match f(lua, args) {
+                Ok(fut) => fut,
+                Err(msg) => return misuse(lua, msg),
+            };
+            let lua2 = lua.clone();
+            let rt = Runtime::current();
+            match rt.spawn(async move { fut.await.and_then(|r| r.into_lua_multi(&lua2)) }) {
+                Spawned::Ready(out) => finished(lua, out),
+                Spawned::Pending(id) => Ok(MultiValue::from_vec(vec![
+                    Value::Boolean(false),
+                    id_value(id),
+                    Value::Boolean(rt.take_rearm()),
+                ])),
+            }
+        })?;
+        self.insert(name, "async", func)
+    }
+
+    fn insert(&mut self, name: &str, kind: &str, func: Function) -> mlua::Result<&mut Module> {
+        self.raw.raw_set(name, func)?;
+        self.kinds.raw_set(name, kind)?;
+        Ok(self)
+    }
+
+    /// The raw table (for `resty/async.lua` itself).
+    pub fn into_raw(self) -> Table {
+        self.raw
+    }
+
+    /// The exports table: `require("resty.async").register(raw)`, i.e. every
+    /// function wrapped to wait on a semaphore when its task is pending.
+    pub fn build(self) -> mlua::Result<Table> {
+        let require: Function = self.lua.globals().get("require")?;
+        let async_lib: Table = require.call("resty.async")?;
+        let register: Function = async_lib.get("register")?;
+        register.call(self.raw)
+    }
+}
+
+/// `Lua::create_async_function`, made so that its futures can be driven by
+/// resty-async inside OpenResty: its internal `yield` is LuaJIT's raw one
+/// (ngx_lua keeps it as `coroutine._yield`), guarded so that a direct call
+/// outside resty-async raises an error instead of spinning the worker.
+/// Register the result with [`Module::add_lua_async`].
+pub fn create_async_function<F, A, FR, R>(lua: &Lua, f: F) -> mlua::Result<Function>
+where
+    F: Fn(Lua, A) -> FR + 'static,
+    A: FromLuaMulti + 'static,
+    FR: Future<Output = mlua::Result<R>> + 'static,
+    R: IntoLuaMulti,
+{
+    let func = lua.create_async_function(f)?;
+    guard_lua_async(lua, &func)?;
+    Ok(func)
+}
+
+/// Replaces the `yield` captured by an mlua async function with a guard
+/// that yields the raw LuaJIT way when the executor is polling, and raises
+/// otherwise.
+fn guard_lua_async(lua: &Lua, f: &Function) -> mlua::Result<()> {
+    let in_poll = lua.create_function(|_, ()| Ok(crate::executor::in_poll()))?;
+    let patch: Function = lua
+        .load(
+            r#"
+            local f, in_poll = ...
+            local co = coroutine
+            local raw_yield = co._yield or co.yield
+            local debug = require "debug"
+            local info = debug.getinfo(f, "S")
+            if not info or info.source ~= "=__mlua_async_poll" then
+                return nil, "not a function made by Lua::create_async_function"
+            end
+            local function guard(...)
+                if not in_poll() then
+                    error("this async Rust function must be called through "
+                          .. "resty.async (register it with "
+                          .. "Module::add_lua_async); called directly in "
+                          .. "OpenResty it would spin the worker", 2)
+                end
+                return raw_yield(...)
+            end
+            for i = 1, 255 do
+                local name = debug.getupvalue(f, i)
+                if name == nil then break end
+                if name == "yield" then
+                    debug.setupvalue(f, i, guard)
+                    return true
+                end
+            end
+            return nil, "its yield upvalue was not found (mlua changed?)"
+            "#,
+        )
+        .set_name("=resty.async.guard")
+        .into_function()?;
+    let (ok, err): (Option<bool>, Option<String>) = patch.call((f.clone(), in_poll))?;
+    match ok {
+        Some(true) => Ok(()),
+        _ => Err(mlua::Error::RuntimeError(err.unwrap_or_default())),
+    }
+}
+
+/// Tells the runtimes of different module libraries apart: each cdylib
+/// that embeds this crate has its own copy of this static.
+fn runtime_id() -> String {
+    static MARK: u8 = 0;
+    format!("{:p}", &MARK as *const u8)
+}
+
+fn id_value(id: TaskId) -> Value {
+    // Ids stay far below 2^53: exact as a Lua number.
+    Value::Number(id as f64)
+}
+
+/// `nil, message`: the wrapper raises it in the caller.
+fn misuse(lua: &Lua, msg: String) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_vec(vec![Value::Nil, msg.into_lua(lua)?]))
+}
+
+/// `true, ...results` or `true, nil, message`.
+fn finished(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<MultiValue> {
+    let mut values = results(lua, out)?;
+    values.push_front(Value::Boolean(true));
+    Ok(values)
+}
+
+/// The results of a finished task as Lua sees them: the values, or
+/// `nil, message`.
+fn results(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<MultiValue> {
+    match out {
+        Ok(Ok(values)) => Ok(values),
+        Ok(Err(e)) => failure(lua, &error_message(&e)),
+        Err(p) => failure(lua, &p.to_string()),
+    }
+}
+
+fn failure(lua: &Lua, msg: &str) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_vec(vec![Value::Nil, msg.into_lua(lua)?]))
+}
+
+/// A readable message for an mlua error: the innermost cause, without
+/// mlua's wrapping and tracebacks.
+pub(crate) fn error_message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::CallbackError { cause, .. } => error_message(cause),
+        mlua::Error::ExternalError(err) => err.to_string(),
+        mlua::Error::WithContext { context, cause } => format!("{context}: {}", error_message(cause)),
+        other => other.to_string(),
+    }
+}
+
+/// The control functions `resty/async.lua` uses to drive this crate's
+/// runtime (each module cdylib has its own).
+fn control_table(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set(
+        "path",
+        lua.create_function(|lua, ()| match Runtime::current().socket_path() {
+            Ok(p) => p.to_string_lossy().into_owned().into_lua_multi(lua),
+            Err(e) => failure(lua, &format!("cannot create the completion socket: {e}")),
+        })?,
+    )?;
+    t.raw_set(
+        "accept",
+        lua.create_function(|lua, ()| match Runtime::current().accept_driver() {
+            Ok(true) => true.into_lua_multi(lua),
+            Ok(false) => failure(lua, "completion socket: the driver's connection was not found"),
+            Err(e) => failure(lua, &format!("completion socket: {e}")),
+        })?,
+    )?;
+    t.raw_set(
+        "disconnect",
+        lua.create_function(|_, ()| {
+            if let Some(rt) = Runtime::existing() {
+                rt.disconnect_driver();
+            }
+            Ok(())
+        })?,
+    )?;
+    // poll(ids, arm) -> n, next_ms, rearm: fills ids[1..n] with finished
+    // task ids; next_ms is the time to the next timer (-1: none); rearm: an
+    // earlier timer appeared than the one the driver sleeps towards.
+    t.raw_set(
+        "poll",
+        lua.create_function(|_, (ids, arm): (Table, bool)| {
+            let rt = Runtime::current();
+            let mut n = 0i64;
+            let mut err = Ok(());
+            let next = rt.poll(arm, |id| {
+                n += 1;
+                if let Err(e) = ids.raw_set(n, id as f64) {
+                    err = Err(e);
+                }
+            });
+            err?;
+            let next_ms = next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+            Ok((n, next_ms, !arm && rt.take_rearm()))
+        })?,
+    )?;
+    t.raw_set(
+        "take",
+        lua.create_function(|lua, id: f64| match Runtime::current().take(id as TaskId) {
+            Some(out) => results(lua, out),
+            None => failure(lua, "no result for this task (cancelled?)"),
+        })?,
+    )?;
+    t.raw_set(
+        "cancel",
+        lua.create_function(|_, id: f64| Ok(Runtime::existing().is_some_and(|rt| rt.cancel(id as TaskId))))?,
+    )?;
+    t.raw_set("stats", lua.create_function(|lua, ()| stats_table(lua))?)?;
+    t.raw_set(
+        "configure",
+        lua.create_function(|lua, (threads, max_queue, base_dir): (Option<usize>, Option<usize>, Option<String>)| {
+            let mut c: Config = Runtime::config();
+            if let Some(n) = threads {
+                c.threads = n;
+            }
+            if let Some(n) = max_queue {
+                c.max_queue = n;
+            }
+            if let Some(d) = base_dir {
+                c.base_dir = d.into();
+            }
+            match Runtime::configure(c) {
+                Ok(()) => true.into_lua_multi(lua),
+                Err(e) => failure(lua, &e),
+            }
+        })?,
+    )?;
+    Ok(t)
+}
+
+fn stats_table(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    let s = Runtime::existing().map(|rt| rt.stats()).unwrap_or_default();
+    let cfg = Runtime::config();
+    t.raw_set("in_flight", s.executor.in_flight)?;
+    t.raw_set("completed", s.executor.completed)?;
+    t.raw_set("cancelled", s.executor.cancelled)?;
+    t.raw_set("task_polls", s.executor.polls)?;
+    t.raw_set("pool_threads", s.pool.threads)?;
+    t.raw_set("pool_max_threads", cfg.threads)?;
+    t.raw_set("pool_queued", s.pool.queued)?;
+    t.raw_set("pool_running", s.pool.running)?;
+    t.raw_set("pool_done", s.pool.done)?;
+    t.raw_set("pool_rejected", s.pool.rejected)?;
+    t.raw_set("pool_skipped", s.pool.skipped)?;
+    t.raw_set("timers", s.timers)?;
+    t.raw_set("wakeups", s.wakeups)?;
+    t.raw_set("driver_polls", s.polls)?;
+    t.raw_set("rejected_peers", s.rejected_peers)?;
+    t.raw_set("connected", s.connected)?;
+    Ok(t)
+}
+
+/// Checks a timeout-like number argument: finite, not negative, at most
+/// `max` seconds.
+pub(crate) fn seconds_arg(v: &Value, pos: usize, fname: &str, max: f64) -> Result<Duration, String> {
+    let secs = match v {
+        Value::Integer(i) => *i as f64,
+        Value::Number(n) => *n,
+        other => {
+            return Err(format!("bad argument #{pos} to '{fname}' (number expected, got {})", other.type_name()));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("bad argument #{pos} to '{fname}' (seconds must be a finite number >= 0, got {secs})"));
+    }
+    if secs > max {
+        return Err(format!("bad argument #{pos} to '{fname}' (seconds must be at most {max}, got {secs})"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}

@@ -1,0 +1,286 @@
+//! The per-process runtime: executor, timers, blocking pool and completion
+//! socket of one nginx worker.
+//!
+//! It is created lazily, on the worker thread, the first time a task is
+//! spawned, and is remembered together with the pid that created it: a
+//! runtime inherited through `fork()` (its threads do not exist in the child)
+//! is abandoned and a fresh one is made.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
+use crate::pool::{BlockingTask, Pool, PoolError, PoolStats};
+use crate::socket::{Notifier, Rendezvous};
+use crate::sys;
+use crate::timer::{Sleep, Timers};
+
+/// Settings read when the runtime of a process is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where the private directory of the completion socket is made.
+    pub base_dir: PathBuf,
+    /// Most threads of the blocking pool.
+    pub threads: usize,
+    /// Most jobs waiting in the blocking pool's queue.
+    pub max_queue: usize,
+}
+
+/// Upper bounds for [`Config`] values (the pool is clamped to them).
+pub const MAX_THREADS: usize = 1024;
+/// See [`MAX_THREADS`].
+pub const MAX_QUEUE: usize = 1 << 20;
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { base_dir: std::env::temp_dir(), threads: sys::cpus(), max_queue: 1024 }
+    }
+}
+
+/// The task output the Lua layer uses: values for Lua, or an error message.
+pub(crate) type LuaOutput = mlua::Result<mlua::MultiValue>;
+
+/// Counters of the runtime, as `async.stats()` reports them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Executor counters.
+    pub executor: ExecutorStats,
+    /// Blocking pool counters.
+    pub pool: PoolStats,
+    /// Pending timers.
+    pub timers: usize,
+    /// Bytes written to the completion socket (one per batch of wake-ups).
+    pub wakeups: u64,
+    /// Driver polls.
+    pub polls: u64,
+    /// Connections to the completion socket refused (not this process).
+    pub rejected_peers: u64,
+    /// Whether a driver is connected.
+    pub connected: bool,
+}
+
+/// The runtime of one worker process. See the module docs.
+pub struct Runtime {
+    pid: u32,
+    config: Config,
+    notifier: Arc<Notifier>,
+    executor: Executor<LuaOutput>,
+    timers: Timers,
+    pool: Pool,
+    rendezvous: RefCell<Option<Rendezvous>>,
+    polls: Cell<u64>,
+    rejected: Cell<u64>,
+}
+
+thread_local! {
+    static CONFIG: RefCell<Config> = RefCell::new(Config::default());
+    static CURRENT: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
+}
+
+/// Most tasks run by one driver poll before nginx gets the thread back.
+const POLL_BUDGET: usize = 256;
+
+impl Runtime {
+    fn new(config: Config) -> Runtime {
+        let notifier = Arc::new(Notifier::default());
+        Runtime {
+            pid: sys::getpid(),
+            pool: Pool::new(config.threads.min(MAX_THREADS), config.max_queue.min(MAX_QUEUE)),
+            config,
+            executor: Executor::new(Arc::clone(&notifier)),
+            notifier,
+            timers: Timers::new(),
+            rendezvous: RefCell::new(None),
+            polls: Cell::new(0),
+            rejected: Cell::new(0),
+        }
+    }
+
+    /// The runtime of this process, created on first use.
+    pub fn current() -> Rc<Runtime> {
+        CURRENT.with(|cur| {
+            let mut cur = cur.borrow_mut();
+            match cur.as_ref() {
+                Some(rt) if rt.pid == sys::getpid() => Rc::clone(rt),
+                _ => {
+                    if let Some(inherited) = cur.take() {
+                        // Made by the parent before fork(): its threads do
+                        // not exist here and its socket is the parent's.
+                        // Dropping it would join nothing and unlink the
+                        // parent's files: leave it be.
+                        std::mem::forget(inherited);
+                    }
+                    let rt = Rc::new(Runtime::new(CONFIG.with(|c| c.borrow().clone())));
+                    *cur = Some(Rc::clone(&rt));
+                    rt
+                }
+            }
+        })
+    }
+
+    /// The runtime of this process if it exists already.
+    pub fn existing() -> Option<Rc<Runtime>> {
+        CURRENT.with(|cur| cur.borrow().as_ref().filter(|rt| rt.pid == sys::getpid()).cloned())
+    }
+
+    /// Sets the configuration used when the runtime is created. Once it
+    /// exists, only an identical configuration is accepted.
+    pub fn configure(config: Config) -> Result<(), String> {
+        if let Some(rt) = Runtime::existing() {
+            if rt.config != config {
+                return Err(format!(
+                    "the runtime of this worker is already running with {:?}; \
+                     configure threads, max_queue and base_dir before the first call",
+                    rt.config
+                ));
+            }
+        }
+        CONFIG.with(|c| *c.borrow_mut() = config);
+        Ok(())
+    }
+
+    /// The configuration a new runtime would get (or the running one has).
+    pub fn config() -> Config {
+        match Runtime::existing() {
+            Some(rt) => rt.config.clone(),
+            None => CONFIG.with(|c| c.borrow().clone()),
+        }
+    }
+
+    /// Spawns a task and polls it once.
+    pub(crate) fn spawn<F>(&self, fut: F) -> Spawned<LuaOutput>
+    where
+        F: Future<Output = LuaOutput> + 'static,
+    {
+        self.executor.spawn(fut)
+    }
+
+    /// Queues a job on the blocking pool.
+    pub fn spawn_blocking<T, F>(&self, f: F) -> Result<BlockingTask<T>, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.pool.spawn(f)
+    }
+
+    /// A timer of this runtime.
+    pub fn sleep(&self, dur: Duration) -> Sleep {
+        self.timers.sleep(dur)
+    }
+
+    /// One driver poll: fires due timers and runs ready tasks (within a
+    /// budget), hands the finished task ids to `done`, and returns the time
+    /// until the next deadline. `arm`: the caller will sleep until then (see
+    /// [`Runtime::take_rearm`]).
+    pub fn poll(&self, arm: bool, mut done: impl FnMut(TaskId)) -> Option<Duration> {
+        self.polls.set(self.polls.get() + 1);
+        self.notifier.hold();
+        let mut ran = 0;
+        loop {
+            let fired = self.timers.fire(Instant::now());
+            let n = self.executor.run_ready(POLL_BUDGET - ran);
+            ran += n;
+            if (n == 0 && fired == 0) || ran >= POLL_BUDGET {
+                break;
+            }
+        }
+        self.notifier.release(self.executor.has_ready());
+        self.executor.take_completed(&mut done);
+        let next = if arm { self.timers.arm() } else { self.timers.next_deadline() };
+        next.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether a timer earlier than the one the driver sleeps towards was
+    /// added since it armed; the driver must be woken to re-arm.
+    pub fn take_rearm(&self) -> bool {
+        self.timers.take_rearm()
+    }
+
+    /// The path of the completion socket the driver must connect to,
+    /// creating it if needed.
+    pub fn socket_path(&self) -> io::Result<PathBuf> {
+        let mut rv = self.rendezvous.borrow_mut();
+        if rv.is_none() {
+            *rv = Some(Rendezvous::create(&self.config.base_dir)?);
+        }
+        Ok(rv.as_ref().expect("just created").path().to_path_buf())
+    }
+
+    /// Accepts the driver's connection. `Ok(false)`: it has not arrived.
+    /// On success the socket file and its directory are removed.
+    pub fn accept_driver(&self) -> io::Result<bool> {
+        let mut slot = self.rendezvous.borrow_mut();
+        let Some(rv) = slot.as_mut() else {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "no completion socket to accept on"));
+        };
+        let got = rv.accept_own();
+        self.rejected.set(self.rejected.get() + std::mem::take(rv.rejected_mut()));
+        match got? {
+            Some(stream) => {
+                *slot = None; // removes the file and the directory
+                self.notifier.set_writer(Some(stream));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Forgets the driver's connection (the driver exited or died); the
+    /// next driver makes a new socket.
+    pub fn disconnect_driver(&self) {
+        self.notifier.set_writer(None);
+        self.rendezvous.borrow_mut().take();
+    }
+
+    /// The outcome of a finished task (frees its slot).
+    pub(crate) fn take(&self, id: TaskId) -> Option<Outcome<LuaOutput>> {
+        self.executor.take(id)
+    }
+
+    /// Cancels a task: its future is dropped before this returns.
+    pub fn cancel(&self, id: TaskId) -> bool {
+        self.executor.cancel(id)
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            executor: self.executor.stats(),
+            pool: self.pool.stats(),
+            timers: self.timers.len(),
+            wakeups: self.notifier.written(),
+            polls: self.polls.get(),
+            rejected_peers: self.rejected.get(),
+            connected: self.notifier.connected(),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.executor.shutdown();
+    }
+}
+
+/// A future that completes after `dur`, fired by the driver through nginx's
+/// timers. Use it in async functions registered with [`crate::Module`].
+pub fn sleep(dur: Duration) -> Sleep {
+    Runtime::current().sleep(dur)
+}
+
+/// Runs `f` on the blocking pool; the future resolves to its result, or
+/// [`PoolError::Busy`] at once when the queue is full.
+pub async fn unblock<T, F>(f: F) -> Result<T, PoolError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let task = Runtime::current().spawn_blocking(f)?;
+    task.await
+}

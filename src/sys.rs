@@ -1,0 +1,81 @@
+//! The few system calls std does not wrap: peer credentials, `mkdtemp`,
+//! `getpid`. Every `unsafe` block of the crate that talks to libc lives here.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+/// Runs a libc call and turns `-1` into the thread's `errno` as `io::Error`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: the caller of the macro guarantees the arguments are valid
+        // for the named libc function (each call site says why).
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// The id of the calling process.
+pub(crate) fn getpid() -> u32 {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { libc::getpid() as u32 }
+}
+
+/// The pid of the process at the other end of a connected unix socket, as
+/// the kernel recorded it at `connect()` time (`SO_PEERCRED`).
+pub(crate) fn peer_pid(sock: &impl AsRawFd) -> io::Result<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and `len` is the size of
+    // `cred`, as SO_PEERCRED requires; the fd is borrowed for the call.
+    syscall!(getsockopt(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_PEERCRED,
+        (&mut cred as *mut libc::ucred).cast(),
+        &mut len,
+    ))?;
+    Ok(cred.pid as u32)
+}
+
+/// Creates a fresh directory `<base>/<prefix>XXXXXX` with mode 0700 and
+/// returns its path (`mkdtemp(3)`: the name is unpredictable and the call
+/// fails rather than reuse an existing directory).
+pub(crate) fn mkdtemp(base: &Path, prefix: &str) -> io::Result<PathBuf> {
+    let mut template = base.as_os_str().as_bytes().to_vec();
+    template.extend_from_slice(b"/");
+    template.extend_from_slice(prefix.as_bytes());
+    template.extend_from_slice(b"XXXXXX");
+    let template = CString::new(template)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let mut buf = template.into_bytes_with_nul();
+    // SAFETY: `buf` is a NUL-terminated, writable buffer that mkdtemp fills in
+    // place; it outlives the call.
+    let res = unsafe { libc::mkdtemp(buf.as_mut_ptr().cast()) };
+    if res.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    buf.pop(); // the NUL
+    Ok(PathBuf::from(OsString::from_vec(buf)))
+}
+
+/// Whether a process with this pid exists (`kill(pid, 0)`; EPERM means it
+/// exists but belongs to someone else).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match syscall!(kill(pid as libc::pid_t, 0)) {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EPERM),
+    }
+}
+
+/// Number of CPUs this process may run on.
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,164 @@
+//! Timers kept by the runtime and fired by the driver.
+//!
+//! There is no timer thread: the driver asks [`Timers::next_deadline`] and
+//! sets its socket read timeout to it, so nginx's own timer tree wakes the
+//! worker; then [`Timers::fire`] wakes every task whose deadline has passed.
+//! A [`Sleep`] dropped before its deadline removes its entry at once.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+type Key = (Instant, u64);
+
+#[derive(Default)]
+struct Queue {
+    entries: BTreeMap<Key, Waker>,
+    seq: u64,
+    // The deadline the driver is sleeping towards (None: an idle wait), and
+    // whether an earlier one has been added since it armed.
+    armed: Option<Instant>,
+    rearm: bool,
+}
+
+/// The ordered set of pending deadlines of one runtime (worker thread only).
+#[derive(Default, Clone)]
+pub struct Timers {
+    queue: Rc<RefCell<Queue>>,
+}
+
+impl Timers {
+    /// An empty set.
+    pub fn new() -> Timers {
+        Timers::default()
+    }
+
+    /// A future that completes once `deadline` has passed.
+    pub fn sleep_until(&self, deadline: Instant) -> Sleep {
+        Sleep { deadline, key: None, queue: Rc::downgrade(&self.queue) }
+    }
+
+    /// A future that completes after `dur`.
+    pub fn sleep(&self, dur: Duration) -> Sleep {
+        let now = Instant::now();
+        self.sleep_until(now.checked_add(dur).unwrap_or(now + Duration::from_secs(86400 * 365 * 30)))
+    }
+
+    /// Wakes (and forgets) every timer due at `now`; returns how many.
+    pub fn fire(&self, now: Instant) -> usize {
+        let due: Vec<Waker> = {
+            let mut q = self.queue.borrow_mut();
+            let later = q.entries.split_off(&(now, u64::MAX));
+            let due = std::mem::replace(&mut q.entries, later);
+            due.into_values().collect()
+        };
+        // Woken outside the borrow: a waker may run arbitrary code.
+        let n = due.len();
+        for w in due {
+            w.wake();
+        }
+        n
+    }
+
+    /// The earliest pending deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.queue.borrow().entries.keys().next().map(|k| k.0)
+    }
+
+    /// Records that the driver now sleeps until the next deadline.
+    pub fn arm(&self) -> Option<Instant> {
+        let mut q = self.queue.borrow_mut();
+        q.armed = q.entries.keys().next().map(|k| k.0);
+        q.rearm = false;
+        q.armed
+    }
+
+    /// Whether a deadline earlier than the armed one was added since the
+    /// last `arm` (the driver must wake and re-arm); clears the flag.
+    pub fn take_rearm(&self) -> bool {
+        std::mem::take(&mut self.queue.borrow_mut().rearm)
+    }
+
+    /// Pending timers.
+    pub fn len(&self) -> usize {
+        self.queue.borrow().entries.len()
+    }
+
+    /// Whether no timer is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Completes at its deadline; see [`Timers::sleep`] and [`crate::sleep`].
+///
+/// Not `Send`: it belongs to the worker thread's runtime.
+#[derive(Debug)]
+pub struct Sleep {
+    deadline: Instant,
+    key: Option<Key>,
+    queue: Weak<RefCell<Queue>>,
+}
+
+impl Sleep {
+    /// When it completes.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            self.unregister();
+            return Poll::Ready(());
+        }
+        let Some(queue) = self.queue.upgrade() else {
+            // The runtime is gone: nobody would ever fire us. Complete
+            // rather than hang forever.
+            return Poll::Ready(());
+        };
+        let mut q = queue.borrow_mut();
+        let key = match self.key {
+            Some(k) => k,
+            None => {
+                q.seq += 1;
+                (self.deadline, q.seq)
+            }
+        };
+        match q.entries.get_mut(&key) {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            Some(w) => w.clone_from(cx.waker()),
+            None => {
+                if q.armed.is_none_or(|a| key.0 < a) {
+                    q.rearm = true;
+                }
+                q.entries.insert(key, cx.waker().clone());
+            }
+        }
+        drop(q);
+        self.key = Some(key);
+        Poll::Pending
+    }
+}
+
+impl Sleep {
+    fn unregister(&mut self) {
+        if let (Some(key), Some(queue)) = (self.key.take(), self.queue.upgrade()) {
+            let removed = queue.borrow_mut().entries.remove(&key);
+            drop(removed);
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
