@@ -18,18 +18,26 @@ DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
                 libtest-base-perl libtext-diff-perl liburi-perl
 
 SO := build/resty_async_core.so
+EXAMPLE_SO := build/resty_async_example.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
 .PHONY: all build deps run test test-rust test-nginx clean
 
 all: build
 
-build: $(SO)
+build: $(SO) $(EXAMPLE_SO)
 
+# Built one at a time: in one cargo invocation the example would get the
+# core-module feature (and its luaopen symbol) too.
 $(SO): $(RUST_SRC)
-	$(CARGO) build $(CARGO_PROFILE) --features core-module
+	$(CARGO) build $(CARGO_PROFILE) -p resty-async --features core-module
 	@mkdir -p build
 	cp $(TARGET_DIR)/libresty_async.so $@
+
+$(EXAMPLE_SO): $(RUST_SRC) $(wildcard examples/hello/src/*.rs) examples/hello/Cargo.toml
+	$(CARGO) build $(CARGO_PROFILE) -p resty-async-example
+	@mkdir -p build
+	cp $(TARGET_DIR)/libresty_async_example.so $@
 
 # Install what is missing, when we may (root with apt); otherwise say what
 # is missing and go on (a later step fails with a clearer message).

@@ -9,7 +9,7 @@ use std::io::Write;
 use mlua::{BString, Lua, MultiValue, Table, Value};
 use sha2::{Digest, Sha256};
 
-use crate::module::{seconds_arg, Module};
+use crate::module::{lua_type, seconds_arg, Module};
 
 /// Longest `async.sleep` (one year): longer ones are almost surely a bug.
 pub const MAX_SLEEP: f64 = 365.0 * 86400.0;
@@ -19,9 +19,25 @@ fn string_arg(args: &MultiValue, pos: usize, fname: &str) -> Result<Vec<u8>, Str
         Some(Value::String(s)) => Ok(s.as_bytes().to_vec()),
         other => Err(format!(
             "bad argument #{pos} to '{fname}' (string expected, got {})",
-            other.map_or("no value", |v| v.type_name())
+            other.map_or("no value", lua_type)
         )),
     }
+}
+
+/// Longest file `read_file` returns (1 GiB): a Lua string holds it, and
+/// an endless file (/dev/zero) must not eat the memory of the worker.
+pub const MAX_READ: u64 = 1 << 30;
+
+fn read_capped(path: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let hint = file.metadata().map(|m| m.len()).unwrap_or(0).min(MAX_READ);
+    let mut buf = Vec::with_capacity(hint as usize);
+    file.take(MAX_READ + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if buf.len() as u64 > MAX_READ {
+        return Err(format!("cannot read {path}: larger than {MAX_READ} bytes"));
+    }
+    Ok(buf)
 }
 
 fn path_arg(args: &MultiValue, pos: usize, fname: &str) -> Result<String, String> {
@@ -62,9 +78,7 @@ pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
     m.add_raw_async("read_file", |_, args| {
         let path = path_arg(&args, 1, "read_file")?;
         Ok(async move {
-            let res = crate::unblock(move || std::fs::read(&path).map_err(|e| format!("cannot read {path}: {e}")))
-                .await
-                .map_err(mlua::Error::external)?;
+            let res = crate::unblock(move || read_capped(&path)).await.map_err(mlua::Error::external)?;
             res.map(BString::from).map_err(mlua::Error::RuntimeError)
         })
     })?;

@@ -410,14 +410,39 @@ pub(crate) fn seconds_arg(v: &Value, pos: usize, fname: &str, max: f64) -> Resul
         Value::Integer(i) => *i as f64,
         Value::Number(n) => *n,
         other => {
-            return Err(format!("bad argument #{pos} to '{fname}' (number expected, got {})", other.type_name()));
+            return Err(format!("bad argument #{pos} to '{fname}' (number expected, got {})", lua_type(other)));
         }
     };
     if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("bad argument #{pos} to '{fname}' (seconds must be a finite number >= 0, got {secs})"));
+        return Err(format!(
+            "bad argument #{pos} to '{fname}' (seconds must be a finite number >= 0, got {})",
+            fmt_number(secs)
+        ));
     }
     if secs > max {
-        return Err(format!("bad argument #{pos} to '{fname}' (seconds must be at most {max}, got {secs})"));
+        return Err(format!(
+            "bad argument #{pos} to '{fname}' (seconds must be at most {}, got {})",
+            fmt_number(max),
+            fmt_number(secs)
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A number the way a person reads it: `1e300`, not 301 digits.
+fn fmt_number(x: f64) -> String {
+    if x.is_finite() && x.abs() >= 1e15 {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// The name Lua's `type()` gives a value (mlua says "integer" for whole
+/// numbers, which LuaJIT does not have).
+pub(crate) fn lua_type(v: &Value) -> &'static str {
+    match v {
+        Value::Integer(_) => "number",
+        other => other.type_name(),
+    }
 }

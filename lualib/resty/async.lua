@@ -49,8 +49,10 @@ local YIELDABLE = {
     preread = true,
 }
 
--- The driver checks ngx.worker.exiting() at least this often (seconds).
-local IDLE_WAIT = 1
+-- The driver checks ngx.worker.exiting() at least this often (seconds): a
+-- graceful stop (`nginx -s quit`, reload) waits at most this long for it.
+-- ngx_lua gives a running timer no other sign that the worker exits.
+local IDLE_WAIT = 0.1
 -- Read timeout of the completion socket's reader (ms; ngx_lua's maximum).
 -- The reader never needs a timeout; timers use a semaphore wait instead, as
 -- a read timeout would be logged at the error level.
@@ -312,8 +314,9 @@ local function finish(st, timeout, ok, ...)
         return ...
     end
     if ok == nil then
-        -- misuse (a wrong argument): raise in the caller
-        error((...), 3)
+        -- misuse (a wrong argument): raise in the caller (level 2: we are
+        -- tail-called, so the wrapper's frame is gone)
+        error((...), 2)
     end
     local id, rearm = ...
     if rearm then
@@ -347,7 +350,7 @@ local function sync_finish(ok, ...)
     if ok then
         return ...
     end
-    error((...), 3)
+    error((...), 2)  -- tail-called: level 2 is the caller of the wrapper
 end
 
 

@@ -1,0 +1,115 @@
+//! An OpenResty module written with resty-async: `require "resty_async_example"`.
+//!
+//! It shows every kind of function a module can have: async closures (a
+//! timer, a result produced on a `std::thread`, a table, several results,
+//! an error, a panic), blocking closures run on the pool, plain sync
+//! functions, and a function made with mlua's own `create_async_function`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use mlua::prelude::*;
+use resty_async::Module;
+
+/// Futures of `guarded_sleep` dropped so far (finished or cancelled).
+static DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+struct DropGuard;
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `f` on a new `std::thread` after `ms` milliseconds and hands its
+/// result to the returned future: a stand-in for any foreign completion
+/// (another runtime, a callback-based C library...).
+fn on_thread<T: Send + 'static>(ms: u64, f: impl FnOnce() -> T + Send + 'static) -> oneshot::Receiver<T> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = tx.send(f());
+    });
+    rx
+}
+
+#[mlua::lua_module]
+fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
+    let mut m = Module::new(lua, "resty_async_example")?;
+
+    // --- async functions -------------------------------------------------
+    m.add_async("echo_after", |_lua, (value, ms): (LuaValue, u64)| async move {
+        resty_async::sleep(Duration::from_millis(ms)).await;
+        Ok(value)
+    })?;
+    m.add_async("double_on_thread", |_lua, (n, ms): (i64, u64)| async move {
+        let doubled = on_thread(ms, move || n * 2).await.map_err(LuaError::external)?;
+        Ok(doubled)
+    })?;
+    m.add_async("user", |lua, id: i64| async move {
+        resty_async::sleep(Duration::from_millis(1)).await;
+        let t = lua.create_table()?;
+        t.set("id", id)?;
+        t.set("name", format!("user{id}"))?;
+        t.set("tags", lua.create_sequence_from(["a", "b"])?)?;
+        Ok(t)
+    })?;
+    m.add_async("divmod", |_lua, (a, b): (i64, i64)| async move {
+        if b == 0 {
+            return Err(LuaError::RuntimeError("division by zero".into()));
+        }
+        resty_async::sleep(Duration::from_millis(1)).await;
+        Ok((a.div_euclid(b), a.rem_euclid(b)))
+    })?;
+    m.add_async("fail_after", |_lua, (msg, ms): (String, u64)| async move {
+        resty_async::sleep(Duration::from_millis(ms)).await;
+        Err::<(), _>(LuaError::RuntimeError(msg))
+    })?;
+    m.add_async("panic_after", |_lua, ms: u64| async move {
+        resty_async::sleep(Duration::from_millis(ms)).await;
+        panic!("example panic after {ms} ms");
+        #[allow(unreachable_code)]
+        Ok(())
+    })?;
+    m.add_async("guarded_sleep", |_lua, ms: u64| async move {
+        let _guard = DropGuard;
+        resty_async::sleep(Duration::from_millis(ms)).await;
+        Ok(true)
+    })?;
+    m.add_async("guarded_thread_wait", |_lua, ms: u64| async move {
+        let _guard = DropGuard;
+        on_thread(ms, || ()).await.map_err(LuaError::external)?;
+        Ok(true)
+    })?;
+
+    // --- blocking functions (run on the pool) ----------------------------
+    m.add_blocking("block_ms", |ms: u64| {
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok::<_, String>(ms)
+    })?;
+    m.add_blocking("count_words", |text: String| Ok::<_, String>(text.split_whitespace().count()))?;
+    m.add_blocking("blocking_fail", |msg: String| Err::<(), _>(format!("blocking failure: {msg}")))?;
+    m.add_blocking("blocking_panic", |msg: String| -> Result<(), String> { panic!("{msg}") })?;
+
+    // --- plain sync functions --------------------------------------------
+    m.add_function("add", |_, (a, b): (f64, f64)| Ok(a + b))?;
+    m.add_function("sync_fail", |_, msg: String| Err::<(), _>(LuaError::RuntimeError(msg)))?;
+    m.add_function("sync_panic", |_, ()| -> LuaResult<()> { panic!("sync panic") })?;
+    m.add_function("dropped", |_, ()| Ok(DROPPED.load(Ordering::SeqCst)))?;
+
+    // --- mlua's own create_async_function, the tutorials' pattern --------
+    // No tokio: the future is completed by a std::thread and driven by
+    // resty-async's executor.
+    let mlua_sleep = lua.create_async_function(|_lua, ms: u64| async move {
+        on_thread(ms, || ()).await.map_err(LuaError::external)?;
+        Ok(format!("mlua slept {ms} ms"))
+    })?;
+    m.add_lua_async("mlua_sleep", mlua_sleep.clone())?;
+    // The same function object, exported raw: calling it directly is the
+    // hazard resty-async guards against (it raises instead of spinning).
+    m.add_value("mlua_sleep_raw", mlua_sleep)?;
+
+    m.build()
+}
