@@ -1,0 +1,236 @@
+# vim:set ft= ts=4 sw=4 et fdm=marker:
+use lib '.';
+use t::TestAsync;
+
+plan tests => repeat_each() * (blocks() * 5);
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: async, blocking and sync functions of a module crate
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            ngx.say(ex.echo_after("hi", 10))
+            ngx.say(ex.double_on_thread(21, 20))
+            ngx.say(ex.block_ms(5))
+            ngx.say(ex.count_words("one two  three"))
+            ngx.say(ex.add(1, 2.5))
+            ngx.say(ex.divmod(17, 5))
+            local u = ex.user(7)
+            ngx.say(u.id, " ", u.name, " ", table.concat(u.tags, ","))
+            ngx.say(ex.echo_after(nil, 1) == nil, " ", ex.echo_after(true, 1))
+        }
+    }
+--- response_body
+hi
+42
+5
+3
+3.5
+32
+7 user7 a,b
+true true
+
+
+
+=== TEST 2: the same from ngx.timer.at and from ngx.thread light threads
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            local done = require("ngx.semaphore").new()
+            local out = {}
+            assert(ngx.timer.at(0, function()
+                out[#out + 1] = "timer " .. ex.echo_after("a", 5) .. " "
+                    .. ex.double_on_thread(2, 5) .. " " .. ex.block_ms(3)
+                    .. " " .. ex.add(1, 1)
+                done:post()
+            end))
+            local t = ngx.thread.spawn(function()
+                return "thread " .. ex.echo_after("b", 5) .. " "
+                    .. ex.double_on_thread(3, 5) .. " " .. ex.block_ms(3)
+                    .. " " .. ex.mlua_sleep(5)
+            end)
+            assert(done:wait(5))
+            local ok, s = ngx.thread.wait(t)
+            ngx.say(out[1])
+            ngx.say(s)
+        }
+    }
+--- response_body
+timer a 4 3 2
+thread b 6 3 mlua slept 5 ms
+
+
+
+=== TEST 3: 100 concurrent requests awaiting a std::thread for 100 ms
+--- config
+    location = /double {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            ngx.say(ex.double_on_thread(tonumber(ngx.var.arg_n), 100))
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local h = require "t_http"
+            local res, elapsed = h.parallel(100, function(i)
+                return h.get("/double?n=" .. i)
+            end)
+            local good = 0
+            for i = 1, 100 do
+                local r = res[i]
+                if r.ok and r[1] == 200 and r[2] == (2 * i) .. "\n" then
+                    good = good + 1
+                end
+            end
+            ngx.say(good, " correct, well under a second: ", elapsed < 0.7)
+            ngx.log(ngx.WARN, "100 x 100 ms thread waits took ", elapsed)
+        }
+    }
+--- response_body
+100 correct, well under a second: true
+--- timeout: 10
+
+
+
+=== TEST 4: errors of author functions arrive as nil, "message"
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            ngx.say(ex.fail_after("no such user", 5))
+            ngx.say(ex.fail_after("at once", 0))
+            ngx.say(ex.divmod(1, 0))
+            ngx.say(ex.blocking_fail("disk on fire"))
+            ngx.say(ex.sync_fail("sync says no"))
+        }
+    }
+--- response_body
+nilno such user
+nilat once
+nildivision by zero
+nilblocking failure: disk on fire
+nilsync says no
+
+
+
+=== TEST 5: panics in author functions return nil, err; the worker lives on
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            ngx.say(ex.panic_after(5))
+            ngx.say(ex.panic_after(0))
+            ngx.say(ex.blocking_panic("pool job exploded"))
+            ngx.say(ex.sync_panic())
+            -- everything still works
+            ngx.say(ex.block_ms(1), " ", ex.echo_after("alive", 1), " ", ex.add(2, 2))
+            local st = require("resty.async").stats()
+            ngx.say("in_flight=", st.in_flight, " pool_threads>0: ", st.pool_threads > 0)
+        }
+    }
+--- response_body
+nilrust function panicked: example panic after 5 ms
+nilrust function panicked: example panic after 0 ms
+nilrust function panicked: pool job exploded
+nilrust function panicked: sync panic
+1 alive 4
+in_flight=0 pool_threads>0: true
+
+
+
+=== TEST 6: wrong argument types for author functions raise string errors
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            local ok, err = pcall(ex.add, "x", 1)
+            ngx.say(ok, " ", err)
+            ok, err = pcall(ex.double_on_thread, {}, 1)
+            ngx.say(ok, " ", err)
+            ok, err = pcall(ex.block_ms, -5)
+            ngx.say(ok, " ", err)
+        }
+    }
+--- response_body_like
+^false bad argument #1 to `add`: error converting Lua string to f64.*
+false bad argument #1 to `double_on_thread`: error converting Lua table to i64.*
+false bad argument #1 to `block_ms`: error converting Lua .* to u64.*
+
+
+
+=== TEST 7: create_async_function closures wait without spinning the worker
+--- config
+    location = /mlua {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            ngx.say(ex.mlua_sleep(500))
+        }
+    }
+    location = /ping {
+        content_by_lua_block { ngx.say("pong") }
+    }
+    location = /t {
+        content_by_lua_block {
+            local h = require "t_http"
+            local function cpu_ticks()
+                local f = assert(io.open("/proc/self/stat"))
+                local stat = f:read("*a")
+                f:close()
+                -- fields after the command: state is 3rd; utime 14th, stime 15th
+                local rest = stat:match("%) (.*)$")
+                local fields = {}
+                for x in rest:gmatch("%S+") do fields[#fields + 1] = x end
+                return tonumber(fields[12]) + tonumber(fields[13])
+            end
+            local threads = {}
+            for i = 1, 20 do
+                threads[i] = ngx.thread.spawn(h.get, "/mlua")
+            end
+            ngx.sleep(0.05)
+            local before = cpu_ticks()
+            ngx.update_time()
+            local t0 = ngx.now()
+            local st, body = h.get("/ping")
+            ngx.update_time()
+            local ping = ngx.now() - t0
+            ngx.sleep(0.3)  -- the 20 calls are still waiting
+            local used = cpu_ticks() - before
+            local n = 0
+            for i = 1, 20 do
+                local ok, s, b = ngx.thread.wait(threads[i])
+                if ok and s == 200 and b == "mlua slept 500 ms\n" then n = n + 1 end
+            end
+            ngx.say(body, "ping fast: ", ping < 0.1)
+            -- clock ticks are 10 ms: a spinning worker would use ~30
+            ngx.say("cpu ticks while 20 calls waited 0.3 s: ", used <= 3)
+            ngx.say(n, " calls done")
+            ngx.log(ngx.WARN, "worker cpu ticks during the wait: ", used)
+        }
+    }
+--- response_body
+pong
+ping fast: true
+cpu ticks while 20 calls waited 0.3 s: true
+20 calls done
+--- timeout: 10
+
+
+
+=== TEST 8: a raw create_async_function called directly raises, never spins
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            local ok, err = pcall(ex.mlua_sleep_raw, 10)
+            ngx.say(ok, " ", err)
+            ngx.say("still fine: ", ex.mlua_sleep(1))
+        }
+    }
+--- response_body_like
+^false .*this async Rust function must be called through resty.async \(register it with Module::add_lua_async\); called directly in OpenResty it would spin the worker
+still fine: mlua slept 1 ms
