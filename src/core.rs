@@ -33,7 +33,9 @@ fn read_capped(path: &str) -> Result<Vec<u8>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let hint = file.metadata().map(|m| m.len()).unwrap_or(0).min(MAX_READ);
     let mut buf = Vec::with_capacity(hint as usize);
-    file.take(MAX_READ + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {path}: {e}"))?;
+    file.take(MAX_READ + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
     if buf.len() as u64 > MAX_READ {
         return Err(format!("cannot read {path}: larger than {MAX_READ} bytes"));
     }
@@ -42,9 +44,12 @@ fn read_capped(path: &str) -> Result<Vec<u8>, String> {
 
 fn path_arg(args: &MultiValue, pos: usize, fname: &str) -> Result<String, String> {
     let bytes = string_arg(args, pos, fname)?;
-    let path = String::from_utf8(bytes).map_err(|_| format!("bad argument #{pos} to '{fname}' (path is not UTF-8)"))?;
+    let path = String::from_utf8(bytes)
+        .map_err(|_| format!("bad argument #{pos} to '{fname}' (path is not UTF-8)"))?;
     if path.is_empty() || path.contains('\0') {
-        return Err(format!("bad argument #{pos} to '{fname}' (empty path or NUL byte)"));
+        return Err(format!(
+            "bad argument #{pos} to '{fname}' (empty path or NUL byte)"
+        ));
     }
     Ok(path)
 }
@@ -73,12 +78,18 @@ pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
     })?;
     m.add_raw_async("sha256", |_, args| {
         let data = string_arg(&args, 1, "sha256")?;
-        Ok(async move { crate::unblock(move || sha256_hex(&data)).await.map_err(mlua::Error::external) })
+        Ok(async move {
+            crate::unblock(move || sha256_hex(&data))
+                .await
+                .map_err(mlua::Error::external)
+        })
     })?;
     m.add_raw_async("read_file", |_, args| {
         let path = path_arg(&args, 1, "read_file")?;
         Ok(async move {
-            let res = crate::unblock(move || read_capped(&path)).await.map_err(mlua::Error::external)?;
+            let res = crate::unblock(move || read_capped(&path))
+                .await
+                .map_err(mlua::Error::external)?;
             res.map(BString::from).map_err(mlua::Error::RuntimeError)
         })
     })?;
@@ -100,7 +111,8 @@ pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
                     .truncate(!append)
                     .open(&path)
                     .map_err(|e| format!("cannot open {path}: {e}"))?;
-                file.write_all(&data).map_err(|e| format!("cannot write {path}: {e}"))?;
+                file.write_all(&data)
+                    .map_err(|e| format!("cannot write {path}: {e}"))?;
                 Ok::<_, String>(data.len())
             })
             .await

@@ -167,7 +167,10 @@ impl<T: 'static> Executor<T> {
         self.inner.next_id.set(id + 1);
         let weak: Weak<Inner<T>> = Rc::downgrade(&self.inner);
         let wrapped = async move {
-            let out = AssertUnwindSafe(fut).catch_unwind().await.map_err(Panicked::from_payload);
+            let out = AssertUnwindSafe(fut)
+                .catch_unwind()
+                .await
+                .map_err(Panicked::from_payload);
             if let Some(inner) = weak.upgrade() {
                 inner.finish(id, out);
             }
@@ -181,7 +184,13 @@ impl<T: 'static> Executor<T> {
             }
         };
         let (runnable, task) = async_task::spawn_local(wrapped, schedule);
-        self.inner.slots.borrow_mut().insert(id, Slot { _task: task, done: None });
+        self.inner.slots.borrow_mut().insert(
+            id,
+            Slot {
+                _task: task,
+                done: None,
+            },
+        );
         self.inner.bump(|s| s.polls += 1);
         run(runnable);
 
@@ -231,9 +240,8 @@ impl<T: 'static> Executor<T> {
     /// task is unknown or not finished.
     pub fn take(&self, id: TaskId) -> Option<Outcome<T>> {
         let mut slots = self.inner.slots.borrow_mut();
-        if !slots.get(&id)?.done.is_some() {
-            return None;
-        }
+        // Only a finished task gives up its slot.
+        slots.get(&id)?.done.as_ref()?;
         let slot = slots.remove(&id)?;
         drop(slots);
         slot.done

@@ -49,7 +49,11 @@ impl Module {
         raw.raw_set("__kinds", kinds.clone())?;
         raw.raw_set("__rt", control_table(lua)?)?;
         raw.raw_set("__id", runtime_id())?;
-        Ok(Module { lua: lua.clone(), raw, kinds })
+        Ok(Module {
+            lua: lua.clone(),
+            raw,
+            kinds,
+        })
     }
 
     /// Adds an async function. `f` gets the Lua state and the converted
@@ -110,8 +114,10 @@ impl Module {
                 Ok(a) => a,
                 Err(e) => return misuse(lua, error_message(&e)),
             };
-            let out = catch_unwind(AssertUnwindSafe(|| f(lua, args).and_then(|r| r.into_lua_multi(lua))))
-                .map_err(Panicked::from_payload);
+            let out = catch_unwind(AssertUnwindSafe(|| {
+                f(lua, args).and_then(|r| r.into_lua_multi(lua))
+            }))
+            .map_err(Panicked::from_payload);
             finished(lua, out)
         })?;
         self.insert(name, "sync", func)
@@ -123,8 +129,9 @@ impl Module {
     /// points its internal `yield` at a guard: called directly, outside
     /// resty-async, it raises a clear error instead of spinning the worker.
     pub fn add_lua_async(&mut self, name: &str, f: Function) -> mlua::Result<&mut Module> {
-        guard_lua_async(&self.lua, &f)
-            .map_err(|e| mlua::Error::RuntimeError(format!("add_lua_async(\"{name}\"): {}", error_message(&e))))?;
+        guard_lua_async(&self.lua, &f).map_err(|e| {
+            mlua::Error::RuntimeError(format!("add_lua_async(\"{name}\"): {}", error_message(&e)))
+        })?;
         self.add_raw_async(name, move |_lua, args| {
             let f = f.clone();
             Ok(async move { f.call_async::<MultiValue>(args).await })
@@ -360,22 +367,24 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set("stats", lua.create_function(|lua, ()| stats_table(lua))?)?;
     t.raw_set(
         "configure",
-        lua.create_function(|lua, (threads, max_queue, base_dir): (Option<usize>, Option<usize>, Option<String>)| {
-            let mut c: Config = Runtime::config();
-            if let Some(n) = threads {
-                c.threads = n;
-            }
-            if let Some(n) = max_queue {
-                c.max_queue = n;
-            }
-            if let Some(d) = base_dir {
-                c.base_dir = d.into();
-            }
-            match Runtime::configure(c) {
-                Ok(()) => true.into_lua_multi(lua),
-                Err(e) => failure(lua, &e),
-            }
-        })?,
+        lua.create_function(
+            |lua, (threads, max_queue, base_dir): (Option<usize>, Option<usize>, Option<String>)| {
+                let mut c: Config = Runtime::config();
+                if let Some(n) = threads {
+                    c.threads = n;
+                }
+                if let Some(n) = max_queue {
+                    c.max_queue = n;
+                }
+                if let Some(d) = base_dir {
+                    c.base_dir = d.into();
+                }
+                match Runtime::configure(c) {
+                    Ok(()) => true.into_lua_multi(lua),
+                    Err(e) => failure(lua, &e),
+                }
+            },
+        )?,
     )?;
     Ok(t)
 }
@@ -410,7 +419,10 @@ pub(crate) fn seconds_arg(v: &Value, pos: usize, fname: &str, max: f64) -> Resul
         Value::Integer(i) => *i as f64,
         Value::Number(n) => *n,
         other => {
-            return Err(format!("bad argument #{pos} to '{fname}' (number expected, got {})", lua_type(other)));
+            return Err(format!(
+                "bad argument #{pos} to '{fname}' (number expected, got {})",
+                lua_type(other)
+            ));
         }
     };
     if !secs.is_finite() || secs < 0.0 {

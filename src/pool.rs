@@ -40,7 +40,9 @@ pub enum PoolError {
 impl fmt::Display for PoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PoolError::Busy { max_queue } => write!(f, "busy (blocking pool queue full: max_queue = {max_queue})"),
+            PoolError::Busy { max_queue } => {
+                write!(f, "busy (blocking pool queue full: max_queue = {max_queue})")
+            }
             PoolError::Panicked(p) => p.fmt(f),
             PoolError::Lost(why) => write!(f, "blocking job lost: {why}"),
         }
@@ -134,7 +136,9 @@ impl Pool {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(PoolError::Busy { max_queue: self.max_queue });
+                return Err(PoolError::Busy {
+                    max_queue: self.max_queue,
+                });
             }
             Err(TrySendError::Disconnected(_)) => unreachable!("the pool holds a receiver"),
         }
@@ -161,17 +165,19 @@ impl Pool {
         let counters = Arc::clone(&self.counters);
         // Counted idle before it runs, so a burst does not start a thread per job.
         counters.idle.fetch_add(1, Ordering::AcqRel);
-        let spawned = std::thread::Builder::new().name(format!("resty-async-{n}")).spawn(move || {
-            loop {
-                let job = rx.recv();
-                counters.idle.fetch_sub(1, Ordering::AcqRel);
-                match job {
-                    Ok(job) => job(),
-                    Err(_) => return, // pool dropped
+        let spawned = std::thread::Builder::new()
+            .name(format!("resty-async-{n}"))
+            .spawn(move || {
+                loop {
+                    let job = rx.recv();
+                    counters.idle.fetch_sub(1, Ordering::AcqRel);
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return, // pool dropped
+                    }
+                    counters.idle.fetch_add(1, Ordering::AcqRel);
                 }
-                counters.idle.fetch_add(1, Ordering::AcqRel);
-            }
-        });
+            });
         match spawned {
             Ok(_) => {
                 self.counters.threads.fetch_add(1, Ordering::AcqRel);

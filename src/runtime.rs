@@ -38,7 +38,11 @@ pub const MAX_QUEUE: usize = 1 << 20;
 
 impl Default for Config {
     fn default() -> Config {
-        Config { base_dir: std::env::temp_dir(), threads: sys::cpus(), max_queue: 1024 }
+        Config {
+            base_dir: std::env::temp_dir(),
+            threads: sys::cpus(),
+            max_queue: 1024,
+        }
     }
 }
 
@@ -125,7 +129,12 @@ impl Runtime {
 
     /// The runtime of this process if it exists already.
     pub fn existing() -> Option<Rc<Runtime>> {
-        CURRENT.with(|cur| cur.borrow().as_ref().filter(|rt| rt.pid == sys::getpid()).cloned())
+        CURRENT.with(|cur| {
+            cur.borrow()
+                .as_ref()
+                .filter(|rt| rt.pid == sys::getpid())
+                .cloned()
+        })
     }
 
     /// Sets the configuration used when the runtime is created. Once it
@@ -192,7 +201,11 @@ impl Runtime {
         }
         self.notifier.release(self.executor.has_ready());
         self.executor.take_completed(&mut done);
-        let next = if arm { self.timers.arm() } else { self.timers.next_deadline() };
+        let next = if arm {
+            self.timers.arm()
+        } else {
+            self.timers.next_deadline()
+        };
         next.map(|d| d.saturating_duration_since(Instant::now()))
     }
 
@@ -217,10 +230,14 @@ impl Runtime {
     pub fn accept_driver(&self) -> io::Result<bool> {
         let mut slot = self.rendezvous.borrow_mut();
         let Some(rv) = slot.as_mut() else {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "no completion socket to accept on"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no completion socket to accept on",
+            ));
         };
         let got = rv.accept_own();
-        self.rejected.set(self.rejected.get() + std::mem::take(rv.rejected_mut()));
+        self.rejected
+            .set(self.rejected.get() + std::mem::take(rv.rejected_mut()));
         match got? {
             Some(stream) => {
                 *slot = None; // removes the file and the directory

@@ -44,14 +44,21 @@ impl Rendezvous {
         sweep_stale(base);
         let prefix = format!("{DIR_PREFIX}{}.", sys::getpid());
         let dir = sys::mkdtemp(base, &prefix).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot create a directory in {}: {e}", base.display()))
+            io::Error::new(
+                e.kind(),
+                format!("cannot create a directory in {}: {e}", base.display()),
+            )
         })?;
         let path = dir.join("c.sock");
         if path.as_os_str().len() > SUN_PATH_MAX {
             let _ = std::fs::remove_dir(&dir);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("socket path too long ({} bytes, max {SUN_PATH_MAX}): {}", path.as_os_str().len(), path.display()),
+                format!(
+                    "socket path too long ({} bytes, max {SUN_PATH_MAX}): {}",
+                    path.as_os_str().len(),
+                    path.display()
+                ),
             ));
         }
         let listener = match UnixListener::bind(&path).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
@@ -62,7 +69,12 @@ impl Rendezvous {
                 return Err(e);
             }
         };
-        Ok(Rendezvous { dir, path, listener, rejected: 0 })
+        Ok(Rendezvous {
+            dir,
+            path,
+            listener,
+            rejected: 0,
+        })
     }
 
     /// The path the driver connects to (`unix:` + this, for a cosocket).
@@ -115,11 +127,17 @@ impl Drop for Rendezvous {
 /// Removes `resty-async.<pid>.*` directories whose process is gone (a worker
 /// killed between creating its socket and accepting the driver).
 fn sweep_stale(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else { return };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else { continue };
-        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid == sys::getpid() || sys::process_alive(pid) {
             continue;
         }
@@ -199,7 +217,12 @@ impl Notifier {
             // `guard` is held. MSG_NOSIGNAL: a closed peer gives EPIPE, not a
             // SIGPIPE that would kill a host that does not ignore it.
             let res = unsafe {
-                libc::send(stream.as_raw_fd(), [1u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                libc::send(
+                    stream.as_raw_fd(),
+                    [1u8].as_ptr().cast(),
+                    1,
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
             };
             if res == 1 {
                 self.written.fetch_add(1, Ordering::Relaxed);

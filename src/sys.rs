@@ -31,7 +31,11 @@ pub(crate) fn getpid() -> u32 {
 /// The pid of the process at the other end of a connected unix socket, as
 /// the kernel recorded it at `connect()` time (`SO_PEERCRED`).
 pub(crate) fn peer_pid(sock: &impl AsRawFd) -> io::Result<u32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` and `len` are valid for writes and `len` is the size of
     // `cred`, as SO_PEERCRED requires; the fd is borrowed for the call.

@@ -39,13 +39,20 @@ impl Timers {
 
     /// A future that completes once `deadline` has passed.
     pub fn sleep_until(&self, deadline: Instant) -> Sleep {
-        Sleep { deadline, key: None, queue: Rc::downgrade(&self.queue) }
+        Sleep {
+            deadline,
+            key: None,
+            queue: Rc::downgrade(&self.queue),
+        }
     }
 
     /// A future that completes after `dur`.
     pub fn sleep(&self, dur: Duration) -> Sleep {
         let now = Instant::now();
-        self.sleep_until(now.checked_add(dur).unwrap_or(now + Duration::from_secs(86400 * 365 * 30)))
+        self.sleep_until(
+            now.checked_add(dur)
+                .unwrap_or(now + Duration::from_secs(86400 * 365 * 30)),
+        )
     }
 
     /// Wakes (and forgets) every timer due at `now`; returns how many.

@@ -1,8 +1,8 @@
+use futures::channel::oneshot;
 use resty_async::executor::*;
 use resty_async::socket::Notifier;
-use std::sync::Arc;
-use futures::channel::oneshot;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 fn exec() -> Executor<u32> {
     Executor::new(Arc::new(Notifier::default()))

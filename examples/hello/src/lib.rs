@@ -89,13 +89,21 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
         std::thread::sleep(Duration::from_millis(ms));
         Ok::<_, String>(ms)
     })?;
-    m.add_blocking("count_words", |text: String| Ok::<_, String>(text.split_whitespace().count()))?;
-    m.add_blocking("blocking_fail", |msg: String| Err::<(), _>(format!("blocking failure: {msg}")))?;
-    m.add_blocking("blocking_panic", |msg: String| -> Result<(), String> { panic!("{msg}") })?;
+    m.add_blocking("count_words", |text: String| {
+        Ok::<_, String>(text.split_whitespace().count())
+    })?;
+    m.add_blocking("blocking_fail", |msg: String| {
+        Err::<(), _>(format!("blocking failure: {msg}"))
+    })?;
+    m.add_blocking("blocking_panic", |msg: String| -> Result<(), String> {
+        panic!("{msg}")
+    })?;
 
     // --- plain sync functions --------------------------------------------
     m.add_function("add", |_, (a, b): (f64, f64)| Ok(a + b))?;
-    m.add_function("sync_fail", |_, msg: String| Err::<(), _>(LuaError::RuntimeError(msg)))?;
+    m.add_function("sync_fail", |_, msg: String| {
+        Err::<(), _>(LuaError::RuntimeError(msg))
+    })?;
     m.add_function("sync_panic", |_, ()| -> LuaResult<()> { panic!("sync panic") })?;
     m.add_function("dropped", |_, ()| Ok(DROPPED.load(Ordering::SeqCst)))?;
 
