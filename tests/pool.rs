@@ -1,0 +1,69 @@
+use std::time::Duration;
+
+use futures::executor::block_on;
+use resty_async::pool::{Pool, PoolError};
+
+#[test]
+fn jobs_run_on_threads_and_return() {
+    let pool = Pool::new(2, 16);
+    let tasks: Vec<_> = (0..8u64).map(|i| pool.spawn(move || i * i).unwrap()).collect();
+    let got: Vec<u64> = tasks.into_iter().map(|t| block_on(t).unwrap()).collect();
+    assert_eq!(got, vec![0, 1, 4, 9, 16, 25, 36, 49]);
+    assert!(pool.stats().threads <= 2);
+    assert_eq!(pool.stats().done, 8);
+}
+
+#[test]
+fn full_queue_is_busy_at_once() {
+    let pool = Pool::new(1, 1);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let blocker = pool.spawn(move || rx.recv().unwrap()).unwrap();
+    // Wait until the thread has taken the blocker: the queue is empty.
+    while pool.stats().running == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let queued = pool.spawn(|| 1).unwrap();
+    match pool.spawn(|| 2) {
+        Err(PoolError::Busy { max_queue: 1 }) => {}
+        other => panic!("expected busy, got {other:?}"),
+    }
+    assert_eq!(pool.stats().rejected, 1);
+    tx.send(()).unwrap();
+    block_on(blocker).unwrap();
+    assert_eq!(block_on(queued).unwrap(), 1);
+}
+
+#[test]
+fn panicking_job_reports_and_thread_survives() {
+    let pool = Pool::new(1, 4);
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = block_on(pool.spawn(|| -> u32 { panic!("job failed") }).unwrap());
+    std::panic::set_hook(prev);
+    match r {
+        Err(PoolError::Panicked(p)) => assert_eq!(p.0, "job failed"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(block_on(pool.spawn(|| 5).unwrap()).unwrap(), 5);
+    assert_eq!(pool.stats().threads, 1);
+}
+
+#[test]
+fn job_whose_caller_left_is_skipped() {
+    let pool = Pool::new(1, 4);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let blocker = pool.spawn(move || rx.recv().unwrap()).unwrap();
+    while pool.stats().running == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r2 = ran.clone();
+    let abandoned = pool.spawn(move || r2.store(true, std::sync::atomic::Ordering::SeqCst)).unwrap();
+    drop(abandoned); // e.g. the caller timed out
+    tx.send(()).unwrap();
+    block_on(blocker).unwrap();
+    // A later job runs after the skipped one.
+    block_on(pool.spawn(|| ()).unwrap()).unwrap();
+    assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(pool.stats().skipped, 1);
+}
