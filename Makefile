@@ -15,7 +15,8 @@ TEST_BASE  ?= /tmp/resty-async-test
 
 # Debian packages needed to run and test (installed by `make deps` as root).
 DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
-                libtest-base-perl libtext-diff-perl liburi-perl
+                libtest-base-perl libtext-diff-perl liburi-perl \
+                lua-check luarocks curl
 
 SO := build/resty_async_core.so
 EXAMPLE_SO := build/resty_async_example.so
@@ -69,7 +70,7 @@ run: deps build
 	    nginx/demo.conf > build/demo/nginx.conf
 	$(NGINX) -p $(CURDIR)/build/demo -c $(CURDIR)/build/demo/nginx.conf -g 'daemon off;'
 
-test: deps build test-rust test-nginx
+test: deps lint build test-rust test-nginx test-install
 
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
@@ -84,6 +85,59 @@ test-nginx: build
 	@left=$$(ls -A $(TEST_BASE)); if [ -n "$$left" ]; then \
 	    echo "FAIL: the runtime left files in $(TEST_BASE): $$left"; exit 1; fi; \
 	echo "no socket files or directories left in $(TEST_BASE)"
+
+# ---------------------------------------------------------------------------
+# Installation, the lua-resty-* way: `make install` copies
+# lualib/resty/async.lua to $(LUA_LIB_DIR)/resty/ and the built-in module to
+# $(LUA_CLIB_DIR)/resty_async_core.so, both under $(DESTDIR) (staged
+# installs). Defaults: $(PREFIX)/lib/lua/5.1 for both, as lua-resty-core.
+# With OPENRESTY_PREFIX set: $(OPENRESTY_PREFIX)/site/lualib for both, on
+# OpenResty's default package.path and package.cpath. Any of them can be set
+# on the command line. The example module is not installed.
+INSTALL      ?= install
+LUA_VERSION  := 5.1
+PREFIX       ?= /usr/local
+ifdef OPENRESTY_PREFIX
+LUA_LIB_DIR  ?= $(OPENRESTY_PREFIX)/site/lualib
+LUA_CLIB_DIR ?= $(OPENRESTY_PREFIX)/site/lualib
+else
+LUA_LIB_DIR  ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUA_CLIB_DIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+endif
+LUACHECK     ?= luacheck
+LUAROCKS     ?= luarocks
+ROCKSPEC     := $(lastword $(sort $(wildcard resty-async-*.rockspec)))
+
+.PHONY: install uninstall lint test-install package
+
+install: $(SO)
+	$(INSTALL) -d "$(DESTDIR)$(LUA_LIB_DIR)/resty" "$(DESTDIR)$(LUA_CLIB_DIR)"
+	$(INSTALL) -m 0644 lualib/resty/async.lua "$(DESTDIR)$(LUA_LIB_DIR)/resty/async.lua"
+	$(INSTALL) -m 0755 $(SO) "$(DESTDIR)$(LUA_CLIB_DIR)/resty_async_core.so"
+
+# Removes the two files only: the directories may hold other libraries.
+uninstall:
+	rm -f "$(DESTDIR)$(LUA_LIB_DIR)/resty/async.lua" \
+	      "$(DESTDIR)$(LUA_CLIB_DIR)/resty_async_core.so"
+
+# Formatting, clippy, rustdoc and luacheck, all warnings as errors.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --features core-module -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module
+	$(LUACHECK) lualib t/lib $(ROCKSPEC)
+
+# `make install` into a temporary DESTDIR (default and OpenResty layouts) and
+# `luarocks make` into a temporary tree; nginx with only the installed paths
+# calls async.sleep and async.sha256; then uninstall / `luarocks remove`.
+test-install: $(SO)
+	NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" LUAROCKS="$(LUAROCKS)" \
+	ROCKSPEC="$(ROCKSPEC)" t/install-test.sh
+
+# The crate as uploaded to crates.io, built from the package (target/package/).
+# In a tree with uncommitted changes: make package PACKAGE_FLAGS=--allow-dirty
+package:
+	$(CARGO) package -p resty-async $(PACKAGE_FLAGS)
 
 clean:
 	rm -rf build t/servroot

@@ -18,6 +18,10 @@ local pairs = pairs
 local pcall = pcall
 local tostring = tostring
 local setmetatable = setmetatable
+local getmetatable = getmetatable
+local newproxy = newproxy
+local select = select
+local unpack = unpack
 local math_ceil = math.ceil
 local math_huge = math.huge
 local get_phase = ngx.get_phase
@@ -28,6 +32,7 @@ local ngx_log = ngx.log
 local ERR = ngx.ERR
 local WARN = ngx.WARN
 local exiting = ngx.worker.exiting
+local ngx_now = ngx.now
 local tcp = ngx.socket.tcp
 local sema_new = semaphore.new
 
@@ -59,6 +64,12 @@ local IDLE_WAIT = 0.1
 local READ_TIMEOUT = 2 ^ 31 - 1
 -- Most semaphores kept for reuse.
 local MAX_SPARE_SEMAS = 1024
+-- How often (seconds) the driver looks for waiters that ngx_lua killed
+-- (client abort, ngx.thread.kill, ngx.exit from another thread) and for
+-- task handles the GC collected, and cancels their tasks.
+local SWEEP_INTERVAL = 0.1
+-- waiters[id] once the driver has posted the waiter's semaphore.
+local POSTED = true
 
 local config = {
     timeout = 60,
@@ -117,8 +128,11 @@ local function run_poll(st, arm)
         local id = ids[i]
         ids[i] = nil
         local sema = waiters[id]
-        if sema then
+        if sema and sema ~= POSTED then
             sema:post(1)
+            waiters[id] = POSTED
+        elseif st.owned[id] then
+            st.owned[id] = "done"  -- a task handle collects it later
         else
             -- nobody waits for it any more: free its result
             rt.cancel(id)
@@ -145,6 +159,44 @@ local function reader(st, sock)
             if rearm then
                 kick(st)
             end
+        end
+    end
+end
+
+
+-- Cancels the tasks nobody can collect any more.
+local function sweep(st)
+    local rt = st.rt
+    local waiters = st.waiters
+    local stale = st.stale
+    for id, sema in pairs(waiters) do
+        local dead
+        if sema == POSTED then
+            -- a posted waiter resumes in the same event loop cycle: posted
+            -- a sweep ago and still here means it was killed meanwhile
+            dead = stale[id]
+            stale[id] = true
+        else
+            -- ngx_lua's cleanup of a killed waiter leaves the semaphore
+            -- with nobody waiting (count -1 while someone waits)
+            dead = sema:count() >= 0
+        end
+        if dead then
+            waiters[id] = nil
+            stale[id] = nil
+            st.nwaiting = st.nwaiting - 1
+            rt.cancel(id)
+        end
+    end
+
+    local collected = st.collected
+    local owned = st.owned
+    for i = #collected, 1, -1 do
+        local id = collected[i]
+        collected[i] = nil
+        if owned[id] then
+            owned[id] = nil
+            rt.cancel(id)
         end
     end
 end
@@ -206,6 +258,12 @@ local function drive(st)
             end
         end
         tick:wait(wait)
+
+        local now = ngx_now()
+        if now - st.swept >= SWEEP_INTERVAL then
+            st.swept = now
+            sweep(st)
+        end
     end
 end
 
@@ -295,6 +353,7 @@ local function wait(st, id, timeout)
     local ok, err = sema:wait(timeout)
 
     waiters[id] = nil
+    st.stale[id] = nil
     st.nwaiting = st.nwaiting - 1
     put_sema(sema)
 
@@ -389,8 +448,12 @@ function _M.register(raw)
         st = {
             name = raw.__name or "?",
             rt = raw.__rt,
-            waiters = {},
+            waiters = {},     -- task id -> semaphore (or POSTED)
             nwaiting = 0,
+            stale = {},       -- posted ids seen by the last sweep
+            owned = {},       -- task id -> "pending"|"done", for handles
+            collected = {},   -- ids of handles the GC collected
+            swept = 0,
             ids = {},
             running = false,
             failures = 0,
@@ -497,6 +560,115 @@ function _M.with_timeout(timeout, f, ...)
     end
     check_phase(w.name)
     return finish(w.st, timeout, w.raw(...))
+end
+
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+
+-- A task started with async.spawn.
+local Task = {}
+Task.__index = Task
+
+
+local function start_task(st, ok, ...)
+    if ok == nil then
+        error((...), 2)  -- tail-called: level 2 is the caller of spawn
+    end
+    local task = setmetatable({ st = st }, Task)
+    if ok then
+        task.results = pack(...)
+        return task
+    end
+
+    local id, rearm = ...
+    if rearm then
+        kick(st)
+    end
+    if not st.running then
+        local started, err = start_driver(st)
+        if not started then
+            st.rt.cancel(id)
+            task.results = pack(nil, err)
+            return task
+        end
+    end
+    task.id = id
+    st.owned[id] = "pending"
+    -- When the GC collects the task unawaited, its Rust task is cancelled
+    -- by the driver's next sweep (not here: a finalizer may run in the
+    -- middle of a call into Rust).
+    local guard = newproxy(true)
+    local collected = st.collected
+    getmetatable(guard).__gc = function()
+        collected[#collected + 1] = id
+    end
+    task.guard = guard
+    return task
+end
+
+
+-- Starts resty.async function `f` without waiting; returns a task with
+-- task:wait(timeout?) and task:cancel().
+function _M.spawn(f, ...)
+    local w = wrapped[f]
+    if not w then
+        error("bad argument #1 to 'spawn' (a resty.async function "
+              .. "expected)", 2)
+    end
+    check_phase(w.name)
+    return start_task(w.st, w.raw(...))
+end
+
+
+function Task.wait(self, timeout)
+    if getmetatable(self) ~= Task then
+        error("bad argument #1 to 'wait' (a task expected: use task:wait())",
+              2)
+    end
+    local results = self.results
+    if not results then
+        if timeout == nil then
+            timeout = config.timeout
+        else
+            check_timeout(timeout, 1, "wait")
+        end
+        local st, id = self.st, self.id
+        local state = st.owned[id]
+        st.owned[id] = nil
+        self.id = nil
+        if state == "done" then
+            results = pack(st.rt.take(id))
+        elseif state == "pending" then
+            results = pack(wait(st, id, timeout))
+        else
+            results = pack(nil, "cancelled")
+        end
+        self.results = results
+    end
+    return unpack(results, 1, results.n)
+end
+
+
+-- Cancels the task (its Rust future is dropped now); a later wait()
+-- returns nil, "cancelled". Returns whether it was still running.
+function Task.cancel(self)
+    if getmetatable(self) ~= Task then
+        error("bad argument #1 to 'cancel' (a task expected: use "
+              .. "task:cancel())", 2)
+    end
+    local st, id = self.st, self.id
+    if not id then
+        return false
+    end
+    self.id = nil
+    self.results = pack(nil, "cancelled")
+    local state = st.owned[id]
+    st.owned[id] = nil
+    st.rt.cancel(id)
+    return state == "pending"
 end
 
 

@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# `make bench` (issue 6): every scenario in one run, against one nginx
+# started from nginx/bench.conf (1 worker, then 2 for the scaling rows),
+# driven by wrk on loopback. Prints a Markdown table and writes it, with the
+# machine and the command, to bench/RESULTS.md.
+#
+# The Makefile builds first (build/resty_async_core.so, the bench module
+# build/resty_async_bench.so, the roundtrip microbenchmark). Settings, all
+# optional (environment):
+#   BENCH_DURATION (5)  seconds per measured wrk run, after
+#   BENCH_WARMUP   (1)  seconds of warm-up on the same URL and connections
+#   BENCH_PORT     (18080)
+#   BENCH_THREADS  (nproc) resty-async pool threads = nginx thread_pool threads
+#   BENCH_OUT      (bench/RESULTS.md)
+#   BENCH_ONLY     run only the scenarios whose key matches this regex
+#   NGINX, LUA_MODULES, CARGO, WRK
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+MODULE_DIR=/usr/lib/nginx/modules
+if [ -z "${LUA_MODULES+x}" ]; then
+    LUA_MODULES=""
+    for m in "$MODULE_DIR/ndk_http_module.so" "$MODULE_DIR/ngx_http_lua_module.so"; do
+        [ -e "$m" ] && LUA_MODULES="$LUA_MODULES $m"
+    done
+fi
+CARGO=${CARGO:-cargo}
+WRK=${WRK:-wrk}
+PORT=${BENCH_PORT:-18080}
+DURATION=${BENCH_DURATION:-5}
+WARMUP=${BENCH_WARMUP:-1}
+NCPU=$(nproc)
+THREADS=${BENCH_THREADS:-$NCPU}
+OUT=${BENCH_OUT:-$REPO/bench/RESULTS.md}
+ONLY=${BENCH_ONLY:-}
+COMMAND=${BENCH_COMMAND:-make bench}
+PREFIX=$REPO/build/bench
+URL=http://127.0.0.1:$PORT
+# The job of scenario 6 (must match the 5 in nginx/bench.conf) and the
+# connections that keep it busy.
+JOB_MS=5
+LOAD_CONNS=4
+
+for f in build/resty_async_core.so build/resty_async_bench.so; do
+    [ -e "$f" ] || { echo "bench: $f is missing (run 'make bench')" >&2; exit 1; }
+done
+command -v "$WRK" >/dev/null || { echo "bench: wrk not found (apt-get install wrk)" >&2; exit 1; }
+
+# wrk at 1000 connections, nginx with 1000 more.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+rm -rf "$PREFIX"
+mkdir -p "$PREFIX/logs" "$PREFIX/sock" "$PREFIX/wrk"
+
+NGINX_PID=""
+LOAD_PID=""
+cleanup() {
+    if [ -n "$LOAD_PID" ] && kill -0 "$LOAD_PID" 2>/dev/null; then
+        kill "$LOAD_PID" 2>/dev/null || true
+        wait "$LOAD_PID" 2>/dev/null || true
+    fi
+    stop_nginx
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- nginx ----
+
+render_conf() { # workers threads
+    local load="" user=""
+    for m in $LUA_MODULES; do load="$load load_module $m;"; done
+    [ "$(id -u)" = 0 ] && user="user root;"
+    sed -e "s|@REPO@|$REPO|g" -e "s|@LOAD_MODULES@|$load|" -e "s|@USER@|$user|" \
+        -e "s|@WORKERS@|$1|" -e "s|@THREADS@|$2|g" -e "s|@PORT@|$PORT|" \
+        -e "s|@BASE@|$PREFIX/sock|" nginx/bench.conf > "$PREFIX/nginx.conf"
+}
+
+# One HTTP/1.0 GET with bash's /dev/tcp; prints the status code.
+http_status() { # path
+    local line
+    line=$( (exec 3<>"/dev/tcp/127.0.0.1/$PORT" &&
+             printf 'GET %s HTTP/1.0\r\nHost: bench\r\n\r\n' "$1" >&3 &&
+             IFS=' ' read -r -t 5 _ code _ <&3 && echo "$code") 2>/dev/null || true)
+    echo "${line:-none}"
+}
+
+start_nginx() { # workers threads
+    render_conf "$1" "$2"
+    "$NGINX" -p "$PREFIX" -c "$PREFIX/nginx.conf" -t -q
+    "$NGINX" -p "$PREFIX" -c "$PREFIX/nginx.conf"
+    local i
+    for i in $(seq 50); do
+        [ -s "$PREFIX/logs/nginx.pid" ] && [ "$(http_status /baseline)" = 200 ] && break
+        sleep 0.1
+    done
+    NGINX_PID=$(cat "$PREFIX/logs/nginx.pid")
+    for p in /baseline /fast /wake /peer /async_sleep /ngx_sleep /cpu_async /cpu_sync; do
+        local s
+        s=$(http_status "$p")
+        if [ "$s" != 200 ]; then
+            echo "bench: GET $p answered $s; see $PREFIX/logs/error.log" >&2
+            tail -5 "$PREFIX/logs/error.log" >&2 || true
+            exit 1
+        fi
+    done
+}
+
+stop_nginx() {
+    [ -n "$NGINX_PID" ] || return 0
+    kill -QUIT "$NGINX_PID" 2>/dev/null || true
+    local i
+    for i in $(seq 50); do
+        kill -0 "$NGINX_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$NGINX_PID" 2>/dev/null; then
+        kill -TERM "$NGINX_PID" 2>/dev/null || true
+        sleep 0.5
+    fi
+    NGINX_PID=""
+}
+
+# ----------------------------------------------------------------- wrk -----
+
+declare -A RPS MEAN P99 ERRS
+KEYS=()
+
+wanted() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
+
+parse_result() { # key file
+    local line
+    line=$(grep '^RESULT ' "$2" || true)
+    if [ -z "$line" ]; then
+        echo "bench: wrk printed no result for $1:" >&2
+        cat "$2" >&2
+        exit 1
+    fi
+    local req dur
+    req=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+    dur=$(sed -E 's/.*duration_us=([0-9]+).*/\1/' <<<"$line")
+    RPS[$1]=$(awk -v r="$req" -v d="$dur" 'BEGIN { printf "%.1f", r / (d / 1e6) }')
+    MEAN[$1]=$(sed -E 's/.*mean_us=([0-9.]+).*/\1/' <<<"$line")
+    P99[$1]=$(sed -E 's/.*p99_us=([0-9.]+).*/\1/' <<<"$line")
+    ERRS[$1]=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
+    KEYS+=("$1")
+}
+
+wrk_run() { # key path conns threads
+    local key=$1 path=$2 conns=$3 threads=${4:-1}
+    wanted "$key" || return 0
+    "$WRK" -t"$threads" -c"$conns" -d"${WARMUP}s" "$URL$path" >/dev/null
+    "$WRK" -t"$threads" -c"$conns" -d"${DURATION}s" --latency -s bench/report.lua \
+        "$URL$path" >"$PREFIX/wrk/$key.txt"
+    parse_result "$key" "$PREFIX/wrk/$key.txt"
+    printf '  %-16s %-13s c=%-5s %10.0f req/s  mean %8.1f us  p99 %8.1f us  errors %s\n' \
+        "$key" "$path" "$conns" "${RPS[$key]}" "${MEAN[$key]}" "${P99[$key]}" "${ERRS[$key]}" >&2
+}
+
+# /ping at 1 connection while LOAD_CONNS other connections run $JOB_MS ms
+# jobs on `load_path`.
+isolation_run() { # key load_path
+    local key=$1 load=$2
+    wanted "$key" || return 0
+    "$WRK" -t1 -c"$LOAD_CONNS" -d"$((WARMUP + DURATION + 2))s" --latency -s bench/report.lua \
+        "$URL$load" >"$PREFIX/wrk/$key-load.txt" &
+    LOAD_PID=$!
+    sleep "$WARMUP"
+    "$WRK" -t1 -c1 -d"${DURATION}s" --latency -s bench/report.lua \
+        "$URL/ping" >"$PREFIX/wrk/$key.txt"
+    wait "$LOAD_PID"
+    LOAD_PID=""
+    parse_result "$key" "$PREFIX/wrk/$key.txt"
+    parse_result "$key-load" "$PREFIX/wrk/$key-load.txt"
+    printf '  %-16s /ping c=1 p99 %8.1f us while %s c=%s: %6.0f jobs/s\n' \
+        "$key" "${P99[$key]}" "$load" "$LOAD_CONNS" "${RPS[$key-load]}" >&2
+}
+
+# ------------------------------------------------------------- the runs ----
+
+echo "== roundtrip microbenchmark (cargo bench --bench roundtrip)" >&2
+ROUNDTRIP=""
+if wanted roundtrip; then
+    ROUNDTRIP=$("$CARGO" bench -q --bench roundtrip 2>/dev/null | grep '^roundtrip ' || true)
+    echo "$ROUNDTRIP" >&2
+fi
+
+echo "== 1 worker, pool threads $THREADS, wrk -t1, ${WARMUP}s warm-up + ${DURATION}s per run" >&2
+start_nginx 1 "$THREADS"
+wrk_run base1      /baseline 1
+wrk_run base50     /baseline 50
+wrk_run fast1      /fast 1
+wrk_run fast50     /fast 50
+wrk_run wake1      /wake 1
+wrk_run wake50     /wake 50
+wrk_run peer1      /peer 1
+wrk_run peer50     /peer 50
+wrk_run base1000   /baseline 1000
+wrk_run ngxsleep50   /ngx_sleep 50
+wrk_run asleep50     /async_sleep 50
+wrk_run ngxsleep1000 /ngx_sleep 1000
+wrk_run asleep1000   /async_sleep 1000
+wrk_run pingidle   /ping 1
+isolation_run pingasync /cpu_async
+isolation_run pingsync  /cpu_sync
+# the baseline again: how much the machine drifted during the run
+wrk_run base50b    /baseline 50
+stop_nginx
+
+echo "== 2 workers, wrk -t2" >&2
+start_nginx 2 "$THREADS"
+wrk_run base50w2   /baseline 50 2
+wrk_run wake50w2   /wake 50 2
+wrk_run wake1w2    /wake 1 1
+stop_nginx
+
+if grep -E '\[(alert|crit|emerg)\]' "$PREFIX/logs/error.log" >&2; then
+    echo "bench: nginx logged alerts (above)" >&2
+fi
+
+# ------------------------------------------------------------ the table ----
+
+have() { [ -n "${RPS[$1]:-}" ]; }
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+# microseconds, the way people read them
+us() { awk -v v="$1" 'BEGIN { if (v >= 10000) printf "%.1f ms", v / 1000; else if (v >= 1000) printf "%.2f ms", v / 1000; else printf "%.0f µs", v }'; }
+ratio() { # key base
+    if have "$1" && have "$2"; then calc "%.2f ×" "${RPS[$1]} / ${RPS[$2]}"; else echo "—"; fi
+}
+# 1/rps(key) - 1/rps(base), in µs per request
+added() { calc "%+.1f" "1e6 / ${RPS[$1]} - 1e6 / ${RPS[$2]}"; }
+
+row() { # scenario workers conns key base note
+    have "$4" || return 0
+    local errs=""
+    [ "${ERRS[$4]}" != 0 ] && errs=" (**${ERRS[$4]} errors**)"
+    printf '| %s | %s | %s | %s%s | %s | %s | %s | %s |\n' "$1" "$2" "$3" \
+        "$(calc %.0f "${RPS[$4]}")" "$errs" "$(us "${MEAN[$4]}")" "$(us "${P99[$4]}")" \
+        "$(ratio "$4" "$5")" "$6"
+}
+
+verdict() { # condition-as-awk-expr
+    if awk "BEGIN { exit !($1) }"; then echo "met"; else echo "**not met**"; fi
+}
+
+table() {
+    echo "| Scenario | Workers | Conns | Requests/s | Mean | p99 | × baseline | Notes |"
+    echo "|---|---|---|---|---|---|---|---|"
+    row "1. baseline \`ngx.say\`" 1 1 base1 base1 ""
+    row "1. baseline \`ngx.say\`" 1 50 base50 base50 ""
+    row "1. baseline \`ngx.say\`" 1 1000 base1000 base1000 ""
+    row "2. fast path \`async.sleep(0)\`" 1 1 fast1 base1 "$(have fast1 && echo "$(added fast1 base1) µs/req")"
+    row "2. fast path \`async.sleep(0)\`" 1 50 fast50 base50 ""
+    row "3. wake path \`async.sha256(\"x\")\`" 1 1 wake1 base1 "$(have wake1 && echo "$(added wake1 base1) µs/req")"
+    row "3. wake path \`async.sha256(\"x\")\`" 1 50 wake50 base50 ""
+    row "4. peer \`ngx.run_worker_thread\` sha256" 1 1 peer1 base1 "$(have peer1 && echo "$(added peer1 base1) µs/req")"
+    row "4. peer \`ngx.run_worker_thread\` sha256" 1 50 peer50 base50 ""
+    row "5. \`ngx.sleep(0.001)\`" 1 50 ngxsleep50 base50 ""
+    row "5. \`async.sleep(0.001)\`" 1 50 asleep50 base50 "$(have ngxsleep50 && have asleep50 && echo "$(ratio asleep50 ngxsleep50) ngx.sleep")"
+    row "5. \`ngx.sleep(0.001)\`" 1 1000 ngxsleep1000 base1000 ""
+    row "5. \`async.sleep(0.001)\`" 1 1000 asleep1000 base1000 "$(have ngxsleep1000 && have asleep1000 && echo "$(ratio asleep1000 ngxsleep1000) ngx.sleep")"
+    row "6. \`/ping\`, idle" 1 1 pingidle base1 ""
+    if have pingasync; then
+        row "6. \`/ping\` + ${JOB_MS} ms jobs on the resty-async pool" 1 "1+$LOAD_CONNS" pingasync base1 \
+            "p99 $(calc %.2f "${P99[pingasync]} / ${P99[pingidle]:-1}") × idle; jobs $(calc %.0f "${RPS[pingasync-load]}")/s"
+    fi
+    if have pingsync; then
+        row "6. \`/ping\` + ${JOB_MS} ms jobs run in the handler" 1 "1+$LOAD_CONNS" pingsync base1 \
+            "p99 $(calc %.2f "${P99[pingsync]} / ${P99[pingidle]:-1}") × idle; jobs $(calc %.0f "${RPS[pingsync-load]}")/s"
+    fi
+    row "1. baseline again (drift)" 1 50 base50b base50 ""
+    row "7. baseline \`ngx.say\`" 2 50 base50w2 base50 ""
+    row "7. wake path \`async.sha256(\"x\")\`" 2 50 wake50w2 base50 "$(have base50w2 && have wake50w2 && echo "$(ratio wake50w2 base50w2) 2-worker baseline; $(ratio wake50w2 wake50) 1 worker")"
+    row "7. wake path \`async.sha256(\"x\")\`" 2 1 wake1w2 base1 "$(have wake1w2 && echo "$(added wake1w2 base1) µs/req")"
+}
+
+targets() {
+    echo "| Target | Measured | |"
+    echo "|---|---|---|"
+    if have fast50 && have base50; then
+        echo "| fast path ≥ 0.95 × baseline req/s (50 conns) | $(ratio fast50 base50) | $(verdict "${RPS[fast50]} >= 0.95 * ${RPS[base50]}") |"
+    fi
+    if have wake50 && have base50; then
+        echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio wake50 base50) (peer: $(ratio peer50 base50)) | $(verdict "${RPS[wake50]} >= 0.8 * ${RPS[base50]}") |"
+    fi
+    if have wake1 && have base1; then
+        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs (peer: $(have peer1 && added peer1 base1) µs) | $(verdict "1e6 / ${RPS[wake1]} - 1e6 / ${RPS[base1]} <= 10") |"
+    fi
+    if have asleep50 && have ngxsleep50; then
+        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 50 conns | $(ratio asleep50 ngxsleep50) | $(verdict "${RPS[asleep50]} >= 0.9 * ${RPS[ngxsleep50]}") |"
+    fi
+    if have asleep1000 && have ngxsleep1000; then
+        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 1000 conns | $(ratio asleep1000 ngxsleep1000) | $(verdict "${RPS[asleep1000]} >= 0.9 * ${RPS[ngxsleep1000]}") |"
+    fi
+    if have pingasync && have pingidle; then
+        echo "| isolation: \`/ping\` p99 with pool jobs ≤ 2 × idle p99 | $(us "${P99[pingasync]}") vs $(us "${P99[pingidle]}") idle ($(calc %.2f "${P99[pingasync]} / ${P99[pingidle]}") ×) | $(verdict "${P99[pingasync]} <= 2 * ${P99[pingidle]}") |"
+    fi
+    if have pingsync; then
+        echo "| isolation: synchronous variant's p99 ≥ job length (${JOB_MS} ms) | $(us "${P99[pingsync]}") | $(verdict "${P99[pingsync]} >= $JOB_MS * 1000") |"
+    fi
+}
+
+CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+NGINX_V=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+LUA_V=$(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo "?")
+WRK_V=$(dpkg-query -W -f='${Version}' wrk 2>/dev/null || echo "?")
+DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+
+report() {
+    echo "## Benchmarks"
+    echo
+    echo "$DATE, \`$COMMAND\` on $NCPU cores ($CPU), $NGINX_V," \
+         "libnginx-mod-http-lua $LUA_V, wrk $WRK_V on loopback (sharing the cores)."
+    echo "Each row: ${WARMUP} s warm-up, then ${DURATION} s of \`wrk -t1\` (\`-t2\` for the" \
+         "2-worker rows of 7) with \`--latency\`; mean = wrk's Latency Avg, p99 = its 99% line." \
+         "Ratios are to the baseline at the same connections in this same run;" \
+         "µs/req = 1/req_s − 1/baseline_req_s. resty-async's pool and the" \
+         "\`thread_pool\` of \`ngx.run_worker_thread\` both have $THREADS threads." \
+         "Scenario 6: \`/ping\` at 1 connection while $LOAD_CONNS other connections run" \
+         "${JOB_MS} ms CPU jobs."
+    echo
+    table
+    echo
+    targets
+    if [ -n "$ROUNDTRIP" ]; then
+        echo
+        echo "8. \`cargo bench --bench roundtrip\` (no nginx; spawn → wake → poll → complete):"
+        echo
+        echo "| Case | ns per round trip |"
+        echo "|---|---|"
+        awk '{ printf "| `%s` | %s |\n", $2, $3 }' <<<"$ROUNDTRIP"
+        echo
+        echo "\`ready\`: future ready at once; \`local_wake\`: woken on the same thread;" \
+             "\`thread_wake\`: a oneshot completed by another thread, woken through a unix" \
+             "socket; \`pool_job\`: sha256 on \`Pool\`, woken through the socket."
+    fi
+}
+
+report | tee "$OUT"
+echo >&2
+echo "(written to ${OUT#$REPO/}; raw wrk output in ${PREFIX#$REPO/}/wrk)" >&2

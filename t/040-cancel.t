@@ -1,0 +1,226 @@
+# vim:set ft= ts=4 sw=4 et fdm=marker:
+use lib '.';
+use t::TestAsync;
+
+plan tests => repeat_each() * (blocks() * 5 - 3);
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: a timeout drops the future at once: its destructor runs, its timer goes
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local before = ex.dropped()
+            local ok, err = async.with_timeout(0.05, ex.guarded_sleep, 5000)
+            ngx.say(ok, " ", err, " dropped: ", ex.dropped() - before)
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " timers=", st.timers,
+                    " waiting=", st.waiting)
+            -- the same for a future waiting on a std::thread
+            before = ex.dropped()
+            ok, err = async.with_timeout(0.05, ex.guarded_thread_wait, 300)
+            ngx.say(ok, " ", err, " dropped: ", ex.dropped() - before)
+        }
+    }
+--- response_body
+nil timeout dropped: 1
+in_flight=0 timers=0 waiting=0
+nil timeout dropped: 1
+
+
+
+=== TEST 2: a timed-out pool job that has not started is never run; a running one is discarded
+--- http_config
+    init_worker_by_lua_block {
+        assert(require("resty.async").configure{ threads = 1 })
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local busy = ngx.thread.spawn(ex.block_ms, 300)
+            ngx.sleep(0.02)  -- the only thread is busy now
+            local v, err = async.with_timeout(0.05, ex.block_ms, 10)
+            ngx.say("queued job: ", v, " ", err)
+            v, err = async.with_timeout(0.4, ex.block_ms, 1)
+            ngx.say("next job: ", v, " ", err)
+            local st = async.stats()
+            ngx.say("skipped=", st.pool_skipped)
+            -- a job that times out while running finishes, its result freed
+            local done = st.pool_done
+            v, err = async.with_timeout(0.05, ex.block_ms, 150)
+            ngx.say("running job: ", v, " ", err)
+            ngx.sleep(0.2)
+            st = async.stats()
+            ngx.say("finished anyway: ", st.pool_done - done, " in_flight=",
+                    st.in_flight, " running=", st.pool_running)
+            ngx.thread.wait(busy)
+        }
+    }
+--- response_body
+queued job: nil timeout
+next job: 1 nil
+skipped=1
+running job: nil timeout
+finished anyway: 1 in_flight=0 running=0
+
+
+
+=== TEST 3: a client abort cancels the waiting task
+--- http_config
+    lua_check_client_abort on;
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            -- upvalues of a killed coroutine are not safe: pass arguments
+            ngx.timer.at(0.8, function(_, before)
+                local async = require "resty.async"
+                local ex = require "resty_async_example"
+                local st = async.stats()
+                ngx.log(ngx.WARN, "after abort: dropped=", ex.dropped() - before,
+                        " in_flight=", st.in_flight, " waiting=", st.waiting,
+                        " timers=", st.timers)
+            end, ex.dropped())
+            ex.guarded_sleep(5000)
+            ngx.log(ngx.ERR, "must not get here")
+        }
+    }
+--- abort
+--- timeout: 0.2
+--- ignore_response
+--- wait: 1
+--- error_log
+after abort: dropped=1 in_flight=0 waiting=0 timers=0
+--- no_error_log
+must not get here
+[alert]
+exited on signal
+
+
+
+=== TEST 4: ngx.thread.kill of a waiting light thread cancels its task
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local before = ex.dropped()
+            local th = ngx.thread.spawn(ex.guarded_sleep, 5000)
+            local th2 = ngx.thread.spawn(ex.block_ms, 100)
+            ngx.sleep(0.01)
+            ngx.say("killed: ", ngx.thread.kill(th), " ", ngx.thread.kill(th2))
+            ngx.sleep(0.3)
+            local st = async.stats()
+            ngx.say("dropped=", ex.dropped() - before, " in_flight=",
+                    st.in_flight, " waiting=", st.waiting, " timers=", st.timers)
+        }
+    }
+--- response_body
+killed: 1 1
+dropped=1 in_flight=0 waiting=0 timers=0
+
+
+
+=== TEST 5: ngx.exit from another light thread cancels the waiting task
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            ngx.timer.at(0.4, function(_, before)
+                local async = require "resty.async"
+                local ex = require "resty_async_example"
+                local st = async.stats()
+                ngx.log(ngx.WARN, "after exit: dropped=", ex.dropped() - before,
+                        " in_flight=", st.in_flight, " waiting=", st.waiting)
+            end, ex.dropped())
+            ngx.thread.spawn(ex.guarded_sleep, 5000)
+            ngx.thread.spawn(function()
+                ngx.sleep(0.01)
+                ngx.say("bye")
+                ngx.exit(200)
+            end)
+        }
+    }
+--- response_body
+bye
+--- wait: 0.6
+--- error_log
+after exit: dropped=1 in_flight=0 waiting=0
+
+
+
+=== TEST 6: a task handle collected without being awaited is cancelled
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local before = ex.dropped()
+            do
+                local task = async.spawn(ex.guarded_sleep, 5000)
+                task = nil
+            end
+            collectgarbage()
+            collectgarbage()
+            ngx.sleep(0.3)
+            local st = async.stats()
+            ngx.say("dropped=", ex.dropped() - before, " in_flight=", st.in_flight,
+                    " timers=", st.timers)
+        }
+    }
+--- response_body
+dropped=1 in_flight=0 timers=0
+
+
+
+=== TEST 7: spawn runs calls side by side; wait, cancel, ready-at-once tasks
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            ngx.update_time()
+            local t0 = ngx.now()
+            local a = async.spawn(ex.echo_after, "a", 100)
+            local b = async.spawn(async.sleep, 0.1)
+            local c = async.spawn(async.sha256, "abc")
+            local d = async.spawn(async.sleep, 0)       -- ready at once
+            ngx.say(a:wait(), " ", b:wait(), " ", #c:wait(), " ", d:wait())
+            ngx.update_time()
+            ngx.say("side by side: ", ngx.now() - t0 < 0.19)
+            ngx.say("again: ", a:wait())
+            local before = ex.dropped()
+            local e = async.spawn(ex.guarded_sleep, 5000)
+            ngx.say("cancel: ", e:cancel(), " ", e:cancel(), " dropped=",
+                    ex.dropped() - before)
+            ngx.say("wait after cancel: ", e:wait())
+            -- a task finished before anyone waits keeps its result
+            local f = async.spawn(ex.echo_after, "kept", 10)
+            ngx.sleep(0.1)
+            ngx.say(f:wait(), " in_flight=", async.stats().in_flight)
+            local g = async.spawn(ex.fail_after, "oops", 1)
+            ngx.say(g:wait())
+            local ok, err = pcall(async.spawn, ngx.say, 1)
+            ngx.say(ok, " ", err)
+            ok, err = pcall(async.spawn, async.sleep, "x")
+            ngx.say(ok, " ", err)
+        }
+    }
+--- response_body_like
+^a true 64 true
+side by side: true
+again: a
+cancel: true false dropped=1
+wait after cancel: nilcancelled
+kept in_flight=0
+niloops
+false .*bad argument #1 to 'spawn' \(a resty.async function expected\)
+false .*bad argument #1 to 'sleep' \(number expected, got string\)
