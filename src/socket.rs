@@ -22,7 +22,7 @@ const DIR_PREFIX: &str = "resty-async.";
 const SUN_PATH_MAX: usize = 107;
 /// Bound on connections examined per `accept_own` call, so strangers that
 /// keep connecting cannot keep the worker in the loop.
-const ACCEPT_BATCH: usize = 64;
+const ACCEPT_BATCH: usize = 256;
 
 /// A listening socket in a private directory, waiting for the driver.
 ///
