@@ -17,6 +17,7 @@ our $HttpConfig = qq{
     init_by_lua_block {
         local async = require "resty.async"
         assert(async.configure{ base_dir = "$Base" })
+        -- INIT_BY_LUA
     }
 };
 
@@ -27,8 +28,12 @@ no_long_string();
 add_block_preprocessor(sub {
     my $block = shift;
 
-    my $http_config = $block->http_config // '';
-    $block->set_value("http_config", $HttpConfig . $http_config);
+    # A block's own init_by_lua code (there can be one init_by_lua_block),
+    # as lua-resty-core's t/TestCore.pm does.
+    my $init = $block->init_by_lua_block // '';
+    my $http_config = $HttpConfig;
+    $http_config =~ s/-- INIT_BY_LUA/$init/;
+    $block->set_value("http_config", $http_config . ($block->http_config // ''));
 
     if (!defined $block->request) {
         $block->set_value("request", "GET /t");

@@ -58,7 +58,9 @@ fn job_whose_caller_left_is_skipped() {
     }
     let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let r2 = ran.clone();
-    let abandoned = pool.spawn(move || r2.store(true, std::sync::atomic::Ordering::SeqCst)).unwrap();
+    let abandoned = pool
+        .spawn(move || r2.store(true, std::sync::atomic::Ordering::SeqCst))
+        .unwrap();
     drop(abandoned); // e.g. the caller timed out
     tx.send(()).unwrap();
     block_on(blocker).unwrap();

@@ -1,0 +1,146 @@
+# vim:set ft= ts=4 sw=4 et fdm=marker:
+use lib '.';
+use t::TestAsync;
+
+plan tests => repeat_each() * (blocks() * 5 + 1);
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: every non-yieldable phase gets a clear error, never a hang
+--- init_by_lua_block
+        local ok, err = pcall(async.sleep, 0.01)
+        package.loaded.init_err = err
+--- http_config
+    init_worker_by_lua_block {
+        local async = require "resty.async"
+        local ok, err = pcall(async.read_file, "/etc/hostname")
+        ngx.log(ngx.WARN, "init_worker: ", err)
+        ngx.log(ngx.WARN, "init: ", package.loaded.init_err)
+    }
+--- config
+    location = /t {
+        set_by_lua_block $x {
+            local async = require "resty.async"
+            local ok, err = pcall(async.sleep, 0.01)
+            ngx.log(ngx.WARN, "set: ", err)
+            return "x"
+        }
+        content_by_lua_block { ngx.say("ok ", ngx.var.x) }
+        body_filter_by_lua_block {
+            local async = require "resty.async"
+            local ok, err = pcall(async.write_file, "/tmp/x", "y")
+            if ngx.arg[2] then ngx.log(ngx.WARN, "body_filter: ", err) end
+        }
+        log_by_lua_block {
+            local async = require "resty.async"
+            local ok, err = pcall(async.spawn, async.sleep, 0.01)
+            ngx.log(ngx.WARN, "log: ", err)
+        }
+    }
+--- response_body
+ok x
+--- wait: 0.1
+--- error_log
+init: resty.async: sleep() cannot wait in the init phase
+init_worker: resty.async: read_file() cannot wait in the init_worker phase
+set: resty.async: sleep() cannot wait in the set phase
+body_filter: resty.async: write_file() cannot wait in the body_filter phase
+log: resty.async: sleep() cannot wait in the log phase
+
+
+
+=== TEST 2: with_timeout, configure and register reject bad arguments
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local function try(f, ...)
+                local ok, err = pcall(f, ...)
+                ngx.say(ok, " ", (tostring(err):gsub("^.-:%d+: ", "")))
+            end
+            try(async.with_timeout, 0 / 0, async.sleep, 1)
+            try(async.with_timeout, -1, async.sleep, 1)
+            try(async.with_timeout, "1", async.sleep, 1)
+            try(async.with_timeout, 1, print, 1)
+            try(async.configure, "threads")
+            try(async.configure, { threads = 0 })
+            try(async.configure, { threads = 1.5 })
+            try(async.configure, { max_queue = "many" })
+            try(async.configure, { timeout = 1 / 0 })
+            try(async.register, {})
+            ngx.say("still fine: ", async.sleep(0.001))
+        }
+    }
+--- response_body
+false bad argument #1 to 'with_timeout' (timeout must be a finite number > 0)
+false bad argument #1 to 'with_timeout' (timeout must be a finite number > 0)
+false bad argument #1 to 'with_timeout' (number expected, got string)
+false bad argument #2 to 'with_timeout' (a resty.async function expected)
+false bad argument #1 to 'configure' (table expected, got string)
+false bad argument #1 to 'configure' (option 'threads' must be an integer >= 1)
+false bad argument #1 to 'configure' (option 'threads' must be an integer >= 1)
+false bad argument #1 to 'configure' (option 'max_queue': number expected, got string)
+false bad argument #1 to 'configure' (timeout must be a finite number > 0)
+false bad argument #1 to 'register' (the raw table of a resty-async module expected)
+still fine: true
+
+
+
+=== TEST 3: configure after the runtime started cannot change the pool
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            assert(async.sha256("x"))
+            local ok, err = async.configure{ threads = 7 }
+            ngx.say(ok, " ", err and err:match("already running") ~= nil)
+            ngx.say(async.configure{ timeout = 30 })
+        }
+    }
+--- response_body
+nil true
+true
+
+
+
+=== TEST 4: large data: a 100 MiB string hashes; nothing is truncated
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local data = string.rep("z", 100 * 1024 * 1024)
+            local hex = async.sha256(data)
+            ngx.say(hex == require("t_http").sha256sum(data))
+            data = nil
+            collectgarbage()
+        }
+    }
+--- response_body
+true
+--- timeout: 30
+
+
+
+=== TEST 5: a bad base_dir is reported to the caller, and a good one works after
+--- http_config
+    init_worker_by_lua_block {
+        -- before the first call: allowed
+        assert(require("resty.async").configure{ base_dir = "/nonexistent/dir" })
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ok, err = async.sleep(0.01)
+            ngx.say(ok, " ", err)
+            ngx.say("ready-at-once still works: ", async.sleep(0))
+        }
+    }
+--- response_body
+nil cannot create the completion socket: cannot create a directory in /nonexistent/dir: No such file or directory (os error 2)
+ready-at-once still works: true
+--- no_error_log
+[alert]
+exited on signal
