@@ -22,7 +22,7 @@ SO := build/resty_async_core.so
 EXAMPLE_SO := build/resty_async_example.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
-.PHONY: all build deps run test test-rust test-nginx clean
+.PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench
 
 all: build
 
@@ -70,7 +70,7 @@ run: deps build
 	    nginx/demo.conf > build/demo/nginx.conf
 	$(NGINX) -p $(CURDIR)/build/demo -c $(CURDIR)/build/demo/nginx.conf -g 'daemon off;'
 
-test: deps lint build test-rust test-nginx test-install
+test: deps lint build test-rust test-nginx test-install test-lifecycle
 
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
@@ -125,20 +125,51 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --features core-module -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module
-	$(LUACHECK) lualib t/lib $(ROCKSPEC)
+	$(LUACHECK) lualib t/lib
 
 # `make install` into a temporary DESTDIR (default and OpenResty layouts) and
 # `luarocks make` into a temporary tree; nginx with only the installed paths
 # calls async.sleep and async.sha256; then uninstall / `luarocks remove`.
 test-install: $(SO)
-	NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" LUAROCKS="$(LUAROCKS)" \
-	ROCKSPEC="$(ROCKSPEC)" t/install-test.sh
+	TEST_NGINX_BINARY="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" \
+	LUAROCKS="$(LUAROCKS)" ROCKSPEC="$(ROCKSPEC)" t/install-test.sh
 
 # The crate as uploaded to crates.io, built from the package (target/package/).
 # In a tree with uncommitted changes: make package PACKAGE_FLAGS=--allow-dirty
 package:
 	$(CARGO) package -p resty-async $(PACKAGE_FLAGS)
 
+# Reloads under load, SIGKILL of a worker, quit while requests wait.
+test-lifecycle: build
+	TEST_NGINX_BINARY=$(NGINX) TEST_NGINX_LOAD_MODULES="$(strip $(LUA_MODULES))" t/lifecycle/run.sh
+
 clean:
 	rm -rf build t/servroot
 	$(CARGO) clean
+
+# `make bench` (not part of `make test`): every scenario of bench/run.sh in
+# one run (nginx/bench.conf, wrk on loopback, about 3 minutes), the roundtrip
+# microbenchmark (benches/), a Markdown table on stdout and in
+# bench/RESULTS.md. Always release builds. BENCH_DURATION, BENCH_WARMUP,
+# BENCH_PORT, BENCH_THREADS, BENCH_ONLY: see bench/run.sh.
+BENCH_SO := build/resty_async_bench.so
+
+$(BENCH_SO): $(RUST_SRC) $(wildcard bench/module/src/*.rs) bench/module/Cargo.toml
+	$(CARGO) build --release -p resty-async-bench
+	@mkdir -p build
+	cp target/release/libresty_async_bench.so $@
+
+bench: deps build $(BENCH_SO)
+	@test "$(PROFILE)" = release || { echo "make bench measures release builds: PROFILE=release"; exit 1; }
+	@if ! command -v wrk >/dev/null; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing: wrk"; \
+	        apt-get update -qq && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null \
+	            || exit 1; \
+	    else \
+	        echo "wrk is missing (run 'make bench' as root, or apt-get install wrk)"; exit 1; \
+	    fi; \
+	fi
+	$(CARGO) bench --no-run -q --bench roundtrip
+	CARGO="$(CARGO)" NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/run.sh

@@ -40,6 +40,10 @@ build = {
     type = "make",
     -- only the built-in module, not the example crate
     build_target = "build/resty_async_core.so",
+    -- for any C code a crate's build script compiles
+    build_variables = {
+        CFLAGS = "$(CFLAGS)",
+    },
     install_variables = {
         LUA_LIB_DIR = "$(LUADIR)",
         LUA_CLIB_DIR = "$(LIBDIR)",

@@ -9,21 +9,26 @@
 #   3. make install DESTDIR=tmp PREFIX=... LUA_LIB_DIR=... LUA_CLIB_DIR=...
 #   4. luarocks make --tree tmp ROCKSPEC, then luarocks remove
 #
-# Environment: NGINX, LUA_MODULES (the load_module paths), LUAROCKS, ROCKSPEC
-# (set by the Makefile). Needs root or a user that may run nginx workers.
+# Environment (set by the Makefile): TEST_NGINX_BINARY, LUA_MODULES (the
+# load_module paths), LUAROCKS, ROCKSPEC. Exits non-zero, with the reason and
+# nginx's logs, on any failure; removes its temporary directory and stops its
+# nginx in any case.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 REPO=$(pwd -P)
 
-NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
-LUA_MODULES=${LUA_MODULES-/usr/lib/nginx/modules/ndk_http_module.so /usr/lib/nginx/modules/ngx_http_lua_module.so}
+NGINX=${TEST_NGINX_BINARY:-$(command -v nginx || echo /usr/sbin/nginx)}
+LUA_MODULES=${LUA_MODULES-/usr/lib/nginx/modules/ndk_http_module.so \
+/usr/lib/nginx/modules/ngx_http_lua_module.so}
 LUAROCKS=${LUAROCKS:-luarocks}
-ROCKSPEC=${ROCKSPEC:-$(ls resty-async-*.rockspec 2>/dev/null | sort | tail -n 1)}
+ROCKSPEC=${ROCKSPEC:-$(ls resty-async-*.rockspec 2>/dev/null | tail -n 1)}
 
 # The layout under test must come from this script's command lines only.
 unset PREFIX DESTDIR LUA_LIB_DIR LUA_CLIB_DIR OPENRESTY_PREFIX \
       MAKEFLAGS MFLAGS MAKELEVEL
+# nginx reads $NGINX as a list of inherited listening sockets.
+export -n NGINX
 
 NGINX_PID=
 NGINX_DIR=
@@ -63,10 +68,13 @@ stop_nginx() {
 cleanup() {
     local rc=$?
     stop_nginx
-    if ((rc != 0)) && [ -n "$NGINX_DIR" ] && [ -f "$NGINX_DIR/logs/error.log" ]
-    then
-        echo "--- $NGINX_DIR/logs/error.log" >&2
-        tail -n 30 "$NGINX_DIR/logs/error.log" >&2
+    local f
+    if ((rc != 0)) && [ -n "$NGINX_DIR" ]; then
+        for f in "$NGINX_DIR"/logs/*.log; do
+            [ -s "$f" ] || continue
+            echo "--- $f" >&2
+            tail -n 30 "$f" >&2
+        done
     fi
     [ -n "$T" ] && rm -rf "$T"
     exit "$rc"
@@ -77,7 +85,8 @@ trap 'exit 143' TERM
 
 [ -x "$NGINX" ] || fail "nginx not found ($NGINX); run 'make deps'"
 command -v curl >/dev/null || fail "curl not found; run 'make deps'"
-[ -f build/resty_async_core.so ] || fail "build/resty_async_core.so missing; run 'make'"
+[ -f build/resty_async_core.so ] \
+    || fail "build/resty_async_core.so missing; run 'make'"
 
 VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
 [ -n "$VERSION" ] || fail "no version in Cargo.toml"
@@ -156,7 +165,7 @@ EOF
         # From the nginx prefix: the default path's ./?.lua and ./?.so must
         # not find the checkout.
         (cd "$NGINX_DIR" && exec "$NGINX" -p "$NGINX_DIR/" -c conf/nginx.conf \
-            -g 'daemon off;') &
+            -e logs/error.log -g 'daemon off;' >logs/stderr.log 2>&1) &
         NGINX_PID=$!
         for ((i = 0; i < 100; i++)); do
             if curl -fsS -o /dev/null --max-time 2 \
@@ -171,7 +180,7 @@ EOF
             wait "$NGINX_PID" 2>/dev/null || true
             NGINX_PID=
             if ((try < 3)) && grep -q "Address already in use" \
-                "$NGINX_DIR/logs/error.log" 2>/dev/null
+                "$NGINX_DIR"/logs/*.log 2>/dev/null
             then
                 continue
             fi
@@ -198,7 +207,7 @@ so: @$cdir/resty_async_core.so"
         fail "$name: unexpected response"
     fi
     if grep -E '\[(alert|emerg|crit|error)\]|exited on signal' \
-        "$NGINX_DIR/logs/error.log"
+        "$NGINX_DIR/logs/error.log" "$NGINX_DIR/logs/stderr.log"
     then
         fail "$name: errors in the nginx log"
     fi
@@ -211,8 +220,8 @@ check_installed() {
     local lua=$1/resty/async.lua so=$2/resty_async_core.so
     [ -f "$lua" ] || fail "not installed: $lua"
     [ -f "$so" ] || fail "not installed: $so"
-    [ "$(stat -c %a "$lua")" = 644 ] || fail "mode of $lua: $(stat -c %a "$lua")"
-    [ "$(stat -c %a "$so")" = 755 ] || fail "mode of $so: $(stat -c %a "$so")"
+    [ "$(stat -c %a "$lua")" = 644 ] || fail "$lua: mode $(stat -c %a "$lua")"
+    [ "$(stat -c %a "$so")" = 755 ] || fail "$so: mode $(stat -c %a "$so")"
     cmp -s "$lua" lualib/resty/async.lua || fail "$lua differs from lualib/"
     cmp -s "$so" build/resty_async_core.so || fail "$so differs from build/"
 }
@@ -271,6 +280,7 @@ rs_version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$ROCKSPEC")
     || fail "$ROCKSPEC: version $rs_version, Cargo.toml: $VERSION"
 [ "$(basename "$ROCKSPEC")" = "resty-async-$rs_version.rockspec" ] \
     || fail "$ROCKSPEC: the file name does not match its version $rs_version"
+"$LUAROCKS" lint "$ROCKSPEC" || fail "luarocks lint $ROCKSPEC"
 tree=$T/rocks
 "$LUAROCKS" make --tree "$tree" "$ROCKSPEC" >"$T/luarocks.log" 2>&1 || {
     cat "$T/luarocks.log" >&2
