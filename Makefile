@@ -22,7 +22,7 @@ SO := build/resty_async_core.so
 EXAMPLE_SO := build/resty_async_example.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
-.PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench
+.PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench soak
 
 all: build
 
@@ -173,3 +173,9 @@ bench: deps build $(BENCH_SO)
 	fi
 	$(CARGO) bench --no-run -q --bench roundtrip
 	CARGO="$(CARGO)" NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/run.sh
+
+# `make soak` (not part of `make test`): minutes of mixed calls, timeouts and
+# client aborts under wrk; prints RSS and fd counts. SOAK_SECONDS (180).
+soak: deps build
+	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk"; exit 1; }
+	NGINX_BIN="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/soak.sh
