@@ -1,0 +1,63 @@
+# vim:set ft= ts=4 sw=4 et fdm=marker:
+use lib '.';
+use t::TestAsync;
+
+plan tests => repeat_each() * (blocks() * 5 + 1);
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: a driver that dies restarts itself with an error log line; waiters are served
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            assert(async.sleep(0.01))            -- the driver runs
+            local th = ngx.thread.spawn(async.sleep, 0.3)
+            ngx.sleep(0.05)
+            -- cut the completion socket from the Rust side: the reader
+            -- sees "closed" and the driver dies
+            require("resty_async_core").__rt.disconnect()
+            local ok, res = ngx.thread.wait(th)
+            ngx.say("waiter across the restart: ", res)
+            ngx.say("after: ", async.sleep(0.01), " ", #async.sha256("x"))
+            local st = async.stats()
+            ngx.say("drivers=", st.drivers, " in_flight=", st.in_flight)
+        }
+    }
+--- response_body
+waiter across the restart: true
+after: true 64
+drivers=1 in_flight=0
+--- error_log eval
+qr/\[error\] .*resty.async: driver of resty.async died: completion socket: closed; restarting/
+--- no_error_log
+[alert]
+exited on signal
+unknown reason
+
+
+
+=== TEST 2: configure in init_worker starts the driver; idle, it costs next to nothing
+--- http_config
+    init_worker_by_lua_block {
+        assert(require("resty.async").configure{ timeout = 5 })
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local st = async.stats()
+            ngx.say("drivers=", st.drivers, " connected before any call")
+            local polls = st.driver_polls
+            ngx.sleep(0.5)
+            st = async.stats()
+            -- woken about every 0.1 s to check ngx.worker.exiting()
+            local n = st.driver_polls - polls
+            ngx.say("idle polls in 0.5 s: ", n >= 2 and n <= 10)
+        }
+    }
+--- response_body
+drivers=1 connected before any call
+idle polls in 0.5 s: true
