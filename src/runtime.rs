@@ -2,7 +2,7 @@
 //! socket of one nginx worker.
 //!
 //! It is created lazily, on the worker thread, the first time a task is
-//! spawned, and is remembered together with the pid that created it: a
+//! spawned, and is remembered together with the process's fork count: a
 //! runtime inherited through `fork()` (its threads do not exist in the child)
 //! is abandoned and a fresh one is made.
 
@@ -70,7 +70,8 @@ pub struct Stats {
 
 /// The runtime of one worker process. See the module docs.
 pub struct Runtime {
-    pid: u32,
+    // sys::forks() when it was made: it belongs to this process while equal
+    forked: u64,
     config: Config,
     notifier: Arc<Notifier>,
     executor: Executor<LuaOutput>,
@@ -93,7 +94,7 @@ impl Runtime {
     fn new(config: Config) -> Runtime {
         let notifier = Arc::new(Notifier::default());
         Runtime {
-            pid: sys::getpid(),
+            forked: sys::watch_forks(),
             pool: Pool::new(config.threads.min(MAX_THREADS), config.max_queue.min(MAX_QUEUE)),
             config,
             executor: Executor::new(Arc::clone(&notifier)),
@@ -110,7 +111,7 @@ impl Runtime {
         CURRENT.with(|cur| {
             let mut cur = cur.borrow_mut();
             match cur.as_ref() {
-                Some(rt) if rt.pid == sys::getpid() => Rc::clone(rt),
+                Some(rt) if rt.forked == sys::forks() => Rc::clone(rt),
                 _ => {
                     if let Some(inherited) = cur.take() {
                         // Made by the parent before fork(): its threads do
@@ -132,7 +133,7 @@ impl Runtime {
         CURRENT.with(|cur| {
             cur.borrow()
                 .as_ref()
-                .filter(|rt| rt.pid == sys::getpid())
+                .filter(|rt| rt.forked == sys::forks())
                 .cloned()
         })
     }

@@ -6,6 +6,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
 
 /// Runs a libc call and turns `-1` into the thread's `errno` as `io::Error`.
 macro_rules! syscall {
@@ -77,6 +79,35 @@ pub(crate) fn process_alive(pid: u32) -> bool {
         Ok(_) => true,
         Err(e) => e.raw_os_error() == Some(libc::EPERM),
     }
+}
+
+static FORKS: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn count_fork_in_child() {
+    // Only an atomic add: fine in a fork handler.
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Makes [`forks`] count the `fork()`s of this process from now on, and
+/// returns its current value. (A `getpid()` per call would cost a system
+/// call on every Lua call; a fork counter costs a load.)
+pub(crate) fn watch_forks() -> u64 {
+    ATFORK.call_once(|| {
+        // SAFETY: the handler only does an atomic add, which is
+        // async-signal-safe as a child fork handler must be. glibc ties the
+        // registration to this shared object and drops it if the object is
+        // unloaded (dlclose), so it never calls into unmapped code.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+        debug_assert_eq!(rc, 0);
+    });
+    forks()
+}
+
+/// How many times this process's ancestors forked since [`watch_forks`] was
+/// first called: a value remembered before a fork differs after it.
+pub(crate) fn forks() -> u64 {
+    FORKS.load(Ordering::Relaxed)
 }
 
 /// Number of CPUs this process may run on.

@@ -1,0 +1,34 @@
+//! A runtime made before fork() is not the child's: the child makes its own
+//! (nginx's master forks its workers after init_by_lua).
+
+use std::rc::Rc;
+
+use resty_async::Runtime;
+
+#[test]
+fn child_after_fork_gets_a_fresh_runtime() {
+    let parent = Runtime::current();
+    assert!(
+        Rc::ptr_eq(&parent, &Runtime::current()),
+        "same process: same runtime"
+    );
+    // SAFETY (test): the child only runs this thread's code and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let fresh = Runtime::existing().is_none() && !Rc::ptr_eq(&parent, &Runtime::current());
+        // SAFETY (test): leave the child at once, without running the harness.
+        unsafe { libc::_exit(if fresh { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY (test): waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child saw the parent's runtime"
+    );
+    assert!(
+        Rc::ptr_eq(&parent, &Runtime::current()),
+        "the parent keeps its runtime"
+    );
+}
