@@ -15,6 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -112,10 +113,38 @@ struct Slot<T> {
     done: Option<Outcome<T>>,
 }
 
+/// Task ids are sequential integers: a multiplicative hash spreads them
+/// well and costs one multiplication (SipHash would cost more than the
+/// rest of a ready-at-once call).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type SlotMap<T> = HashMap<TaskId, Slot<T>, BuildHasherDefault<IdHasher>>;
+
 struct Inner<T> {
     shared: Arc<Shared>,
     queue: Receiver<Runnable>,
-    slots: RefCell<HashMap<TaskId, Slot<T>>>,
+    slots: RefCell<SlotMap<T>>,
+    // The task being polled for the first time inside `spawn` (0: none) and
+    // its output if it finished then: a ready-at-once task never gets a slot.
+    spawning: Cell<TaskId>,
+    first_out: RefCell<Option<Outcome<T>>>,
     completed: RefCell<Vec<TaskId>>,
     next_id: Cell<TaskId>,
     stats: Cell<ExecutorStats>,
@@ -126,6 +155,8 @@ impl<T> Inner<T> {
         if let Some(slot) = self.slots.borrow_mut().get_mut(&id) {
             slot.done = Some(out);
             self.completed.borrow_mut().push(id);
+        } else if self.spawning.get() == id {
+            *self.first_out.borrow_mut() = Some(out);
         }
         self.bump(|s| s.completed += 1);
     }
@@ -150,7 +181,9 @@ impl<T: 'static> Executor<T> {
             inner: Rc::new(Inner {
                 shared: Arc::new(Shared { queue: tx, notifier }),
                 queue: rx,
-                slots: RefCell::new(HashMap::new()),
+                slots: RefCell::new(SlotMap::default()),
+                spawning: Cell::new(0),
+                first_out: RefCell::new(None),
                 completed: RefCell::new(Vec::new()),
                 next_id: Cell::new(1),
                 stats: Cell::new(ExecutorStats::default()),
@@ -184,6 +217,17 @@ impl<T: 'static> Executor<T> {
             }
         };
         let (runnable, task) = async_task::spawn_local(wrapped, schedule);
+        self.inner.bump(|s| s.polls += 1);
+        // First poll before the task has a slot. A wake-up during it only
+        // queues the runnable after the poll returns, so nothing can run the
+        // task again before the slot exists.
+        let outer = self.inner.spawning.replace(id);
+        run(runnable);
+        self.inner.spawning.set(outer);
+
+        if let Some(out) = self.inner.first_out.borrow_mut().take() {
+            return Spawned::Ready(out);
+        }
         self.inner.slots.borrow_mut().insert(
             id,
             Slot {
@@ -191,20 +235,7 @@ impl<T: 'static> Executor<T> {
                 done: None,
             },
         );
-        self.inner.bump(|s| s.polls += 1);
-        run(runnable);
-
-        let mut slots = self.inner.slots.borrow_mut();
-        if slots.get(&id).is_some_and(|s| s.done.is_some()) {
-            let slot = slots.remove(&id).expect("slot checked above");
-            let mut completed = self.inner.completed.borrow_mut();
-            if let Some(pos) = completed.iter().rposition(|&c| c == id) {
-                completed.swap_remove(pos);
-            }
-            Spawned::Ready(slot.done.expect("done checked above"))
-        } else {
-            Spawned::Pending(id)
-        }
+        Spawned::Pending(id)
     }
 
     /// Runs up to `budget` ready tasks; returns how many ran.
