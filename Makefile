@@ -28,17 +28,19 @@ all: build
 
 build: $(SO) $(EXAMPLE_SO)
 
+# Copied with cp + mv, never cp over the old file: a running nginx has it
+# mapped, and rewriting it in place crashes the workers.
 # Built one at a time: in one cargo invocation the example would get the
 # core-module feature (and its luaopen symbol) too.
 $(SO): $(RUST_SRC)
 	$(CARGO) build $(CARGO_PROFILE) -p resty-async --features core-module
 	@mkdir -p build
-	cp $(TARGET_DIR)/libresty_async.so $@
+	cp $(TARGET_DIR)/libresty_async.so $@.tmp && mv -f $@.tmp $@
 
 $(EXAMPLE_SO): $(RUST_SRC) $(wildcard examples/hello/src/*.rs) examples/hello/Cargo.toml
 	$(CARGO) build $(CARGO_PROFILE) -p resty-async-example
 	@mkdir -p build
-	cp $(TARGET_DIR)/libresty_async_example.so $@
+	cp $(TARGET_DIR)/libresty_async_example.so $@.tmp && mv -f $@.tmp $@
 
 # Install what is missing, when we may (root with apt); otherwise say what
 # is missing and go on (a later step fails with a clearer message).
@@ -157,7 +159,7 @@ BENCH_SO := build/resty_async_bench.so
 $(BENCH_SO): $(RUST_SRC) $(wildcard bench/module/src/*.rs) bench/module/Cargo.toml
 	$(CARGO) build --release -p resty-async-bench
 	@mkdir -p build
-	cp target/release/libresty_async_bench.so $@
+	cp target/release/libresty_async_bench.so $@.tmp && mv -f $@.tmp $@
 
 bench: deps build $(BENCH_SO)
 	@test "$(PROFILE)" = release || { echo "make bench measures release builds: PROFILE=release"; exit 1; }
@@ -172,7 +174,7 @@ bench: deps build $(BENCH_SO)
 	    fi; \
 	fi
 	$(CARGO) bench --no-run -q --bench roundtrip
-	CARGO="$(CARGO)" NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/run.sh
+	CARGO="$(CARGO)" BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/run.sh
 
 # `make soak` (not part of `make test`): minutes of mixed calls, timeouts and
 # client aborts under wrk; prints RSS and fd counts. SOAK_SECONDS (180).

@@ -4,8 +4,8 @@
 done = function(summary, latency, requests)
     local e = summary.errors
     io.write(string.format(
-        "RESULT requests=%d duration_us=%d mean_us=%.1f p50_us=%.1f p99_us=%.1f max_us=%.1f errors=%d\n",
+        "RESULT requests=%d duration_us=%d mean_us=%.1f p50_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f errors=%d\n",
         summary.requests, summary.duration, latency.mean,
-        latency:percentile(50), latency:percentile(99), latency.max,
+        latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
         e.connect + e.read + e.write + e.status + e.timeout))
 end

@@ -7,18 +7,24 @@
 # The Makefile builds first (build/resty_async_core.so, the bench module
 # build/resty_async_bench.so, the roundtrip microbenchmark). Settings, all
 # optional (environment):
-#   BENCH_DURATION (5)  seconds per measured wrk run, after
-#   BENCH_WARMUP   (1)  seconds of warm-up on the same URL and connections
+#   BENCH_ROUNDS   (3)  rounds: the scenarios of a group run in turn, once
+#                       per round, and each row reports the median round
+#   BENCH_DURATION (2)  seconds per measured wrk run (a round), after
+#   BENCH_WARMUP   (1)  seconds of warm-up per scenario (first round only)
 #   BENCH_PORT     (18080)
 #   BENCH_THREADS  (nproc) resty-async pool threads = nginx thread_pool threads
+#   BENCH_ISO_THREADS (nproc - 1) pool threads for scenario 6
 #   BENCH_OUT      (bench/RESULTS.md)
 #   BENCH_ONLY     run only the scenarios whose key matches this regex
-#   NGINX, LUA_MODULES, CARGO, WRK
+#   BENCH_NGINX (or NGINX), LUA_MODULES, CARGO, WRK
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+NGINX_BIN=${BENCH_NGINX:-${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}}
+# Not in nginx's environment: nginx reads $NGINX itself (sockets inherited
+# across a binary upgrade) and, finding it set, does not daemonize.
+unset NGINX
 MODULE_DIR=/usr/lib/nginx/modules
 if [ -z "${LUA_MODULES+x}" ]; then
     LUA_MODULES=""
@@ -29,10 +35,12 @@ fi
 CARGO=${CARGO:-cargo}
 WRK=${WRK:-wrk}
 PORT=${BENCH_PORT:-18080}
-DURATION=${BENCH_DURATION:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
+DURATION=${BENCH_DURATION:-2}
 WARMUP=${BENCH_WARMUP:-1}
 NCPU=$(nproc)
 THREADS=${BENCH_THREADS:-$NCPU}
+ISO_THREADS=${BENCH_ISO_THREADS:-$((NCPU > 1 ? NCPU - 1 : 1))}
 OUT=${BENCH_OUT:-$REPO/bench/RESULTS.md}
 ONLY=${BENCH_ONLY:-}
 COMMAND=${BENCH_COMMAND:-make bench}
@@ -52,7 +60,11 @@ command -v "$WRK" >/dev/null || { echo "bench: wrk not found (apt-get install wr
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 rm -rf "$PREFIX"
-mkdir -p "$PREFIX/logs" "$PREFIX/sock" "$PREFIX/wrk"
+mkdir -p "$PREFIX/logs" "$PREFIX/sock" "$PREFIX/wrk" "$PREFIX/lib"
+# Run from a snapshot: `make build` copies over build/*.so in place, which
+# crashes a worker that has them loaded (SIGSEGV) if it happens mid-run.
+cp -R lualib "$PREFIX/lualib"
+cp build/resty_async_core.so build/resty_async_bench.so "$PREFIX/lib/"
 
 NGINX_PID=""
 LOAD_PID=""
@@ -72,7 +84,8 @@ render_conf() { # workers threads
     local load="" user=""
     for m in $LUA_MODULES; do load="$load load_module $m;"; done
     [ "$(id -u)" = 0 ] && user="user root;"
-    sed -e "s|@REPO@|$REPO|g" -e "s|@LOAD_MODULES@|$load|" -e "s|@USER@|$user|" \
+    sed -e "s|@LUALIB@|$PREFIX/lualib|g" -e "s|@CLIB@|$PREFIX/lib|g" \
+        -e "s|@LOAD_MODULES@|$load|" -e "s|@USER@|$user|" \
         -e "s|@WORKERS@|$1|" -e "s|@THREADS@|$2|g" -e "s|@PORT@|$PORT|" \
         -e "s|@BASE@|$PREFIX/sock|" nginx/bench.conf > "$PREFIX/nginx.conf"
 }
@@ -88,8 +101,8 @@ http_status() { # path
 
 start_nginx() { # workers threads
     render_conf "$1" "$2"
-    "$NGINX" -p "$PREFIX" -c "$PREFIX/nginx.conf" -t -q
-    "$NGINX" -p "$PREFIX" -c "$PREFIX/nginx.conf"
+    "$NGINX_BIN" -p "$PREFIX" -c "$PREFIX/nginx.conf" -t -q
+    "$NGINX_BIN" -p "$PREFIX" -c "$PREFIX/nginx.conf"
     local i
     for i in $(seq 50); do
         [ -s "$PREFIX/logs/nginx.pid" ] && [ "$(http_status /baseline)" = 200 ] && break
@@ -124,61 +137,98 @@ stop_nginx() {
 
 # ----------------------------------------------------------------- wrk -----
 
-declare -A RPS MEAN P99 ERRS
+declare -A RPS MEAN P99 P90 ERRS SPREAD
 KEYS=()
 
 wanted() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
 
-parse_result() { # key file
+# The RESULT line of bench/report.lua as "rps mean_us p99_us errors".
+parse_result() { # file
     local line
-    line=$(grep '^RESULT ' "$2" || true)
+    line=$(grep '^RESULT ' "$1" || true)
     if [ -z "$line" ]; then
-        echo "bench: wrk printed no result for $1:" >&2
-        cat "$2" >&2
+        echo "bench: wrk printed no result ($1):" >&2
+        cat "$1" >&2
         exit 1
     fi
-    local req dur
-    req=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
-    dur=$(sed -E 's/.*duration_us=([0-9]+).*/\1/' <<<"$line")
-    RPS[$1]=$(awk -v r="$req" -v d="$dur" 'BEGIN { printf "%.1f", r / (d / 1e6) }')
-    MEAN[$1]=$(sed -E 's/.*mean_us=([0-9.]+).*/\1/' <<<"$line")
-    P99[$1]=$(sed -E 's/.*p99_us=([0-9.]+).*/\1/' <<<"$line")
-    ERRS[$1]=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
-    KEYS+=("$1")
+    awk '{
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        printf "%.1f %s %s %s %s\n", v["requests"] / (v["duration_us"] / 1e6), v["mean_us"], v["p99_us"], v["errors"], v["p90_us"]
+    }' <<<"$line"
 }
 
-wrk_run() { # key path conns threads
-    local key=$1 path=$2 conns=$3 threads=${4:-1}
-    wanted "$key" || return 0
-    "$WRK" -t"$threads" -c"$conns" -d"${WARMUP}s" "$URL$path" >/dev/null
-    "$WRK" -t"$threads" -c"$conns" -d"${DURATION}s" --latency -s bench/report.lua \
-        "$URL$path" >"$PREFIX/wrk/$key.txt"
-    parse_result "$key" "$PREFIX/wrk/$key.txt"
-    printf '  %-16s %-13s c=%-5s %10.0f req/s  mean %8.1f us  p99 %8.1f us  errors %s\n' \
-        "$key" "$path" "$conns" "${RPS[$key]}" "${MEAN[$key]}" "${P99[$key]}" "${ERRS[$key]}" >&2
+# Medians over the rounds of one scenario (lines "rps mean p99 errors"):
+# sets RPS, MEAN, P99 (each the median of its column), ERRS (the sum) and
+# SPREAD (half the rps range, in % of the median).
+store() { # key file-of-lines
+    local r
+    r=$(sort -n -k1,1 "$2" | awk '
+        { rps[NR] = $1; mean[NR] = $2; p99[NR] = $3; err += $4; p90[NR] = $5 }
+        function median(a, n,   i, j, t) {
+            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        END {
+            lo = rps[1]; hi = rps[NR]; m = median(rps, NR)
+            printf "%.1f %.1f %.1f %d %.1f %.1f\n", m, median(mean, NR), median(p99, NR), err, (m > 0 ? 50 * (hi - lo) / m : 0), median(p90, NR)
+        }')
+    read -r RPS[$1] MEAN[$1] P99[$1] ERRS[$1] SPREAD[$1] P90[$1] <<<"$r"
+    KEYS+=("$1")
+    printf '  %-14s c=%-5s %10.0f req/s (±%s%%)  mean %8.1f us  p99 %8.1f us  errors %s\n' \
+        "$1" "${3:-}" "${RPS[$1]}" "${SPREAD[$1]}" "${MEAN[$1]}" "${P99[$1]}" "${ERRS[$1]}" >&2
+}
+
+# A group of scenarios "key:path:conns[:wrk_threads]" measured in turn,
+# ROUNDS times (interleaved, so that a change of the machine's load during
+# the run hits every scenario of the group alike).
+group() {
+    local spec key path conns threads r members=()
+    for spec in "$@"; do
+        IFS=: read -r key path conns threads <<<"$spec"
+        wanted "$key" && members+=("$spec")
+    done
+    [ ${#members[@]} -gt 0 ] || return 0
+    for spec in "${members[@]}"; do
+        IFS=: read -r key path conns threads <<<"$spec"
+        : >"$PREFIX/wrk/$key.rounds"
+        "$WRK" -t"${threads:-1}" -c"$conns" -d"${WARMUP}s" "$URL$path" >/dev/null
+    done
+    for r in $(seq "$ROUNDS"); do
+        for spec in "${members[@]}"; do
+            IFS=: read -r key path conns threads <<<"$spec"
+            "$WRK" -t"${threads:-1}" -c"$conns" -d"${DURATION}s" --latency -s bench/report.lua \
+                "$URL$path" >"$PREFIX/wrk/$key.$r.txt"
+            parse_result "$PREFIX/wrk/$key.$r.txt" >>"$PREFIX/wrk/$key.rounds"
+        done
+    done
+    for spec in "${members[@]}"; do
+        IFS=: read -r key path conns threads <<<"$spec"
+        store "$key" "$PREFIX/wrk/$key.rounds" "$conns"
+    done
 }
 
 # /ping at 1 connection while LOAD_CONNS other connections run $JOB_MS ms
-# jobs on `load_path`.
+# jobs on `load_path` (one run of ROUNDS x DURATION seconds).
 isolation_run() { # key load_path
-    local key=$1 load=$2
+    local key=$1 load=$2 secs=$((ROUNDS * DURATION))
     wanted "$key" || return 0
-    "$WRK" -t1 -c"$LOAD_CONNS" -d"$((WARMUP + DURATION + 2))s" --latency -s bench/report.lua \
+    "$WRK" -t1 -c"$LOAD_CONNS" -d"$((WARMUP + secs + 2))s" --latency -s bench/report.lua \
         "$URL$load" >"$PREFIX/wrk/$key-load.txt" &
     LOAD_PID=$!
     sleep "$WARMUP"
-    "$WRK" -t1 -c1 -d"${DURATION}s" --latency -s bench/report.lua \
+    "$WRK" -t1 -c1 -d"${secs}s" --latency -s bench/report.lua \
         "$URL/ping" >"$PREFIX/wrk/$key.txt"
     wait "$LOAD_PID"
     LOAD_PID=""
-    parse_result "$key" "$PREFIX/wrk/$key.txt"
-    parse_result "$key-load" "$PREFIX/wrk/$key-load.txt"
-    printf '  %-16s /ping c=1 p99 %8.1f us while %s c=%s: %6.0f jobs/s\n' \
-        "$key" "${P99[$key]}" "$load" "$LOAD_CONNS" "${RPS[$key-load]}" >&2
+    parse_result "$PREFIX/wrk/$key.txt" >"$PREFIX/wrk/$key.rounds"
+    parse_result "$PREFIX/wrk/$key-load.txt" >"$PREFIX/wrk/$key-load.rounds"
+    store "$key" "$PREFIX/wrk/$key.rounds" 1
+    store "$key-load" "$PREFIX/wrk/$key-load.rounds" "$LOAD_CONNS"
 }
 
 # ------------------------------------------------------------- the runs ----
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== roundtrip microbenchmark (cargo bench --bench roundtrip)" >&2
 ROUNDTRIP=""
 if wanted roundtrip; then
@@ -186,33 +236,26 @@ if wanted roundtrip; then
     echo "$ROUNDTRIP" >&2
 fi
 
-echo "== 1 worker, pool threads $THREADS, wrk -t1, ${WARMUP}s warm-up + ${DURATION}s per run" >&2
+echo "== 1 worker, pool threads $THREADS, wrk -t1, $ROUNDS rounds of ${DURATION}s (+${WARMUP}s warm-up)" >&2
 start_nginx 1 "$THREADS"
-wrk_run base1      /baseline 1
-wrk_run base50     /baseline 50
-wrk_run fast1      /fast 1
-wrk_run fast50     /fast 50
-wrk_run wake1      /wake 1
-wrk_run wake50     /wake 50
-wrk_run peer1      /peer 1
-wrk_run peer50     /peer 50
-wrk_run base1000   /baseline 1000
-wrk_run ngxsleep50   /ngx_sleep 50
-wrk_run asleep50     /async_sleep 50
-wrk_run ngxsleep1000 /ngx_sleep 1000
-wrk_run asleep1000   /async_sleep 1000
-wrk_run pingidle   /ping 1
+group base1:/baseline:1 fast1:/fast:1 wake1:/wake:1 peer1:/peer:1
+group base50:/baseline:50 fast50:/fast:50 wake50:/wake:50 peer50:/peer:50
+group ngxsleep50:/ngx_sleep:50 asleep50:/async_sleep:50
+group base1000:/baseline:1000 ngxsleep1000:/ngx_sleep:1000 asleep1000:/async_sleep:1000
+stop_nginx
+
+# Isolation: CPU jobs on every core would leave none to nginx (and wrk);
+# the pool gets one thread fewer than there are cores.
+echo "== 1 worker, pool threads $ISO_THREADS (isolation)" >&2
+start_nginx 1 "$ISO_THREADS"
+group pingidle:/ping:1
 isolation_run pingasync /cpu_async
 isolation_run pingsync  /cpu_sync
-# the baseline again: how much the machine drifted during the run
-wrk_run base50b    /baseline 50
 stop_nginx
 
 echo "== 2 workers, wrk -t2" >&2
 start_nginx 2 "$THREADS"
-wrk_run base50w2   /baseline 50 2
-wrk_run wake50w2   /wake 50 2
-wrk_run wake1w2    /wake 1 1
+group base50w2:/baseline:50:2 wake50w2:/wake:50:2 wake1w2:/wake:1:1
 stop_nginx
 
 if grep -E '\[(alert|crit|emerg)\]' "$PREFIX/logs/error.log" >&2; then
@@ -235,8 +278,8 @@ row() { # scenario workers conns key base note
     have "$4" || return 0
     local errs=""
     [ "${ERRS[$4]}" != 0 ] && errs=" (**${ERRS[$4]} errors**)"
-    printf '| %s | %s | %s | %s%s | %s | %s | %s | %s |\n' "$1" "$2" "$3" \
-        "$(calc %.0f "${RPS[$4]}")" "$errs" "$(us "${MEAN[$4]}")" "$(us "${P99[$4]}")" \
+    printf '| %s | %s | %s | %s ±%s%%%s | %s | %s | %s | %s |\n' "$1" "$2" "$3" \
+        "$(calc %.0f "${RPS[$4]}")" "$(calc %.0f "${SPREAD[$4]}")" "$errs" "$(us "${MEAN[$4]}")" "$(us "${P99[$4]}")" \
         "$(ratio "$4" "$5")" "$6"
 }
 
@@ -260,16 +303,15 @@ table() {
     row "5. \`async.sleep(0.001)\`" 1 50 asleep50 base50 "$(have ngxsleep50 && have asleep50 && echo "$(ratio asleep50 ngxsleep50) ngx.sleep")"
     row "5. \`ngx.sleep(0.001)\`" 1 1000 ngxsleep1000 base1000 ""
     row "5. \`async.sleep(0.001)\`" 1 1000 asleep1000 base1000 "$(have ngxsleep1000 && have asleep1000 && echo "$(ratio asleep1000 ngxsleep1000) ngx.sleep")"
-    row "6. \`/ping\`, idle" 1 1 pingidle base1 ""
+    row "6. \`/ping\`, idle" 1 1 pingidle - "p90 $(have pingidle && us "${P90[pingidle]}")"
     if have pingasync; then
-        row "6. \`/ping\` + ${JOB_MS} ms jobs on the resty-async pool" 1 "1+$LOAD_CONNS" pingasync base1 \
-            "p99 $(calc %.2f "${P99[pingasync]} / ${P99[pingidle]:-1}") × idle; jobs $(calc %.0f "${RPS[pingasync-load]}")/s"
+        row "6. \`/ping\` + ${JOB_MS} ms jobs on the resty-async pool" 1 "1+$LOAD_CONNS" pingasync - \
+            "p99 $(calc %.2f "${P99[pingasync]} / ${P99[pingidle]:-1}") × idle; p90 $(us "${P90[pingasync]}"); jobs $(calc %.0f "${RPS[pingasync-load]}")/s"
     fi
     if have pingsync; then
-        row "6. \`/ping\` + ${JOB_MS} ms jobs run in the handler" 1 "1+$LOAD_CONNS" pingsync base1 \
-            "p99 $(calc %.2f "${P99[pingsync]} / ${P99[pingidle]:-1}") × idle; jobs $(calc %.0f "${RPS[pingsync-load]}")/s"
+        row "6. \`/ping\` + ${JOB_MS} ms jobs run in the handler" 1 "1+$LOAD_CONNS" pingsync - \
+            "p99 $(calc %.2f "${P99[pingsync]} / ${P99[pingidle]:-1}") × idle; p90 $(us "${P90[pingsync]}"); jobs $(calc %.0f "${RPS[pingsync-load]}")/s"
     fi
-    row "1. baseline again (drift)" 1 50 base50b base50 ""
     row "7. baseline \`ngx.say\`" 2 50 base50w2 base50 ""
     row "7. wake path \`async.sha256(\"x\")\`" 2 50 wake50w2 base50 "$(have base50w2 && have wake50w2 && echo "$(ratio wake50w2 base50w2) 2-worker baseline; $(ratio wake50w2 wake50) 1 worker")"
     row "7. wake path \`async.sha256(\"x\")\`" 2 1 wake1w2 base1 "$(have wake1w2 && echo "$(added wake1w2 base1) µs/req")"
@@ -282,10 +324,10 @@ targets() {
         echo "| fast path ≥ 0.95 × baseline req/s (50 conns) | $(ratio fast50 base50) | $(verdict "${RPS[fast50]} >= 0.95 * ${RPS[base50]}") |"
     fi
     if have wake50 && have base50; then
-        echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio wake50 base50) (peer: $(ratio peer50 base50)) | $(verdict "${RPS[wake50]} >= 0.8 * ${RPS[base50]}") |"
+        echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio wake50 base50)$(have peer50 && echo " (peer: $(ratio peer50 base50))") | $(verdict "${RPS[wake50]} >= 0.8 * ${RPS[base50]}") |"
     fi
     if have wake1 && have base1; then
-        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs (peer: $(have peer1 && added peer1 base1) µs) | $(verdict "1e6 / ${RPS[wake1]} - 1e6 / ${RPS[base1]} <= 10") |"
+        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs$(have peer1 && echo " (peer: $(added peer1 base1) µs)") | $(verdict "1e6 / ${RPS[wake1]} - 1e6 / ${RPS[base1]} <= 10") |"
     fi
     if have asleep50 && have ngxsleep50; then
         echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 50 conns | $(ratio asleep50 ngxsleep50) | $(verdict "${RPS[asleep50]} >= 0.9 * ${RPS[ngxsleep50]}") |"
@@ -302,7 +344,7 @@ targets() {
 }
 
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-NGINX_V=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+NGINX_V=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')
 LUA_V=$(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo "?")
 WRK_V=$(dpkg-query -W -f='${Version}' wrk 2>/dev/null || echo "?")
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -312,13 +354,16 @@ report() {
     echo
     echo "$DATE, \`$COMMAND\` on $NCPU cores ($CPU), $NGINX_V," \
          "libnginx-mod-http-lua $LUA_V, wrk $WRK_V on loopback (sharing the cores)."
-    echo "Each row: ${WARMUP} s warm-up, then ${DURATION} s of \`wrk -t1\` (\`-t2\` for the" \
-         "2-worker rows of 7) with \`--latency\`; mean = wrk's Latency Avg, p99 = its 99% line." \
-         "Ratios are to the baseline at the same connections in this same run;" \
-         "µs/req = 1/req_s − 1/baseline_req_s. resty-async's pool and the" \
-         "\`thread_pool\` of \`ngx.run_worker_thread\` both have $THREADS threads." \
-         "Scenario 6: \`/ping\` at 1 connection while $LOAD_CONNS other connections run" \
-         "${JOB_MS} ms CPU jobs."
+    echo "Method: the scenarios of a group (same connections) run in turn, $ROUNDS rounds of" \
+         "${DURATION} s each (after ${WARMUP} s of warm-up), with \`wrk -t1 --latency\` (\`-t2\` for" \
+         "the 2-worker rows of 7); each row shows the median round (±: half the range of the" \
+         "rounds' req/s); mean = wrk's Latency Avg, p99 = its 99% line. Ratios are to the" \
+         "baseline at the same connections in this same run; µs/req = 1/req_s − 1/baseline_req_s." \
+         "resty-async's pool and the \`thread_pool\` of \`ngx.run_worker_thread\` both have" \
+         "$THREADS threads. Scenario 6 (pool: $ISO_THREADS thread(s), one core left to nginx and wrk):" \
+         "\`/ping\` at 1 connection for $((ROUNDS * DURATION)) s while $LOAD_CONNS other connections run" \
+         "${JOB_MS} ms CPU jobs. Load average before/after:" \
+         "$LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     table
     echo

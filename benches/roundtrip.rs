@@ -13,7 +13,12 @@
 //!   thread, the wake-up delivered the real way: one byte on a unix socket
 //!   that this thread blocks on (the completion socket, minus nginx);
 //! * `pool_job`: a trivial job (sha256 of "x") on `Pool`, awaited by a task,
-//!   woken through the same socket: what `async.sha256("x")` costs in Rust.
+//!   woken through the same socket: what `async.sha256("x")` costs in Rust;
+//! * `thread_wake_1cpu`, `pool_job_1cpu`: the same with every thread pinned
+//!   to CPU 0. Unpinned, the two cross-thread cases are dominated by how
+//!   long the OS takes to wake a thread on an idle CPU (in a VM without
+//!   halt polling, tens of microseconds, and bimodal); pinned, by a local
+//!   context switch.
 //!
 //! Lines look like `roundtrip <case> <ns> ns/op (<n> ops)`; `make bench`
 //! copies them into bench/RESULTS.md.
@@ -33,7 +38,10 @@ use resty_async::socket::Notifier;
 const ROUNDS: usize = 5;
 
 fn round_time() -> Duration {
-    let ms = std::env::var("ROUNDTRIP_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let ms = std::env::var("ROUNDTRIP_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     Duration::from_millis(ms)
 }
 
@@ -72,7 +80,7 @@ fn measure(mut op: impl FnMut()) -> (f64, u64) {
 }
 
 fn report(case: &str, (ns, n): (f64, u64)) {
-    println!("roundtrip {case:<12} {ns:>9.0} ns/op ({n} ops)");
+    println!("roundtrip {case:<16} {ns:>9.0} ns/op ({n} ops)");
 }
 
 /// An executor whose wake-ups write a byte to a socket this thread reads.
@@ -136,58 +144,97 @@ fn main() {
         );
     }
 
-    if wanted("thread_wake") {
-        let (notifier, ex, mut reader) = socket_executor();
-        let (to_thread, from_main) = mpsc::channel::<oneshot::Sender<u64>>();
-        let helper = std::thread::spawn(move || {
-            for tx in from_main {
-                let _ = tx.send(41);
-            }
-        });
-        let mut ids = Vec::with_capacity(16);
-        report(
-            "thread_wake",
-            measure(|| {
-                let (tx, rx) = oneshot::channel::<u64>();
-                let Spawned::Pending(id) = ex.spawn(async move { rx.await.unwrap_or(0) + 1 }) else {
-                    panic!("pending expected");
-                };
-                to_thread.send(tx).expect("helper alive");
-                while ids.is_empty() {
-                    drive(&notifier, &ex, &mut reader, &mut ids);
-                }
-                assert_eq!(ids.pop(), Some(id));
-                assert_eq!(ex.take(id), Some(Ok(42)));
-            }),
-        );
-        drop(to_thread);
-        helper.join().expect("helper");
+    for pinned in [false, true] {
+        // Pinned: this thread, the helper and the pool's threads (which
+        // inherit the mask when they start) share CPU 0, so every wake-up
+        // is a local context switch instead of an inter-processor wake-up
+        // of an idle CPU (costly in a VM).
+        let suffix = if pinned { "_1cpu" } else { "" };
+        let saved = pinned.then(pin_to_cpu0);
+        if wanted(&format!("thread_wake{suffix}")) {
+            report(&format!("thread_wake{suffix}"), thread_wake());
+        }
+        if wanted(&format!("pool_job{suffix}")) {
+            report(&format!("pool_job{suffix}"), pool_job());
+        }
+        if let Some(Some(mask)) = saved {
+            restore_affinity(&mask);
+        }
     }
+}
 
-    if wanted("pool_job") {
-        let (notifier, ex, mut reader) = socket_executor();
-        let pool = Pool::new(1, 1024);
-        let mut ids = Vec::with_capacity(16);
-        report(
-            "pool_job",
-            measure(|| {
-                let job = pool
-                    .spawn(|| resty_async::core::sha256_hex(b"x"))
-                    .expect("queued");
-                let id = match ex.spawn(async move { job.await.map(|h| h.len() as u64).unwrap_or(0) }) {
-                    Spawned::Pending(id) => id,
-                    // the pool thread may win the race before the first poll
-                    Spawned::Ready(out) => {
-                        assert_eq!(out, Ok(64));
-                        return;
-                    }
-                };
-                while ids.is_empty() {
-                    drive(&notifier, &ex, &mut reader, &mut ids);
-                }
-                assert_eq!(ids.pop(), Some(id));
-                assert_eq!(ex.take(id), Some(Ok(64)));
-            }),
-        );
+fn thread_wake() -> (f64, u64) {
+    let (notifier, ex, mut reader) = socket_executor();
+    let (to_thread, from_main) = mpsc::channel::<oneshot::Sender<u64>>();
+    let helper = std::thread::spawn(move || {
+        for tx in from_main {
+            let _ = tx.send(41);
+        }
+    });
+    let mut ids = Vec::with_capacity(16);
+    let res = measure(|| {
+        let (tx, rx) = oneshot::channel::<u64>();
+        let Spawned::Pending(id) = ex.spawn(async move { rx.await.unwrap_or(0) + 1 }) else {
+            panic!("pending expected");
+        };
+        to_thread.send(tx).expect("helper alive");
+        while ids.is_empty() {
+            drive(&notifier, &ex, &mut reader, &mut ids);
+        }
+        assert_eq!(ids.pop(), Some(id));
+        assert_eq!(ex.take(id), Some(Ok(42)));
+    });
+    drop(to_thread);
+    helper.join().expect("helper");
+    res
+}
+
+fn pool_job() -> (f64, u64) {
+    let (notifier, ex, mut reader) = socket_executor();
+    let pool = Pool::new(1, 1024);
+    let mut ids = Vec::with_capacity(16);
+    measure(|| {
+        let job = pool
+            .spawn(|| resty_async::core::sha256_hex(b"x"))
+            .expect("queued");
+        let id = match ex.spawn(async move { job.await.map(|h| h.len() as u64).unwrap_or(0) }) {
+            Spawned::Pending(id) => id,
+            // the pool thread may win the race before the first poll
+            Spawned::Ready(out) => {
+                assert_eq!(out, Ok(64));
+                return;
+            }
+        };
+        while ids.is_empty() {
+            drive(&notifier, &ex, &mut reader, &mut ids);
+        }
+        assert_eq!(ids.pop(), Some(id));
+        assert_eq!(ex.take(id), Some(Ok(64)));
+    })
+}
+
+/// Pins this thread to CPU 0; returns the previous mask (None: not
+/// changed).
+fn pin_to_cpu0() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data; the calls get valid pointers and
+    // the size of the set.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+            return None;
+        }
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut one);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+            return None;
+        }
+        Some(old)
+    }
+}
+
+fn restore_affinity(mask: &libc::cpu_set_t) {
+    // SAFETY: as above.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), mask);
     }
 }

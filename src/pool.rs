@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -71,20 +71,73 @@ pub struct PoolStats {
 #[derive(Default)]
 struct Counters {
     threads: AtomicUsize,
-    idle: AtomicUsize,
     running: AtomicUsize,
     done: AtomicU64,
     rejected: AtomicU64,
     skipped: AtomicU64,
 }
 
+/// A thread that found the queue empty and parks until a job is handed to it.
+struct Idle {
+    thread: std::thread::Thread,
+    woken: AtomicBool,
+}
+
+struct Shared {
+    rx: Receiver<Job>,
+    /// Idle threads, the most recently parked last: a job wakes the thread
+    /// whose cache (and CPU) is warmest. Touched only when a thread goes
+    /// idle or is woken, never per job while threads are busy.
+    idle: Mutex<Vec<Arc<Idle>>>,
+    nidle: AtomicUsize,
+    /// Threads awake and about to look at the queue (woken, started, or
+    /// between two jobs): a job queued while one exists needs no wake-up.
+    searching: AtomicUsize,
+    shutdown: AtomicBool,
+    counters: Counters,
+}
+
+impl Shared {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Idle>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the most recently parked idle thread, if any.
+    fn wake_one(&self) -> bool {
+        if self.nidle.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let popped = {
+            let mut idle = self.idle();
+            let p = idle.pop();
+            if p.is_some() {
+                self.nidle.fetch_sub(1, Ordering::SeqCst);
+                self.searching.fetch_add(1, Ordering::SeqCst);
+            }
+            p
+        };
+        match popped {
+            Some(i) => {
+                i.woken.store(true, Ordering::Release);
+                i.thread.unpark();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// A pool of blocking threads.
+///
+/// Jobs go through a lock-free bounded queue. A thread that finds it empty
+/// parks at once (no spinning, no `sched_yield`: on a small machine a
+/// spinning thread takes the CPU the nginx worker needs) and is unparked by
+/// the next job.
 pub struct Pool {
     tx: Sender<Job>,
-    rx: Receiver<Job>,
+    shared: Arc<Shared>,
     max_threads: usize,
     max_queue: usize,
-    counters: Arc<Counters>,
     spawn_lock: Mutex<()>,
 }
 
@@ -102,10 +155,16 @@ impl Pool {
         let (tx, rx) = crossbeam_channel::bounded(max_queue);
         Pool {
             tx,
-            rx,
+            shared: Arc::new(Shared {
+                rx,
+                idle: Mutex::new(Vec::new()),
+                nidle: AtomicUsize::new(0),
+                searching: AtomicUsize::new(0),
+                shutdown: AtomicBool::new(false),
+                counters: Counters::default(),
+            }),
             max_threads: threads.max(1),
             max_queue,
-            counters: Arc::default(),
             spawn_lock: Mutex::new(()),
         }
     }
@@ -119,8 +178,9 @@ impl Pool {
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let counters = Arc::clone(&self.counters);
+        let shared = Arc::clone(&self.shared);
         let job: Job = Box::new(move || {
+            let counters = &shared.counters;
             if tx.is_canceled() {
                 counters.skipped.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -135,64 +195,48 @@ impl Pool {
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(PoolError::Busy {
                     max_queue: self.max_queue,
                 });
             }
             Err(TrySendError::Disconnected(_)) => unreachable!("the pool holds a receiver"),
         }
-        if let Err(e) = self.grow() {
-            // No thread at all: the job would wait forever.
-            if self.counters.threads.load(Ordering::Acquire) == 0 {
-                return Err(PoolError::Lost(format!("cannot start a pool thread: {e}")));
+        // Batched wake-ups: a thread already awake drains the queue.
+        if self.shared.searching.load(Ordering::SeqCst) == 0 && !self.shared.wake_one() {
+            if let Err(e) = self.grow() {
+                if self.shared.counters.threads.load(Ordering::Acquire) == 0 {
+                    // No thread at all: the job would wait forever.
+                    return Err(PoolError::Lost(format!("cannot start a pool thread: {e}")));
+                }
             }
         }
         Ok(BlockingTask { rx })
     }
 
-    /// Starts a thread when none is idle and the limit allows.
+    /// Starts a thread if the limit allows (none was idle).
     fn grow(&self) -> std::io::Result<()> {
-        if self.counters.idle.load(Ordering::Acquire) > 0 {
-            return Ok(());
-        }
         let _guard = self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let n = self.counters.threads.load(Ordering::Acquire);
-        if n >= self.max_threads || self.counters.idle.load(Ordering::Acquire) > 0 {
+        let n = self.shared.counters.threads.load(Ordering::Acquire);
+        if n >= self.max_threads {
             return Ok(());
         }
-        let rx = self.rx.clone();
-        let counters = Arc::clone(&self.counters);
-        // Counted idle before it runs, so a burst does not start a thread per job.
-        counters.idle.fetch_add(1, Ordering::AcqRel);
-        let spawned = std::thread::Builder::new()
+        let shared = Arc::clone(&self.shared);
+        self.shared.searching.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = std::thread::Builder::new()
             .name(format!("resty-async-{n}"))
-            .spawn(move || {
-                loop {
-                    let job = rx.recv();
-                    counters.idle.fetch_sub(1, Ordering::AcqRel);
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return, // pool dropped
-                    }
-                    counters.idle.fetch_add(1, Ordering::AcqRel);
-                }
-            });
-        match spawned {
-            Ok(_) => {
-                self.counters.threads.fetch_add(1, Ordering::AcqRel);
-                Ok(())
-            }
-            Err(e) => {
-                self.counters.idle.fetch_sub(1, Ordering::AcqRel);
-                Err(e)
-            }
+            .spawn(move || worker(&shared))
+        {
+            self.shared.searching.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
         }
+        self.shared.counters.threads.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Current counters.
     pub fn stats(&self) -> PoolStats {
-        let c = &self.counters;
+        let c = &self.shared.counters;
         PoolStats {
             threads: c.threads.load(Ordering::Relaxed),
             queued: self.tx.len(),
@@ -200,6 +244,64 @@ impl Pool {
             done: c.done.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn worker(shared: &Shared) {
+    let me = Arc::new(Idle {
+        thread: std::thread::current(),
+        woken: AtomicBool::new(false),
+    });
+    // Counted as searching by whoever started or woke us.
+    loop {
+        while let Ok(job) = shared.rx.try_recv() {
+            // Running now: the last searcher that leaves a backlog behind
+            // wakes another thread, so long jobs still run in parallel.
+            if shared.searching.fetch_sub(1, Ordering::SeqCst) == 1 && !shared.rx.is_empty() {
+                shared.wake_one();
+            }
+            job();
+            shared.searching.fetch_add(1, Ordering::SeqCst);
+        }
+        if shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        // Go idle, then look once more: a job sent before we were listed
+        // may have seen us searching and woken nobody.
+        me.woken.store(false, Ordering::Relaxed);
+        {
+            let mut idle = shared.idle();
+            idle.push(Arc::clone(&me));
+            shared.nidle.fetch_add(1, Ordering::SeqCst);
+        }
+        shared.searching.fetch_sub(1, Ordering::SeqCst);
+        if !shared.rx.is_empty() {
+            let mut idle = shared.idle();
+            if let Some(pos) = idle.iter().rposition(|i| Arc::ptr_eq(i, &me)) {
+                idle.remove(pos);
+                shared.nidle.fetch_sub(1, Ordering::SeqCst);
+                shared.searching.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            // Already popped by a waker: it counted us as searching.
+        }
+        while !me.woken.load(Ordering::Acquire) {
+            if shared.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::park();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut *self.shared.idle());
+        for i in idle {
+            i.woken.store(true, Ordering::Release);
+            i.thread.unpark();
         }
     }
 }

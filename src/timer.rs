@@ -59,6 +59,11 @@ impl Timers {
     pub fn fire(&self, now: Instant) -> usize {
         let due: Vec<Waker> = {
             let mut q = self.queue.borrow_mut();
+            // Nothing due (the common case of a poll): no split, no Vec.
+            match q.entries.first_key_value() {
+                Some((k, _)) if k.0 <= now => {}
+                _ => return 0,
+            }
             let later = q.entries.split_off(&(now, u64::MAX));
             let due = std::mem::replace(&mut q.entries, later);
             due.into_values().collect()

@@ -52,7 +52,10 @@ fn resty_async_bench(lua: &Lua) -> LuaResult<LuaTable> {
 #[mlua::lua_module(name = "resty_async_bench_sync")]
 fn resty_async_bench_sync(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
-    t.set("sha256", lua.create_function(|_, data: LuaString| Ok(sha256(&data.as_bytes())))?)?;
+    t.set(
+        "sha256",
+        lua.create_function(|_, data: LuaString| Ok(sha256(&data.as_bytes())))?,
+    )?;
     t.set("spin", lua.create_function(|_, ms: f64| Ok(spin(ms)))?)?;
     Ok(t)
 }
