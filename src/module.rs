@@ -274,9 +274,12 @@ fn misuse(lua: &Lua, msg: String) -> mlua::Result<MultiValue> {
 
 /// `true, ...results` or `true, nil, message`.
 fn finished(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<MultiValue> {
-    let mut values = results(lua, out)?;
-    values.push_front(Value::Boolean(true));
-    Ok(values)
+    let values = results(lua, out)?;
+    // Built front to back: push_front on a full deque would reallocate.
+    let mut all = MultiValue::with_capacity(values.len() + 1);
+    all.push_back(Value::Boolean(true));
+    all.extend(values);
+    Ok(all)
 }
 
 /// The results of a finished task as Lua sees them: the values, or
