@@ -336,24 +336,31 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
             Ok(())
         })?,
     )?;
-    // poll(ids, arm) -> n, next_ms, rearm: fills ids[1..n] with finished
-    // task ids; next_ms is the time to the next timer (-1: none); rearm: an
-    // earlier timer appeared than the one the driver sleeps towards.
+    // poll(arm) -> next_ms, rearm, n, id1, ..., idn: the finished task ids
+    // as results (no table writes: each would be a protected call into Lua);
+    // beyond MAX_IDS_ON_STACK: next_ms, rearm, -n, {ids}. next_ms is the time
+    // to the next timer (-1: none); rearm: an earlier timer appeared than
+    // the one the driver sleeps towards.
     t.raw_set(
         "poll",
-        lua.create_function(|_, (ids, arm): (Table, bool)| {
+        lua.create_function(|lua, arm: bool| {
+            const MAX_IDS_ON_STACK: usize = 512;
             let rt = Runtime::current();
-            let mut n = 0i64;
-            let mut err = Ok(());
-            let next = rt.poll(arm, |id| {
-                n += 1;
-                if let Err(e) = ids.raw_set(n, id as f64) {
-                    err = Err(e);
-                }
-            });
-            err?;
+            let mut ids: Vec<f64> = Vec::new();
+            let next = rt.poll(arm, |id| ids.push(id as f64));
             let next_ms = next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
-            Ok((n, next_ms, !arm && rt.take_rearm()))
+            let rearm = !arm && rt.take_rearm();
+            let mut out = MultiValue::with_capacity(3 + ids.len().min(MAX_IDS_ON_STACK));
+            out.push_back(Value::Number(next_ms));
+            out.push_back(Value::Boolean(rearm));
+            if ids.len() <= MAX_IDS_ON_STACK {
+                out.push_back(Value::Number(ids.len() as f64));
+                out.extend(ids.into_iter().map(Value::Number));
+            } else {
+                out.push_back(Value::Number(-(ids.len() as f64)));
+                out.push_back(Value::Table(lua.create_sequence_from(ids)?));
+            }
+            Ok(out)
         })?,
     )?;
     t.raw_set(

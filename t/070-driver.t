@@ -61,3 +61,30 @@ unknown reason
 --- response_body
 drivers=1 connected before any call
 idle polls in 0.5 s: true
+
+
+
+=== TEST 3: one poll that hands out more finished tasks than fit on the Lua stack
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local tasks = {}
+            for i = 1, 600 do
+                tasks[i] = async.spawn(ex.double_on_thread, i, 20)
+            end
+            local extra = async.spawn(ex.guarded_sleep, 5000)
+            -- keep the worker busy while the 600 threads complete
+            local t0 = os.clock()
+            while os.clock() - t0 < 0.3 do end
+            -- cancelling runs the queue: 600 completions for the next poll
+            extra:cancel()
+            local sum = 0
+            for i = 1, 600 do sum = sum + tasks[i]:wait() end
+            ngx.say(sum == 600 * 601, " in_flight=", async.stats().in_flight)
+        }
+    }
+--- response_body
+true in_flight=0
+--- timeout: 10

@@ -118,28 +118,42 @@ local function kick(st)
 end
 
 
--- Runs ready tasks and due timers; posts the waiters of finished tasks.
-local function run_poll(st, arm)
-    local rt = st.rt
-    local ids = st.ids
-    local n, next_ms, rearm = rt.poll(ids, arm)
-    local waiters = st.waiters
-    for i = 1, n do
-        local id = ids[i]
-        ids[i] = nil
-        local sema = waiters[id]
-        if sema and sema ~= POSTED then
-            sema:post(1)
-            waiters[id] = POSTED
-        elseif st.owned[id] then
-            st.owned[id] = "done"  -- a task handle collects it later
-        else
-            -- nobody waits for it any more: free its result
-            rt.cancel(id)
+-- Hands a finished task to whoever waits for it.
+local function finished(st, id)
+    local sema = st.waiters[id]
+    if sema and sema ~= POSTED then
+        sema:post(1)
+        st.waiters[id] = POSTED
+    elseif st.owned[id] then
+        st.owned[id] = "done"  -- a task handle collects it later
+    else
+        -- nobody waits for it any more: free its result
+        st.rt.cancel(id)
+    end
+end
+
+
+local function dispatch(st, next_ms, rearm, n, ...)
+    if n > 0 then
+        for i = 1, n do
+            finished(st, (select(i, ...)))
+        end
+    elseif n < 0 then
+        local ids = ...
+        for i = 1, -n do
+            finished(st, ids[i])
         end
     end
     st.polls = st.polls + 1
     return next_ms, rearm
+end
+
+
+-- Runs ready tasks and due timers; posts the waiters of finished tasks.
+-- Returns the time to the next Rust timer (ms, -1: none) and whether the
+-- driver must re-arm for an earlier one.
+local function run_poll(st, arm)
+    return dispatch(st, st.rt.poll(arm))
 end
 
 
@@ -454,7 +468,6 @@ function _M.register(raw)
             owned = {},       -- task id -> "pending"|"done", for handles
             collected = {},   -- ids of handles the GC collected
             swept = 0,
-            ids = {},
             running = false,
             failures = 0,
             polls = 0,
