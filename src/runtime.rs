@@ -18,7 +18,7 @@ use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
 use crate::pool::{BlockingTask, Pool, PoolError, PoolStats};
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
-use crate::timer::{Sleep, Timers};
+use crate::timer::{Sleep, Timers, TIMER_SLACK};
 
 /// Settings read when the runtime of a process is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +193,7 @@ impl Runtime {
         self.notifier.hold();
         let mut ran = 0;
         loop {
-            let fired = self.timers.fire(Instant::now());
+            let fired = self.timers.fire(Instant::now() + TIMER_SLACK);
             let n = self.executor.run_ready(POLL_BUDGET - ran);
             ran += n;
             if (n == 0 && fired == 0) || ran >= POLL_BUDGET {

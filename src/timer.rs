@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 
 type Key = (Instant, u64);
 
+/// How early a timer may fire. nginx's own timers (`ngx.sleep`) run on its
+/// cached millisecond clock; firing what is due within the next half
+/// millisecond when the driver wakes, rather than sleeping another
+/// millisecond for it, gives the same resolution.
+pub const TIMER_SLACK: Duration = Duration::from_micros(500);
+
 #[derive(Default)]
 struct Queue {
     entries: BTreeMap<Key, Waker>,
@@ -147,6 +153,13 @@ impl Future for Sleep {
         match q.entries.get_mut(&key) {
             Some(w) if w.will_wake(cx.waker()) => {}
             Some(w) => w.clone_from(cx.waker()),
+            // Registered, and gone from the set: `fire` took it, possibly a
+            // little before the deadline (see `TIMER_SLACK`).
+            None if self.key.is_some() => {
+                drop(q);
+                self.key = None;
+                return Poll::Ready(());
+            }
             None => {
                 if q.armed.is_none_or(|a| key.0 < a) {
                     q.rearm = true;

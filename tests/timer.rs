@@ -83,3 +83,17 @@ fn repolling_keeps_one_entry_and_earlier_deadline_asks_to_rearm() {
     assert!(timers.take_rearm(), "an earlier deadline does");
     assert!(!timers.take_rearm(), "the flag is cleared when taken");
 }
+
+#[test]
+fn a_timer_fired_early_completes() {
+    let timers = Timers::new();
+    let (_c, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let mut s = Box::pin(timers.sleep(Duration::from_millis(200)));
+    assert!(s.as_mut().poll(&mut cx).is_pending());
+    // The driver fires what is due within its slack: the sleep is done even
+    // though its deadline is a little ahead.
+    assert_eq!(timers.fire(Instant::now() + Duration::from_millis(250)), 1);
+    assert_eq!(s.as_mut().poll(&mut cx), Poll::Ready(()));
+    assert!(timers.is_empty());
+}
