@@ -307,7 +307,9 @@ impl<T: 'static> Executor<T> {
         s.in_flight = self.inner.slots.borrow().len();
         s
     }
+}
 
+impl<T> Executor<T> {
     /// Cancels every task and drops every future, on this thread.
     pub fn shutdown(&self) {
         let slots = std::mem::take(&mut *self.inner.slots.borrow_mut());
@@ -322,10 +324,6 @@ impl<T: 'static> Executor<T> {
 
 impl<T> Drop for Executor<T> {
     fn drop(&mut self) {
-        let slots = std::mem::take(&mut *self.inner.slots.borrow_mut());
-        drop(slots);
-        while let Ok(runnable) = self.inner.queue.try_recv() {
-            drop(runnable);
-        }
+        self.shutdown();
     }
 }

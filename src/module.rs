@@ -112,7 +112,7 @@ impl Module {
         let func = self.lua.create_function(move |lua, args: MultiValue| {
             let args = match A::from_lua_args(args, 1, Some(&fname), lua) {
                 Ok(a) => a,
-                Err(e) => return misuse(lua, error_message(&e)),
+                Err(e) => return failure(lua, &error_message(&e)),
             };
             let out = catch_unwind(AssertUnwindSafe(|| {
                 f(lua, args).and_then(|r| r.into_lua_multi(lua))
@@ -156,7 +156,7 @@ impl Module {
         let func = self.lua.create_function(move |lua, args: MultiValue| {
             let fut = match f(lua, args) {
                 Ok(fut) => fut,
-                Err(msg) => return misuse(lua, msg),
+                Err(msg) => return failure(lua, &msg),
             };
             let lua2 = lua.clone();
             let rt = Runtime::current();
@@ -267,11 +267,6 @@ fn id_value(id: TaskId) -> Value {
     Value::Number(id as f64)
 }
 
-/// `nil, message`: the wrapper raises it in the caller.
-fn misuse(lua: &Lua, msg: String) -> mlua::Result<MultiValue> {
-    Ok(MultiValue::from_vec(vec![Value::Nil, msg.into_lua(lua)?]))
-}
-
 /// `true, ...results` or `true, nil, message`.
 fn finished(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<MultiValue> {
     let values = results(lua, out)?;
@@ -292,6 +287,8 @@ fn results(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<MultiValue> {
     }
 }
 
+/// `nil, message`: as a raw function's own results it is misuse, which the
+/// wrapper raises in the caller; as a task's results, a failure.
 fn failure(lua: &Lua, msg: &str) -> mlua::Result<MultiValue> {
     Ok(MultiValue::from_vec(vec![Value::Nil, msg.into_lua(lua)?]))
 }

@@ -280,12 +280,6 @@ impl Runtime {
     }
 }
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.executor.shutdown();
-    }
-}
-
 /// A future that completes after `dur`, fired by the driver through nginx's
 /// timers. Use it in async functions registered with [`crate::Module`].
 pub fn sleep(dur: Duration) -> Sleep {

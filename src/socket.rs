@@ -167,12 +167,6 @@ impl Notifier {
         }
     }
 
-    /// Called by the driver before it runs the ready tasks: later wake-ups
-    /// write a new byte.
-    pub fn clear(&self) {
-        self.pending.store(false, Ordering::Release);
-    }
-
     /// Called when the driver starts a poll: wake-ups that arrive while it
     /// runs tasks write nothing (the poll will see them or `release` will).
     pub fn hold(&self) {

@@ -349,14 +349,25 @@ start_driver = function(st, delay)
 end
 
 
+-- Makes sure the driver of `st` runs before task `id` is waited for; if it
+-- cannot start, the task is cancelled.
+local function need_driver(st, id)
+    if st.running then
+        return true
+    end
+    local ok, err = start_driver(st)
+    if not ok then
+        st.rt.cancel(id)
+    end
+    return ok, err
+end
+
+
 -- Waits for task `id` of `st` to finish; returns its results.
 local function wait(st, id, timeout)
-    if not st.running then
-        local ok, err = start_driver(st)
-        if not ok then
-            st.rt.cancel(id)
-            return nil, err
-        end
+    local ok, err = need_driver(st, id)
+    if not ok then
+        return nil, err
     end
 
     local sema = get_sema()
@@ -364,7 +375,7 @@ local function wait(st, id, timeout)
     waiters[id] = sema
     st.nwaiting = st.nwaiting + 1
 
-    local ok, err = sema:wait(timeout)
+    ok, err = sema:wait(timeout)
 
     waiters[id] = nil
     st.stale[id] = nil
@@ -600,13 +611,10 @@ local function start_task(st, ok, ...)
     if rearm then
         kick(st)
     end
-    if not st.running then
-        local started, err = start_driver(st)
-        if not started then
-            st.rt.cancel(id)
-            task.results = pack(nil, err)
-            return task
-        end
+    local started, err = need_driver(st, id)
+    if not started then
+        task.results = pack(nil, err)
+        return task
     end
     task.id = id
     st.owned[id] = "pending"
@@ -636,11 +644,16 @@ function _M.spawn(f, ...)
 end
 
 
-function Task.wait(self, timeout)
+local function check_task(self, method)
     if getmetatable(self) ~= Task then
-        error("bad argument #1 to 'wait' (a task expected: use task:wait())",
-              2)
+        error("bad argument #1 to '" .. method .. "' (a task expected: use "
+              .. "task:" .. method .. "())", 3)
     end
+end
+
+
+function Task.wait(self, timeout)
+    check_task(self, "wait")
     local results = self.results
     if not results then
         if timeout == nil then
@@ -668,10 +681,7 @@ end
 -- Cancels the task (its Rust future is dropped now); a later wait()
 -- returns nil, "cancelled". Returns whether it was still running.
 function Task.cancel(self)
-    if getmetatable(self) ~= Task then
-        error("bad argument #1 to 'cancel' (a task expected: use "
-              .. "task:cancel())", 2)
-    end
+    check_task(self, "cancel")
     local st, id = self.st, self.id
     if not id then
         return false
