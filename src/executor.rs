@@ -301,6 +301,11 @@ impl<T: 'static> Executor<T> {
         self.inner.slots.borrow().contains_key(&id)
     }
 
+    /// Tasks pending, or finished but not taken.
+    pub fn in_flight(&self) -> usize {
+        self.inner.slots.borrow().len()
+    }
+
     /// Current counters.
     pub fn stats(&self) -> ExecutorStats {
         let mut s = self.inner.stats.get();

@@ -160,12 +160,17 @@ impl Module {
             };
             let lua2 = lua.clone();
             let rt = Runtime::current();
-            match rt.spawn(async move { fut.await.and_then(|r| r.into_lua_multi(&lua2)) }) {
-                Spawned::Ready(out) => finished(lua, out),
+            match rt.batch(|| rt.spawn(async move { fut.await.and_then(|r| r.into_lua_multi(&lua2)) })) {
+                Spawned::Ready(out) => {
+                    rt.flush();
+                    finished(lua, out)
+                }
+                // rearm: the driver must run soon, for an earlier timer or
+                // for the pool's deferred wake-up.
                 Spawned::Pending(id) => Ok(MultiValue::from_vec(vec![
                     Value::Boolean(false),
                     id_value(id),
-                    Value::Boolean(rt.take_rearm()),
+                    Value::Boolean(rt.take_rearm() | rt.wake_owed()),
                 ])),
             }
         })?;
@@ -411,6 +416,8 @@ fn stats_table(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set("pool_done", s.pool.done)?;
     t.raw_set("pool_rejected", s.pool.rejected)?;
     t.raw_set("pool_skipped", s.pool.skipped)?;
+    t.raw_set("pool_idle", s.pool.idle)?;
+    t.raw_set("pool_wakeups", s.pool.wakeups)?;
     t.raw_set("timers", s.timers)?;
     t.raw_set("wakeups", s.wakeups)?;
     t.raw_set("driver_polls", s.polls)?;

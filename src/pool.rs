@@ -66,6 +66,10 @@ pub struct PoolStats {
     pub rejected: u64,
     /// Jobs skipped because their caller had gone before they started.
     pub skipped: u64,
+    /// Threads parked idle now.
+    pub idle: usize,
+    /// Times an idle thread was woken for new jobs.
+    pub wakeups: u64,
 }
 
 #[derive(Default)]
@@ -75,6 +79,7 @@ struct Counters {
     done: AtomicU64,
     rejected: AtomicU64,
     skipped: AtomicU64,
+    wakeups: AtomicU64,
 }
 
 /// A thread that found the queue empty and parks until a job is handed to it.
@@ -118,6 +123,7 @@ impl Shared {
         };
         match popped {
             Some(i) => {
+                self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
                 i.woken.store(true, Ordering::Release);
                 i.thread.unpark();
                 true
@@ -177,6 +183,33 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        let task = self.submit(f)?;
+        self.wake()?;
+        Ok(task)
+    }
+
+    /// Queues `f` without waking a thread for it: the caller owes a
+    /// [`Pool::wake`], which may cover several jobs (one `futex` wake-up
+    /// instead of one per job). Until then the job waits, unless a thread
+    /// already awake picks it up. With no thread started yet, this wakes
+    /// (starts) one at once, so that a failure to start is reported here.
+    pub fn spawn_deferred<T, F>(&self, f: F) -> Result<BlockingTask<T>, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = self.submit(f)?;
+        if self.shared.counters.threads.load(Ordering::Acquire) == 0 {
+            self.wake()?;
+        }
+        Ok(task)
+    }
+
+    fn submit<T, F>(&self, f: F) -> Result<BlockingTask<T>, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let shared = Arc::clone(&self.shared);
         let job: Job = Box::new(move || {
@@ -193,25 +226,30 @@ impl Pool {
             let _ = tx.send(res);
         });
         match self.tx.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => Ok(BlockingTask { rx }),
             Err(TrySendError::Full(_)) => {
                 self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(PoolError::Busy {
+                Err(PoolError::Busy {
                     max_queue: self.max_queue,
-                });
+                })
             }
             Err(TrySendError::Disconnected(_)) => unreachable!("the pool holds a receiver"),
         }
-        // Batched wake-ups: a thread already awake drains the queue.
+    }
+
+    /// Makes sure a thread will look at the queue: nothing when one is
+    /// awake already (it drains the queue), else an idle thread is woken or
+    /// a new one started.
+    pub fn wake(&self) -> Result<(), PoolError> {
         if self.shared.searching.load(Ordering::SeqCst) == 0 && !self.shared.wake_one() {
             if let Err(e) = self.grow() {
                 if self.shared.counters.threads.load(Ordering::Acquire) == 0 {
-                    // No thread at all: the job would wait forever.
+                    // No thread at all: the jobs would wait forever.
                     return Err(PoolError::Lost(format!("cannot start a pool thread: {e}")));
                 }
             }
         }
-        Ok(BlockingTask { rx })
+        Ok(())
     }
 
     /// Starts a thread if the limit allows (none was idle).
@@ -244,6 +282,8 @@ impl Pool {
             done: c.done.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
+            idle: self.shared.nidle.load(Ordering::Relaxed),
+            wakeups: c.wakeups.load(Ordering::Relaxed),
         }
     }
 }

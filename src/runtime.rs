@@ -80,6 +80,11 @@ pub struct Runtime {
     rendezvous: RefCell<Option<Rendezvous>>,
     polls: Cell<u64>,
     rejected: Cell<u64>,
+    /// Pool jobs queued now wake a thread later, in one go (see
+    /// [`Runtime::batch`]).
+    defer_wakes: Cell<bool>,
+    /// Pool jobs were queued without a wake-up: [`Runtime::flush`] owes one.
+    wake_owed: Cell<bool>,
 }
 
 thread_local! {
@@ -103,6 +108,8 @@ impl Runtime {
             rendezvous: RefCell::new(None),
             polls: Cell::new(0),
             rejected: Cell::new(0),
+            defer_wakes: Cell::new(false),
+            wake_owed: Cell::new(false),
         }
     }
 
@@ -176,7 +183,55 @@ impl Runtime {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.pool.spawn(f)
+        if self.defer_wakes.get() {
+            let task = self.pool.spawn_deferred(f)?;
+            self.wake_owed.set(true);
+            Ok(task)
+        } else {
+            self.pool.spawn(f)
+        }
+    }
+
+    /// Runs `f` (a call from Lua that may queue pool jobs) with wake-ups of
+    /// the pool deferred when other tasks are in flight: under load, many
+    /// requests queue jobs in one cycle of nginx's event loop, and one
+    /// wake-up for all of them (at [`Runtime::flush`], when the driver runs
+    /// at the end of the cycle) saves a `futex` call per job. A lone call
+    /// wakes a thread at once: deferring would only add latency.
+    ///
+    /// The caller must make the driver run soon when [`Runtime::wake_owed`]
+    /// says so (the raw calling convention's `rearm`); the driver's idle
+    /// poll (every 0.1 s) is the safety net.
+    pub(crate) fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.deferring(self.executor.in_flight() > 0, f)
+    }
+
+    /// Runs `f` with deferred pool wake-ups on or off; restored after, even
+    /// if `f` unwinds.
+    fn deferring<R>(&self, on: bool, f: impl FnOnce() -> R) -> R {
+        struct Restore<'a>(&'a Cell<bool>, bool);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.1);
+            }
+        }
+        let _restore = Restore(&self.defer_wakes, self.defer_wakes.replace(on));
+        f()
+    }
+
+    /// Whether a pool wake-up is owed: the driver must run (and call
+    /// [`Runtime::poll`], which flushes) before nginx sleeps.
+    pub(crate) fn wake_owed(&self) -> bool {
+        self.wake_owed.get()
+    }
+
+    /// Wakes the pool for the jobs queued by [`Runtime::batch`] calls.
+    pub(crate) fn flush(&self) {
+        if self.wake_owed.replace(false) {
+            // A failure to start a thread was reported when the first job
+            // was queued (spawn_deferred starts the first thread at once).
+            let _ = self.pool.wake();
+        }
     }
 
     /// A timer of this runtime.
@@ -190,16 +245,21 @@ impl Runtime {
     /// [`Runtime::take_rearm`]).
     pub fn poll(&self, arm: bool, mut done: impl FnMut(TaskId)) -> Option<Duration> {
         self.polls.set(self.polls.get() + 1);
+        self.flush();
         self.notifier.hold();
-        let mut ran = 0;
-        loop {
-            let fired = self.timers.fire(Instant::now() + TIMER_SLACK);
-            let n = self.executor.run_ready(POLL_BUDGET - ran);
-            ran += n;
-            if (n == 0 && fired == 0) || ran >= POLL_BUDGET {
-                break;
+        // Jobs that tasks queue while they run here share one wake-up.
+        self.deferring(true, || {
+            let mut ran = 0;
+            loop {
+                let fired = self.timers.fire(Instant::now() + TIMER_SLACK);
+                let n = self.executor.run_ready(POLL_BUDGET - ran);
+                ran += n;
+                if (n == 0 && fired == 0) || ran >= POLL_BUDGET {
+                    break;
+                }
             }
-        }
+        });
+        self.flush();
         self.notifier.release(self.executor.has_ready());
         self.executor.take_completed(&mut done);
         let next = if arm {

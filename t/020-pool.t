@@ -268,3 +268,39 @@ true
 nilcannot read /dev/zero: larger than 1073741824 bytes
 0
 --- timeout: 20
+
+
+
+=== TEST 8: jobs queued in one cycle of the event loop share a wake-up
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local want = async.sha256("x")
+            -- a task in flight, as under load: from now on pool jobs queued
+            -- in this cycle wait for the driver's one wake-up at its end
+            local bg = async.spawn(async.sleep, 10)
+            local before = async.stats()
+            local threads, res = {}, {}
+            for i = 1, 200 do
+                threads[i] = ngx.thread.spawn(function()
+                    res[i] = async.sha256("x")
+                end)
+            end
+            local right = 0
+            for i = 1, 200 do
+                ngx.thread.wait(threads[i])
+                if res[i] == want then right = right + 1 end
+            end
+            bg:cancel()
+            local after = async.stats()
+            local woken = after.pool_wakeups - before.pool_wakeups
+            ngx.say("right: ", right, ", jobs: ", after.pool_done - before.pool_done)
+            ngx.say("wake-ups for 200 jobs < 10: ", woken < 10 or woken)
+            ngx.say("in_flight=", after.in_flight, " queued=", after.pool_queued)
+        }
+    }
+--- response_body
+right: 200, jobs: 200
+wake-ups for 200 jobs < 10: true
+in_flight=0 queued=0

@@ -69,3 +69,28 @@ fn job_whose_caller_left_is_skipped() {
     assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!(pool.stats().skipped, 1);
 }
+
+#[test]
+fn deferred_jobs_wait_for_one_wake_up() {
+    let pool = Pool::new(2, 64);
+    // The first job starts a thread at once (a failure to start one must
+    // be reported to its caller).
+    assert_eq!(block_on(pool.spawn_deferred(|| 1).unwrap()).unwrap(), 1);
+    while pool.stats().idle < 1 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let tasks: Vec<_> = (0..10u64)
+        .map(|i| pool.spawn_deferred(move || i + 1).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(pool.stats().done, 1, "deferred jobs ran without a wake-up");
+    assert_eq!(pool.stats().queued, 10);
+    let before = pool.stats().wakeups;
+    pool.wake().unwrap();
+    let got: Vec<u64> = tasks.into_iter().map(|t| block_on(t).unwrap()).collect();
+    assert_eq!(got, (1..=10).collect::<Vec<_>>());
+    // One wake-up for the batch; the woken thread may wake the second one
+    // for the backlog.
+    assert!(pool.stats().wakeups - before <= 2, "{:?}", pool.stats());
+    assert_eq!(pool.stats().done, 11);
+}

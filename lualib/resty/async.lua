@@ -108,11 +108,14 @@ local function put_sema(s)
 end
 
 
--- Wakes the driver's main loop (to re-arm for an earlier Rust timer, or to
--- see that the reader stopped).
+-- Wakes the driver's main loop, at the end of this cycle of nginx's event
+-- loop (semaphore posts are posted events): to re-arm for an earlier Rust
+-- timer, to wake the blocking pool for the jobs queued in this cycle, or to
+-- see that the reader stopped. One post per turn of the loop.
 local function kick(st)
     local tick = st.tick
-    if tick and tick:count() <= 0 then
+    if tick and not st.kicked then
+        st.kicked = true
         tick:post(1)
     end
 end
@@ -272,6 +275,7 @@ local function drive(st)
             end
         end
         tick:wait(wait)
+        st.kicked = false
 
         local now = ngx_now()
         if now - st.swept >= SWEEP_INTERVAL then
@@ -698,7 +702,8 @@ end
 local SUMMED = {
     "in_flight", "completed", "cancelled", "task_polls", "pool_threads",
     "pool_queued", "pool_running", "pool_done", "pool_rejected",
-    "pool_skipped", "timers", "wakeups", "driver_polls", "rejected_peers",
+    "pool_skipped", "pool_idle", "pool_wakeups", "timers", "wakeups",
+    "driver_polls", "rejected_peers",
 }
 
 
