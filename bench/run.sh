@@ -7,7 +7,7 @@
 # The Makefile builds first (build/resty_async_core.so, the bench module
 # build/resty_async_bench.so, the roundtrip microbenchmark). Settings, all
 # optional (environment):
-#   BENCH_ROUNDS   (3)  rounds: the scenarios of a group run in turn, once
+#   BENCH_ROUNDS   (5)  rounds: the scenarios of a group run in turn, once
 #                       per round, and each row reports the median round
 #   BENCH_DURATION (2)  seconds per measured wrk run (a round), after
 #   BENCH_WARMUP   (1)  seconds of warm-up per scenario (first round only)
@@ -35,7 +35,7 @@ fi
 CARGO=${CARGO:-cargo}
 WRK=${WRK:-wrk}
 PORT=${BENCH_PORT:-18080}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 DURATION=${BENCH_DURATION:-2}
 WARMUP=${BENCH_WARMUP:-1}
 NCPU=$(nproc)
@@ -137,8 +137,9 @@ stop_nginx() {
 
 # ----------------------------------------------------------------- wrk -----
 
-declare -A RPS MEAN P99 P90 ERRS SPREAD
+declare -A RPS MEAN P99 P90 ERRS SPREAD GROUP
 KEYS=()
+NGROUP=0
 
 wanted() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
 
@@ -188,8 +189,10 @@ group() {
         wanted "$key" && members+=("$spec")
     done
     [ ${#members[@]} -gt 0 ] || return 0
+    NGROUP=$((NGROUP + 1))
     for spec in "${members[@]}"; do
         IFS=: read -r key path conns threads <<<"$spec"
+        GROUP[$key]=$NGROUP
         : >"$PREFIX/wrk/$key.rounds"
         "$WRK" -t"${threads:-1}" -c"$conns" -d"${WARMUP}s" "$URL$path" >/dev/null
     done
@@ -268,11 +271,30 @@ have() { [ -n "${RPS[$1]:-}" ]; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 # microseconds, the way people read them
 us() { awk -v v="$1" 'BEGIN { if (v >= 10000) printf "%.1f ms", v / 1000; else if (v >= 1000) printf "%.2f ms", v / 1000; else printf "%.0f µs", v }'; }
-ratio() { # key base
-    if have "$1" && have "$2"; then calc "%.2f ×" "${RPS[$1]} / ${RPS[$2]}"; else echo "—"; fi
+# The median over the rounds of a comparison of two scenarios measured back
+# to back in each round (same group), so that the machine's speed drifting
+# during the run cancels out: "ratio" rps(key) / rps(base), or "added"
+# 1/rps(key) - 1/rps(base) in µs per request. For scenarios of different
+# groups, the same comparison of their medians.
+compare() { # ratio|added key base
+    local how=$1 a=$2 b=$3
+    if [ -n "${GROUP[$a]:-}" ] && [ "${GROUP[$a]}" = "${GROUP[$b]:-}" ] && [ "$a" != "$b" ]; then
+        paste -d' ' "$PREFIX/wrk/$a.rounds" "$PREFIX/wrk/$b.rounds" | awk -v how="$how" '
+            { x = $1; y = $6; v[NR] = (how == "ratio") ? x / y : 1e6 / x - 1e6 / y }
+            END {
+                for (i = 2; i <= NR; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+                printf "%.4f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            }'
+    elif [ "$how" = ratio ]; then
+        calc "%.4f" "${RPS[$a]} / ${RPS[$b]}"
+    else
+        calc "%.4f" "1e6 / ${RPS[$a]} - 1e6 / ${RPS[$b]}"
+    fi
 }
-# 1/rps(key) - 1/rps(base), in µs per request
-added() { calc "%+.1f" "1e6 / ${RPS[$1]} - 1e6 / ${RPS[$2]}"; }
+ratio() { # key base
+    if have "$1" && have "$2"; then calc "%.2f ×" "$(compare ratio "$1" "$2")"; else echo "—"; fi
+}
+added() { calc "%+.1f" "$(compare added "$1" "$2")"; }
 
 row() { # scenario workers conns key base note
     have "$4" || return 0
@@ -321,19 +343,19 @@ targets() {
     echo "| Target | Measured | |"
     echo "|---|---|---|"
     if have fast50 && have base50; then
-        echo "| fast path ≥ 0.95 × baseline req/s (50 conns) | $(ratio fast50 base50) | $(verdict "${RPS[fast50]} >= 0.95 * ${RPS[base50]}") |"
+        echo "| fast path ≥ 0.95 × baseline req/s (50 conns) | $(ratio fast50 base50) | $(verdict "$(compare ratio fast50 base50) >= 0.95") |"
     fi
     if have wake50 && have base50; then
-        echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio wake50 base50)$(have peer50 && echo " (peer: $(ratio peer50 base50))") | $(verdict "${RPS[wake50]} >= 0.8 * ${RPS[base50]}") |"
+        echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio wake50 base50)$(have peer50 && echo " (peer: $(ratio peer50 base50))") | $(verdict "$(compare ratio wake50 base50) >= 0.8") |"
     fi
     if have wake1 && have base1; then
-        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs$(have peer1 && echo " (peer: $(added peer1 base1) µs)") | $(verdict "1e6 / ${RPS[wake1]} - 1e6 / ${RPS[base1]} <= 10") |"
+        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs$(have peer1 && echo " (peer: $(added peer1 base1) µs)") | $(verdict "$(compare added wake1 base1) <= 10") |"
     fi
     if have asleep50 && have ngxsleep50; then
-        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 50 conns | $(ratio asleep50 ngxsleep50) | $(verdict "${RPS[asleep50]} >= 0.9 * ${RPS[ngxsleep50]}") |"
+        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 50 conns | $(ratio asleep50 ngxsleep50) | $(verdict "$(compare ratio asleep50 ngxsleep50) >= 0.9") |"
     fi
     if have asleep1000 && have ngxsleep1000; then
-        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 1000 conns | $(ratio asleep1000 ngxsleep1000) | $(verdict "${RPS[asleep1000]} >= 0.9 * ${RPS[ngxsleep1000]}") |"
+        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 1000 conns | $(ratio asleep1000 ngxsleep1000) | $(verdict "$(compare ratio asleep1000 ngxsleep1000) >= 0.9") |"
     fi
     if have pingasync && have pingidle; then
         echo "| isolation: \`/ping\` p99 with pool jobs ≤ 2 × idle p99 | $(us "${P99[pingasync]}") vs $(us "${P99[pingidle]}") idle ($(calc %.2f "${P99[pingasync]} / ${P99[pingidle]}") ×) | $(verdict "${P99[pingasync]} <= 2 * ${P99[pingidle]}") |"
@@ -358,7 +380,9 @@ report() {
          "${DURATION} s each (after ${WARMUP} s of warm-up), with \`wrk -t1 --latency\` (\`-t2\` for" \
          "the 2-worker rows of 7); each row shows the median round (±: half the range of the" \
          "rounds' req/s); mean = wrk's Latency Avg, p99 = its 99% line. Ratios are to the" \
-         "baseline at the same connections in this same run; µs/req = 1/req_s − 1/baseline_req_s." \
+         "baseline at the same connections in this same run, each the median over the rounds of" \
+         "the ratio within a round (scenarios of a round run back to back); µs/req likewise," \
+         "of 1/req_s − 1/baseline_req_s." \
          "resty-async's pool and the \`thread_pool\` of \`ngx.run_worker_thread\` both have" \
          "$THREADS threads. Scenario 6 (pool: $ISO_THREADS thread(s), one core left to nginx and wrk):" \
          "\`/ping\` at 1 connection for $((ROUNDS * DURATION)) s while $LOAD_CONNS other connections run" \
