@@ -380,10 +380,19 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set(
         "configure",
         lua.create_function(
-            |lua, (threads, max_queue, base_dir): (Option<usize>, Option<usize>, Option<String>)| {
+            |lua,
+             (threads, max_queue, base_dir, pool_nice): (
+                Option<usize>,
+                Option<usize>,
+                Option<String>,
+                Option<i32>,
+            )| {
                 let mut c: Config = Runtime::config();
                 if let Some(n) = threads {
                     c.threads = n;
+                }
+                if let Some(n) = pool_nice {
+                    c.pool_nice = n;
                 }
                 if let Some(n) = max_queue {
                     c.max_queue = n;
@@ -411,6 +420,7 @@ fn stats_table(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set("task_polls", s.executor.polls)?;
     t.raw_set("pool_threads", s.pool.threads)?;
     t.raw_set("pool_max_threads", cfg.threads)?;
+    t.raw_set("pool_nice", cfg.pool_nice)?;
     t.raw_set("pool_queued", s.pool.queued)?;
     t.raw_set("pool_running", s.pool.running)?;
     t.raw_set("pool_done", s.pool.done)?;

@@ -144,6 +144,7 @@ pub struct Pool {
     shared: Arc<Shared>,
     max_threads: usize,
     max_queue: usize,
+    nice: i32,
     spawn_lock: Mutex<()>,
 }
 
@@ -157,6 +158,14 @@ impl Pool {
     /// A pool of at most `threads` threads (at least 1) and `max_queue`
     /// queued jobs (at least 1). No thread starts before the first job.
     pub fn new(threads: usize, max_queue: usize) -> Pool {
+        Pool::with_nice(threads, max_queue, 0)
+    }
+
+    /// Like [`Pool::new`], with threads whose nice value is `nice` above
+    /// the creating thread's (0 to 19; Linux): when the CPU is contended,
+    /// the scheduler runs the nginx worker before the pool's jobs, so a
+    /// long CPU job does not hold up the event loop for a time slice.
+    pub fn with_nice(threads: usize, max_queue: usize, nice: i32) -> Pool {
         let max_queue = max_queue.max(1);
         let (tx, rx) = crossbeam_channel::bounded(max_queue);
         Pool {
@@ -171,6 +180,7 @@ impl Pool {
             }),
             max_threads: threads.max(1),
             max_queue,
+            nice: nice.clamp(0, 19),
             spawn_lock: Mutex::new(()),
         }
     }
@@ -260,10 +270,15 @@ impl Pool {
             return Ok(());
         }
         let shared = Arc::clone(&self.shared);
+        let nice = self.nice;
         self.shared.searching.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = std::thread::Builder::new()
             .name(format!("resty-async-{n}"))
-            .spawn(move || worker(&shared))
+            .spawn(move || {
+                // Best effort: a thread that keeps its priority still works.
+                let _ = crate::sys::lower_thread_priority(nice);
+                worker(&shared)
+            })
         {
             self.shared.searching.fetch_sub(1, Ordering::SeqCst);
             return Err(e);

@@ -29,12 +29,19 @@ pub struct Config {
     pub threads: usize,
     /// Most jobs waiting in the blocking pool's queue.
     pub max_queue: usize,
+    /// How much lower the priority (nice value) of the pool's threads is
+    /// than the worker's, 0 to 19: CPU jobs yield the CPU to the event loop.
+    pub pool_nice: i32,
 }
 
 /// Upper bounds for [`Config`] values (the pool is clamped to them).
 pub const MAX_THREADS: usize = 1024;
 /// See [`MAX_THREADS`].
 pub const MAX_QUEUE: usize = 1 << 20;
+/// The default [`Config::pool_nice`]: against a busy worker on the same
+/// core, a pool thread gets about a tenth of the CPU; on an idle core, all
+/// of it.
+pub const DEFAULT_POOL_NICE: i32 = 10;
 
 impl Default for Config {
     fn default() -> Config {
@@ -42,6 +49,7 @@ impl Default for Config {
             base_dir: std::env::temp_dir(),
             threads: sys::cpus(),
             max_queue: 1024,
+            pool_nice: DEFAULT_POOL_NICE,
         }
     }
 }
@@ -100,7 +108,11 @@ impl Runtime {
         let notifier = Arc::new(Notifier::default());
         Runtime {
             forked: sys::watch_forks(),
-            pool: Pool::new(config.threads.min(MAX_THREADS), config.max_queue.min(MAX_QUEUE)),
+            pool: Pool::with_nice(
+                config.threads.min(MAX_THREADS),
+                config.max_queue.min(MAX_QUEUE),
+                config.pool_nice,
+            ),
             config,
             executor: Executor::new(Arc::clone(&notifier)),
             notifier,

@@ -304,3 +304,55 @@ nilcannot read /dev/zero: larger than 1073741824 bytes
 right: 200, jobs: 200
 wake-ups for 200 jobs < 10: true
 in_flight=0 queued=0
+
+
+
+=== TEST 9: pool threads run 10 nice levels below the worker by default
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local f = assert(io.open("/proc/self/stat"))
+            local stat = f:read("*a")
+            f:close()
+            local fields = {}
+            for v in stat:match("%) (.*)$"):gmatch("%S+") do
+                fields[#fields + 1] = v
+            end
+            local worker = tonumber(fields[17])  -- field 19: nice
+            local pool = assert(ex.pool_thread_nice())
+            ngx.say("pool thread: worker + ", pool - worker,
+                    " (or 19): ", pool == math.min(worker + 10, 19))
+            ngx.say("stats: pool_nice=", async.stats().pool_nice)
+        }
+    }
+--- response_body
+pool thread: worker + 10 (or 19): true
+stats: pool_nice=10
+
+
+
+=== TEST 10: configure{ pool_nice = 0 } keeps the worker's priority
+--- init_by_lua_block
+        assert(async.configure{ pool_nice = 0 })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local f = assert(io.open("/proc/self/stat"))
+            local stat = f:read("*a")
+            f:close()
+            local fields = {}
+            for v in stat:match("%) (.*)$"):gmatch("%S+") do
+                fields[#fields + 1] = v
+            end
+            ngx.say("same as the worker: ",
+                    assert(ex.pool_thread_nice()) == tonumber(fields[17]))
+            ngx.say("stats: pool_nice=", async.stats().pool_nice)
+        }
+    }
+--- response_body
+same as the worker: true
+stats: pool_nice=0

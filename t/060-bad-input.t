@@ -69,6 +69,9 @@ log: resty.async: sleep() cannot wait in the log phase
             try(async.configure, { threads = 1.5 })
             try(async.configure, { max_queue = "many" })
             try(async.configure, { timeout = 1 / 0 })
+            try(async.configure, { pool_nice = 20 })
+            try(async.configure, { pool_nice = -1 })
+            try(async.configure, { pool_nice = 0.5 })
             try(async.register, {})
             ngx.say("still fine: ", async.sleep(0.001))
         }
@@ -83,6 +86,9 @@ false bad argument #1 to 'configure' (option 'threads' must be an integer >= 1)
 false bad argument #1 to 'configure' (option 'threads' must be an integer >= 1)
 false bad argument #1 to 'configure' (option 'max_queue': number expected, got string)
 false bad argument #1 to 'configure' (timeout must be a finite number > 0)
+false bad argument #1 to 'configure' (option 'pool_nice' must be an integer from 0 to 19)
+false bad argument #1 to 'configure' (option 'pool_nice' must be an integer from 0 to 19)
+false bad argument #1 to 'configure' (option 'pool_nice' must be an integer from 0 to 19)
 false bad argument #1 to 'register' (the raw table of a resty-async module expected)
 still fine: true
 

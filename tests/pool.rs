@@ -94,3 +94,26 @@ fn deferred_jobs_wait_for_one_wake_up() {
     assert!(pool.stats().wakeups - before <= 2, "{:?}", pool.stats());
     assert_eq!(pool.stats().done, 11);
 }
+
+/// Field 19 of /proc/thread-self/stat: the calling thread's nice value.
+#[cfg(target_os = "linux")]
+fn thread_nice() -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn threads_run_at_a_lower_priority() {
+    let mine = thread_nice();
+    let pool = Pool::with_nice(1, 4, 5);
+    assert_eq!(
+        block_on(pool.spawn(thread_nice).unwrap()).unwrap(),
+        (mine + 5).min(19)
+    );
+    // The creating thread keeps its own.
+    assert_eq!(thread_nice(), mine);
+    let plain = Pool::new(1, 4);
+    assert_eq!(block_on(plain.spawn(thread_nice).unwrap()).unwrap(), mine);
+}

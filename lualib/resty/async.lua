@@ -76,6 +76,7 @@ local config = {
     threads = nil,
     max_queue = nil,
     base_dir = nil,
+    pool_nice = nil,
 }
 
 -- One state per runtime (Rust library), keyed by the runtime's id.
@@ -490,7 +491,7 @@ function _M.register(raw)
         states[id] = st
         nstates = nstates + 1
         local ok, err = st.rt.configure(config.threads, config.max_queue,
-                                        config.base_dir)
+                                        config.base_dir, config.pool_nice)
         if not ok then
             ngx_log(WARN, "resty.async: ", st.name, ": ", err)
         end
@@ -516,6 +517,7 @@ local OPTIONS = {
     threads = "number",
     max_queue = "number",
     base_dir = "string",
+    pool_nice = "number",
 }
 
 
@@ -545,12 +547,19 @@ function _M.configure(opts)
                   .. "' must be an integer >= 1)", 2)
         end
     end
+    local nice = opts.pool_nice
+    if nice ~= nil and (nice ~= nice or nice < 0 or nice > 19 or nice % 1 ~= 0)
+    then
+        error("bad argument #1 to 'configure' (option 'pool_nice' must be "
+              .. "an integer from 0 to 19)", 2)
+    end
 
     local threads = opts.threads or config.threads
     local max_queue = opts.max_queue or config.max_queue
     local base_dir = opts.base_dir or config.base_dir
+    local pool_nice = opts.pool_nice or config.pool_nice
     for _, st in pairs(states) do
-        local ok, err = st.rt.configure(threads, max_queue, base_dir)
+        local ok, err = st.rt.configure(threads, max_queue, base_dir, pool_nice)
         if not ok then
             return nil, err
         end
@@ -558,6 +567,7 @@ function _M.configure(opts)
     config.threads = threads
     config.max_queue = max_queue
     config.base_dir = base_dir
+    config.pool_nice = pool_nice
     if opts.timeout then
         config.timeout = opts.timeout
     end
@@ -724,6 +734,7 @@ function _M.stats()
             out[k] = out[k] + s[k]
         end
         out.pool_max_threads = s.pool_max_threads
+        out.pool_nice = s.pool_nice
         if st.running then
             out.drivers = out.drivers + 1
         end

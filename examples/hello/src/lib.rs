@@ -92,6 +92,17 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
     m.add_blocking("count_words", |text: String| {
         Ok::<_, String>(text.split_whitespace().count())
     })?;
+    // The nice value of the pool thread that runs it (Linux: field 19 of
+    // /proc/thread-self/stat), to check `configure{ pool_nice = ... }`.
+    m.add_blocking("pool_thread_nice", |()| {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").map_err(|e| e.to_string())?;
+        let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        after_comm
+            .split_whitespace()
+            .nth(16)
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(|| format!("unexpected /proc/thread-self/stat: {stat}"))
+    })?;
     m.add_blocking("blocking_fail", |msg: String| {
         Err::<(), _>(format!("blocking failure: {msg}"))
     })?;
