@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
@@ -161,10 +162,11 @@ impl Pool {
         Pool::with_nice(threads, max_queue, 0)
     }
 
-    /// Like [`Pool::new`], with threads whose nice value is `nice` above
-    /// the creating thread's (0 to 19; Linux): when the CPU is contended,
-    /// the scheduler runs the nginx worker before the pool's jobs, so a
-    /// long CPU job does not hold up the event loop for a time slice.
+    /// Like [`Pool::new`], with threads that run long jobs at a nice value
+    /// `nice` above the creating thread's (0 to 19; Linux): when the CPU is
+    /// contended, the scheduler runs the nginx worker before such a job, so
+    /// it does not hold up the event loop for a time slice. A thread lowers
+    /// its priority after its first job of [`NICE_AFTER`] or more.
     pub fn with_nice(threads: usize, max_queue: usize, nice: i32) -> Pool {
         let max_queue = max_queue.max(1);
         let (tx, rx) = crossbeam_channel::bounded(max_queue);
@@ -274,11 +276,7 @@ impl Pool {
         self.shared.searching.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = std::thread::Builder::new()
             .name(format!("resty-async-{n}"))
-            .spawn(move || {
-                // Best effort: a thread that keeps its priority still works.
-                let _ = crate::sys::lower_thread_priority(nice);
-                worker(&shared)
-            })
+            .spawn(move || worker(&shared, nice))
         {
             self.shared.searching.fetch_sub(1, Ordering::SeqCst);
             return Err(e);
@@ -303,11 +301,21 @@ impl Pool {
     }
 }
 
-fn worker(shared: &Shared) {
+/// A job that runs this long marks its thread as one that runs long jobs:
+/// the thread lowers its priority (see [`Pool::with_nice`]). Shorter jobs
+/// end before a time slice does, so they cannot hold up the worker for
+/// long, and a thread that runs only those keeps the worker's priority: a
+/// lower one would delay its wake-up, about 10 µs per call on an idle
+/// machine.
+pub const NICE_AFTER: Duration = Duration::from_millis(1);
+
+fn worker(shared: &Shared, nice: i32) {
     let me = Arc::new(Idle {
         thread: std::thread::current(),
         woken: AtomicBool::new(false),
     });
+    // Lowered once, for good: an unprivileged thread cannot raise it back.
+    let mut lowered = nice == 0;
     // Counted as searching by whoever started or woke us.
     loop {
         while let Ok(job) = shared.rx.try_recv() {
@@ -316,7 +324,13 @@ fn worker(shared: &Shared) {
             if shared.searching.fetch_sub(1, Ordering::SeqCst) == 1 && !shared.rx.is_empty() {
                 shared.wake_one();
             }
+            let started = Instant::now();
             job();
+            if !lowered && started.elapsed() >= NICE_AFTER {
+                lowered = true;
+                // Best effort: a thread that keeps its priority still works.
+                let _ = crate::sys::lower_thread_priority(nice);
+            }
             shared.searching.fetch_add(1, Ordering::SeqCst);
         }
         if shared.shutdown.load(Ordering::Acquire) {

@@ -29,8 +29,9 @@ pub struct Config {
     pub threads: usize,
     /// Most jobs waiting in the blocking pool's queue.
     pub max_queue: usize,
-    /// How much lower the priority (nice value) of the pool's threads is
-    /// than the worker's, 0 to 19: CPU jobs yield the CPU to the event loop.
+    /// How much lower the priority (nice value) of a pool thread is than
+    /// the worker's once it has run a long job, 0 to 19: long CPU jobs give
+    /// the CPU to the event loop first (see [`crate::pool::NICE_AFTER`]).
     pub pool_nice: i32,
 }
 

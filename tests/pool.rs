@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use futures::executor::block_on;
-use resty_async::pool::{Pool, PoolError};
+use resty_async::pool::{Pool, PoolError, NICE_AFTER};
 
 #[test]
 fn jobs_run_on_threads_and_return() {
@@ -105,9 +105,13 @@ fn thread_nice() -> i64 {
 
 #[cfg(target_os = "linux")]
 #[test]
-fn threads_run_at_a_lower_priority() {
+fn threads_that_run_long_jobs_lower_their_priority() {
     let mine = thread_nice();
     let pool = Pool::with_nice(1, 4, 5);
+    // Short jobs only: the thread keeps the creator's priority.
+    assert_eq!(block_on(pool.spawn(thread_nice).unwrap()).unwrap(), mine);
+    // After a long one, it runs below it.
+    block_on(pool.spawn(|| std::thread::sleep(NICE_AFTER)).unwrap()).unwrap();
     assert_eq!(
         block_on(pool.spawn(thread_nice).unwrap()).unwrap(),
         (mine + 5).min(19)
@@ -115,5 +119,6 @@ fn threads_run_at_a_lower_priority() {
     // The creating thread keeps its own.
     assert_eq!(thread_nice(), mine);
     let plain = Pool::new(1, 4);
+    block_on(plain.spawn(|| std::thread::sleep(NICE_AFTER)).unwrap()).unwrap();
     assert_eq!(block_on(plain.spawn(thread_nice).unwrap()).unwrap(), mine);
 }
