@@ -137,13 +137,14 @@ stop_nginx() {
 
 # ----------------------------------------------------------------- wrk -----
 
-declare -A RPS MEAN P99 P90 ERRS SPREAD GROUP
+declare -A RPS MEAN P99 P90 P50 ERRS SPREAD GROUP
 KEYS=()
 NGROUP=0
 
 wanted() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
 
-# The RESULT line of bench/report.lua as "rps mean_us p99_us errors".
+# The RESULT line of bench/report.lua as "rps mean_us p99_us errors p90_us
+# p50_us".
 parse_result() { # file
     local line
     line=$(grep '^RESULT ' "$1" || true)
@@ -154,26 +155,26 @@ parse_result() { # file
     fi
     awk '{
         for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-        printf "%.1f %s %s %s %s\n", v["requests"] / (v["duration_us"] / 1e6), v["mean_us"], v["p99_us"], v["errors"], v["p90_us"]
+        printf "%.1f %s %s %s %s %s\n", v["requests"] / (v["duration_us"] / 1e6), v["mean_us"], v["p99_us"], v["errors"], v["p90_us"], v["p50_us"]
     }' <<<"$line"
 }
 
-# Medians over the rounds of one scenario (lines "rps mean p99 errors"):
+# Medians over the rounds of one scenario (lines "rps mean p99 errors p90 p50"):
 # sets RPS, MEAN, P99 (each the median of its column), ERRS (the sum) and
 # SPREAD (half the rps range, in % of the median).
 store() { # key file-of-lines
     local r
     r=$(sort -n -k1,1 "$2" | awk '
-        { rps[NR] = $1; mean[NR] = $2; p99[NR] = $3; err += $4; p90[NR] = $5 }
+        { rps[NR] = $1; mean[NR] = $2; p99[NR] = $3; err += $4; p90[NR] = $5; p50[NR] = $6 }
         function median(a, n,   i, j, t) {
             for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
             return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
         }
         END {
             lo = rps[1]; hi = rps[NR]; m = median(rps, NR)
-            printf "%.1f %.1f %.1f %d %.1f %.1f\n", m, median(mean, NR), median(p99, NR), err, (m > 0 ? 50 * (hi - lo) / m : 0), median(p90, NR)
+            printf "%.1f %.1f %.1f %d %.1f %.1f %.1f\n", m, median(mean, NR), median(p99, NR), err, (m > 0 ? 50 * (hi - lo) / m : 0), median(p90, NR), median(p50, NR)
         }')
-    read -r RPS[$1] MEAN[$1] P99[$1] ERRS[$1] SPREAD[$1] P90[$1] <<<"$r"
+    read -r RPS[$1] MEAN[$1] P99[$1] ERRS[$1] SPREAD[$1] P90[$1] P50[$1] <<<"$r"
     KEYS+=("$1")
     printf '  %-14s c=%-5s %10.0f req/s (±%s%%)  mean %8.1f us  p99 %8.1f us  errors %s\n' \
         "$1" "${3:-}" "${RPS[$1]}" "${SPREAD[$1]}" "${MEAN[$1]}" "${P99[$1]}" "${ERRS[$1]}" >&2
@@ -274,19 +275,25 @@ us() { awk -v v="$1" 'BEGIN { if (v >= 10000) printf "%.1f ms", v / 1000; else i
 # The median over the rounds of a comparison of two scenarios measured back
 # to back in each round (same group), so that the machine's speed drifting
 # during the run cancels out: "ratio" rps(key) / rps(base), or "added"
-# 1/rps(key) - 1/rps(base) in µs per request. For scenarios of different
-# groups, the same comparison of their medians.
-compare() { # ratio|added key base
+# 1/rps(key) - 1/rps(base) in µs per request (the mean latency added at one
+# connection), or "p50" the median latency added (µs), which a few slow
+# requests do not move. For scenarios of different groups, the same
+# comparison of their medians.
+compare() { # ratio|added|p50 key base
     local how=$1 a=$2 b=$3
     if [ -n "${GROUP[$a]:-}" ] && [ "${GROUP[$a]}" = "${GROUP[$b]:-}" ] && [ "$a" != "$b" ]; then
         paste -d' ' "$PREFIX/wrk/$a.rounds" "$PREFIX/wrk/$b.rounds" | awk -v how="$how" '
-            { x = $1; y = $6; v[NR] = (how == "ratio") ? x / y : 1e6 / x - 1e6 / y }
+            # a round without requests (x or y = 0) has nothing to compare
+            $1 > 0 && $7 > 0 { n++; v[n] = (how == "ratio") ? $1 / $7 : (how == "p50") ? $6 - $12 : 1e6 / $1 - 1e6 / $7 }
             END {
-                for (i = 2; i <= NR; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
-                printf "%.4f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+                if (n == 0) { print "0"; exit }
+                for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+                printf "%.4f\n", (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
             }'
     elif [ "$how" = ratio ]; then
         calc "%.4f" "${RPS[$a]} / ${RPS[$b]}"
+    elif [ "$how" = p50 ]; then
+        calc "%.4f" "${P50[$a]} - ${P50[$b]}"
     else
         calc "%.4f" "1e6 / ${RPS[$a]} - 1e6 / ${RPS[$b]}"
     fi
@@ -294,7 +301,19 @@ compare() { # ratio|added key base
 ratio() { # key base
     if have "$1" && have "$2"; then calc "%.2f ×" "$(compare ratio "$1" "$2")"; else echo "—"; fi
 }
-added() { calc "%+.1f" "$(compare added "$1" "$2")"; }
+# In the targets table: three decimals, so that a ratio just under a
+# threshold does not read as the threshold.
+ratio3() { # key base
+    if have "$1" && have "$2"; then calc "%.3f ×" "$(compare ratio "$1" "$2")"; else echo "—"; fi
+}
+added() { # key base
+    if have "$1" && have "$2"; then calc "%+.1f" "$(compare added "$1" "$2")"; else echo "—"; fi
+}
+# The Notes of a row at one connection: both ways of counting what it adds.
+adds() { # key base
+    have "$1" && have "$2" || return 0
+    echo "$(added "$1" "$2") µs/req; p50 $(calc "%+.1f" "$(compare p50 "$1" "$2")") µs"
+}
 
 row() { # scenario workers conns key base note
     have "$4" || return 0
@@ -315,11 +334,11 @@ table() {
     row "1. baseline \`ngx.say\`" 1 1 base1 base1 ""
     row "1. baseline \`ngx.say\`" 1 50 base50 base50 ""
     row "1. baseline \`ngx.say\`" 1 1000 base1000 base1000 ""
-    row "2. fast path \`async.sleep(0)\`" 1 1 fast1 base1 "$(have fast1 && echo "$(added fast1 base1) µs/req")"
+    row "2. fast path \`async.sleep(0)\`" 1 1 fast1 base1 "$(adds fast1 base1)"
     row "2. fast path \`async.sleep(0)\`" 1 50 fast50 base50 ""
-    row "3. wake path \`async.sha256(\"x\")\`" 1 1 wake1 base1 "$(have wake1 && echo "$(added wake1 base1) µs/req")"
+    row "3. wake path \`async.sha256(\"x\")\`" 1 1 wake1 base1 "$(adds wake1 base1)"
     row "3. wake path \`async.sha256(\"x\")\`" 1 50 wake50 base50 ""
-    row "4. peer \`ngx.run_worker_thread\` sha256" 1 1 peer1 base1 "$(have peer1 && echo "$(added peer1 base1) µs/req")"
+    row "4. peer \`ngx.run_worker_thread\` sha256" 1 1 peer1 base1 "$(adds peer1 base1)"
     row "4. peer \`ngx.run_worker_thread\` sha256" 1 50 peer50 base50 ""
     row "5. \`ngx.sleep(0.001)\`" 1 50 ngxsleep50 base50 ""
     row "5. \`async.sleep(0.001)\`" 1 50 asleep50 base50 "$(have ngxsleep50 && have asleep50 && echo "$(ratio asleep50 ngxsleep50) ngx.sleep")"
@@ -336,26 +355,26 @@ table() {
     fi
     row "7. baseline \`ngx.say\`" 2 50 base50w2 base50 ""
     row "7. wake path \`async.sha256(\"x\")\`" 2 50 wake50w2 base50 "$(have base50w2 && have wake50w2 && echo "$(ratio wake50w2 base50w2) 2-worker baseline; $(ratio wake50w2 wake50) 1 worker")"
-    row "7. wake path \`async.sha256(\"x\")\`" 2 1 wake1w2 base1 "$(have wake1w2 && echo "$(added wake1w2 base1) µs/req")"
+    row "7. wake path \`async.sha256(\"x\")\`" 2 1 wake1w2 base1 "$(adds wake1w2 base1)"
 }
 
 targets() {
     echo "| Target | Measured | |"
     echo "|---|---|---|"
     if have fast50 && have base50; then
-        echo "| fast path ≥ 0.95 × baseline req/s (50 conns) | $(ratio fast50 base50) | $(verdict "$(compare ratio fast50 base50) >= 0.95") |"
+        echo "| fast path ≥ 0.95 × baseline req/s (50 conns) | $(ratio3 fast50 base50) | $(verdict "$(compare ratio fast50 base50) >= 0.95") |"
     fi
     if have wake50 && have base50; then
-        echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio wake50 base50)$(have peer50 && echo " (peer: $(ratio peer50 base50))") | $(verdict "$(compare ratio wake50 base50) >= 0.8") |"
+        echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio3 wake50 base50)$(have peer50 && echo " (peer: $(ratio3 peer50 base50))") | $(verdict "$(compare ratio wake50 base50) >= 0.8") |"
     fi
     if have wake1 && have base1; then
-        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs$(have peer1 && echo " (peer: $(added peer1 base1) µs)") | $(verdict "$(compare added wake1 base1) <= 10") |"
+        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs, p50 $(calc "%+.1f" "$(compare p50 wake1 base1)") µs$(have peer1 && echo " (peer: $(added peer1 base1) µs, p50 $(calc "%+.1f" "$(compare p50 peer1 base1)") µs)") | $(verdict "$(compare added wake1 base1) <= 10") |"
     fi
     if have asleep50 && have ngxsleep50; then
-        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 50 conns | $(ratio asleep50 ngxsleep50) | $(verdict "$(compare ratio asleep50 ngxsleep50) >= 0.9") |"
+        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 50 conns | $(ratio3 asleep50 ngxsleep50) | $(verdict "$(compare ratio asleep50 ngxsleep50) >= 0.9") |"
     fi
     if have asleep1000 && have ngxsleep1000; then
-        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 1000 conns | $(ratio asleep1000 ngxsleep1000) | $(verdict "$(compare ratio asleep1000 ngxsleep1000) >= 0.9") |"
+        echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 1000 conns | $(ratio3 asleep1000 ngxsleep1000) | $(verdict "$(compare ratio asleep1000 ngxsleep1000) >= 0.9") |"
     fi
     if have pingasync && have pingidle; then
         echo "| isolation: \`/ping\` p99 with pool jobs ≤ 2 × idle p99 | $(us "${P99[pingasync]}") vs $(us "${P99[pingidle]}") idle ($(calc %.2f "${P99[pingasync]} / ${P99[pingidle]}") ×) | $(verdict "${P99[pingasync]} <= 2 * ${P99[pingidle]}") |"
@@ -381,8 +400,10 @@ report() {
          "the 2-worker rows of 7); each row shows the median round (±: half the range of the" \
          "rounds' req/s); mean = wrk's Latency Avg, p99 = its 99% line. Ratios are to the" \
          "baseline at the same connections in this same run, each the median over the rounds of" \
-         "the ratio within a round (scenarios of a round run back to back); µs/req likewise," \
-         "of 1/req_s − 1/baseline_req_s." \
+         "the ratio within a round (scenarios of a round run back to back; across groups, as in" \
+         "rows 7, the ratio of the medians); µs/req likewise," \
+         "of 1/req_s − 1/baseline_req_s (the mean latency added), and p50 of the difference of" \
+         "the median latencies." \
          "resty-async's pool and the \`thread_pool\` of \`ngx.run_worker_thread\` both have" \
          "$THREADS threads. Scenario 6 (pool: $ISO_THREADS thread(s), one core left to nginx and wrk):" \
          "\`/ping\` at 1 connection for $((ROUNDS * DURATION)) s while $LOAD_CONNS other connections run" \

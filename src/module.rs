@@ -16,8 +16,10 @@
 //!
 //! # The raw calling convention (between this crate and `resty/async.lua`)
 //!
-//! A raw function returns `true, ...` (finished: the results), `false, id`
-//! (pending: wait for task `id`, then call `rt.take(id)`), or `nil, message`
+//! A raw function returns `true, ...` (finished: the results), `false, id,
+//! rearm` (pending: wait for task `id`, then call `rt.take(id)`; `rearm`:
+//! wake the driver in this cycle of the event loop, for an earlier timer or
+//! for pool jobs whose thread wake-up was deferred to it), or `nil, message`
 //! (misuse, e.g. a wrong argument type: the wrapper raises `message`). No
 //! error ever leaves Rust as an mlua error value, since ngx_lua would log such
 //! a userdata as "unknown reason".

@@ -101,11 +101,36 @@ struct Shared {
     searching: AtomicUsize,
     shutdown: AtomicBool,
     counters: Counters,
+    max_threads: usize,
+    /// The nice value a thread takes after its first long job (None: keep
+    /// the priority of the thread that made the pool).
+    long_job_nice: Option<i32>,
+    spawn_lock: Mutex<()>,
 }
 
 impl Shared {
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Idle>>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a thread if the limit allows (none was idle).
+    fn grow(self: &Arc<Shared>) -> std::io::Result<()> {
+        let _guard = self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.counters.threads.load(Ordering::Acquire);
+        if n >= self.max_threads || self.shutdown.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let shared = Arc::clone(self);
+        self.searching.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("resty-async-{n}"))
+            .spawn(move || worker(&shared))
+        {
+            self.searching.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
+        self.counters.threads.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Wakes the most recently parked idle thread, if any.
@@ -143,10 +168,7 @@ impl Shared {
 pub struct Pool {
     tx: Sender<Job>,
     shared: Arc<Shared>,
-    max_threads: usize,
     max_queue: usize,
-    nice: i32,
-    spawn_lock: Mutex<()>,
 }
 
 impl fmt::Debug for Pool {
@@ -170,6 +192,13 @@ impl Pool {
     pub fn with_nice(threads: usize, max_queue: usize, nice: i32) -> Pool {
         let max_queue = max_queue.max(1);
         let (tx, rx) = crossbeam_channel::bounded(max_queue);
+        // Relative to the creating thread (the nginx worker, which may run
+        // with a `worker_priority`): threads started later by pool threads
+        // inherit theirs, possibly lowered already.
+        let long_job_nice = match nice.clamp(0, 19) {
+            0 => None,
+            n => Some(crate::sys::thread_nice().unwrap_or(0).saturating_add(n).min(19)),
+        };
         Pool {
             tx,
             shared: Arc::new(Shared {
@@ -179,11 +208,11 @@ impl Pool {
                 searching: AtomicUsize::new(0),
                 shutdown: AtomicBool::new(false),
                 counters: Counters::default(),
+                max_threads: threads.max(1),
+                long_job_nice,
+                spawn_lock: Mutex::new(()),
             }),
-            max_threads: threads.max(1),
             max_queue,
-            nice: nice.clamp(0, 19),
-            spawn_lock: Mutex::new(()),
         }
     }
 
@@ -254,34 +283,13 @@ impl Pool {
     /// a new one started.
     pub fn wake(&self) -> Result<(), PoolError> {
         if self.shared.searching.load(Ordering::SeqCst) == 0 && !self.shared.wake_one() {
-            if let Err(e) = self.grow() {
+            if let Err(e) = self.shared.grow() {
                 if self.shared.counters.threads.load(Ordering::Acquire) == 0 {
                     // No thread at all: the jobs would wait forever.
                     return Err(PoolError::Lost(format!("cannot start a pool thread: {e}")));
                 }
             }
         }
-        Ok(())
-    }
-
-    /// Starts a thread if the limit allows (none was idle).
-    fn grow(&self) -> std::io::Result<()> {
-        let _guard = self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let n = self.shared.counters.threads.load(Ordering::Acquire);
-        if n >= self.max_threads {
-            return Ok(());
-        }
-        let shared = Arc::clone(&self.shared);
-        let nice = self.nice;
-        self.shared.searching.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = std::thread::Builder::new()
-            .name(format!("resty-async-{n}"))
-            .spawn(move || worker(&shared, nice))
-        {
-            self.shared.searching.fetch_sub(1, Ordering::SeqCst);
-            return Err(e);
-        }
-        self.shared.counters.threads.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -309,27 +317,34 @@ impl Pool {
 /// machine.
 pub const NICE_AFTER: Duration = Duration::from_millis(1);
 
-fn worker(shared: &Shared, nice: i32) {
+fn worker(shared: &Arc<Shared>) {
     let me = Arc::new(Idle {
         thread: std::thread::current(),
         woken: AtomicBool::new(false),
     });
     // Lowered once, for good: an unprivileged thread cannot raise it back.
-    let mut lowered = nice == 0;
+    let mut lower_to = shared.long_job_nice;
     // Counted as searching by whoever started or woke us.
     loop {
         while let Ok(job) = shared.rx.try_recv() {
             // Running now: the last searcher that leaves a backlog behind
-            // wakes another thread, so long jobs still run in parallel.
-            if shared.searching.fetch_sub(1, Ordering::SeqCst) == 1 && !shared.rx.is_empty() {
-                shared.wake_one();
+            // wakes (or starts) another thread, so long jobs queued
+            // together run in parallel.
+            if shared.searching.fetch_sub(1, Ordering::SeqCst) == 1
+                && !shared.rx.is_empty()
+                && !shared.wake_one()
+            {
+                // Best effort: the jobs still run on the threads there are.
+                let _ = shared.grow();
             }
             let started = Instant::now();
             job();
-            if !lowered && started.elapsed() >= NICE_AFTER {
-                lowered = true;
-                // Best effort: a thread that keeps its priority still works.
-                let _ = crate::sys::lower_thread_priority(nice);
+            if let Some(nice) = lower_to {
+                if started.elapsed() >= NICE_AFTER {
+                    lower_to = None;
+                    // Best effort: a thread that keeps its priority works.
+                    let _ = crate::sys::lower_thread_priority_to(nice);
+                }
             }
             shared.searching.fetch_add(1, Ordering::SeqCst);
         }

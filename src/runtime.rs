@@ -30,8 +30,9 @@ pub struct Config {
     /// Most jobs waiting in the blocking pool's queue.
     pub max_queue: usize,
     /// How much lower the priority (nice value) of a pool thread is than
-    /// the worker's once it has run a long job, 0 to 19: long CPU jobs give
-    /// the CPU to the event loop first (see [`crate::pool::NICE_AFTER`]).
+    /// the worker's once it has run a long job, 0 to 19 (clamped; a nice
+    /// value stops at 19): long CPU jobs give the CPU to the event loop
+    /// first (see [`crate::pool::NICE_AFTER`]).
     pub pool_nice: i32,
 }
 
@@ -94,6 +95,8 @@ pub struct Runtime {
     defer_wakes: Cell<bool>,
     /// Pool jobs were queued without a wake-up: [`Runtime::flush`] owes one.
     wake_owed: Cell<bool>,
+    /// A driver is connected (and will poll, which flushes).
+    driven: Cell<bool>,
 }
 
 thread_local! {
@@ -123,6 +126,7 @@ impl Runtime {
             rejected: Cell::new(0),
             defer_wakes: Cell::new(false),
             wake_owed: Cell::new(false),
+            driven: Cell::new(false),
         }
     }
 
@@ -160,12 +164,13 @@ impl Runtime {
 
     /// Sets the configuration used when the runtime is created. Once it
     /// exists, only an identical configuration is accepted.
-    pub fn configure(config: Config) -> Result<(), String> {
+    pub fn configure(mut config: Config) -> Result<(), String> {
+        config.pool_nice = config.pool_nice.clamp(0, 19);
         if let Some(rt) = Runtime::existing() {
             if rt.config != config {
                 return Err(format!(
                     "the runtime of this worker is already running with {:?}; \
-                     configure threads, max_queue and base_dir before the first call",
+                     configure threads, max_queue, base_dir and pool_nice before the first call",
                     rt.config
                 ));
             }
@@ -209,14 +214,17 @@ impl Runtime {
     /// the pool deferred when other tasks are in flight: under load, many
     /// requests queue jobs in one cycle of nginx's event loop, and one
     /// wake-up for all of them (at [`Runtime::flush`], when the driver runs
-    /// at the end of the cycle) saves a `futex` call per job. A lone call
-    /// wakes a thread at once: deferring would only add latency.
+    /// at the end of the cycle) saves a `futex` call per job. A call made
+    /// while no other task is in flight (pending, or finished and not yet
+    /// collected) wakes a thread at once: deferring would only add latency.
+    /// So does a call made while no driver is connected (it may be waiting
+    /// out a restart delay).
     ///
     /// The caller must make the driver run soon when [`Runtime::wake_owed`]
     /// says so (the raw calling convention's `rearm`); the driver's idle
     /// poll (every 0.1 s) is the safety net.
     pub(crate) fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.deferring(self.executor.in_flight() > 0, f)
+        self.deferring(self.driven.get() && self.executor.in_flight() > 0, f)
     }
 
     /// Runs `f` with deferred pool wake-ups on or off; restored after, even
@@ -316,6 +324,7 @@ impl Runtime {
             Some(stream) => {
                 *slot = None; // removes the file and the directory
                 self.notifier.set_writer(Some(stream));
+                self.driven.set(true);
                 Ok(true)
             }
             None => Ok(false),
@@ -325,6 +334,8 @@ impl Runtime {
     /// Forgets the driver's connection (the driver exited or died); the
     /// next driver makes a new socket.
     pub fn disconnect_driver(&self) {
+        self.driven.set(false);
+        self.flush();
         self.notifier.set_writer(None);
         self.rendezvous.borrow_mut().take();
     }

@@ -115,18 +115,11 @@ pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Raises the nice value of the calling thread by `by` (at most to 19):
-/// the scheduler then gives the CPU to normal threads (the nginx worker)
-/// first when both want it. Linux keeps a nice value per thread; elsewhere
-/// this does nothing.
-pub(crate) fn lower_thread_priority(by: i32) -> io::Result<()> {
-    if by <= 0 {
-        return Ok(());
-    }
+/// The nice value of the calling thread (Linux keeps one per thread;
+/// elsewhere: 0).
+pub(crate) fn thread_nice() -> io::Result<i32> {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: gettid has no preconditions and cannot fail.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
         // getpriority can return -1 as a valid nice value: tell it from an
         // error by errno, which it sets only on failure.
         // SAFETY: __errno_location returns this thread's errno slot, valid
@@ -134,17 +127,35 @@ pub(crate) fn lower_thread_priority(by: i32) -> io::Result<()> {
         unsafe { *libc::__errno_location() = 0 };
         // SAFETY: PRIO_PROCESS with a thread id reads that thread's nice
         // value on Linux; no pointers are involved.
-        let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
-        if now == -1 {
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, gettid()) };
+        if nice == -1 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(0) {
                 return Err(e);
             }
         }
-        // Only ever lowered: raising the priority needs CAP_SYS_NICE.
-        let nice = now.saturating_add(by).min(19);
-        // SAFETY: as above; sets only this thread's nice value on Linux.
-        syscall!(setpriority(libc::PRIO_PROCESS, tid, nice))?;
+        Ok(nice)
     }
+    #[cfg(not(target_os = "linux"))]
+    Ok(0)
+}
+
+/// Lowers the calling thread's priority to nice value `target` (at most
+/// 19) if it is higher now; never raises it (that needs CAP_SYS_NICE).
+pub(crate) fn lower_thread_priority_to(target: i32) -> io::Result<()> {
+    let target = target.min(19);
+    if thread_nice()? >= target {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: PRIO_PROCESS with a thread id sets only that thread's nice
+    // value on Linux; no pointers are involved.
+    syscall!(setpriority(libc::PRIO_PROCESS, gettid(), target))?;
     Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn gettid() -> libc::id_t {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::id_t }
 }
