@@ -97,6 +97,8 @@ pub struct Runtime {
     wake_owed: Cell<bool>,
     /// A driver is connected (and will poll, which flushes).
     driven: Cell<bool>,
+    /// A pool job queued since the last driver poll woke a thread itself.
+    cycle_woken: Cell<bool>,
 }
 
 thread_local! {
@@ -127,6 +129,7 @@ impl Runtime {
             defer_wakes: Cell::new(false),
             wake_owed: Cell::new(false),
             driven: Cell::new(false),
+            cycle_woken: Cell::new(false),
         }
     }
 
@@ -201,20 +204,23 @@ impl Runtime {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        if self.defer_wakes.get() {
+        if self.defer_wakes.get() && self.cycle_woken.get() {
             let task = self.pool.spawn_deferred(f)?;
             self.wake_owed.set(true);
             Ok(task)
         } else {
+            self.cycle_woken.set(true);
             self.pool.spawn(f)
         }
     }
 
     /// Runs `f` (a call from Lua that may queue pool jobs) with wake-ups of
     /// the pool deferred when other tasks are in flight: under load, many
-    /// requests queue jobs in one cycle of nginx's event loop, and one
-    /// wake-up for all of them (at [`Runtime::flush`], when the driver runs
-    /// at the end of the cycle) saves a `futex` call per job. A call made
+    /// requests queue jobs in one cycle of nginx's event loop. The first job
+    /// after a driver poll wakes a thread at once (it starts working while
+    /// nginx goes on); the others are taken by a thread already awake, or
+    /// share one wake-up at [`Runtime::flush`], when the driver runs at the
+    /// end of the cycle. This saves a `futex` call per job. A call made
     /// while no other task is in flight (pending, or finished and not yet
     /// collected) wakes a thread at once: deferring would only add latency.
     /// So does a call made while no driver is connected (it may be waiting
@@ -267,6 +273,8 @@ impl Runtime {
     pub fn poll(&self, arm: bool, mut done: impl FnMut(TaskId)) -> Option<Duration> {
         self.polls.set(self.polls.get() + 1);
         self.flush();
+        // A new batch: its first job wakes a thread at once again.
+        self.cycle_woken.set(false);
         self.notifier.hold();
         // Jobs that tasks queue while they run here share one wake-up.
         self.deferring(true, || {
