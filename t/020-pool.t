@@ -324,14 +324,7 @@ in_flight=0 queued=0
         content_by_lua_block {
             local async = require "resty.async"
             local ex = require "resty_async_example"
-            local f = assert(io.open("/proc/self/stat"))
-            local stat = f:read("*a")
-            f:close()
-            local fields = {}
-            for v in stat:match("%) (.*)$"):gmatch("%S+") do
-                fields[#fields + 1] = v
-            end
-            local worker = tonumber(fields[17])  -- field 19: nice
+            local worker = assert(ex.thread_nice())
             local before = assert(ex.pool_thread_nice())
             assert(ex.block_ms(2))  -- a job of 1 ms or more
             local after = assert(ex.pool_thread_nice())
@@ -360,16 +353,9 @@ stats: pool_nice=10
         content_by_lua_block {
             local async = require "resty.async"
             local ex = require "resty_async_example"
-            local f = assert(io.open("/proc/self/stat"))
-            local stat = f:read("*a")
-            f:close()
-            local fields = {}
-            for v in stat:match("%) (.*)$"):gmatch("%S+") do
-                fields[#fields + 1] = v
-            end
             assert(ex.block_ms(2))
             ngx.say("same as the worker: ",
-                    assert(ex.pool_thread_nice()) == tonumber(fields[17]))
+                    assert(ex.pool_thread_nice()) == assert(ex.thread_nice()))
             ngx.say("stats: pool_nice=", async.stats().pool_nice)
         }
     }

@@ -26,6 +26,18 @@ impl Drop for DropGuard {
 /// Runs `f` on a new `std::thread` after `ms` milliseconds and hands its
 /// result to the returned future: a stand-in for any foreign completion
 /// (another runtime, a callback-based C library...).
+/// The calling thread's nice value (Linux: field 19 of
+/// /proc/thread-self/stat).
+fn thread_nice() -> Result<i64, String> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").map_err(|e| e.to_string())?;
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_comm
+        .split_whitespace()
+        .nth(16)
+        .and_then(|v| v.parse::<i64>().ok())
+        .ok_or_else(|| format!("unexpected /proc/thread-self/stat: {stat}"))
+}
+
 fn on_thread<T: Send + 'static>(ms: u64, f: impl FnOnce() -> T + Send + 'static) -> oneshot::Receiver<T> {
     let (tx, rx) = oneshot::channel();
     std::thread::spawn(move || {
@@ -92,17 +104,9 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
     m.add_blocking("count_words", |text: String| {
         Ok::<_, String>(text.split_whitespace().count())
     })?;
-    // The nice value of the pool thread that runs it (Linux: field 19 of
-    // /proc/thread-self/stat), to check `configure{ pool_nice = ... }`.
-    m.add_blocking("pool_thread_nice", |()| {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").map_err(|e| e.to_string())?;
-        let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        after_comm
-            .split_whitespace()
-            .nth(16)
-            .and_then(|v| v.parse::<i64>().ok())
-            .ok_or_else(|| format!("unexpected /proc/thread-self/stat: {stat}"))
-    })?;
+    // The nice value of the pool thread that runs it, to check
+    // `configure{ pool_nice = ... }` against `thread_nice` (the worker's).
+    m.add_blocking("pool_thread_nice", |()| thread_nice())?;
     m.add_blocking("blocking_fail", |msg: String| {
         Err::<(), _>(format!("blocking failure: {msg}"))
     })?;
@@ -112,6 +116,10 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
 
     // --- plain sync functions --------------------------------------------
     m.add_function("add", |_, (a, b): (f64, f64)| Ok(a + b))?;
+    // The nice value of the calling thread (the worker).
+    m.add_function("thread_nice", |_, ()| {
+        thread_nice().map_err(LuaError::RuntimeError)
+    })?;
     m.add_function("sync_fail", |_, msg: String| {
         Err::<(), _>(LuaError::RuntimeError(msg))
     })?;
