@@ -298,21 +298,21 @@ compare() { # ratio|added|p50 key base
         calc "%.4f" "1e6 / ${RPS[$a]} - 1e6 / ${RPS[$b]}"
     fi
 }
-ratio() { # key base
-    if have "$1" && have "$2"; then calc "%.2f ×" "$(compare ratio "$1" "$2")"; else echo "—"; fi
+# A comparison printed with printf format `fmt`; "—" if either scenario was
+# not measured.
+shown() { # fmt ratio|added|p50 key base
+    if have "$3" && have "$4"; then calc "$1" "$(compare "$2" "$3" "$4")"; else echo "—"; fi
 }
+ratio() { shown "%.2f ×" ratio "$@"; }
 # In the targets table: three decimals, so that a ratio just under a
 # threshold does not read as the threshold.
-ratio3() { # key base
-    if have "$1" && have "$2"; then calc "%.3f ×" "$(compare ratio "$1" "$2")"; else echo "—"; fi
-}
-added() { # key base
-    if have "$1" && have "$2"; then calc "%+.1f" "$(compare added "$1" "$2")"; else echo "—"; fi
-}
+ratio3() { shown "%.3f ×" ratio "$@"; }
+added() { shown "%+.1f" added "$@"; }
+added_p50() { shown "%+.1f" p50 "$@"; }
 # The Notes of a row at one connection: both ways of counting what it adds.
 adds() { # key base
     have "$1" && have "$2" || return 0
-    echo "$(added "$1" "$2") µs/req; p50 $(calc "%+.1f" "$(compare p50 "$1" "$2")") µs"
+    echo "$(added "$1" "$2") µs/req; p50 $(added_p50 "$1" "$2") µs"
 }
 
 row() { # scenario workers conns key base note
@@ -368,7 +368,7 @@ targets() {
         echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio3 wake50 base50)$(have peer50 && echo " (peer: $(ratio3 peer50 base50))") | $(verdict "$(compare ratio wake50 base50) >= 0.8") |"
     fi
     if have wake1 && have base1; then
-        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs, p50 $(calc "%+.1f" "$(compare p50 wake1 base1)") µs$(have peer1 && echo " (peer: $(added peer1 base1) µs, p50 $(calc "%+.1f" "$(compare p50 peer1 base1)") µs)") | $(verdict "$(compare added wake1 base1) <= 10") |"
+        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs, p50 $(added_p50 wake1 base1) µs$(have peer1 && echo " (peer: $(added peer1 base1) µs, p50 $(added_p50 peer1 base1) µs)") | $(verdict "$(compare added wake1 base1) <= 10") |"
     fi
     if have asleep50 && have ngxsleep50; then
         echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 50 conns | $(ratio3 asleep50 ngxsleep50) | $(verdict "$(compare ratio asleep50 ngxsleep50) >= 0.9") |"
