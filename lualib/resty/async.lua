@@ -588,14 +588,22 @@ function _M.configure(opts)
 end
 
 
+-- What register() knows of resty.async function `f`, argument `pos` of
+-- `fname` (raises in the caller of `fname` if `f` is something else).
+local function check_async_fn(f, pos, fname)
+    local w = wrapped[f]
+    if not w then
+        error("bad argument #" .. pos .. " to '" .. fname
+              .. "' (a resty.async function expected)", 3)
+    end
+    return w
+end
+
+
 -- Calls resty.async function `f` with a timeout of its own (seconds).
 function _M.with_timeout(timeout, f, ...)
     check_timeout(timeout, 1, "with_timeout")
-    local w = wrapped[f]
-    if not w then
-        error("bad argument #2 to 'with_timeout' (a resty.async function "
-              .. "expected)", 2)
-    end
+    local w = check_async_fn(f, 2, "with_timeout")
     check_phase(w.name)
     return finish(w.st, timeout, w.raw(...))
 end
@@ -648,11 +656,7 @@ end
 -- Starts resty.async function `f` without waiting; returns a task with
 -- task:wait(timeout?) and task:cancel().
 function _M.spawn(f, ...)
-    local w = wrapped[f]
-    if not w then
-        error("bad argument #1 to 'spawn' (a resty.async function "
-              .. "expected)", 2)
-    end
+    local w = check_async_fn(f, 1, "spawn")
     check_phase(w.name)
     return start_task(w.st, w.raw(...))
 end
