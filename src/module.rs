@@ -114,7 +114,7 @@ impl Module {
         let func = self.lua.create_function(move |lua, args: MultiValue| {
             let args = match A::from_lua_args(args, 1, Some(&fname), lua) {
                 Ok(a) => a,
-                Err(e) => return failure(lua, &error_message(&e)),
+                Err(e) => return misuse(lua, &error_message(&e)),
             };
             let out = catch_unwind(AssertUnwindSafe(|| {
                 f(lua, args).and_then(|r| r.into_lua_multi(lua))
@@ -158,7 +158,7 @@ impl Module {
         let func = self.lua.create_function(move |lua, args: MultiValue| {
             let fut = match f(lua, args) {
                 Ok(fut) => fut,
-                Err(msg) => return failure(lua, &msg),
+                Err(msg) => return misuse(lua, &msg),
             };
             let lua2 = lua.clone();
             let rt = Runtime::current();
@@ -169,11 +169,13 @@ impl Module {
                 }
                 // rearm: the driver must run soon, for an earlier timer or
                 // for the pool's deferred wake-up.
-                Spawned::Pending(id) => Ok(MultiValue::from_vec(vec![
+                Spawned::Pending(id) => Ok((
                     Value::Boolean(false),
-                    id_value(id),
-                    Value::Boolean(rt.take_rearm() | rt.wake_owed()),
-                ])),
+                    MultiValue::from_vec(vec![
+                        id_value(id),
+                        Value::Boolean(rt.take_rearm() | rt.wake_owed()),
+                    ]),
+                )),
             }
         })?;
         self.insert(name, "async", func)
@@ -274,14 +276,19 @@ fn id_value(id: TaskId) -> Value {
     Value::Number(id as f64)
 }
 
+/// What a raw function returns: its first value (`true`, `false` or `nil`)
+/// and the rest. A tuple, so that mlua pushes the results of a finished
+/// task as they are, without copying them behind the first value.
+type RawResults = (Value, MultiValue);
+
 /// `true, ...results` or `true, nil, message`.
-fn finished(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<MultiValue> {
-    let values = results(lua, out)?;
-    // Built front to back: push_front on a full deque would reallocate.
-    let mut all = MultiValue::with_capacity(values.len() + 1);
-    all.push_back(Value::Boolean(true));
-    all.extend(values);
-    Ok(all)
+fn finished(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<RawResults> {
+    Ok((Value::Boolean(true), results(lua, out)?))
+}
+
+/// `nil, message`: misuse, which the wrapper raises in the caller.
+fn misuse(lua: &Lua, msg: &str) -> mlua::Result<RawResults> {
+    Ok((Value::Nil, MultiValue::from_vec(vec![msg.into_lua(lua)?])))
 }
 
 /// The results of a finished task as Lua sees them: the values, or
