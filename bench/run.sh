@@ -109,7 +109,7 @@ start_nginx() { # workers threads
         sleep 0.1
     done
     NGINX_PID=$(cat "$PREFIX/logs/nginx.pid")
-    for p in /baseline /fast /wake /peer /async_sleep /ngx_sleep /cpu_async /cpu_sync; do
+    for p in /baseline /fast /wake /handoff /peer /async_sleep /ngx_sleep /cpu_async /cpu_sync; do
         local s
         s=$(http_status "$p")
         if [ "$s" != 200 ]; then
@@ -242,8 +242,8 @@ fi
 
 echo "== 1 worker, pool threads $THREADS, wrk -t1, $ROUNDS rounds of ${DURATION}s (+${WARMUP}s warm-up)" >&2
 start_nginx 1 "$THREADS"
-group base1:/baseline:1 fast1:/fast:1 wake1:/wake:1 peer1:/peer:1
-group base50:/baseline:50 fast50:/fast:50 wake50:/wake:50 peer50:/peer:50
+group base1:/baseline:1 fast1:/fast:1 wake1:/wake:1 handoff1:/handoff:1 peer1:/peer:1
+group base50:/baseline:50 fast50:/fast:50 wake50:/wake:50 handoff50:/handoff:50 peer50:/peer:50
 group ngxsleep50:/ngx_sleep:50 asleep50:/async_sleep:50
 group base1000:/baseline:1000 ngxsleep1000:/ngx_sleep:1000 asleep1000:/async_sleep:1000
 stop_nginx
@@ -324,6 +324,14 @@ row() { # scenario workers conns key base note
         "$(ratio "$4" "$5")" "$6"
 }
 
+# What two wake-ups of parked threads cost on this machine, outside nginx
+# (the roundtrip case thread_wake; a pool call at 1 connection makes two).
+thread_rtt() {
+    local ns
+    ns=$(awk '$2 == "thread_wake" { print $3 }' <<<"$ROUNDTRIP")
+    [ -z "$ns" ] || echo "; a thread round trip outside nginx: $(us "$(calc %.1f "$ns / 1000")")"
+}
+
 verdict() { # condition-as-awk-expr
     if awk "BEGIN { exit !($1) }"; then echo "met"; else echo "**not met**"; fi
 }
@@ -338,6 +346,8 @@ table() {
     row "2. fast path \`async.sleep(0)\`" 1 50 fast50 base50 ""
     row "3. wake path \`async.sha256(\"x\")\`" 1 1 wake1 base1 "$(adds wake1 base1)"
     row "3. wake path \`async.sha256(\"x\")\`" 1 50 wake50 base50 ""
+    row "3. floor: \`ngx.semaphore\` hand-off, no Rust" 1 1 handoff1 base1 "$(adds handoff1 base1)"
+    row "3. floor: \`ngx.semaphore\` hand-off, no Rust" 1 50 handoff50 base50 ""
     row "4. peer \`ngx.run_worker_thread\` sha256" 1 1 peer1 base1 "$(adds peer1 base1)"
     row "4. peer \`ngx.run_worker_thread\` sha256" 1 50 peer50 base50 ""
     row "5. \`ngx.sleep(0.001)\`" 1 50 ngxsleep50 base50 ""
@@ -365,10 +375,10 @@ targets() {
         echo "| fast path ≥ 0.95 × baseline req/s (50 conns) | $(ratio3 fast50 base50) | $(verdict "$(compare ratio fast50 base50) >= 0.95") |"
     fi
     if have wake50 && have base50; then
-        echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio3 wake50 base50)$(have peer50 && echo " (peer: $(ratio3 peer50 base50))") | $(verdict "$(compare ratio wake50 base50) >= 0.8") |"
+        echo "| wake path at 50 conns ≥ 0.8 × baseline req/s | $(ratio3 wake50 base50)$(have peer50 && echo " (peer: $(ratio3 peer50 base50))")$(have handoff50 && echo "; floor, the \`ngx.semaphore\` hand-off alone: $(ratio3 handoff50 base50)") | $(verdict "$(compare ratio wake50 base50) >= 0.8") |"
     fi
     if have wake1 && have base1; then
-        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs, p50 $(added_p50 wake1 base1) µs$(have peer1 && echo " (peer: $(added peer1 base1) µs, p50 $(added_p50 peer1 base1) µs)") | $(verdict "$(compare added wake1 base1) <= 10") |"
+        echo "| wake path at 1 conn adds ≤ 10 µs/req | $(added wake1 base1) µs, p50 $(added_p50 wake1 base1) µs$(have peer1 && echo " (peer: $(added peer1 base1) µs, p50 $(added_p50 peer1 base1) µs)")$(have handoff1 && echo "; the \`ngx.semaphore\` hand-off alone: $(added handoff1 base1) µs")$(thread_rtt) | $(verdict "$(compare added wake1 base1) <= 10") |"
     fi
     if have asleep50 && have ngxsleep50; then
         echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 50 conns | $(ratio3 asleep50 ngxsleep50) | $(verdict "$(compare ratio asleep50 ngxsleep50) >= 0.9") |"
