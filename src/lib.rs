@@ -56,15 +56,3 @@ pub use crate::pool::{BlockingTask, PoolError};
 pub use crate::runtime::{sleep, unblock, Config, Runtime};
 pub use crate::timer::Sleep;
 pub use mlua;
-
-/// The built-in module's Rust allocations go to mimalloc, not glibc's
-/// malloc: a pool job's closure is allocated on the worker and freed on a
-/// pool thread, its result the other way round, and glibc serves such
-/// cross-thread pairs from its arenas' slow paths (`malloc_consolidate`,
-/// arena locks). Instructions per `async.sha256("x")` request, whole
-/// process, callgrind: 30.6k with glibc, 28.6k with mimalloc (nginx's own
-/// baseline request: 11.8k). nginx and LuaJIT keep their allocators. A
-/// module crate can do the same in its own cdylib.
-#[cfg(feature = "core-module")]
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
