@@ -6,23 +6,22 @@
 //! process. Each job runs under `catch_unwind`: a panic becomes the job's
 //! result and the thread goes on. A job whose caller has gone (its
 //! [`BlockingTask`] was dropped, e.g. on timeout) before it started is not
-//! run; one that is running finishes and its result is dropped.
+//! run (its closure is dropped then, by the caller); one that is running
+//! finishes and its result is dropped. A job and its result share one
+//! allocation.
 
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use futures::channel::oneshot;
 
 use crate::executor::Panicked;
-
-type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Why a blocking job produced no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +158,177 @@ impl Shared {
     }
 }
 
+/// Where a job and its result live: one allocation per job, shared by the
+/// queue (until a thread has run the job) and the [`BlockingTask`]. The
+/// thread drops its reference before it wakes the task, so the cell is
+/// normally freed by the thread that made it, as the closure is when the
+/// caller leaves before the job starts: cross-thread frees are the slow
+/// path of glibc's malloc.
+struct Cell<F, T> {
+    state: Mutex<CellState<F, T>>,
+}
+
+struct CellState<F, T> {
+    stage: Stage<F, T>,
+    waker: Option<Waker>,
+}
+
+enum Stage<F, T> {
+    Queued(F),
+    Running,
+    Done(Result<T, Panicked>),
+    /// The result was taken, or the caller left.
+    Closed,
+    /// The pool dropped the job without running it.
+    Lost,
+}
+
+impl<F, T> Cell<F, T> {
+    fn lock(&self) -> MutexGuard<'_, CellState<F, T>> {
+        // Never poisoned in practice (no user code runs under the lock);
+        // the state stays consistent if it were.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What became of a job a thread took from the queue.
+enum Ran {
+    /// It ran; wake its caller (if it waits yet) with this.
+    Done(Option<Waker>),
+    /// Its caller had left before it started: not run.
+    Skipped,
+}
+
+/// The pool's side of a [`Cell`], type-erased.
+trait Run: Send + Sync {
+    /// Runs the job unless its caller has left.
+    fn run(&self, counters: &Counters) -> Ran;
+    /// The pool drops the job unrun: tell the caller.
+    fn lose(&self);
+}
+
+impl<F, T> Run for Cell<F, T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    fn run(&self, counters: &Counters) -> Ran {
+        let f = {
+            let mut st = self.lock();
+            match std::mem::replace(&mut st.stage, Stage::Running) {
+                Stage::Queued(f) => f,
+                other => {
+                    st.stage = other;
+                    return Ran::Skipped;
+                }
+            }
+        };
+        counters.running.fetch_add(1, Ordering::Relaxed);
+        let res = catch_unwind(AssertUnwindSafe(f)).map_err(Panicked::from_payload);
+        counters.running.fetch_sub(1, Ordering::Relaxed);
+        counters.done.fetch_add(1, Ordering::Relaxed);
+        let (waker, unwanted) = {
+            let mut st = self.lock();
+            if matches!(st.stage, Stage::Running) {
+                st.stage = Stage::Done(res);
+                (st.waker.take(), None)
+            } else {
+                // The caller left while the job ran.
+                (None, Some(res))
+            }
+        };
+        drop(unwanted); // outside the lock: T's destructor is user code
+        Ran::Done(waker)
+    }
+
+    fn lose(&self) {
+        let (f, waker) = {
+            let mut st = self.lock();
+            match std::mem::replace(&mut st.stage, Stage::Lost) {
+                Stage::Queued(f) => (Some(f), st.waker.take()),
+                other => {
+                    st.stage = other;
+                    (None, None)
+                }
+            }
+        };
+        drop(f);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// A queued job (the queue's reference to its [`Cell`]). Dropped unrun (the
+/// pool shuts down, or the queue was full), it tells its caller.
+struct Job(Option<Arc<dyn Run>>);
+
+impl Job {
+    /// Runs the job, then drops the queue's reference to its cell before it
+    /// wakes the caller, whose reference is then normally the last.
+    fn run(mut self, counters: &Counters) {
+        let Some(cell) = self.0.take() else { return };
+        let ran = cell.run(counters);
+        drop(cell);
+        match ran {
+            Ran::Done(Some(waker)) => waker.wake(),
+            Ran::Done(None) => {}
+            Ran::Skipped => {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take() {
+            cell.lose();
+        }
+    }
+}
+
+/// The caller's side of a [`Cell`], type-erased over the closure.
+trait Collect<T>: Send + Sync {
+    fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<T, PoolError>>;
+    fn leave(&self);
+}
+
+impl<F, T> Collect<T> for Cell<F, T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<T, PoolError>> {
+        let mut st = self.lock();
+        match std::mem::replace(&mut st.stage, Stage::Closed) {
+            Stage::Done(Ok(v)) => Poll::Ready(Ok(v)),
+            Stage::Done(Err(p)) => Poll::Ready(Err(PoolError::Panicked(p))),
+            Stage::Lost => Poll::Ready(Err(PoolError::Lost("the pool dropped the job".into()))),
+            Stage::Closed => panic!("BlockingTask polled after completion"),
+            pending => {
+                st.stage = pending;
+                match &mut st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn leave(&self) {
+        let stage = {
+            let mut st = self.lock();
+            st.waker = None;
+            std::mem::replace(&mut st.stage, Stage::Closed)
+        };
+        // A job that has not started is not run: its closure (and a result
+        // nobody took) is dropped here, outside the lock.
+        drop(stage);
+    }
+}
+
 /// A pool of blocking threads.
 ///
 /// Jobs go through a lock-free bounded queue. A thread that finds it empty
@@ -251,24 +421,16 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let shared = Arc::clone(&self.shared);
-        let job: Job = Box::new(move || {
-            let counters = &shared.counters;
-            if tx.is_canceled() {
-                counters.skipped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            counters.running.fetch_add(1, Ordering::Relaxed);
-            let res = catch_unwind(AssertUnwindSafe(f)).map_err(Panicked::from_payload);
-            counters.running.fetch_sub(1, Ordering::Relaxed);
-            counters.done.fetch_add(1, Ordering::Relaxed);
-            // The caller may have gone: the result is dropped here.
-            let _ = tx.send(res);
+        let cell = Arc::new(Cell {
+            state: Mutex::new(CellState {
+                stage: Stage::Queued(f),
+                waker: None,
+            }),
         });
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(BlockingTask { rx }),
-            Err(TrySendError::Full(_)) => {
+        let task = BlockingTask { cell: cell.clone() };
+        match self.tx.try_send(Job(Some(cell))) {
+            Ok(()) => Ok(task),
+            Err(TrySendError::Full(_job)) => {
                 self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(PoolError::Busy {
                     max_queue: self.max_queue,
@@ -338,7 +500,7 @@ fn worker(shared: &Arc<Shared>) {
                 let _ = shared.grow();
             }
             let started = Instant::now();
-            job();
+            job.run(&shared.counters);
             if let Some(nice) = lower_to {
                 if started.elapsed() >= NICE_AFTER {
                     lower_to = None;
@@ -392,19 +554,26 @@ impl Drop for Pool {
 
 /// The result of a job on the [`Pool`]. Dropping it before the job starts
 /// means the job is not run.
-#[derive(Debug)]
 pub struct BlockingTask<T> {
-    rx: oneshot::Receiver<Result<T, Panicked>>,
+    cell: Arc<dyn Collect<T>>,
+}
+
+impl<T> fmt::Debug for BlockingTask<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingTask").finish_non_exhaustive()
+    }
 }
 
 impl<T> Future for BlockingTask<T> {
     type Output = Result<T, PoolError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(p)) => Err(PoolError::Panicked(p)),
-            Err(oneshot::Canceled) => Err(PoolError::Lost("the pool dropped the job".into())),
-        })
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.cell.poll_result(cx)
+    }
+}
+
+impl<T> Drop for BlockingTask<T> {
+    fn drop(&mut self) {
+        self.cell.leave();
     }
 }

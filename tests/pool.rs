@@ -71,6 +71,36 @@ fn job_whose_caller_left_is_skipped() {
 }
 
 #[test]
+fn abandoned_job_is_dropped_by_its_caller() {
+    // What the closure holds is released when the caller leaves, on the
+    // caller's thread, not when a pool thread gets to the job.
+    struct Guard(std::sync::mpsc::Sender<std::thread::ThreadId>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.send(std::thread::current().id());
+        }
+    }
+    let pool = Pool::new(1, 4);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let blocker = pool.spawn(move || rx.recv().unwrap()).unwrap();
+    while pool.stats().running == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+    let guard = Guard(dropped_tx);
+    let abandoned = pool.spawn(move || drop(guard)).unwrap();
+    drop(abandoned);
+    assert_eq!(
+        dropped_rx.recv_timeout(Duration::from_secs(1)),
+        Ok(std::thread::current().id())
+    );
+    tx.send(()).unwrap();
+    block_on(blocker).unwrap();
+    block_on(pool.spawn(|| ()).unwrap()).unwrap();
+    assert_eq!(pool.stats().skipped, 1);
+}
+
+#[test]
 fn deferred_jobs_wait_for_one_wake_up() {
     let pool = Pool::new(2, 64);
     // The first job starts a thread at once (a failure to start one must
