@@ -22,7 +22,7 @@ SO := build/resty_async_core.so
 EXAMPLE_SO := build/resty_async_example.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
-.PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench soak
+.PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench bench-callgrind soak
 
 all: build
 
@@ -161,20 +161,34 @@ $(BENCH_SO): $(RUST_SRC) $(wildcard bench/module/src/*.rs) bench/module/Cargo.to
 	@mkdir -p build
 	cp target/release/libresty_async_bench.so $@.tmp && mv -f $@.tmp $@
 
-bench: deps build $(BENCH_SO)
-	@test "$(PROFILE)" = release || { echo "make bench measures release builds: PROFILE=release"; exit 1; }
-	@if ! command -v wrk >/dev/null; then \
+# $(call need_tool,command,package): installs the Debian package of a
+# benchmark tool when it is missing and we may (root with apt).
+define need_tool
+	@if ! command -v $(1) >/dev/null; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	        echo "installing: wrk"; \
+	        echo "installing: $(2)"; \
 	        apt-get update -qq && \
-	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null \
 	            || exit 1; \
 	    else \
-	        echo "wrk is missing (run 'make bench' as root, or apt-get install wrk)"; exit 1; \
+	        echo "$(1) is missing (run 'make $@' as root, or apt-get install $(2))"; exit 1; \
 	    fi; \
 	fi
+endef
+
+bench: deps build $(BENCH_SO)
+	@test "$(PROFILE)" = release || { echo "make bench measures release builds: PROFILE=release"; exit 1; }
+	$(call need_tool,wrk,wrk)
 	$(CARGO) bench --no-run -q --bench roundtrip
 	CARGO="$(CARGO)" BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/run.sh
+
+# `make bench-callgrind` (not part of `make test`): instructions per request
+# of the same scenarios, counted by callgrind (repeatable, unlike req/s).
+bench-callgrind: deps build $(BENCH_SO)
+	@test "$(PROFILE)" = release || { echo "make bench-callgrind measures release builds: PROFILE=release"; exit 1; }
+	$(call need_tool,wrk,wrk)
+	$(call need_tool,valgrind,valgrind)
+	BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/callgrind.sh
 
 # `make soak` (not part of `make test`): minutes of mixed calls, timeouts and
 # client aborts under wrk; prints RSS and fd counts. SOAK_SECONDS (180).

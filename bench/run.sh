@@ -21,17 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-NGINX_BIN=${BENCH_NGINX:-${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}}
-# Not in nginx's environment: nginx reads $NGINX itself (sockets inherited
-# across a binary upgrade) and, finding it set, does not daemonize.
-unset NGINX
-MODULE_DIR=/usr/lib/nginx/modules
-if [ -z "${LUA_MODULES+x}" ]; then
-    LUA_MODULES=""
-    for m in "$MODULE_DIR/ndk_http_module.so" "$MODULE_DIR/ngx_http_lua_module.so"; do
-        [ -e "$m" ] && LUA_MODULES="$LUA_MODULES $m"
-    done
-fi
+. bench/nginx.sh
 CARGO=${CARGO:-cargo}
 WRK=${WRK:-wrk}
 PORT=${BENCH_PORT:-18080}
@@ -51,20 +41,12 @@ URL=http://127.0.0.1:$PORT
 JOB_MS=5
 LOAD_CONNS=4
 
-for f in build/resty_async_core.so build/resty_async_bench.so; do
-    [ -e "$f" ] || { echo "bench: $f is missing (run 'make bench')" >&2; exit 1; }
-done
 command -v "$WRK" >/dev/null || { echo "bench: wrk not found (apt-get install wrk)" >&2; exit 1; }
 
 # wrk at 1000 connections, nginx with 1000 more.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-rm -rf "$PREFIX"
-mkdir -p "$PREFIX/logs" "$PREFIX/sock" "$PREFIX/wrk" "$PREFIX/lib"
-# Run from a snapshot: `make build` copies over build/*.so in place, which
-# crashes a worker that has them loaded (SIGSEGV) if it happens mid-run.
-cp -R lualib "$PREFIX/lualib"
-cp build/resty_async_core.so build/resty_async_bench.so "$PREFIX/lib/"
+bench_prefix "$PREFIX"
 
 NGINX_PID=""
 LOAD_PID=""
@@ -80,38 +62,19 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- nginx ----
 
-render_conf() { # workers threads
-    local load="" user=""
-    for m in $LUA_MODULES; do load="$load load_module $m;"; done
-    [ "$(id -u)" = 0 ] && user="user root;"
-    sed -e "s|@LUALIB@|$PREFIX/lualib|g" -e "s|@CLIB@|$PREFIX/lib|g" \
-        -e "s|@LOAD_MODULES@|$load|" -e "s|@USER@|$user|" \
-        -e "s|@WORKERS@|$1|" -e "s|@THREADS@|$2|g" -e "s|@PORT@|$PORT|" \
-        -e "s|@BASE@|$PREFIX/sock|" nginx/bench.conf > "$PREFIX/nginx.conf"
-}
-
-# One HTTP/1.0 GET with bash's /dev/tcp; prints the status code.
-http_status() { # path
-    local line
-    line=$( (exec 3<>"/dev/tcp/127.0.0.1/$PORT" &&
-             printf 'GET %s HTTP/1.0\r\nHost: bench\r\n\r\n' "$1" >&3 &&
-             IFS=' ' read -r -t 5 _ code _ <&3 && echo "$code") 2>/dev/null || true)
-    echo "${line:-none}"
-}
-
 start_nginx() { # workers threads
-    render_conf "$1" "$2"
+    render_conf "$PREFIX" "$PORT" "$1" "$2"
     "$NGINX_BIN" -p "$PREFIX" -c "$PREFIX/nginx.conf" -t -q
     "$NGINX_BIN" -p "$PREFIX" -c "$PREFIX/nginx.conf"
     local i
     for i in $(seq 50); do
-        [ -s "$PREFIX/logs/nginx.pid" ] && [ "$(http_status /baseline)" = 200 ] && break
+        [ -s "$PREFIX/logs/nginx.pid" ] && [ "$(http_status "$PORT" /baseline)" = 200 ] && break
         sleep 0.1
     done
     NGINX_PID=$(cat "$PREFIX/logs/nginx.pid")
     for p in /baseline /fast /wake /handoff /peer /async_sleep /ngx_sleep /cpu_async /cpu_sync; do
         local s
-        s=$(http_status "$p")
+        s=$(http_status "$PORT" "$p")
         if [ "$s" != 200 ]; then
             echo "bench: GET $p answered $s; see $PREFIX/logs/error.log" >&2
             tail -5 "$PREFIX/logs/error.log" >&2 || true

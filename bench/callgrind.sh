@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# `make bench-callgrind`: instructions per request of the scenarios of
+# `make bench`, counted by valgrind's callgrind. Unlike requests/s on a
+# shared VM, these counts repeat to a percent from run to run, so they show
+# what a change to the code costs or saves.
+#
+# For each scenario: nginx/bench.conf in one process (master_process off,
+# one worker's work) under callgrind with instrumentation off; wrk warms
+# it up; then callgrind counts while wrk runs BENCH_CG_SECONDS at 50
+# connections. Requests are wrk's count. "worker" is the nginx thread (the
+# event loop, Lua, the Rust calls), "other threads" are the pool threads
+# (resty-async's, or nginx's thread_pool for the peer). Kernel time is not
+# counted: callgrind sees user space only.
+#
+# Prints a Markdown table and writes it to bench/CALLGRIND.md. Settings
+# (environment): BENCH_CG_SECONDS (5), BENCH_CG_PORT (18081), BENCH_CG_OUT
+# (bench/CALLGRIND.md), BENCH_ONLY (a regex of scenario names),
+# BENCH_NGINX (or NGINX), LUA_MODULES, WRK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/nginx.sh
+
+SECONDS_MEASURED=${BENCH_CG_SECONDS:-5}
+PORT=${BENCH_CG_PORT:-18081}
+ONLY=${BENCH_ONLY:-}
+OUT=${BENCH_CG_OUT:-$PWD/bench/CALLGRIND.md}
+WRK=${WRK:-wrk}
+CONNS=50
+PREFIX=$PWD/build/callgrind
+# name:path, in the order of bench/run.sh
+SCENARIOS="baseline:/baseline fast:/fast wake:/wake handoff:/handoff peer:/peer
+           ngx_sleep:/ngx_sleep async_sleep:/async_sleep"
+
+for tool in valgrind callgrind_control "$WRK"; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool not found (apt-get install valgrind wrk)" >&2; exit 1; }
+done
+
+VG_PID=""
+cleanup() {
+    if [ -n "$VG_PID" ] && kill -0 "$VG_PID" 2>/dev/null; then
+        kill -9 "$VG_PID" 2>/dev/null || true
+        wait "$VG_PID" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+bench_prefix "$PREFIX"
+render_conf "$PREFIX" "$PORT" 1 2
+
+# Sets RESULT to "requests worker_Ir other_Ir" for one scenario.
+measure() { # path
+    rm -f "$PREFIX"/callgrind.out.*
+    valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
+        --callgrind-out-file="$PREFIX/callgrind.out.%p" \
+        "$NGINX_BIN" -p "$PREFIX" -c "$PREFIX/nginx.conf" -g 'daemon off; master_process off;' \
+        >"$PREFIX/logs/valgrind.log" 2>&1 &
+    VG_PID=$!
+    local i
+    for i in $(seq 300); do
+        [ "$(http_status "$PORT" "$1")" = 200 ] && break
+        kill -0 "$VG_PID" 2>/dev/null || { echo "bench: nginx under valgrind exited; see $PREFIX/logs" >&2; exit 1; }
+        sleep 0.1
+    done
+    "$WRK" -t1 -c"$CONNS" -d3s "http://127.0.0.1:$PORT$1" >/dev/null
+    callgrind_control -i on "$VG_PID" >/dev/null 2>&1
+    local out
+    out=$("$WRK" -t1 -c"$CONNS" -d"${SECONDS_MEASURED}s" "http://127.0.0.1:$PORT$1")
+    callgrind_control -i off "$VG_PID" >/dev/null 2>&1
+    callgrind_control -d "$VG_PID" >/dev/null 2>&1
+    kill -TERM "$VG_PID" 2>/dev/null || true
+    wait "$VG_PID" 2>/dev/null || true
+    VG_PID=""
+    local requests non2xx
+    requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ { print $NF }' <<<"$out")
+    if [ -z "$requests" ] || [ "$requests" = 0 ] || [ -n "$non2xx" ]; then
+        echo "bench: wrk on $1 under valgrind: $out" >&2
+        exit 1
+    fi
+    # One file per thread and dump: <pid>.<dump>-<thread>; thread 01 is
+    # nginx's own.
+    RESULT=$(awk -v req="$requests" '
+        /^totals:/ { if (FILENAME ~ /-01$/) w += $2; else o += $2 }
+        END { printf "%d %d %d\n", req, w, o }' "$PREFIX"/callgrind.out.*.*-*)
+}
+
+declare -A TOTAL WORKER OTHER REQS
+NAMES=()
+for spec in $SCENARIOS; do
+    name=${spec%%:*}
+    path=${spec#*:}
+    [ -z "$ONLY" ] || [[ $name =~ $ONLY ]] || continue
+    measure "$path"
+    read -r req w o <<<"$RESULT"
+    REQS[$name]=$req
+    WORKER[$name]=$((w / req))
+    OTHER[$name]=$((o / req))
+    TOTAL[$name]=$(((w + o) / req))
+    NAMES+=("$name")
+    printf '  %-12s %8d requests  %7d instructions/request (worker %d, other threads %d)\n' \
+        "$name" "$req" "${TOTAL[$name]}" "${WORKER[$name]}" "${OTHER[$name]}" >&2
+done
+
+report() {
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), \`make bench-callgrind\`, $(valgrind --version)," \
+         "$CONNS connections, ${SECONDS_MEASURED} s per scenario; instructions in user space (the kernel's" \
+         "are not counted), per request:"
+    echo
+    echo "| Scenario | All threads | Worker thread | Other threads | Worker − baseline's |"
+    echo "|---|---|---|---|---|"
+    local name extra
+    for name in "${NAMES[@]}"; do
+        extra="—"
+        [ -n "${WORKER[baseline]:-}" ] && extra=$(printf '%+d' $((WORKER[$name] - WORKER[baseline])))
+        printf '| %s | %d | %d | %d | %s |\n' "$name" "${TOTAL[$name]}" "${WORKER[$name]}" "${OTHER[$name]}" "$extra"
+    done
+}
+
+report | tee "$OUT"

@@ -1,0 +1,49 @@
+# The nginx of the benchmarks (nginx/bench.conf), shared by bench/run.sh
+# and bench/callgrind.sh, which source this file from the repository root.
+# Settings (environment): BENCH_NGINX (or NGINX), LUA_MODULES.
+
+NGINX_BIN=${BENCH_NGINX:-${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}}
+# Not in nginx's environment: nginx reads $NGINX itself (sockets inherited
+# across a binary upgrade) and, finding it set, does not daemonize.
+unset NGINX
+MODULE_DIR=/usr/lib/nginx/modules
+if [ -z "${LUA_MODULES+x}" ]; then
+    LUA_MODULES=""
+    for m in "$MODULE_DIR/ndk_http_module.so" "$MODULE_DIR/ngx_http_lua_module.so"; do
+        [ -e "$m" ] && LUA_MODULES="$LUA_MODULES $m"
+    done
+fi
+
+# A fresh nginx prefix holding a snapshot of lualib/ and the built modules:
+# `make build` copies over build/*.so in place, which crashes a worker that
+# has them loaded (SIGSEGV) if it happens during a run.
+bench_prefix() { # prefix
+    local f
+    for f in build/resty_async_core.so build/resty_async_bench.so; do
+        [ -e "$f" ] || { echo "bench: $f is missing (run 'make bench')" >&2; return 1; }
+    done
+    rm -rf "$1"
+    mkdir -p "$1/logs" "$1/sock" "$1/wrk" "$1/lib"
+    cp -R lualib "$1/lualib"
+    cp build/resty_async_core.so build/resty_async_bench.so "$1/lib/"
+}
+
+# nginx/bench.conf with its @...@ values filled in, as <prefix>/nginx.conf.
+render_conf() { # prefix port workers threads
+    local load="" user="" m
+    for m in $LUA_MODULES; do load="$load load_module $m;"; done
+    [ "$(id -u)" = 0 ] && user="user root;"
+    sed -e "s|@LUALIB@|$1/lualib|g" -e "s|@CLIB@|$1/lib|g" \
+        -e "s|@LOAD_MODULES@|$load|" -e "s|@USER@|$user|" \
+        -e "s|@WORKERS@|$3|" -e "s|@THREADS@|$4|g" -e "s|@PORT@|$2|" \
+        -e "s|@BASE@|$1/sock|" nginx/bench.conf > "$1/nginx.conf"
+}
+
+# One HTTP/1.0 GET with bash's /dev/tcp; prints the status code.
+http_status() { # port path
+    local line
+    line=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+             printf 'GET %s HTTP/1.0\r\nHost: bench\r\n\r\n' "$2" >&3 &&
+             IFS=' ' read -r -t 5 _ code _ <&3 && echo "$code") 2>/dev/null || true)
+    echo "${line:-none}"
+}
