@@ -163,7 +163,8 @@ impl Shared {
 /// thread drops its reference before it wakes the task, so the cell is
 /// normally freed by the thread that made it, as the closure is when the
 /// caller leaves before the job starts: cross-thread frees are the slow
-/// path of glibc's malloc.
+/// path of glibc's malloc. (An async-task task, as smol's `blocking` uses,
+/// would drop a cancelled job on whichever thread next runs it.)
 struct Cell<F, T> {
     state: Mutex<CellState<F, T>>,
 }
@@ -185,8 +186,9 @@ enum Stage<F, T> {
 
 impl<F, T> Cell<F, T> {
     fn lock(&self) -> MutexGuard<'_, CellState<F, T>> {
-        // Never poisoned in practice (no user code runs under the lock);
-        // the state stays consistent if it were.
+        // Never poisoned in practice: the only user code that runs under
+        // the lock is a `Waker::clone`. The state stays consistent if it
+        // were.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -305,27 +307,32 @@ where
             Stage::Done(Ok(v)) => Poll::Ready(Ok(v)),
             Stage::Done(Err(p)) => Poll::Ready(Err(PoolError::Panicked(p))),
             Stage::Lost => Poll::Ready(Err(PoolError::Lost("the pool dropped the job".into()))),
-            Stage::Closed => panic!("BlockingTask polled after completion"),
+            Stage::Closed => {
+                drop(st);
+                panic!("BlockingTask polled after completion")
+            }
             pending => {
                 st.stage = pending;
-                match &mut st.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    slot => *slot = Some(cx.waker().clone()),
-                }
+                let old = match &st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => None,
+                    _ => st.waker.replace(cx.waker().clone()),
+                };
+                drop(st);
+                drop(old); // outside the lock, as every drop of ours
                 Poll::Pending
             }
         }
     }
 
     fn leave(&self) {
-        let stage = {
+        let (stage, waker) = {
             let mut st = self.lock();
-            st.waker = None;
-            std::mem::replace(&mut st.stage, Stage::Closed)
+            (std::mem::replace(&mut st.stage, Stage::Closed), st.waker.take())
         };
         // A job that has not started is not run: its closure (and a result
         // nobody took) is dropped here, outside the lock.
         drop(stage);
+        drop(waker);
     }
 }
 
@@ -500,7 +507,11 @@ fn worker(shared: &Arc<Shared>) {
                 let _ = shared.grow();
             }
             let started = Instant::now();
-            job.run(&shared.counters);
+            // The job's own panics are its result; this catches those of
+            // what runs after it (the drop of a result nobody waits for,
+            // the caller's waker), which would otherwise end the thread
+            // while the pool still counts it.
+            let _ = catch_unwind(AssertUnwindSafe(|| job.run(&shared.counters)));
             if let Some(nice) = lower_to {
                 if started.elapsed() >= NICE_AFTER {
                     lower_to = None;
@@ -553,7 +564,8 @@ impl Drop for Pool {
 }
 
 /// The result of a job on the [`Pool`]. Dropping it before the job starts
-/// means the job is not run.
+/// means the job is not run. Like other futures, it panics if polled again
+/// after it returned `Ready`.
 pub struct BlockingTask<T> {
     cell: Arc<dyn Collect<T>>,
 }

@@ -101,6 +101,36 @@ fn abandoned_job_is_dropped_by_its_caller() {
 }
 
 #[test]
+fn a_panicking_drop_of_an_unwanted_result_leaves_the_pool_working() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("bomb dropped");
+        }
+    }
+    let pool = Pool::new(1, 4);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let left = pool
+        .spawn(move || {
+            rx.recv().unwrap();
+            Bomb
+        })
+        .unwrap();
+    while pool.stats().running == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(left); // the caller leaves while the job runs: the pool drops Bomb
+    tx.send(()).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let next = pool.spawn(|| 7).unwrap();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(block_on(next));
+    });
+    assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(Ok(7)));
+    assert_eq!(pool.stats().threads, 1);
+}
+
+#[test]
 fn deferred_jobs_wait_for_one_wake_up() {
     let pool = Pool::new(2, 64);
     // The first job starts a thread at once (a failure to start one must
