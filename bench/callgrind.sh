@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench-callgrind`: instructions per request of the scenarios of
 # `make bench`, counted by valgrind's callgrind. Unlike requests/s on a
-# shared VM, these counts repeat to a percent from run to run, so they show
-# what a change to the code costs or saves.
+# shared VM, these counts repeat within about 2 % from run to run, so they
+# show what a change to the code costs or saves.
 #
 # For each scenario: nginx/bench.conf in one process (master_process off,
 # one worker's work) under callgrind with instrumentation off; wrk warms
@@ -14,8 +14,9 @@
 #
 # Prints a Markdown table and writes it to bench/CALLGRIND.md. Settings
 # (environment): BENCH_CG_SECONDS (5), BENCH_CG_PORT (18081), BENCH_CG_OUT
-# (bench/CALLGRIND.md), BENCH_ONLY (a regex of scenario names),
-# BENCH_NGINX (or NGINX), LUA_MODULES, WRK.
+# (bench/CALLGRIND.md), BENCH_THREADS (nproc: resty-async's pool and the
+# peer's thread_pool, as in `make bench`), BENCH_ONLY (a regex of scenario
+# names), BENCH_NGINX (or NGINX), LUA_MODULES, WRK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/nginx.sh
@@ -26,6 +27,7 @@ ONLY=${BENCH_ONLY:-}
 OUT=${BENCH_CG_OUT:-$PWD/bench/CALLGRIND.md}
 WRK=${WRK:-wrk}
 CONNS=50
+THREADS=${BENCH_THREADS:-$(nproc)}
 PREFIX=$PWD/build/callgrind
 # name:path, in the order of bench/run.sh
 SCENARIOS="baseline:/baseline fast:/fast wake:/wake handoff:/handoff peer:/peer
@@ -36,17 +38,26 @@ for tool in valgrind callgrind_control "$WRK"; do
 done
 
 VG_PID=""
-cleanup() {
-    if [ -n "$VG_PID" ] && kill -0 "$VG_PID" 2>/dev/null; then
-        kill -9 "$VG_PID" 2>/dev/null || true
-        wait "$VG_PID" 2>/dev/null || true
-    fi
+# Stops nginx under valgrind: TERM (valgrind writes its files), KILL if it
+# is still there after 10 s.
+stop_valgrind() {
+    [ -n "$VG_PID" ] || return 0
+    kill -TERM "$VG_PID" 2>/dev/null || true
+    local i
+    for i in $(seq 100); do
+        kill -0 "$VG_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$VG_PID" 2>/dev/null || true
+    wait "$VG_PID" 2>/dev/null || true
+    VG_PID=""
 }
+cleanup() { stop_valgrind; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 bench_prefix "$PREFIX"
-render_conf "$PREFIX" "$PORT" 1 2
+render_conf "$PREFIX" "$PORT" 1 "$THREADS"
 
 # Sets RESULT to "requests worker_Ir other_Ir" for one scenario.
 measure() { # path
@@ -56,21 +67,20 @@ measure() { # path
         "$NGINX_BIN" -p "$PREFIX" -c "$PREFIX/nginx.conf" -g 'daemon off; master_process off;' \
         >"$PREFIX/logs/valgrind.log" 2>&1 &
     VG_PID=$!
-    local i
+    local i up=""
     for i in $(seq 300); do
-        [ "$(http_status "$PORT" "$1")" = 200 ] && break
+        [ "$(http_status "$PORT" "$1")" = 200 ] && { up=1; break; }
         kill -0 "$VG_PID" 2>/dev/null || { echo "bench: nginx under valgrind exited; see $PREFIX/logs" >&2; exit 1; }
         sleep 0.1
     done
+    [ -n "$up" ] || { echo "bench: GET $1 under valgrind did not answer 200 in 30 s; see $PREFIX/logs" >&2; exit 1; }
     "$WRK" -t1 -c"$CONNS" -d3s "http://127.0.0.1:$PORT$1" >/dev/null
     callgrind_control -i on "$VG_PID" >/dev/null 2>&1
     local out
     out=$("$WRK" -t1 -c"$CONNS" -d"${SECONDS_MEASURED}s" "http://127.0.0.1:$PORT$1")
     callgrind_control -i off "$VG_PID" >/dev/null 2>&1
     callgrind_control -d "$VG_PID" >/dev/null 2>&1
-    kill -TERM "$VG_PID" 2>/dev/null || true
-    wait "$VG_PID" 2>/dev/null || true
-    VG_PID=""
+    stop_valgrind
     local requests non2xx
     requests=$(awk '/requests in/ { print $1 }' <<<"$out")
     non2xx=$(awk '/Non-2xx/ { print $NF }' <<<"$out")
@@ -80,9 +90,16 @@ measure() { # path
     fi
     # One file per thread and dump: <pid>.<dump>-<thread>; thread 01 is
     # nginx's own.
+    # callgrind_control exits 0 even when it reached no process: no dump
+    # file, or no instructions counted, means the counts are not there.
+    local dumps=("$PREFIX"/callgrind.out.*.*-*)
+    [ -e "${dumps[0]}" ] || { echo "bench: callgrind wrote no dump for $1; see $PREFIX/logs" >&2; exit 1; }
     RESULT=$(awk -v req="$requests" '
         /^totals:/ { if (FILENAME ~ /-01$/) w += $2; else o += $2 }
-        END { printf "%d %d %d\n", req, w, o }' "$PREFIX"/callgrind.out.*.*-*)
+        END { printf "%d %d %d\n", req, w, o }' "${dumps[@]}")
+    case $RESULT in
+        *" 0 "*) echo "bench: callgrind counted no instructions of the worker for $1" >&2; exit 1 ;;
+    esac
 }
 
 declare -A TOTAL WORKER OTHER REQS
