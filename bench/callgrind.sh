@@ -42,13 +42,7 @@ VG_PID=""
 # is still there after 10 s.
 stop_valgrind() {
     [ -n "$VG_PID" ] || return 0
-    kill -TERM "$VG_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 100); do
-        kill -0 "$VG_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$VG_PID" 2>/dev/null || true
+    signal_and_wait "$VG_PID" TERM 10 || kill -KILL "$VG_PID" 2>/dev/null || true
     wait "$VG_PID" 2>/dev/null || true
     VG_PID=""
 }

@@ -47,3 +47,15 @@ http_status() { # port path
              IFS=' ' read -r -t 5 _ code _ <&3 && echo "$code") 2>/dev/null || true)
     echo "${line:-none}"
 }
+
+# Sends `signal` to process `pid` and waits up to `seconds` for it to go;
+# fails if it is still there.
+signal_and_wait() { # pid signal seconds
+    kill -"$2" "$1" 2>/dev/null || true
+    local i
+    for i in $(seq $(($3 * 10))); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    ! kill -0 "$1" 2>/dev/null
+}

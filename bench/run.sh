@@ -85,13 +85,7 @@ start_nginx() { # workers threads
 
 stop_nginx() {
     [ -n "$NGINX_PID" ] || return 0
-    kill -QUIT "$NGINX_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 50); do
-        kill -0 "$NGINX_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$NGINX_PID" 2>/dev/null; then
+    if ! signal_and_wait "$NGINX_PID" QUIT 5; then
         kill -TERM "$NGINX_PID" 2>/dev/null || true
         sleep 0.5
     fi
