@@ -309,7 +309,7 @@ impl<T: 'static> Executor<T> {
     /// Current counters.
     pub fn stats(&self) -> ExecutorStats {
         let mut s = self.inner.stats.get();
-        s.in_flight = self.inner.slots.borrow().len();
+        s.in_flight = self.in_flight();
         s
     }
 }

@@ -301,8 +301,8 @@ fn results(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<MultiValue> {
     }
 }
 
-/// `nil, message`: as a raw function's own results it is misuse, which the
-/// wrapper raises in the caller; as a task's results, a failure.
+/// `nil, message`: a task's failure, or a control function's error (a
+/// raw function's misuse is [`misuse`]).
 fn failure(lua: &Lua, msg: &str) -> mlua::Result<MultiValue> {
     Ok(MultiValue::from_vec(vec![Value::Nil, msg.into_lua(lua)?]))
 }

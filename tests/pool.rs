@@ -1,7 +1,25 @@
+use std::sync::mpsc;
 use std::time::Duration;
 
 use futures::executor::block_on;
 use resty_async::pool::{Pool, PoolError, NICE_AFTER};
+use resty_async::BlockingTask;
+
+/// Returns once a thread of `pool` has taken a job (the queue is empty).
+fn wait_until_running(pool: &Pool) {
+    while pool.stats().running == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Keeps a thread of `pool` busy until a message is sent on the returned
+/// sender; returns once the thread runs that job.
+fn occupy(pool: &Pool) -> (mpsc::Sender<()>, BlockingTask<()>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let blocker = pool.spawn(move || rx.recv().unwrap()).unwrap();
+    wait_until_running(pool);
+    (tx, blocker)
+}
 
 #[test]
 fn jobs_run_on_threads_and_return() {
@@ -16,12 +34,8 @@ fn jobs_run_on_threads_and_return() {
 #[test]
 fn full_queue_is_busy_at_once() {
     let pool = Pool::new(1, 1);
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let blocker = pool.spawn(move || rx.recv().unwrap()).unwrap();
-    // Wait until the thread has taken the blocker: the queue is empty.
-    while pool.stats().running == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    // The thread has taken the blocker: the queue is empty.
+    let (tx, blocker) = occupy(&pool);
     let queued = pool.spawn(|| 1).unwrap();
     match pool.spawn(|| 2) {
         Err(PoolError::Busy { max_queue: 1 }) => {}
@@ -51,11 +65,7 @@ fn panicking_job_reports_and_thread_survives() {
 #[test]
 fn job_whose_caller_left_is_skipped() {
     let pool = Pool::new(1, 4);
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let blocker = pool.spawn(move || rx.recv().unwrap()).unwrap();
-    while pool.stats().running == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let (tx, blocker) = occupy(&pool);
     let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let r2 = ran.clone();
     let abandoned = pool
@@ -74,19 +84,15 @@ fn job_whose_caller_left_is_skipped() {
 fn abandoned_job_is_dropped_by_its_caller() {
     // What the closure holds is released when the caller leaves, on the
     // caller's thread, not when a pool thread gets to the job.
-    struct Guard(std::sync::mpsc::Sender<std::thread::ThreadId>);
+    struct Guard(mpsc::Sender<std::thread::ThreadId>);
     impl Drop for Guard {
         fn drop(&mut self) {
             let _ = self.0.send(std::thread::current().id());
         }
     }
     let pool = Pool::new(1, 4);
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let blocker = pool.spawn(move || rx.recv().unwrap()).unwrap();
-    while pool.stats().running == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+    let (tx, blocker) = occupy(&pool);
+    let (dropped_tx, dropped_rx) = mpsc::channel();
     let guard = Guard(dropped_tx);
     let abandoned = pool.spawn(move || drop(guard)).unwrap();
     drop(abandoned);
@@ -109,19 +115,17 @@ fn a_panicking_drop_of_an_unwanted_result_leaves_the_pool_working() {
         }
     }
     let pool = Pool::new(1, 4);
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel::<()>();
     let left = pool
         .spawn(move || {
             rx.recv().unwrap();
             Bomb
         })
         .unwrap();
-    while pool.stats().running == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until_running(&pool);
     drop(left); // the caller leaves while the job runs: the pool drops Bomb
     tx.send(()).unwrap();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
     let next = pool.spawn(|| 7).unwrap();
     std::thread::spawn(move || {
         let _ = done_tx.send(block_on(next));
