@@ -49,6 +49,7 @@ pub mod module;
 pub mod pool;
 pub mod runtime;
 pub mod socket;
+mod strings;
 pub mod timer;
 
 pub use crate::module::{create_async_function, Module};

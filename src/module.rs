@@ -34,6 +34,7 @@ use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Table
 
 use crate::executor::{Outcome, Panicked, Spawned, TaskId};
 use crate::runtime::{Config, LuaOutput, Runtime};
+use crate::strings;
 
 /// The exports of a module crate, under construction. See the module docs.
 pub struct Module {
@@ -45,6 +46,7 @@ pub struct Module {
 impl Module {
     /// Starts a module called `name` (used in messages and `async.stats()`).
     pub fn new(lua: &Lua, name: &str) -> mlua::Result<Module> {
+        strings::install(lua)?;
         let raw = lua.create_table()?;
         let kinds = lua.create_table()?;
         raw.raw_set("__name", name)?;
@@ -66,7 +68,7 @@ impl Module {
     pub fn add_async<A, R, F, Fut>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
     where
         A: FromLuaMulti,
-        R: IntoLuaMulti,
+        R: IntoLuaMulti + 'static,
         F: Fn(Lua, A) -> Fut + 'static,
         Fut: Future<Output = mlua::Result<R>> + 'static,
     {
@@ -107,7 +109,7 @@ impl Module {
     pub fn add_function<A, R, F>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
     where
         A: FromLuaMulti,
-        R: IntoLuaMulti,
+        R: IntoLuaMulti + 'static,
         F: Fn(&Lua, A) -> mlua::Result<R> + 'static,
     {
         let fname = name.to_owned();
@@ -117,7 +119,7 @@ impl Module {
                 Err(e) => return misuse(lua, &error_message(&e)),
             };
             let out = catch_unwind(AssertUnwindSafe(|| {
-                f(lua, args).and_then(|r| r.into_lua_multi(lua))
+                f(lua, args).and_then(|r| strings::results(lua, r))
             }))
             .map_err(Panicked::from_payload);
             finished(lua, out)
@@ -153,7 +155,7 @@ impl Module {
     where
         F: Fn(&Lua, MultiValue) -> Result<Fut, String> + 'static,
         Fut: Future<Output = mlua::Result<R>> + 'static,
-        R: IntoLuaMulti,
+        R: IntoLuaMulti + 'static,
     {
         let func = self.lua.create_function(move |lua, args: MultiValue| {
             let fut = match f(lua, args) {
@@ -161,8 +163,9 @@ impl Module {
                 Err(msg) => return misuse(lua, &msg),
             };
             let lua2 = lua.clone();
+            let task = async move { fut.await.and_then(|r| strings::results(&lua2, r)) };
             let rt = Runtime::current();
-            match rt.batch(|| rt.spawn(async move { fut.await.and_then(|r| r.into_lua_multi(&lua2)) })) {
+            match rt.batch(|| rt.spawn(task)) {
                 Spawned::Ready(out) => {
                     rt.flush();
                     finished(lua, out)

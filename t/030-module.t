@@ -234,3 +234,32 @@ cpu ticks while 20 calls waited 0.3 s: true
 --- response_body_like
 ^false .*this async Rust function must be called through resty.async \(register it with Module::add_lua_async\); called directly in OpenResty it would spin the worker
 still fine: mlua slept 1 ms
+
+
+
+=== TEST 9: string results, made the fast way (one string) or mlua's (several)
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            for _, n in ipairs({ 0, 1, 256, 100000 }) do
+                local bytes, hex, static = ex.string_kinds(n)
+                local b, h = ex.bytes_upto(n), ex.hex_upto(n)
+                ngx.say(n, ": ", #b, " ", b == bytes, " ", #h, " ", h == hex,
+                        " ", static, " ", select("#", ex.bytes_upto(n)))
+            end
+            local b = ex.bytes_upto(256)
+            ngx.say(b:byte(1), " ", b:byte(2), " ", b:byte(256))
+            ngx.say(ex.static_str(), " ", select("#", ex.static_str()))
+            local t = require("resty.async").spawn(ex.hex_upto, 3)
+            ngx.say(t:wait())
+        }
+    }
+--- response_body
+0: 0 true 0 true static 1
+1: 1 true 2 true static 1
+256: 256 true 512 true static 1
+100000: 100000 true 200000 true static 1
+0 1 255
+static 1
+000102

@@ -107,6 +107,21 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
     // The nice value of the pool thread that runs it, to check
     // `configure{ pool_nice = ... }` against `thread_nice` (the worker's).
     m.add_blocking("pool_thread_nice", |()| thread_nice())?;
+    // One string of each kind a function may return (they take a faster
+    // path than other results): bytes 0..n as a byte string, its hex as a
+    // String, or a &'static str.
+    m.add_blocking("string_kinds", |n: usize| {
+        let bytes: Vec<u8> = (0..n).map(|i| i as u8).collect();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok::<_, String>((mlua::BString::from(bytes), hex, "static"))
+    })?;
+    m.add_blocking("bytes_upto", |n: usize| {
+        Ok::<_, String>(mlua::BString::from((0..n).map(|i| i as u8).collect::<Vec<u8>>()))
+    })?;
+    m.add_blocking("hex_upto", |n: usize| {
+        Ok::<_, String>((0..n).map(|i| format!("{:02x}", i as u8)).collect::<String>())
+    })?;
+    m.add_function("static_str", |_, ()| Ok("static"))?;
     m.add_blocking("blocking_fail", |msg: String| {
         Err::<(), _>(format!("blocking failure: {msg}"))
     })?;
