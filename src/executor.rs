@@ -270,9 +270,17 @@ impl<T: 'static> Executor<T> {
     /// The outcome of a finished task, which frees its slot. `None` if the
     /// task is unknown or not finished.
     pub fn take(&self, id: TaskId) -> Option<Outcome<T>> {
+        self.take_if(id, |_| true)
+    }
+
+    /// Like [`Executor::take`], if `pred` accepts the outcome; otherwise
+    /// the task keeps it.
+    pub fn take_if(&self, id: TaskId, pred: impl FnOnce(&Outcome<T>) -> bool) -> Option<Outcome<T>> {
         let mut slots = self.inner.slots.borrow_mut();
         // Only a finished task gives up its slot.
-        slots.get(&id)?.done.as_ref()?;
+        if !pred(slots.get(&id)?.done.as_ref()?) {
+            return None;
+        }
         let slot = slots.remove(&id)?;
         drop(slots);
         slot.done

@@ -16,13 +16,20 @@
 //!
 //! # The raw calling convention (between this crate and `resty/async.lua`)
 //!
-//! A raw function returns `true, ...` (finished: the results), `false, id,
-//! rearm` (pending: wait for task `id`, then call `rt.take(id)`; `rearm`:
-//! wake the driver in this cycle of the event loop, for an earlier timer or
-//! for pool jobs whose thread wake-up was deferred to it), or `nil, message`
-//! (misuse, e.g. a wrong argument type: the wrapper raises `message`). No
-//! error ever leaves Rust as an mlua error value, since ngx_lua would log such
-//! a userdata as "unknown reason".
+//! A raw function returns `true, ...` (finished: the results), a number
+//! (pending: the task id; negative, `-id`, when the driver must run in this
+//! cycle of the event loop, for an earlier timer or for pool jobs whose
+//! thread wake-up was deferred to it), or `nil, message` (misuse, e.g. a
+//! wrong argument type: the wrapper raises `message`). No error ever leaves
+//! Rust as an mlua error value, since ngx_lua would log such a userdata as
+//! "unknown reason".
+//!
+//! The driver's `rt.poll(arm)` returns `next_ms, rearm, n` and then `n`
+//! values, a pair per finished task: `id, value` when the task's result is
+//! that one value (not nil), taken out of Rust already; `-id, nil` when the
+//! waiter must call `rt.take(id)` for its results (several values, nil, or
+//! `nil, message`). Beyond 1024 values, `next_ms, rearm, -n, {...}`:
+//! the pairs in a table.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -170,15 +177,14 @@ impl Module {
                     rt.flush();
                     finished(lua, out)
                 }
-                // rearm: the driver must run soon, for an earlier timer or
-                // for the pool's deferred wake-up.
-                Spawned::Pending(id) => Ok((
-                    Value::Boolean(false),
-                    MultiValue::from_vec(vec![
-                        id_value(id),
-                        Value::Boolean(rt.take_rearm() | rt.wake_owed()),
-                    ]),
-                )),
+                // Negative: the driver must run soon, for an earlier timer
+                // or for the pool's deferred wake-up. (No second value: an
+                // empty MultiValue allocates nothing.)
+                Spawned::Pending(id) => {
+                    let rearm = rt.take_rearm() | rt.wake_owed();
+                    let id = id_value(id);
+                    Ok((Value::Number(if rearm { -id } else { id }), MultiValue::new()))
+                }
             }
         })?;
         self.insert(name, "async", func)
@@ -274,10 +280,15 @@ fn runtime_id() -> String {
     format!("{:p}", &MARK as *const u8)
 }
 
-fn id_value(id: TaskId) -> Value {
-    // Ids stay far below 2^53: exact as a Lua number.
-    Value::Number(id as f64)
+fn id_value(id: TaskId) -> f64 {
+    // Ids start at 1 and stay far below 2^53: exact as a Lua number, and
+    // never 0, so that the sign can carry a flag.
+    id as f64
 }
+
+/// Most values `rt.poll` returns on the Lua stack (pairs of finished
+/// tasks), beyond which they come in a table.
+pub(crate) const MAX_POLL_VALUES: usize = 1024;
 
 /// What a raw function returns: its first value (`true`, `false` or `nil`)
 /// and the rest. A tuple, so that mlua pushes the results of a finished
@@ -350,29 +361,40 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
             Ok(())
         })?,
     )?;
-    // poll(arm) -> next_ms, rearm, n, id1, ..., idn: the finished task ids
-    // as results (no table writes: each would be a protected call into Lua);
-    // beyond MAX_IDS_ON_STACK: next_ms, rearm, -n, {ids}. next_ms is the time
-    // to the next timer (-1: none); rearm: an earlier timer appeared than
-    // the one the driver sleeps towards.
+    // poll(arm) -> next_ms, rearm, n, then the pairs of the finished tasks
+    // (see the module docs) as results: no table writes, each would be a
+    // protected call into Lua. next_ms is the time to the next timer (-1:
+    // none); rearm: an earlier timer appeared than the one the driver sleeps
+    // towards.
     t.raw_set(
         "poll",
         lua.create_function(|lua, arm: bool| {
-            const MAX_IDS_ON_STACK: usize = 512;
             let rt = Runtime::current();
-            let mut ids: Vec<f64> = Vec::new();
-            let next = rt.poll(arm, |id| ids.push(id as f64));
+            let mut pairs: Vec<Value> = Vec::new();
+            let next = rt.poll(arm, |id| {
+                let (id, value) = match rt.take_single(id) {
+                    Some(v) => (id_value(id), v),
+                    None => (-id_value(id), Value::Nil),
+                };
+                pairs.push(Value::Number(id));
+                pairs.push(value);
+            });
             let next_ms = next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
             let rearm = !arm && rt.take_rearm();
-            let mut out = MultiValue::with_capacity(3 + ids.len().min(MAX_IDS_ON_STACK));
+            let mut out = MultiValue::with_capacity(3 + pairs.len().min(MAX_POLL_VALUES));
             out.push_back(Value::Number(next_ms));
             out.push_back(Value::Boolean(rearm));
-            if ids.len() <= MAX_IDS_ON_STACK {
-                out.push_back(Value::Number(ids.len() as f64));
-                out.extend(ids.into_iter().map(Value::Number));
+            if pairs.len() <= MAX_POLL_VALUES {
+                out.push_back(Value::Number(pairs.len() as f64));
+                out.extend(pairs);
             } else {
-                out.push_back(Value::Number(-(ids.len() as f64)));
-                out.push_back(Value::Table(lua.create_sequence_from(ids)?));
+                let n = pairs.len();
+                let t = lua.create_table_with_capacity(n, 0)?;
+                for (i, v) in pairs.into_iter().enumerate() {
+                    t.raw_set(i + 1, v)?;
+                }
+                out.push_back(Value::Number(-(n as f64)));
+                out.push_back(Value::Table(t));
             }
             Ok(out)
         })?,

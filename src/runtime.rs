@@ -353,6 +353,17 @@ impl Runtime {
         self.executor.take(id)
     }
 
+    /// The result of a finished task if it is one value other than nil
+    /// (frees its slot); otherwise the task keeps its outcome for
+    /// [`Runtime::take`].
+    pub(crate) fn take_single(&self, id: TaskId) -> Option<mlua::Value> {
+        let single = |out: &Outcome<LuaOutput>| matches!(out, Ok(Ok(v)) if v.len() == 1 && !v[0].is_nil());
+        match self.executor.take_if(id, single)? {
+            Ok(Ok(mut values)) => values.pop_front(),
+            _ => None,
+        }
+    }
+
     /// Cancels a task: its future is dropped before this returns.
     pub fn cancel(&self, id: TaskId) -> bool {
         self.executor.cancel(id)

@@ -122,30 +122,67 @@ local function kick(st)
 end
 
 
--- Hands a finished task to whoever waits for it.
-local function finished(st, id)
+-- Hands a finished task to whoever waits for it. id > 0: `v` is its one
+-- result, already out of Rust; id < 0: task -id keeps its results for
+-- rt.take().
+local function finished(st, id, v)
+    local taken = id > 0
+    if not taken then
+        id = -id
+    end
     local sema = st.waiters[id]
     if sema and sema ~= POSTED then
+        if taken then
+            st.results[id] = v
+        end
         sema:post(1)
         st.waiters[id] = POSTED
     elseif st.owned[id] then
         st.owned[id] = "done"  -- a task handle collects it later
-    else
-        -- nobody waits for it any more: free its result
+        if taken then
+            st.results[id] = v
+        end
+    elseif not taken then
+        -- nobody waits for it any more: free its results
         st.rt.cancel(id)
     end
 end
 
 
+-- The results of finished task `id`: the one value the driver got for it,
+-- or what rt.take() returns.
+local function take(st, id)
+    local results = st.results
+    local v = results[id]
+    if v ~= nil then
+        results[id] = nil
+        return v
+    end
+    return st.rt.take(id)
+end
+
+
+-- Forgets task `id`: drops its Rust future, or its results.
+local function forget(st, id)
+    st.results[id] = nil
+    st.rt.cancel(id)
+end
+
+
 local function dispatch(st, next_ms, rearm, n, ...)
-    if n > 0 then
-        for i = 1, n do
-            finished(st, (select(i, ...)))
+    if n == 2 then
+        finished(st, ...)
+    elseif n > 0 then
+        -- one copy of the values (select(i, ...) in a loop would copy the
+        -- rest of them for each pair)
+        local t = { ... }
+        for i = 1, n, 2 do
+            finished(st, t[i], t[i + 1])
         end
     elseif n < 0 then
-        local ids = ...
-        for i = 1, -n do
-            finished(st, ids[i])
+        local t = ...
+        for i = 1, -n, 2 do
+            finished(st, t[i], t[i + 1])
         end
     end
     st.polls = st.polls + 1
@@ -184,7 +221,6 @@ end
 
 -- Cancels the tasks nobody can collect any more.
 local function sweep(st)
-    local rt = st.rt
     local waiters = st.waiters
     local stale = st.stale
     for id, sema in pairs(waiters) do
@@ -203,7 +239,7 @@ local function sweep(st)
             waiters[id] = nil
             stale[id] = nil
             st.nwaiting = st.nwaiting - 1
-            rt.cancel(id)
+            forget(st, id)
         end
     end
 
@@ -214,7 +250,7 @@ local function sweep(st)
         collected[i] = nil
         if owned[id] then
             owned[id] = nil
-            rt.cancel(id)
+            forget(st, id)
         end
     end
 end
@@ -388,18 +424,20 @@ local function wait(st, id, timeout)
     put_sema(sema)
 
     if ok then
-        return st.rt.take(id)
+        return take(st, id)
     end
 
     -- timeout: drop the Rust future now (its destructors run)
-    st.rt.cancel(id)
+    forget(st, id)
     return nil, err
 end
 
 
--- Turns what a raw function returned into the caller's results.
+-- Turns what a raw function returned into the caller's results: `true,
+-- ...` (finished), `nil, message` (misuse) or a task id (pending; negative
+-- when the driver must run in this cycle).
 local function finish(st, timeout, ok, ...)
-    if ok then
+    if ok == true then
         return ...
     end
     if ok == nil then
@@ -407,8 +445,9 @@ local function finish(st, timeout, ok, ...)
         -- tail-called, so the wrapper's frame is gone)
         error((...), 2)
     end
-    local id, rearm = ...
-    if rearm then
+    local id = ok
+    if id < 0 then
+        id = -id
         kick(st)
     end
     return wait(st, id, timeout)
@@ -482,6 +521,7 @@ function _M.register(raw)
             nwaiting = 0,
             stale = {},       -- posted ids seen by the last sweep
             owned = {},       -- task id -> "pending"|"done", for handles
+            results = {},     -- task id -> its one result, until taken
             collected = {},   -- ids of handles the GC collected
             swept = 0,
             running = false,
@@ -624,13 +664,14 @@ local function start_task(st, ok, ...)
         error((...), 2)  -- tail-called: level 2 is the caller of spawn
     end
     local task = setmetatable({ st = st }, Task)
-    if ok then
+    if ok == true then
         task.results = pack(...)
         return task
     end
 
-    local id, rearm = ...
-    if rearm then
+    local id = ok
+    if id < 0 then
+        id = -id
         kick(st)
     end
     local started, err = need_driver(st, id)
@@ -684,7 +725,7 @@ function Task.wait(self, timeout)
         st.owned[id] = nil
         self.id = nil
         if state == "done" then
-            results = pack(st.rt.take(id))
+            results = pack(take(st, id))
         elseif state == "pending" then
             results = pack(wait(st, id, timeout))
         else
@@ -708,7 +749,7 @@ function Task.cancel(self)
     self.results = pack(nil, "cancelled")
     local state = st.owned[id]
     st.owned[id] = nil
-    st.rt.cancel(id)
+    forget(st, id)
     return state == "pending"
 end
 
