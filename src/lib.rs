@@ -49,8 +49,8 @@ pub mod module;
 pub mod pool;
 pub mod runtime;
 pub mod socket;
-mod strings;
 pub mod timer;
+mod values;
 
 pub use crate::module::{create_async_function, Module};
 pub use crate::pool::{BlockingTask, PoolError};

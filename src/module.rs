@@ -41,7 +41,7 @@ use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Table
 
 use crate::executor::{Outcome, Panicked, Spawned, TaskId};
 use crate::runtime::{Config, LuaOutput, Runtime};
-use crate::strings;
+use crate::values;
 
 /// The exports of a module crate, under construction. See the module docs.
 pub struct Module {
@@ -53,7 +53,7 @@ pub struct Module {
 impl Module {
     /// Starts a module called `name` (used in messages and `async.stats()`).
     pub fn new(lua: &Lua, name: &str) -> mlua::Result<Module> {
-        strings::install(lua)?;
+        values::install(lua)?;
         let raw = lua.create_table()?;
         let kinds = lua.create_table()?;
         raw.raw_set("__name", name)?;
@@ -126,7 +126,7 @@ impl Module {
                 Err(e) => return misuse(lua, &error_message(&e)),
             };
             let out = catch_unwind(AssertUnwindSafe(|| {
-                f(lua, args).and_then(|r| strings::results(lua, r))
+                f(lua, args).and_then(|r| values::results(lua, r))
             }))
             .map_err(Panicked::from_payload);
             finished(lua, out)
@@ -170,7 +170,7 @@ impl Module {
                 Err(msg) => return misuse(lua, &msg),
             };
             let lua2 = lua.clone();
-            let task = async move { fut.await.and_then(|r| strings::results(&lua2, r)) };
+            let task = async move { fut.await.and_then(|r| values::results(&lua2, r)) };
             let rt = Runtime::current();
             match rt.batch(|| rt.spawn(task)) {
                 Spawned::Ready(out) => {
@@ -290,8 +290,8 @@ fn id_value(id: TaskId) -> f64 {
 /// tasks), beyond which they come in a table.
 pub(crate) const MAX_POLL_VALUES: usize = 1024;
 
-/// What a raw function returns: its first value (`true`, `false` or `nil`)
-/// and the rest. A tuple, so that mlua pushes the results of a finished
+/// What a raw function returns: its first value (`true`, a task id or
+/// `nil`) and the rest. A tuple, so that mlua pushes the results of a finished
 /// task as they are, without copying them behind the first value.
 type RawResults = (Value, MultiValue);
 
@@ -309,7 +309,7 @@ fn misuse(lua: &Lua, msg: &str) -> mlua::Result<RawResults> {
 /// `nil, message`.
 fn results(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<MultiValue> {
     match out {
-        Ok(Ok(values)) => Ok(values),
+        Ok(Ok(values)) => Ok(values.into_multi()),
         Ok(Err(e)) => failure(lua, &error_message(&e)),
         Err(p) => failure(lua, &p.to_string()),
     }
@@ -370,30 +370,24 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
         "poll",
         lua.create_function(|lua, arm: bool| {
             let rt = Runtime::current();
-            let mut pairs: Vec<Value> = Vec::new();
-            let next = rt.poll(arm, |id| {
-                let (id, value) = match rt.take_single(id) {
-                    Some(v) => (id_value(id), v),
-                    None => (-id_value(id), Value::Nil),
-                };
-                pairs.push(Value::Number(id));
-                pairs.push(value);
+            // next_ms, rearm and n are set once known; the pairs follow.
+            let mut out = MultiValue::with_capacity(16);
+            out.extend([Value::Nil, Value::Nil, Value::Nil]);
+            let next = rt.poll(arm, |id| match rt.take_single(id) {
+                Some(v) => out.extend([Value::Number(id_value(id)), v]),
+                None => out.extend([Value::Number(-id_value(id)), Value::Nil]),
             });
-            let next_ms = next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
-            let rearm = !arm && rt.take_rearm();
-            let mut out = MultiValue::with_capacity(3 + pairs.len().min(MAX_POLL_VALUES));
-            out.push_back(Value::Number(next_ms));
-            out.push_back(Value::Boolean(rearm));
-            if pairs.len() <= MAX_POLL_VALUES {
-                out.push_back(Value::Number(pairs.len() as f64));
-                out.extend(pairs);
+            let n = out.len() - 3;
+            out[0] = Value::Number(next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0));
+            out[1] = Value::Boolean(!arm && rt.take_rearm());
+            if n <= MAX_POLL_VALUES {
+                out[2] = Value::Number(n as f64);
             } else {
-                let n = pairs.len();
                 let t = lua.create_table_with_capacity(n, 0)?;
-                for (i, v) in pairs.into_iter().enumerate() {
+                for (i, v) in out.drain(3..).enumerate() {
                     t.raw_set(i + 1, v)?;
                 }
-                out.push_back(Value::Number(-(n as f64)));
+                out[2] = Value::Number(-(n as f64));
                 out.push_back(Value::Table(t));
             }
             Ok(out)

@@ -19,6 +19,7 @@ use crate::pool::{BlockingTask, Pool, PoolError, PoolStats};
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
 use crate::timer::{Sleep, Timers, TIMER_SLACK};
+use crate::values::LuaValues;
 
 /// Settings read when the runtime of a process is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +58,7 @@ impl Default for Config {
 }
 
 /// The task output the Lua layer uses: values for Lua, or an error message.
-pub(crate) type LuaOutput = mlua::Result<mlua::MultiValue>;
+pub(crate) type LuaOutput = mlua::Result<LuaValues>;
 
 /// Counters of the runtime, as `async.stats()` reports them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -357,9 +358,9 @@ impl Runtime {
     /// (frees its slot); otherwise the task keeps its outcome for
     /// [`Runtime::take`].
     pub(crate) fn take_single(&self, id: TaskId) -> Option<mlua::Value> {
-        let single = |out: &Outcome<LuaOutput>| matches!(out, Ok(Ok(v)) if v.len() == 1 && !v[0].is_nil());
+        let single = |out: &Outcome<LuaOutput>| matches!(out, Ok(Ok(v)) if v.is_single());
         match self.executor.take_if(id, single)? {
-            Ok(Ok(mut values)) => values.pop_front(),
+            Ok(Ok(values)) => Some(values.into_first()),
             _ => None,
         }
     }

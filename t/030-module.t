@@ -253,6 +253,10 @@ still fine: mlua slept 1 ms
             ngx.say(ex.static_str(), " ", select("#", ex.static_str()))
             local t = require("resty.async").spawn(ex.hex_upto, 3)
             ngx.say(t:wait())
+            -- one value each, false and nil included
+            ngx.say(ex.echo_after(false, 1), " ", ex.count_words("a b"), " ",
+                    ex.double_on_thread(-4, 1), " ",
+                    select("#", ex.echo_after(nil, 1)))
         }
     }
 --- response_body
@@ -263,3 +267,4 @@ still fine: mlua slept 1 ms
 0 1 255
 static 1
 000102
+false 2 -8 1

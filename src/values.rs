@@ -1,18 +1,23 @@
-//! Lua strings made from Rust bytes, for less than mlua's generic way.
+//! Results of Rust functions as Lua values, for less than mlua's generic
+//! way.
 //!
-//! On LuaJIT, mlua makes every string under its own protection against a
-//! memory error: a `lua_cpcall` that creates two C closures, then a
-//! `lua_pcall` of one of them. That costs about 2,600 instructions per
+//! Strings: on LuaJIT, mlua makes every string under its own protection
+//! against a memory error: a `lua_cpcall` that creates two C closures, then
+//! a `lua_pcall` of one of them. That costs about 2,600 instructions per
 //! string, more than the rest of a pool call's result handling, and every
-//! `async.sha256` or `async.read_file` pays it. Here one C function, made
+//! `async.sha256` or `async.read_file` paid it. Here one C function, made
 //! once per Lua state and kept in the registry, pushes the string under a
 //! plain `lua_pcall`: the same protection (a memory error becomes an `Err`,
 //! it never unwinds through Rust frames), about a fifth of the cost.
+//!
+//! One value: a task's output is kept as [`LuaValues::One`] rather than a
+//! `MultiValue` (a heap allocation) when the function returns a string, a
+//! boolean or a number.
 
 use std::any::Any;
 use std::ffi::{c_char, c_int, c_void};
 
-use mlua::{ffi, BString, Lua, LuaString, MultiValue, Value};
+use mlua::{ffi, BString, IntoLua, IntoLuaMulti, Lua, LuaString, MultiValue, Value};
 
 // Its address is the registry key of the pushing function. Each library
 // that embeds this crate has its own copy, hence its own key.
@@ -99,24 +104,69 @@ pub(crate) fn create(lua: &Lua, bytes: &[u8]) -> mlua::Result<LuaString> {
     })
 }
 
-/// The bytes of `r` if it is one value that mlua turns into a Lua string:
-/// `String`, `&'static str` or `BString` (not `Vec<u8>`: that is a table).
-fn as_string<R: 'static>(r: &R) -> Option<&[u8]> {
-    let r = r as &dyn Any;
-    if let Some(s) = r.downcast_ref::<String>() {
-        Some(s.as_bytes())
-    } else if let Some(s) = r.downcast_ref::<&'static str>() {
-        Some(s.as_bytes())
-    } else {
-        r.downcast_ref::<BString>().map(|s| s.as_slice())
+/// A function's results, converted for Lua on the worker thread.
+pub(crate) enum LuaValues {
+    /// Exactly one value (no allocation).
+    One(Value),
+    /// Any number of values.
+    Many(MultiValue),
+}
+
+impl LuaValues {
+    /// Whether this is exactly one value, not nil.
+    pub(crate) fn is_single(&self) -> bool {
+        match self {
+            LuaValues::One(v) => !v.is_nil(),
+            LuaValues::Many(m) => m.len() == 1 && !m[0].is_nil(),
+        }
+    }
+
+    /// The first value (nil if none).
+    pub(crate) fn into_first(self) -> Value {
+        match self {
+            LuaValues::One(v) => v,
+            LuaValues::Many(mut m) => m.pop_front().unwrap_or(Value::Nil),
+        }
+    }
+
+    /// All the values.
+    pub(crate) fn into_multi(self) -> MultiValue {
+        match self {
+            LuaValues::One(v) => MultiValue::from_vec(vec![v]),
+            LuaValues::Many(m) => m,
+        }
     }
 }
 
-/// A function's results for Lua: `r.into_lua_multi(lua)`, but one string
-/// is made by [`create`].
-pub(crate) fn results<R: mlua::IntoLuaMulti + 'static>(lua: &Lua, r: R) -> mlua::Result<MultiValue> {
-    match as_string(&r) {
-        Some(bytes) => Ok(MultiValue::from_vec(vec![Value::String(create(lua, bytes)?)])),
-        None => r.into_lua_multi(lua),
+/// `r` as one Lua value if it is a string (`String`, `&'static str`,
+/// `BString`; not `Vec<u8>`: mlua makes that a table), a boolean or a
+/// number, converted as mlua converts it.
+fn one_value<R: 'static>(lua: &Lua, r: &R) -> Option<mlua::Result<Value>> {
+    let r = r as &dyn Any;
+    let string = |bytes: &[u8]| Some(create(lua, bytes).map(Value::String));
+    if let Some(s) = r.downcast_ref::<String>() {
+        string(s.as_bytes())
+    } else if let Some(s) = r.downcast_ref::<&'static str>() {
+        string(s.as_bytes())
+    } else if let Some(s) = r.downcast_ref::<BString>() {
+        string(s.as_slice())
+    } else if let Some(b) = r.downcast_ref::<bool>() {
+        Some(Ok(Value::Boolean(*b)))
+    } else if let Some(n) = r.downcast_ref::<f64>() {
+        Some(Ok(Value::Number(*n)))
+    } else if let Some(n) = r.downcast_ref::<i64>() {
+        Some(n.into_lua(lua))
+    } else {
+        r.downcast_ref::<usize>().map(|n| n.into_lua(lua))
+    }
+}
+
+/// A function's results for Lua: `r.into_lua_multi(lua)`, but a string,
+/// boolean or number becomes [`LuaValues::One`] (a string made by
+/// [`create`]).
+pub(crate) fn results<R: IntoLuaMulti + 'static>(lua: &Lua, r: R) -> mlua::Result<LuaValues> {
+    match one_value(lua, &r) {
+        Some(v) => v.map(LuaValues::One),
+        None => r.into_lua_multi(lua).map(LuaValues::Many),
     }
 }
