@@ -60,6 +60,7 @@ impl Module {
         raw.raw_set("__kinds", kinds.clone())?;
         raw.raw_set("__rt", control_table(lua)?)?;
         raw.raw_set("__id", runtime_id())?;
+        raw.raw_set("__abi", ABI)?;
         Ok(Module {
             lua: lua.clone(),
             raw,
@@ -286,6 +287,12 @@ fn id_value(id: TaskId) -> f64 {
     id as f64
 }
 
+/// The version of the raw calling convention (module docs), which
+/// `resty/async.lua` checks: a module crate built against another
+/// resty-async than the `resty/async.lua` it runs with fails to register
+/// instead of misreading results.
+pub const ABI: u32 = 2;
+
 /// Most values `rt.poll` returns on the Lua stack (pairs of finished
 /// tasks), beyond which they come in a table.
 pub(crate) const MAX_POLL_VALUES: usize = 1024;
@@ -383,6 +390,8 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
             if n <= MAX_POLL_VALUES {
                 out[2] = Value::Number(n as f64);
             } else {
+                // (An error here loses the results taken above: their
+                // waiters wait out their timeouts. Only a memory error can.)
                 let t = lua.create_table_with_capacity(n, 0)?;
                 for (i, v) in out.drain(3..).enumerate() {
                     t.raw_set(i + 1, v)?;

@@ -15,6 +15,7 @@
 //! boolean or a number.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 
 use mlua::{ffi, BString, IntoLua, IntoLuaMulti, Lua, LuaString, MultiValue, Value};
@@ -27,16 +28,24 @@ fn pusher_key() -> *const c_void {
     &PUSHER_KEY as *const u8 as *const c_void
 }
 
-/// Pushes the bytes a light userdata argument points to (a `&[u8]`).
+thread_local! {
+    // The bytes `create` is making a string of, for `push_bytes`; empty
+    // otherwise. Not an argument: Lua code can reach the function through
+    // debug.getregistry(), and must not make it read arbitrary memory.
+    static PENDING: Cell<Option<(*const u8, usize)>> = const { Cell::new(None) };
+}
+
+/// Pushes the bytes `create` left in PENDING (nothing if none).
 unsafe extern "C-unwind" fn push_bytes(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: only `create` calls this (through lua_pcall), with one light
-    // userdata argument: the address of a `&[u8]` on its stack frame, which
-    // outlives the call. A memory error in lua_pushlstring unwinds to that
-    // lua_pcall through this frame only, which owns nothing to drop.
-    unsafe {
-        let bytes = &*(ffi::lua_touserdata(state, 1) as *const &[u8]);
-        ffi::lua_pushlstring(state, bytes.as_ptr() as *const c_char, bytes.len());
-    }
+    let Some((ptr, len)) = PENDING.with(|p| p.take()) else {
+        return 0;
+    };
+    // SAFETY: `create` stored a slice that stays borrowed until its
+    // lua_pcall of this function returns, and this is that call (taking it
+    // leaves nothing for another). A memory error in lua_pushlstring
+    // unwinds to that lua_pcall through this frame only, which owns nothing
+    // to drop.
+    unsafe { ffi::lua_pushlstring(state, ptr as *const c_char, len) };
     1
 }
 
@@ -55,11 +64,14 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
 }
 
 /// A Lua string holding `bytes`. Needs [`install`] first.
+///
+/// `Lua::exec_raw_lua` is public but hidden from mlua's docs (Cargo.toml
+/// asks for mlua 0.12.2 or a later 0.12, which have it).
 pub(crate) fn create(lua: &Lua, bytes: &[u8]) -> mlua::Result<LuaString> {
     lua.exec_raw_lua(|raw| {
         let state = raw.state();
-        // SAFETY: the stack gets 3 free slots first (the function, its
-        // argument, then the result or an error message), as mlua itself
+        // SAFETY: the stack gets 3 free slots first (the function, then the
+        // result or an error message, and one for `pop`), as mlua itself
         // does before its protected calls. Reading the registry with a light
         // userdata key never allocates, so nothing between that and
         // lua_pcall can raise; inside it, a memory error is caught and
@@ -76,9 +88,10 @@ pub(crate) fn create(lua: &Lua, bytes: &[u8]) -> mlua::Result<LuaString> {
                     "resty-async: the string pusher is not installed in this Lua state".to_owned(),
                 ));
             }
-            let slice: &[u8] = bytes;
-            ffi::lua_pushlightuserdata(state, &slice as *const &[u8] as *mut c_void);
-            match ffi::lua_pcall(state, 1, 1, 0) {
+            PENDING.with(|p| p.set(Some((bytes.as_ptr(), bytes.len()))));
+            let code = ffi::lua_pcall(state, 0, 1, 0);
+            PENDING.with(|p| p.set(None));
+            match code {
                 ffi::LUA_OK => {
                     let s = raw.pop::<LuaString>();
                     ffi::lua_settop(state, top);

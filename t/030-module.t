@@ -268,3 +268,22 @@ still fine: mlua slept 1 ms
 static 1
 000102
 false 2 -8 1
+
+
+
+=== TEST 10: a module built against another resty-async fails to register, clearly
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local raw = { __name = "old_module", __rt = {}, __kinds = {} }
+            local ok, err = pcall(async.register, raw)
+            ngx.say(ok, " ", err)
+            raw.__abi = 1
+            ok, err = pcall(async.register, raw)
+            ngx.say(ok, " ", err)
+        }
+    }
+--- response_body
+false resty.async: module old_module was built against another version of resty-async (calling convention nil, this resty/async.lua speaks 2): rebuild it against the resty-async whose lualib/ is on lua_package_path
+false resty.async: module old_module was built against another version of resty-async (calling convention 1, this resty/async.lua speaks 2): rebuild it against the resty-async whose lualib/ is on lua_package_path

@@ -70,6 +70,9 @@ local MAX_SPARE_SEMAS = 1024
 local SWEEP_INTERVAL = 0.1
 -- waiters[id] once the driver has posted the waiter's semaphore.
 local POSTED = true
+-- The version of the calling convention between a module's raw functions
+-- and this file (resty_async::module::ABI).
+local ABI = 2
 
 local config = {
     timeout = 60,
@@ -134,6 +137,7 @@ local function finished(st, id, v)
     if sema and sema ~= POSTED then
         if taken then
             st.results[id] = v
+            st.nheld = st.nheld + 1
         end
         sema:post(1)
         st.waiters[id] = POSTED
@@ -141,6 +145,7 @@ local function finished(st, id, v)
         st.owned[id] = "done"  -- a task handle collects it later
         if taken then
             st.results[id] = v
+            st.nheld = st.nheld + 1
         end
     elseif not taken then
         -- nobody waits for it any more: free its results
@@ -156,6 +161,7 @@ local function take(st, id)
     local v = results[id]
     if v ~= nil then
         results[id] = nil
+        st.nheld = st.nheld - 1
         return v
     end
     return st.rt.take(id)
@@ -164,7 +170,11 @@ end
 
 -- Forgets task `id`: drops its Rust future, or its results.
 local function forget(st, id)
-    st.results[id] = nil
+    local results = st.results
+    if results[id] ~= nil then
+        results[id] = nil
+        st.nheld = st.nheld - 1
+    end
     st.rt.cancel(id)
 end
 
@@ -510,6 +520,13 @@ function _M.register(raw)
         error("bad argument #1 to 'register' (the raw table of a "
               .. "resty-async module expected)", 2)
     end
+    if raw.__abi ~= ABI then
+        error("resty.async: module " .. tostring(raw.__name) .. " was built "
+              .. "against another version of resty-async (calling "
+              .. "convention " .. tostring(raw.__abi) .. ", this "
+              .. "resty/async.lua speaks " .. ABI .. "): rebuild it against "
+              .. "the resty-async whose lualib/ is on lua_package_path", 2)
+    end
 
     local id = raw.__id
     local st = states[id]
@@ -522,6 +539,7 @@ function _M.register(raw)
             stale = {},       -- posted ids seen by the last sweep
             owned = {},       -- task id -> "pending"|"done", for handles
             results = {},     -- task id -> its one result, until taken
+            nheld = 0,        -- entries in results
             collected = {},   -- ids of handles the GC collected
             swept = 0,
             running = false,
@@ -784,6 +802,8 @@ function _M.stats()
             out.drivers = out.drivers + 1
         end
         out.waiting = out.waiting + st.nwaiting
+        -- results handed to Lua and not yet taken are in flight too
+        out.in_flight = out.in_flight + st.nheld
     end
     return out
 end
