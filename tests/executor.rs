@@ -39,6 +39,24 @@ fn wake_from_another_thread_completes_task() {
 }
 
 #[test]
+fn take_if_leaves_an_outcome_it_refuses() {
+    let ex = exec();
+    let (tx, rx) = oneshot::channel::<u32>();
+    let id = match ex.spawn(async move { rx.await.unwrap() }) {
+        Spawned::Pending(id) => id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ex.take_if(id, |_| true), None, "not finished yet");
+    tx.send(5).unwrap();
+    ex.run_ready(16);
+    assert_eq!(ex.take_if(id, |out| out == &Ok(6)), None);
+    assert!(ex.contains(id), "a refused outcome stays");
+    assert_eq!(ex.take_if(id, |out| out == &Ok(5)), Some(Ok(5)));
+    assert!(!ex.contains(id));
+    assert_eq!(ex.take(id), None, "taken once");
+}
+
+#[test]
 fn panic_becomes_outcome() {
     let ex = exec();
     let prev = std::panic::take_hook();
