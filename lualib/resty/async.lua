@@ -135,21 +135,21 @@ local function finished(st, id, v)
     end
     local sema = st.waiters[id]
     if sema and sema ~= POSTED then
-        if taken then
-            st.results[id] = v
-            st.nheld = st.nheld + 1
-        end
         sema:post(1)
         st.waiters[id] = POSTED
     elseif st.owned[id] then
         st.owned[id] = "done"  -- a task handle collects it later
-        if taken then
-            st.results[id] = v
-            st.nheld = st.nheld + 1
+    else
+        -- nobody waits for it any more: free its results (a taken one is
+        -- dropped with `v`)
+        if not taken then
+            st.rt.cancel(id)
         end
-    elseif not taken then
-        -- nobody waits for it any more: free its results
-        st.rt.cancel(id)
+        return
+    end
+    if taken then
+        st.results[id] = v
+        st.nheld = st.nheld + 1
     end
 end
 
@@ -443,6 +443,17 @@ local function wait(st, id, timeout)
 end
 
 
+-- The task id of a pending raw call's result `id`, whose sign says whether
+-- the driver must run in this cycle (then it is kicked).
+local function pending_id(st, id)
+    if id < 0 then
+        kick(st)
+        return -id
+    end
+    return id
+end
+
+
 -- Turns what a raw function returned into the caller's results: `true,
 -- ...` (finished), `nil, message` (misuse) or a task id (pending; negative
 -- when the driver must run in this cycle).
@@ -455,12 +466,7 @@ local function finish(st, timeout, ok, ...)
         -- tail-called, so the wrapper's frame is gone)
         error((...), 2)
     end
-    local id = ok
-    if id < 0 then
-        id = -id
-        kick(st)
-    end
-    return wait(st, id, timeout)
+    return wait(st, pending_id(st, ok), timeout)
 end
 
 
@@ -687,11 +693,7 @@ local function start_task(st, ok, ...)
         return task
     end
 
-    local id = ok
-    if id < 0 then
-        id = -id
-        kick(st)
-    end
+    local id = pending_id(st, ok)
     local started, err = need_driver(st, id)
     if not started then
         task.results = pack(nil, err)
