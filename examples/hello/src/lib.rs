@@ -23,9 +23,6 @@ impl Drop for DropGuard {
     }
 }
 
-/// Runs `f` on a new `std::thread` after `ms` milliseconds and hands its
-/// result to the returned future: a stand-in for any foreign completion
-/// (another runtime, a callback-based C library...).
 /// The calling thread's nice value (Linux: field 19 of
 /// /proc/thread-self/stat).
 fn thread_nice() -> Result<i64, String> {
@@ -38,6 +35,19 @@ fn thread_nice() -> Result<i64, String> {
         .ok_or_else(|| format!("unexpected /proc/thread-self/stat: {stat}"))
 }
 
+/// The bytes 0, 1, ..., n - 1 (mod 256), as a Lua string.
+fn bytes_upto(n: usize) -> mlua::BString {
+    (0..n).map(|i| i as u8).collect::<Vec<u8>>().into()
+}
+
+/// The lowercase hex of `bytes_upto(n)`.
+fn hex_upto(n: usize) -> String {
+    bytes_upto(n).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `f` on a new `std::thread` after `ms` milliseconds and hands its
+/// result to the returned future: a stand-in for any foreign completion
+/// (another runtime, a callback-based C library...).
 fn on_thread<T: Send + 'static>(ms: u64, f: impl FnOnce() -> T + Send + 'static) -> oneshot::Receiver<T> {
     let (tx, rx) = oneshot::channel();
     std::thread::spawn(move || {
@@ -111,16 +121,10 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
     // path than other results): bytes 0..n as a byte string, its hex as a
     // String, or a &'static str.
     m.add_blocking("string_kinds", |n: usize| {
-        let bytes: Vec<u8> = (0..n).map(|i| i as u8).collect();
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Ok::<_, String>((mlua::BString::from(bytes), hex, "static"))
+        Ok::<_, String>((bytes_upto(n), hex_upto(n), "static"))
     })?;
-    m.add_blocking("bytes_upto", |n: usize| {
-        Ok::<_, String>(mlua::BString::from((0..n).map(|i| i as u8).collect::<Vec<u8>>()))
-    })?;
-    m.add_blocking("hex_upto", |n: usize| {
-        Ok::<_, String>((0..n).map(|i| format!("{:02x}", i as u8)).collect::<String>())
-    })?;
+    m.add_blocking("bytes_upto", |n: usize| Ok::<_, String>(bytes_upto(n)))?;
+    m.add_blocking("hex_upto", |n: usize| Ok::<_, String>(hex_upto(n)))?;
     m.add_function("static_str", |_, ()| Ok("static"))?;
     m.add_blocking("blocking_fail", |msg: String| {
         Err::<(), _>(format!("blocking failure: {msg}"))
