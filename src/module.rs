@@ -127,7 +127,7 @@ impl Module {
                 Err(e) => return misuse(lua, &error_message(&e)),
             };
             let out = catch_unwind(AssertUnwindSafe(|| {
-                f(lua, args).and_then(|r| values::results(lua, r))
+                f(lua, args).and_then(|r| values::convert(lua, r))
             }))
             .map_err(Panicked::from_payload);
             finished(lua, out)
@@ -171,7 +171,7 @@ impl Module {
                 Err(msg) => return misuse(lua, &msg),
             };
             let lua2 = lua.clone();
-            let task = async move { fut.await.and_then(|r| values::results(&lua2, r)) };
+            let task = async move { fut.await.and_then(|r| values::convert(&lua2, r)) };
             let rt = Runtime::current();
             match rt.batch(|| rt.spawn(task)) {
                 Spawned::Ready(out) => {

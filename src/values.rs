@@ -177,7 +177,7 @@ fn one_value<R: 'static>(lua: &Lua, r: &R) -> Option<mlua::Result<Value>> {
 /// A function's results for Lua: `r.into_lua_multi(lua)`, but a string,
 /// boolean or number becomes [`LuaValues::One`] (a string made by
 /// [`create`]).
-pub(crate) fn results<R: IntoLuaMulti + 'static>(lua: &Lua, r: R) -> mlua::Result<LuaValues> {
+pub(crate) fn convert<R: IntoLuaMulti + 'static>(lua: &Lua, r: R) -> mlua::Result<LuaValues> {
     match one_value(lua, &r) {
         Some(v) => v.map(LuaValues::One),
         None => r.into_lua_multi(lua).map(LuaValues::Many),
