@@ -99,6 +99,8 @@ struct Shared {
     /// between two jobs): a job queued while one exists needs no wake-up.
     searching: AtomicUsize,
     shutdown: AtomicBool,
+    /// The caller has other work in flight (see [`Pool::set_caller_busy`]).
+    caller_busy: AtomicBool,
     counters: Counters,
     max_threads: usize,
     /// The nice value a thread takes after its first long job (None: keep
@@ -341,7 +343,9 @@ where
 /// Jobs go through a lock-free bounded queue. A thread that finds it empty
 /// parks at once (no spinning, no `sched_yield`: on a small machine a
 /// spinning thread takes the CPU the nginx worker needs) and is unparked by
-/// the next job.
+/// the next job. While the caller is busy ([`Pool::set_caller_busy`]),
+/// threads park under `SCHED_BATCH`: the wake-up of one no longer preempts
+/// the caller (see there).
 pub struct Pool {
     tx: Sender<Job>,
     shared: Arc<Shared>,
@@ -384,6 +388,7 @@ impl Pool {
                 nidle: AtomicUsize::new(0),
                 searching: AtomicUsize::new(0),
                 shutdown: AtomicBool::new(false),
+                caller_busy: AtomicBool::new(false),
                 counters: Counters::default(),
                 max_threads: threads.max(1),
                 long_job_nice,
@@ -462,6 +467,24 @@ impl Pool {
         Ok(())
     }
 
+    /// Tells the pool whether its caller (the nginx worker) is busy: has
+    /// other requests in flight. Threads then park under `SCHED_BATCH`
+    /// (Linux), which keeps a woken thread from preempting the thread that
+    /// woke it. Under load, a thread woken on the caller's CPU would
+    /// otherwise interrupt the event loop that feeds it, a pair of context
+    /// switches per job; instead it runs when that CPU is free or moves to
+    /// another, and finds several jobs queued. An idle caller waits for
+    /// its one job, and a thread that preempts it at once answers sooner:
+    /// threads park under `SCHED_OTHER` again. A thread takes the hint
+    /// when it next parks, and only if it started under `SCHED_OTHER` (a
+    /// policy set by an administrator is kept). Its nice value is kept.
+    pub fn set_caller_busy(&self, busy: bool) {
+        let flag = &self.shared.caller_busy;
+        if flag.load(Ordering::Relaxed) != busy {
+            flag.store(busy, Ordering::Relaxed);
+        }
+    }
+
     /// Current counters.
     pub fn stats(&self) -> PoolStats {
         let c = &self.shared.counters;
@@ -493,6 +516,10 @@ fn worker(shared: &Arc<Shared>) {
     });
     // Lowered once, for good: an unprivileged thread cannot raise it back.
     let mut lower_to = shared.long_job_nice;
+    // Whether we follow Pool::set_caller_busy (only from SCHED_OTHER), and
+    // whether we are under SCHED_BATCH now.
+    let adaptive = crate::sys::thread_policy_is_other();
+    let mut batch = false;
     // Counted as searching by whoever started or woke us.
     loop {
         while let Ok(job) = shared.rx.try_recv() {
@@ -542,6 +569,13 @@ fn worker(shared: &Arc<Shared>) {
                 continue;
             }
             // Already popped by a waker: it counted us as searching.
+        }
+        let busy = shared.caller_busy.load(Ordering::Relaxed);
+        if adaptive && busy != batch {
+            // Best effort (a failure is not retried at every park): the
+            // policy changes how fast we start, not what we run.
+            batch = busy;
+            let _ = crate::sys::set_thread_batch(busy);
         }
         while !me.woken.load(Ordering::Acquire) {
             if shared.shutdown.load(Ordering::Acquire) {

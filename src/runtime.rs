@@ -231,7 +231,9 @@ impl Runtime {
     /// says so (the raw calling convention's `rearm`); the driver's idle
     /// poll (every 0.1 s) is the safety net.
     pub(crate) fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.deferring(self.driven.get() && self.executor.in_flight() > 0, f)
+        let busy = self.driven.get() && self.executor.in_flight() > 0;
+        self.pool.set_caller_busy(busy);
+        self.deferring(busy, f)
     }
 
     /// Runs `f` with deferred pool wake-ups on or off; restored after, even

@@ -154,6 +154,35 @@ pub(crate) fn lower_thread_priority_to(target: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the calling thread runs under `SCHED_OTHER`, the default policy
+/// (elsewhere than on Linux: false).
+pub(crate) fn thread_policy_is_other() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: pid 0 is the calling thread; no pointers are involved.
+        unsafe { libc::sched_getscheduler(0) == libc::SCHED_OTHER }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// Puts the calling thread under `SCHED_BATCH` (`on`) or back under
+/// `SCHED_OTHER` (Linux; elsewhere nothing). Its nice value is kept, and
+/// neither change needs a privilege.
+pub(crate) fn set_thread_batch(on: bool) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let policy = if on { libc::SCHED_BATCH } else { libc::SCHED_OTHER };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread on Linux; `param` is a valid
+        // sched_param that outlives the call.
+        syscall!(sched_setscheduler(0, policy, &param))?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = on;
+    Ok(())
+}
+
 #[cfg(target_os = "linux")]
 fn gettid() -> libc::id_t {
     // SAFETY: gettid has no preconditions and cannot fail.

@@ -235,3 +235,47 @@ fn threads_that_run_long_jobs_lower_their_priority() {
     block_on(plain.spawn(|| std::thread::sleep(NICE_AFTER)).unwrap()).unwrap();
     assert_eq!(block_on(plain.spawn(thread_nice).unwrap()).unwrap(), mine);
 }
+
+/// Field 41 of /proc/thread-self/stat: the calling thread's scheduling
+/// policy (0: SCHED_OTHER, 3: SCHED_BATCH).
+#[cfg(target_os = "linux")]
+fn thread_policy() -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(38).unwrap().parse().unwrap()
+}
+
+/// Waits until the pool's one thread has gone idle (it reads the caller's
+/// hint between going idle and parking, before it can take another job).
+#[cfg(target_os = "linux")]
+fn wait_until_idle(pool: &Pool) {
+    while pool.stats().idle == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn threads_park_as_batch_while_the_caller_is_busy() {
+    assert_eq!(thread_policy(), 0, "the test runs under SCHED_OTHER");
+    let mine = thread_nice();
+    let pool = Pool::with_nice(1, 4, 5);
+    // A long job lowers the thread's priority; the policy keeps it.
+    block_on(pool.spawn(|| std::thread::sleep(NICE_AFTER)).unwrap()).unwrap();
+    wait_until_idle(&pool);
+    assert_eq!(block_on(pool.spawn(thread_policy).unwrap()).unwrap(), 0);
+
+    pool.set_caller_busy(true);
+    block_on(pool.spawn(|| ()).unwrap()).unwrap();
+    wait_until_idle(&pool);
+    let (policy, nice) = block_on(pool.spawn(|| (thread_policy(), thread_nice())).unwrap()).unwrap();
+    assert_eq!((policy, nice), (3, (mine + 5).min(19)));
+
+    pool.set_caller_busy(false);
+    block_on(pool.spawn(|| ()).unwrap()).unwrap();
+    wait_until_idle(&pool);
+    let (policy, nice) = block_on(pool.spawn(|| (thread_policy(), thread_nice())).unwrap()).unwrap();
+    assert_eq!((policy, nice), (0, (mine + 5).min(19)));
+    // The caller's own policy is untouched.
+    assert_eq!(thread_policy(), 0);
+}
