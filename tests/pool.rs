@@ -257,7 +257,12 @@ fn wait_until_idle(pool: &Pool) {
 #[cfg(target_os = "linux")]
 #[test]
 fn threads_park_as_batch_while_the_caller_is_busy() {
-    assert_eq!(thread_policy(), 0, "the test runs under SCHED_OTHER");
+    if thread_policy() != 0 {
+        // Started under another policy (e.g. `chrt -b`): the pool's
+        // threads inherit it and keep it, by design.
+        eprintln!("skipped: the test does not run under SCHED_OTHER");
+        return;
+    }
     let mine = thread_nice();
     let pool = Pool::with_nice(1, 4, 5);
     // A long job lowers the thread's priority; the policy keeps it.
