@@ -2,12 +2,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures::executor::block_on;
-use resty_async::pool::{Pool, PoolError, NICE_AFTER};
+use resty_async::pool::{Pool, PoolError, PoolStats, NICE_AFTER};
 use resty_async::BlockingTask;
 
-/// Returns once a thread of `pool` has taken a job (the queue is empty).
-fn wait_until_running(pool: &Pool) {
-    while pool.stats().running == 0 {
+/// Returns once the counters of `pool` satisfy `cond`.
+fn wait_until(pool: &Pool, cond: impl Fn(&PoolStats) -> bool) {
+    while !cond(&pool.stats()) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -17,7 +17,8 @@ fn wait_until_running(pool: &Pool) {
 fn occupy(pool: &Pool) -> (mpsc::Sender<()>, BlockingTask<()>) {
     let (tx, rx) = mpsc::channel::<()>();
     let blocker = pool.spawn(move || rx.recv().unwrap()).unwrap();
-    wait_until_running(pool);
+    // A thread has taken it: the queue is empty.
+    wait_until(pool, |s| s.running > 0);
     (tx, blocker)
 }
 
@@ -122,7 +123,7 @@ fn a_panicking_drop_of_an_unwanted_result_leaves_the_pool_working() {
             Bomb
         })
         .unwrap();
-    wait_until_running(&pool);
+    wait_until(&pool, |s| s.running > 0);
     drop(left); // the caller leaves while the job runs: the pool drops Bomb
     tx.send(()).unwrap();
     let (done_tx, done_rx) = mpsc::channel();
@@ -208,12 +209,20 @@ fn long_jobs_queued_together_run_in_parallel() {
     assert_eq!(pool.stats().threads, 4);
 }
 
-/// Field 19 of /proc/thread-self/stat: the calling thread's nice value.
+/// Field `n` (numbered from 1, as in proc(5)) of /proc/thread-self/stat,
+/// the calling thread's.
+#[cfg(target_os = "linux")]
+fn thread_stat_field(n: usize) -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // Fields 1 and 2 end at the last ')': the command may hold spaces.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(n - 3).unwrap().parse().unwrap()
+}
+
+/// The calling thread's nice value.
 #[cfg(target_os = "linux")]
 fn thread_nice() -> i64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+    thread_stat_field(19)
 }
 
 #[cfg(target_os = "linux")]
@@ -236,22 +245,10 @@ fn threads_that_run_long_jobs_lower_their_priority() {
     assert_eq!(block_on(plain.spawn(thread_nice).unwrap()).unwrap(), mine);
 }
 
-/// Field 41 of /proc/thread-self/stat: the calling thread's scheduling
-/// policy (0: SCHED_OTHER, 3: SCHED_BATCH).
+/// The calling thread's scheduling policy (0: SCHED_OTHER, 3: SCHED_BATCH).
 #[cfg(target_os = "linux")]
 fn thread_policy() -> i64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    rest.split_whitespace().nth(38).unwrap().parse().unwrap()
-}
-
-/// Waits until the pool's one thread has gone idle (it reads the caller's
-/// hint between going idle and parking, before it can take another job).
-#[cfg(target_os = "linux")]
-fn wait_until_idle(pool: &Pool) {
-    while pool.stats().idle == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    thread_stat_field(41)
 }
 
 #[cfg(target_os = "linux")]
@@ -265,20 +262,23 @@ fn threads_park_as_batch_while_the_caller_is_busy() {
     }
     let mine = thread_nice();
     let pool = Pool::with_nice(1, 4, 5);
+    // `wait_until(.. idle ..)`: the one thread reads the caller's hint
+    // between going idle and parking, so once it is idle, its next job
+    // runs under the policy that hint asked for.
     // A long job lowers the thread's priority; the policy keeps it.
     block_on(pool.spawn(|| std::thread::sleep(NICE_AFTER)).unwrap()).unwrap();
-    wait_until_idle(&pool);
+    wait_until(&pool, |s| s.idle > 0);
     assert_eq!(block_on(pool.spawn(thread_policy).unwrap()).unwrap(), 0);
 
     pool.set_caller_busy(true);
     block_on(pool.spawn(|| ()).unwrap()).unwrap();
-    wait_until_idle(&pool);
+    wait_until(&pool, |s| s.idle > 0);
     let (policy, nice) = block_on(pool.spawn(|| (thread_policy(), thread_nice())).unwrap()).unwrap();
     assert_eq!((policy, nice), (3, (mine + 5).min(19)));
 
     pool.set_caller_busy(false);
     block_on(pool.spawn(|| ()).unwrap()).unwrap();
-    wait_until_idle(&pool);
+    wait_until(&pool, |s| s.idle > 0);
     let (policy, nice) = block_on(pool.spawn(|| (thread_policy(), thread_nice())).unwrap()).unwrap();
     assert_eq!((policy, nice), (0, (mine + 5).min(19)));
     // The caller's own policy is untouched.
