@@ -154,14 +154,24 @@ local function finished(st, id, v)
 end
 
 
--- The results of finished task `id`: the one value the driver got for it,
--- or what rt.take() returns.
-local function take(st, id)
+-- Removes and returns the one result the driver got for task `id` (nil if
+-- it got none): the counterpart of finished() storing it.
+local function unhold(st, id)
     local results = st.results
     local v = results[id]
     if v ~= nil then
         results[id] = nil
         st.nheld = st.nheld - 1
+    end
+    return v
+end
+
+
+-- The results of finished task `id`: the one value the driver got for it,
+-- or what rt.take() returns.
+local function take(st, id)
+    local v = unhold(st, id)
+    if v ~= nil then
         return v
     end
     return st.rt.take(id)
@@ -170,11 +180,7 @@ end
 
 -- Forgets task `id`: drops its Rust future, or its results.
 local function forget(st, id)
-    local results = st.results
-    if results[id] ~= nil then
-        results[id] = nil
-        st.nheld = st.nheld - 1
-    end
+    unhold(st, id)
     st.rt.cancel(id)
 end
 
