@@ -100,7 +100,7 @@ fn drive(notifier: &Notifier, ex: &Executor<u64>, reader: &mut UnixStream, ids: 
     assert!(n > 0);
     notifier.hold();
     ex.run_ready(256);
-    notifier.release(ex.has_ready());
+    notifier.release(|| ex.has_ready());
     ex.take_completed(|id| ids.push(id));
 }
 
@@ -136,7 +136,7 @@ fn main() {
                 tx.send(41).expect("send");
                 notifier.hold();
                 ex.run_ready(256);
-                notifier.release(ex.has_ready());
+                notifier.release(|| ex.has_ready());
                 ex.take_completed(|id| ids.push(id));
                 assert_eq!(ids.pop(), Some(id));
                 assert_eq!(ex.take(id), Some(Ok(42)));

@@ -292,7 +292,7 @@ impl Runtime {
             }
         });
         self.flush();
-        self.notifier.release(self.executor.has_ready());
+        self.notifier.release(|| self.executor.has_ready());
         self.executor.take_completed(&mut done);
         let next = if arm {
             self.timers.arm()

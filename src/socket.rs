@@ -176,9 +176,16 @@ impl Notifier {
     /// Ends a poll. Wake-ups from now on write a byte; `more` (work left
     /// over or queued during the poll) asks for one at once, so the driver
     /// comes back after nginx has served other events.
-    pub fn release(&self, more: bool) {
-        self.pending.store(false, Ordering::Release);
-        if more {
+    ///
+    /// `more` is asked only after wake-ups write again: a completion queued
+    /// while it is being asked writes its own byte, and one queued before
+    /// (whose wake-up wrote nothing, as the poll held it) is seen by it.
+    /// (The swap reads the `true` such a wake-up wrote, which makes its
+    /// queueing visible here.) Asked before, it could miss a completion
+    /// queued in between, which would wait for the driver's idle poll.
+    pub fn release(&self, more: impl FnOnce() -> bool) {
+        self.pending.swap(false, Ordering::AcqRel);
+        if more() {
             self.notify();
         }
     }

@@ -43,7 +43,7 @@ fn foreign_thread_completion_wakes_through_the_socket() {
         assert!(n >= 1);
         notifier.hold();
         ex.run_ready(usize::MAX);
-        notifier.release(ex.has_ready());
+        notifier.release(|| ex.has_ready());
         ex.take_completed(|id| results.push(ex.take(id).unwrap().unwrap()));
     }
     results.sort();

@@ -30,12 +30,28 @@ fn handshake_accepts_own_process_and_cleans_up() {
     n.notify();
     n.notify();
     assert_eq!(n.written(), 1, "one byte per batch");
-    n.release(false); // the driver polled: the next wake-up writes again
+    n.release(|| false); // the driver polled: the next wake-up writes again
     n.notify();
     assert_eq!(n.written(), 2);
+
+    // A poll holds wake-ups; a completion that arrives while it checks
+    // for work left over still writes its byte.
+    n.release(|| false);
+    n.hold();
+    n.notify();
+    assert_eq!(n.written(), 2, "held during the poll");
+    n.release(|| {
+        n.notify(); // a pool thread finishes a job just now
+        false
+    });
+    assert_eq!(n.written(), 3, "a wake-up during release is not lost");
+    n.hold();
+    n.release(|| true); // work left over: come back at once
+    assert_eq!(n.written(), 4);
+
     client.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 16];
-    assert_eq!(client.read(&mut buf).unwrap(), 2);
+    assert_eq!(client.read(&mut buf).unwrap(), 4);
     std::fs::remove_dir(&base).unwrap();
 }
 
