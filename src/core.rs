@@ -6,7 +6,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 
-use mlua::{BString, Lua, MultiValue, Table, Value};
+use mlua::{BString, Lua, Table, Value};
 use sha2::{Digest, Sha256};
 
 use crate::module::{lua_type, seconds_arg, Module};
@@ -14,12 +14,12 @@ use crate::module::{lua_type, seconds_arg, Module};
 /// Longest `async.sleep` (one year): longer ones are almost surely a bug.
 pub const MAX_SLEEP: f64 = 365.0 * 86400.0;
 
-fn string_arg(args: &MultiValue, pos: usize, fname: &str) -> Result<Vec<u8>, String> {
-    match args.get(pos - 1) {
-        Some(Value::String(s)) => Ok(s.as_bytes().to_vec()),
+fn string_arg(arg: &Value, pos: usize, fname: &str) -> Result<Vec<u8>, String> {
+    match arg {
+        Value::String(s) => Ok(s.as_bytes().to_vec()),
         other => Err(format!(
             "bad argument #{pos} to '{fname}' (string expected, got {})",
-            other.map_or("no value", lua_type)
+            lua_type(other)
         )),
     }
 }
@@ -42,8 +42,8 @@ fn read_capped(path: &str) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-fn path_arg(args: &MultiValue, pos: usize, fname: &str) -> Result<String, String> {
-    let bytes = string_arg(args, pos, fname)?;
+fn path_arg(arg: &Value, pos: usize, fname: &str) -> Result<String, String> {
+    let bytes = string_arg(arg, pos, fname)?;
     let path = String::from_utf8(bytes)
         .map_err(|_| format!("bad argument #{pos} to '{fname}' (path is not UTF-8)"))?;
     if path.is_empty() || path.contains('\0') {
@@ -69,23 +69,23 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
     let mut m = Module::new(lua, "resty.async")?;
     m.add_value("version", env!("CARGO_PKG_VERSION"))?;
-    m.add_raw_async("sleep", |_, args| {
-        let dur = seconds_arg(args.front().unwrap_or(&Value::Nil), 1, "sleep", MAX_SLEEP)?;
+    m.add_raw_async("sleep", |_, (secs,): (Value,)| {
+        let dur = seconds_arg(&secs, 1, "sleep", MAX_SLEEP)?;
         Ok(async move {
             crate::sleep(dur).await;
             Ok(true)
         })
     })?;
-    m.add_raw_async("sha256", |_, args| {
-        let data = string_arg(&args, 1, "sha256")?;
+    m.add_raw_async("sha256", |_, (data,): (Value,)| {
+        let data = string_arg(&data, 1, "sha256")?;
         Ok(async move {
             crate::unblock(move || sha256_hex(&data))
                 .await
                 .map_err(mlua::Error::external)
         })
     })?;
-    m.add_raw_async("read_file", |_, args| {
-        let path = path_arg(&args, 1, "read_file")?;
+    m.add_raw_async("read_file", |_, (path,): (Value,)| {
+        let path = path_arg(&path, 1, "read_file")?;
         Ok(async move {
             let res = crate::unblock(move || read_capped(&path))
                 .await
@@ -93,14 +93,14 @@ pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
             res.map(BString::from).map_err(mlua::Error::RuntimeError)
         })
     })?;
-    m.add_raw_async("write_file", |_, args| {
-        let path = path_arg(&args, 1, "write_file")?;
-        let data = string_arg(&args, 2, "write_file")?;
-        let append = match args.get(2) {
-            None | Some(Value::Nil) => false,
-            Some(Value::String(s)) if s.as_bytes().as_ref() == b"w" => false,
-            Some(Value::String(s)) if s.as_bytes().as_ref() == b"a" => true,
-            Some(_) => return Err("bad argument #3 to 'write_file' (mode must be \"w\" or \"a\")".to_owned()),
+    m.add_raw_async("write_file", |_, (path, data, mode): (Value, Value, Value)| {
+        let path = path_arg(&path, 1, "write_file")?;
+        let data = string_arg(&data, 2, "write_file")?;
+        let append = match mode {
+            Value::Nil => false,
+            Value::String(s) if s.as_bytes().as_ref() == b"w" => false,
+            Value::String(s) if s.as_bytes().as_ref() == b"a" => true,
+            _ => return Err("bad argument #3 to 'write_file' (mode must be \"w\" or \"a\")".to_owned()),
         };
         Ok(async move {
             let res = crate::unblock(move || {

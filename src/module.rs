@@ -81,7 +81,7 @@ impl Module {
         Fut: Future<Output = mlua::Result<R>> + 'static,
     {
         let fname = name.to_owned();
-        self.add_raw_async(name, move |lua, args| {
+        self.add_raw_async(name, move |lua, args: MultiValue| {
             let args = A::from_lua_args(args, 1, Some(&fname), lua).map_err(|e| error_message(&e))?;
             Ok(f(lua.clone(), args))
         })
@@ -144,7 +144,7 @@ impl Module {
         guard_lua_async(&self.lua, &f).map_err(|e| {
             mlua::Error::RuntimeError(format!("add_lua_async(\"{name}\"): {}", error_message(&e)))
         })?;
-        self.add_raw_async(name, move |_lua, args| {
+        self.add_raw_async(name, move |_lua, args: MultiValue| {
             let f = f.clone();
             Ok(async move { f.call_async::<MultiValue>(args).await })
         })
@@ -158,14 +158,18 @@ impl Module {
     }
 
     /// The lowest level: `f` validates the arguments (`Err(message)` is
-    /// raised in the caller) and returns the future to run.
-    pub(crate) fn add_raw_async<F, Fut, R>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
+    /// raised in the caller) and returns the future to run. `A` must be a
+    /// conversion that cannot fail (`MultiValue`, or a tuple of `Value`s:
+    /// those take the arguments off the stack without an allocation), so
+    /// that `f` reports every misuse.
+    pub(crate) fn add_raw_async<A, F, Fut, R>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
     where
-        F: Fn(&Lua, MultiValue) -> Result<Fut, String> + 'static,
+        A: FromLuaMulti,
+        F: Fn(&Lua, A) -> Result<Fut, String> + 'static,
         Fut: Future<Output = mlua::Result<R>> + 'static,
         R: IntoLuaMulti + 'static,
     {
-        let func = self.lua.create_function(move |lua, args: MultiValue| {
+        let func = self.lua.create_function(move |lua, args: A| {
             let fut = match f(lua, args) {
                 Ok(fut) => fut,
                 Err(msg) => return misuse(lua, &msg),

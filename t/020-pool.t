@@ -230,7 +230,7 @@ nilcannot open /nonexistent/x: No such file or directory (os error 2)
 false bad argument #1 to 'write_file' (string expected, got number)
 false bad argument #2 to 'write_file' (string expected, got table)
 false bad argument #3 to 'write_file' (mode must be "w" or "a")
-false bad argument #1 to 'write_file' (string expected, got no value)
+false bad argument #1 to 'write_file' (string expected, got nil)
 false bad argument #1 to 'sha256' (string expected, got nil)
 false bad argument #1 to 'read_file' (empty path or NUL byte)
 
