@@ -9,13 +9,19 @@
 //! run (its closure is dropped then, by the caller); one that is running
 //! finishes and its result is dropped. A job and its result share one
 //! allocation.
+//!
+//! A job's caller learns that it finished in one of two ways: a
+//! [`BlockingTask`] is a future, woken through its waker; a [`Tagged`] job
+//! (see [`Pool::spawn_tagged`]) has a number the pool hands to the
+//! function set by [`Pool::set_on_done`], with no waker and no task around
+//! it, and its result is taken with [`Tagged::try_take`].
 
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -82,6 +88,9 @@ struct Counters {
     wakeups: AtomicU64,
 }
 
+/// What [`Pool::set_on_done`] sets.
+type OnDone = Box<dyn Fn(u64) + Send + Sync>;
+
 /// A thread that found the queue empty and parks until a job is handed to it.
 struct Idle {
     thread: std::thread::Thread,
@@ -101,6 +110,8 @@ struct Shared {
     shutdown: AtomicBool,
     /// The caller has other work in flight (see [`Pool::set_caller_busy`]).
     caller_busy: AtomicBool,
+    /// Told the tag of each tagged job that ran (see [`Pool::set_on_done`]).
+    on_done: OnceLock<OnDone>,
     counters: Counters,
     max_threads: usize,
     /// The nice value a thread takes after its first long job (None: keep
@@ -169,6 +180,9 @@ impl Shared {
 /// would drop a cancelled job on whichever thread next runs it.)
 struct Cell<F, T> {
     state: Mutex<CellState<F, T>>,
+    /// Set for a [`Tagged`] job: handed to the pool's `on_done` when the job
+    /// has run, instead of waking a waker.
+    tag: Option<u64>,
 }
 
 struct CellState<F, T> {
@@ -197,10 +211,20 @@ impl<F, T> Cell<F, T> {
 
 /// What became of a job a thread took from the queue.
 enum Ran {
-    /// It ran; wake its caller (if it waits yet) with this.
-    Done(Option<Waker>),
+    /// It ran; tell its caller so this way.
+    Done(Tell),
     /// Its caller had left before it started: not run.
     Skipped,
+}
+
+/// How a job's caller learns that its result is there.
+enum Tell {
+    /// Its caller left while it ran, or has not polled yet: nobody.
+    Nobody,
+    /// A [`BlockingTask`] that waits.
+    Wake(Waker),
+    /// A [`Tagged`] job: the pool's `on_done` gets the tag.
+    Tag(u64),
 }
 
 /// The pool's side of a [`Cell`], type-erased.
@@ -231,18 +255,23 @@ where
         let res = catch_unwind(AssertUnwindSafe(f)).map_err(Panicked::from_payload);
         counters.running.fetch_sub(1, Ordering::Relaxed);
         counters.done.fetch_add(1, Ordering::Relaxed);
-        let (waker, unwanted) = {
+        let (tell, unwanted) = {
             let mut st = self.lock();
             if matches!(st.stage, Stage::Running) {
                 st.stage = Stage::Done(res);
-                (st.waker.take(), None)
+                let tell = match (self.tag, st.waker.take()) {
+                    (Some(tag), _) => Tell::Tag(tag),
+                    (None, Some(waker)) => Tell::Wake(waker),
+                    (None, None) => Tell::Nobody,
+                };
+                (tell, None)
             } else {
                 // The caller left while the job ran.
-                (None, Some(res))
+                (Tell::Nobody, Some(res))
             }
         };
         drop(unwanted); // outside the lock: T's destructor is user code
-        Ran::Done(waker)
+        Ran::Done(tell)
     }
 
     fn lose(&self) {
@@ -264,21 +293,28 @@ where
 }
 
 /// A queued job (the queue's reference to its [`Cell`]). Dropped unrun (the
-/// pool shuts down, or the queue was full), it tells its caller.
+/// pool shuts down, or the queue was full), it wakes a waiting
+/// [`BlockingTask`]; a [`Tagged`] job is not reported then (see
+/// [`Pool::spawn_tagged`]).
 struct Job(Option<Arc<dyn Run>>);
 
 impl Job {
     /// Runs the job, then drops the queue's reference to its cell before it
-    /// wakes the caller, whose reference is then normally the last.
-    fn run(mut self, counters: &Counters) {
+    /// tells the caller, whose reference is then normally the last.
+    fn run(mut self, shared: &Shared) {
         let Some(cell) = self.0.take() else { return };
-        let ran = cell.run(counters);
+        let ran = cell.run(&shared.counters);
         drop(cell);
         match ran {
-            Ran::Done(Some(waker)) => waker.wake(),
-            Ran::Done(None) => {}
+            Ran::Done(Tell::Wake(waker)) => waker.wake(),
+            Ran::Done(Tell::Tag(tag)) => {
+                if let Some(on_done) = shared.on_done.get() {
+                    on_done(tag);
+                }
+            }
+            Ran::Done(Tell::Nobody) => {}
             Ran::Skipped => {
-                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -295,7 +331,25 @@ impl Drop for Job {
 /// The caller's side of a [`Cell`], type-erased over the closure.
 trait Collect<T>: Send + Sync {
     fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<T, PoolError>>;
+    fn try_take(&self) -> Option<Result<T, PoolError>>;
     fn leave(&self);
+}
+
+impl<F, T> CellState<F, T> {
+    /// The result, taken, if the job is over; `None` while it is queued or
+    /// running.
+    fn take_result(&mut self) -> Option<Result<T, PoolError>> {
+        match std::mem::replace(&mut self.stage, Stage::Closed) {
+            Stage::Done(Ok(v)) => Some(Ok(v)),
+            Stage::Done(Err(p)) => Some(Err(PoolError::Panicked(p))),
+            Stage::Lost => Some(Err(PoolError::Lost("the pool dropped the job".into()))),
+            Stage::Closed => panic!("the result of a pool job taken twice"),
+            pending => {
+                self.stage = pending;
+                None
+            }
+        }
+    }
 }
 
 impl<F, T> Collect<T> for Cell<F, T>
@@ -305,25 +359,20 @@ where
 {
     fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<T, PoolError>> {
         let mut st = self.lock();
-        match std::mem::replace(&mut st.stage, Stage::Closed) {
-            Stage::Done(Ok(v)) => Poll::Ready(Ok(v)),
-            Stage::Done(Err(p)) => Poll::Ready(Err(PoolError::Panicked(p))),
-            Stage::Lost => Poll::Ready(Err(PoolError::Lost("the pool dropped the job".into()))),
-            Stage::Closed => {
-                drop(st);
-                panic!("BlockingTask polled after completion")
-            }
-            pending => {
-                st.stage = pending;
-                let old = match &st.waker {
-                    Some(w) if w.will_wake(cx.waker()) => None,
-                    _ => st.waker.replace(cx.waker().clone()),
-                };
-                drop(st);
-                drop(old); // outside the lock, as every drop of ours
-                Poll::Pending
-            }
+        if let Some(res) = st.take_result() {
+            return Poll::Ready(res);
         }
+        let old = match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => None,
+            _ => st.waker.replace(cx.waker().clone()),
+        };
+        drop(st);
+        drop(old); // outside the lock, as every drop of ours
+        Poll::Pending
+    }
+
+    fn try_take(&self) -> Option<Result<T, PoolError>> {
+        self.lock().take_result()
     }
 
     fn leave(&self) {
@@ -389,6 +438,7 @@ impl Pool {
                 searching: AtomicUsize::new(0),
                 shutdown: AtomicBool::new(false),
                 caller_busy: AtomicBool::new(false),
+                on_done: OnceLock::new(),
                 counters: Counters::default(),
                 max_threads: threads.max(1),
                 long_job_nice,
@@ -406,9 +456,9 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let task = self.submit(f)?;
+        let cell = self.submit(f, None)?;
         self.wake()?;
-        Ok(task)
+        Ok(BlockingTask { cell })
     }
 
     /// Queues `f` without waking a thread for it: the caller owes a
@@ -421,14 +471,52 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let task = self.submit(f)?;
+        let cell = self.submit(f, None)?;
+        self.wake_first()?;
+        Ok(BlockingTask { cell })
+    }
+
+    /// Sets the function told the tag of each [`Tagged`] job that has run
+    /// (or panicked), on the pool thread that ran it, right after. It must
+    /// be quick and must not block: it stands between the thread and its
+    /// next job. Once per pool: returns false (and keeps the first) if one
+    /// is set already.
+    pub fn set_on_done(&self, on_done: impl Fn(u64) + Send + Sync + 'static) -> bool {
+        self.shared.on_done.set(Box::new(on_done)).is_ok()
+    }
+
+    /// Queues `f` as a job without a future: when it has run, the function
+    /// set by [`Pool::set_on_done`] gets `tag`, and [`Tagged::try_take`]
+    /// then has the result. No waker and no task: the cheapest way for a
+    /// caller that already tracks its jobs by number. With
+    /// [`WakeUp::Deferred`], as [`Pool::spawn_deferred`]. A job the pool
+    /// drops unrun (it is being dropped itself) is not reported.
+    ///
+    /// Fails at once with [`PoolError::Busy`] when the queue is full.
+    pub fn spawn_tagged<T, F>(&self, f: F, tag: u64, wake: WakeUp) -> Result<Tagged<T>, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let cell = self.submit(f, Some(tag))?;
+        match wake {
+            WakeUp::Now => self.wake()?,
+            WakeUp::Deferred => self.wake_first()?,
+        }
+        Ok(Tagged { cell })
+    }
+
+    /// Wakes (starts) a thread if none was started yet: a deferred job is
+    /// then not left waiting for a wake-up, and a failure to start one is
+    /// reported with the first job.
+    fn wake_first(&self) -> Result<(), PoolError> {
         if self.shared.counters.threads.load(Ordering::Acquire) == 0 {
             self.wake()?;
         }
-        Ok(task)
+        Ok(())
     }
 
-    fn submit<T, F>(&self, f: F) -> Result<BlockingTask<T>, PoolError>
+    fn submit<T, F>(&self, f: F, tag: Option<u64>) -> Result<Arc<dyn Collect<T>>, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -438,10 +526,11 @@ impl Pool {
                 stage: Stage::Queued(f),
                 waker: None,
             }),
+            tag,
         });
-        let task = BlockingTask { cell: cell.clone() };
+        let collect: Arc<dyn Collect<T>> = cell.clone();
         match self.tx.try_send(Job(Some(cell))) {
-            Ok(()) => Ok(task),
+            Ok(()) => Ok(collect),
             Err(TrySendError::Full(_job)) => {
                 self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(PoolError::Busy {
@@ -538,7 +627,7 @@ fn worker(shared: &Arc<Shared>) {
             // what runs after it (the drop of a result nobody waits for,
             // the caller's waker), which would otherwise end the thread
             // while the pool still counts it.
-            let _ = catch_unwind(AssertUnwindSafe(|| job.run(&shared.counters)));
+            let _ = catch_unwind(AssertUnwindSafe(|| job.run(shared)));
             if let Some(nice) = lower_to {
                 if started.elapsed() >= NICE_AFTER {
                     lower_to = None;
@@ -619,6 +708,42 @@ impl<T> Future for BlockingTask<T> {
 }
 
 impl<T> Drop for BlockingTask<T> {
+    fn drop(&mut self) {
+        self.cell.leave();
+    }
+}
+
+/// When a job queued by [`Pool::spawn_tagged`] wakes a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeUp {
+    /// At once, as [`Pool::spawn`].
+    Now,
+    /// At the caller's next [`Pool::wake`], as [`Pool::spawn_deferred`].
+    Deferred,
+}
+
+/// A job queued by [`Pool::spawn_tagged`]. Dropping it before the job
+/// starts means the job is not run; after, its result is dropped.
+pub struct Tagged<T> {
+    cell: Arc<dyn Collect<T>>,
+}
+
+impl<T> fmt::Debug for Tagged<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tagged").finish_non_exhaustive()
+    }
+}
+
+impl<T> Tagged<T> {
+    /// The job's result, once its tag was reported: `None` while it is
+    /// queued or running. Panics if called again after it returned a
+    /// result, as a future polled after `Ready` may.
+    pub fn try_take(&self) -> Option<Result<T, PoolError>> {
+        self.cell.try_take()
+    }
+}
+
+impl<T> Drop for Tagged<T> {
     fn drop(&mut self) {
         self.cell.leave();
     }

@@ -2,7 +2,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures::executor::block_on;
-use resty_async::pool::{Pool, PoolError, PoolStats, NICE_AFTER};
+use resty_async::pool::{Pool, PoolError, PoolStats, WakeUp, NICE_AFTER};
 use resty_async::BlockingTask;
 
 /// Returns once the counters of `pool` satisfy `cond`.
@@ -133,6 +133,101 @@ fn a_panicking_drop_of_an_unwanted_result_leaves_the_pool_working() {
     });
     assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(Ok(7)));
     assert_eq!(pool.stats().threads, 1);
+}
+
+/// A pool whose tagged jobs report their tags on the returned channel.
+fn tagged_pool(threads: usize, max_queue: usize) -> (Pool, mpsc::Receiver<u64>) {
+    let pool = Pool::new(threads, max_queue);
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    assert!(pool.set_on_done(move |tag| tx.lock().unwrap().send(tag).unwrap()));
+    assert!(!pool.set_on_done(|_| {}), "set once");
+    (pool, rx)
+}
+
+#[test]
+fn tagged_jobs_report_their_tags_then_hand_over_results() {
+    let (pool, done) = tagged_pool(2, 16);
+    let jobs: Vec<_> = (1..=6u64)
+        .map(|i| {
+            let wake = if i % 2 == 0 { WakeUp::Deferred } else { WakeUp::Now };
+            (i, pool.spawn_tagged(move || i * 10, i, wake).unwrap())
+        })
+        .collect();
+    pool.wake().unwrap(); // owed for the deferred ones
+    let mut tags: Vec<u64> = (0..6)
+        .map(|_| done.recv_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, vec![1, 2, 3, 4, 5, 6]);
+    for (i, job) in jobs {
+        assert_eq!(job.try_take().unwrap().unwrap(), i * 10);
+    }
+    assert_eq!(pool.stats().done, 6);
+}
+
+#[test]
+fn a_tagged_job_is_not_ready_before_its_tag_and_panics_are_results() {
+    let (pool, done) = tagged_pool(1, 4);
+    let (tx, blocker) = occupy(&pool);
+    let queued = pool.spawn_tagged(|| 1, 7, WakeUp::Now).unwrap();
+    assert!(queued.try_take().is_none(), "queued, not run");
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let panics = pool
+        .spawn_tagged(|| -> u32 { panic!("tagged job failed") }, 8, WakeUp::Now)
+        .unwrap();
+    tx.send(()).unwrap();
+    block_on(blocker).unwrap();
+    assert_eq!(done.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
+    assert_eq!(done.recv_timeout(Duration::from_secs(5)).unwrap(), 8);
+    std::panic::set_hook(prev);
+    assert_eq!(queued.try_take().unwrap().unwrap(), 1);
+    match panics.try_take() {
+        Some(Err(PoolError::Panicked(p))) => assert_eq!(p.0, "tagged job failed"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_dropped_tagged_job_is_skipped_and_not_reported() {
+    let (pool, done) = tagged_pool(1, 4);
+    let (tx, blocker) = occupy(&pool);
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r2 = ran.clone();
+    let job = pool
+        .spawn_tagged(
+            move || r2.store(true, std::sync::atomic::Ordering::SeqCst),
+            9,
+            WakeUp::Now,
+        )
+        .unwrap();
+    drop(job); // cancelled, e.g. on timeout
+    let later = pool.spawn_tagged(|| (), 10, WakeUp::Now).unwrap();
+    tx.send(()).unwrap();
+    block_on(blocker).unwrap();
+    assert_eq!(
+        done.recv_timeout(Duration::from_secs(5)).unwrap(),
+        10,
+        "9 skipped"
+    );
+    later.try_take().unwrap().unwrap();
+    assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(pool.stats().skipped, 1);
+}
+
+#[test]
+fn a_full_queue_refuses_a_tagged_job_at_once() {
+    let (pool, _done) = tagged_pool(1, 1);
+    let (tx, blocker) = occupy(&pool);
+    let queued = pool.spawn_tagged(|| 1, 1, WakeUp::Now).unwrap();
+    match pool.spawn_tagged(|| 2, 2, WakeUp::Now) {
+        Err(PoolError::Busy { max_queue: 1 }) => {}
+        other => panic!("expected busy, got {other:?}"),
+    }
+    tx.send(()).unwrap();
+    block_on(blocker).unwrap();
+    drop(queued);
 }
 
 #[test]
