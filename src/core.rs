@@ -6,20 +6,26 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 
-use mlua::{BString, Lua, Table, Value};
+use mlua::{BString, Either, Lua, Table, Value};
 use sha2::{Digest, Sha256};
 
 use crate::module::{lua_type, seconds_arg, Module};
+use crate::values::{Bytes, Sendable};
 
 /// Longest `async.sleep` (one year): longer ones are almost surely a bug.
 pub const MAX_SLEEP: f64 = 365.0 * 86400.0;
 
-fn string_arg(arg: &Value, pos: usize, fname: &str) -> Result<Vec<u8>, String> {
+/// A string argument, taken as Lua's own functions take one
+/// (`luaL_checklstring`): a number is converted. mlua copies a string
+/// straight off the stack into the `BString`; `Right` is anything else.
+type StringArg = Either<BString, Value>;
+
+fn string_arg(arg: StringArg, pos: usize, fname: &str) -> Result<Vec<u8>, String> {
     match arg {
-        Value::String(s) => Ok(s.as_bytes().to_vec()),
-        other => Err(format!(
+        Either::Left(s) => Ok(s.into()),
+        Either::Right(other) => Err(format!(
             "bad argument #{pos} to '{fname}' (string expected, got {})",
-            lua_type(other)
+            lua_type(&other)
         )),
     }
 }
@@ -42,7 +48,7 @@ fn read_capped(path: &str) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-fn path_arg(arg: &Value, pos: usize, fname: &str) -> Result<String, String> {
+fn path_arg(arg: StringArg, pos: usize, fname: &str) -> Result<String, String> {
     let bytes = string_arg(arg, pos, fname)?;
     let path = String::from_utf8(bytes)
         .map_err(|_| format!("bad argument #{pos} to '{fname}' (path is not UTF-8)"))?;
@@ -54,13 +60,34 @@ fn path_arg(arg: &Value, pos: usize, fname: &str) -> Result<String, String> {
     Ok(path)
 }
 
+/// Writes (or appends) `data` to the file at `path`; the number of bytes.
+fn write(path: &str, data: &[u8], append: bool) -> Result<f64, String> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
+        .map_err(|e| format!("cannot open {path}: {e}"))?;
+    file.write_all(data)
+        .map_err(|e| format!("cannot write {path}: {e}"))?;
+    // Exact: a Lua string is far shorter than 2^53 bytes.
+    Ok(data.len() as f64)
+}
+
 /// Lowercase hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push(char::from_digit(u32::from(b >> 4), 16).expect("nibble"));
-        hex.push(char::from_digit(u32::from(b & 15), 16).expect("nibble"));
+    let hex = sha256_hex_array(data);
+    String::from_utf8(hex.to_vec()).expect("hex digits")
+}
+
+/// [`sha256_hex`] without an allocation.
+fn sha256_hex_array(data: &[u8]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0; 64];
+    for (i, b) in Sha256::digest(data).into_iter().enumerate() {
+        hex[2 * i] = DIGITS[usize::from(b >> 4)];
+        hex[2 * i + 1] = DIGITS[usize::from(b & 15)];
     }
     hex
 }
@@ -76,50 +103,31 @@ pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
             Ok(true)
         })
     })?;
-    m.add_raw_async("sha256", |_, (data,): (Value,)| {
-        let data = string_arg(&data, 1, "sha256")?;
-        Ok(async move {
-            crate::unblock(move || sha256_hex(&data))
-                .await
-                .map_err(mlua::Error::external)
+    m.add_raw_blocking("sha256", |_, (data,): (StringArg,)| {
+        let data = Bytes::from_vec(string_arg(data, 1, "sha256")?);
+        Ok(move || Sendable::Bytes(Bytes::copy(&sha256_hex_array(&data))))
+    })?;
+    m.add_raw_blocking("read_file", |_, (path,): (StringArg,)| {
+        let path = path_arg(path, 1, "read_file")?;
+        Ok(move || match read_capped(&path) {
+            Ok(bytes) => Sendable::Bytes(Bytes::from_vec(bytes)),
+            Err(e) => Sendable::Failed(e),
         })
     })?;
-    m.add_raw_async("read_file", |_, (path,): (Value,)| {
-        let path = path_arg(&path, 1, "read_file")?;
-        Ok(async move {
-            let res = crate::unblock(move || read_capped(&path))
-                .await
-                .map_err(mlua::Error::external)?;
-            res.map(BString::from).map_err(mlua::Error::RuntimeError)
-        })
-    })?;
-    m.add_raw_async("write_file", |_, (path, data, mode): (Value, Value, Value)| {
-        let path = path_arg(&path, 1, "write_file")?;
-        let data = string_arg(&data, 2, "write_file")?;
-        let append = match mode {
-            Value::Nil => false,
-            Value::String(s) if s.as_bytes().as_ref() == b"w" => false,
-            Value::String(s) if s.as_bytes().as_ref() == b"a" => true,
-            _ => return Err("bad argument #3 to 'write_file' (mode must be \"w\" or \"a\")".to_owned()),
-        };
-        Ok(async move {
-            let res = crate::unblock(move || {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .append(append)
-                    .truncate(!append)
-                    .open(&path)
-                    .map_err(|e| format!("cannot open {path}: {e}"))?;
-                file.write_all(&data)
-                    .map_err(|e| format!("cannot write {path}: {e}"))?;
-                Ok::<_, String>(data.len())
-            })
-            .await
-            .map_err(mlua::Error::external)?;
-            res.map_err(mlua::Error::RuntimeError)
-        })
-    })?;
+    m.add_raw_blocking(
+        "write_file",
+        |_, (path, data, mode): (StringArg, StringArg, Value)| {
+            let path = path_arg(path, 1, "write_file")?;
+            let data = Bytes::from_vec(string_arg(data, 2, "write_file")?);
+            let append = match mode {
+                Value::Nil => false,
+                Value::String(s) if s.as_bytes().as_ref() == b"w" => false,
+                Value::String(s) if s.as_bytes().as_ref() == b"a" => true,
+                _ => return Err("bad argument #3 to 'write_file' (mode must be \"w\" or \"a\")".to_owned()),
+            };
+            Ok(move || Sendable::from_result(write(&path, &data, append)))
+        },
+    )?;
     Ok(m.into_raw())
 }
 

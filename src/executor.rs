@@ -117,7 +117,7 @@ struct Slot<T> {
 /// well and costs one multiplication (SipHash would cost more than the
 /// rest of a ready-at-once call).
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -135,7 +135,10 @@ impl Hasher for IdHasher {
     }
 }
 
-type SlotMap<T> = HashMap<TaskId, Slot<T>, BuildHasherDefault<IdHasher>>;
+/// A map keyed by task id.
+pub(crate) type IdMap<V> = HashMap<TaskId, V, BuildHasherDefault<IdHasher>>;
+
+type SlotMap<T> = IdMap<Slot<T>>;
 
 struct Inner<T> {
     shared: Arc<Shared>,
@@ -191,13 +194,20 @@ impl<T: 'static> Executor<T> {
         }
     }
 
+    /// A new task id, for a task kept elsewhere (the runtime's pool jobs):
+    /// the ids of this executor's tasks and of those never meet.
+    pub fn next_id(&self) -> TaskId {
+        let id = self.inner.next_id.get();
+        self.inner.next_id.set(id + 1);
+        id
+    }
+
     /// Spawns `fut` and polls it once, here and now.
     pub fn spawn<F>(&self, fut: F) -> Spawned<T>
     where
         F: Future<Output = T> + 'static,
     {
-        let id = self.inner.next_id.get();
-        self.inner.next_id.set(id + 1);
+        let id = self.next_id();
         let weak: Weak<Inner<T>> = Rc::downgrade(&self.inner);
         let wrapped = async move {
             let out = AssertUnwindSafe(fut)

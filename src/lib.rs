@@ -45,6 +45,7 @@ mod sys;
 
 pub mod core;
 pub mod executor;
+mod jobs;
 pub mod module;
 pub mod pool;
 pub mod runtime;

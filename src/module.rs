@@ -41,7 +41,7 @@ use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Table
 
 use crate::executor::{Outcome, Panicked, Spawned, TaskId};
 use crate::runtime::{Config, LuaOutput, Runtime};
-use crate::values;
+use crate::values::{self, Sendable};
 
 /// The exports of a module crate, under construction. See the module docs.
 pub struct Module {
@@ -100,15 +100,11 @@ impl Module {
         F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        self.add_async(name, move |_lua, args: A| {
+        let fname = name.to_owned();
+        self.add_raw_blocking(name, move |lua, args: MultiValue| {
+            let args = A::from_lua_args(args, 1, Some(&fname), lua).map_err(|e| error_message(&e))?;
             let f = Arc::clone(&f);
-            async move {
-                match crate::unblock(move || f(args)).await {
-                    Ok(Ok(r)) => Ok(r),
-                    Ok(Err(e)) => Err(mlua::Error::RuntimeError(e.to_string())),
-                    Err(e) => Err(mlua::Error::RuntimeError(e.to_string())),
-                }
-            }
+            Ok(move || Sendable::from_result(f(args)))
         })
     }
 
@@ -177,20 +173,29 @@ impl Module {
             let lua2 = lua.clone();
             let task = async move { fut.await.and_then(|r| values::convert(&lua2, r)) };
             let rt = Runtime::current();
-            match rt.batch(|| rt.spawn(task)) {
-                Spawned::Ready(out) => {
-                    rt.flush();
-                    finished(lua, out)
-                }
-                // Negative: the driver must run soon, for an earlier timer
-                // or for the pool's deferred wake-up. (No second value: an
-                // empty MultiValue allocates nothing.)
-                Spawned::Pending(id) => {
-                    let rearm = rt.take_rearm() | rt.wake_owed();
-                    let id = id_value(id);
-                    Ok((Value::Number(if rearm { -id } else { id }), MultiValue::new()))
-                }
-            }
+            let spawned = rt.batch(|| rt.spawn(task));
+            spawned_results(lua, &rt, spawned)
+        })?;
+        self.insert(name, "async", func)
+    }
+
+    /// Like [`Module::add_raw_async`] for a blocking call: `f` validates
+    /// the arguments and returns the job, which runs on the pool as a task
+    /// of its own, without a future (see `jobs.rs`).
+    pub(crate) fn add_raw_blocking<A, F, J>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
+    where
+        A: FromLuaMulti,
+        F: Fn(&Lua, A) -> Result<J, String> + 'static,
+        J: FnOnce() -> Sendable + Send + 'static,
+    {
+        let func = self.lua.create_function(move |lua, args: A| {
+            let job = match f(lua, args) {
+                Ok(job) => job,
+                Err(msg) => return misuse(lua, &msg),
+            };
+            let rt = Runtime::current();
+            let spawned = rt.batch(|| rt.spawn_job(job));
+            spawned_results(lua, &rt, spawned)
         })?;
         self.insert(name, "async", func)
     }
@@ -306,6 +311,24 @@ pub(crate) const MAX_POLL_VALUES: usize = 1024;
 /// task as they are, without copying them behind the first value.
 type RawResults = (Value, MultiValue);
 
+/// What a raw function returns for a task it spawned.
+fn spawned_results(lua: &Lua, rt: &Runtime, spawned: Spawned<LuaOutput>) -> mlua::Result<RawResults> {
+    match spawned {
+        Spawned::Ready(out) => {
+            rt.flush();
+            finished(lua, out)
+        }
+        // Negative: the driver must run soon, for an earlier timer or for
+        // the pool's deferred wake-up. (No second value: an empty
+        // MultiValue allocates nothing.)
+        Spawned::Pending(id) => {
+            let rearm = rt.take_rearm() | rt.wake_owed();
+            let id = id_value(id);
+            Ok((Value::Number(if rearm { -id } else { id }), MultiValue::new()))
+        }
+    }
+}
+
 /// `true, ...results` or `true, nil, message`.
 fn finished(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<RawResults> {
     Ok((Value::Boolean(true), results(lua, out)?))
@@ -384,7 +407,7 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
             // next_ms, rearm and n are set once known; the pairs follow.
             let mut out = MultiValue::with_capacity(16);
             out.extend([Value::Nil, Value::Nil, Value::Nil]);
-            let next = rt.poll(arm, |id| match rt.take_single(id) {
+            let next = rt.poll(arm, |id| match rt.take_single(lua, id) {
                 Some(v) => out.extend([Value::Number(id_value(id)), v]),
                 None => out.extend([Value::Number(-id_value(id)), Value::Nil]),
             });
@@ -408,7 +431,7 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
     )?;
     t.raw_set(
         "take",
-        lua.create_function(|lua, id: f64| match Runtime::current().take(id as TaskId) {
+        lua.create_function(|lua, id: f64| match Runtime::current().take(lua, id as TaskId) {
             Some(out) => results(lua, out),
             None => failure(lua, "no result for this task (cancelled?)"),
         })?,

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
-use crate::pool::{BlockingTask, Pool, PoolError, PoolStats};
+use crate::jobs::Jobs;
+use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
 use crate::timer::{Sleep, Timers, TIMER_SLACK};
-use crate::values::LuaValues;
+use crate::values::{LuaValues, Sendable};
 
 /// Settings read when the runtime of a process is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +64,8 @@ pub(crate) type LuaOutput = mlua::Result<LuaValues>;
 /// Counters of the runtime, as `async.stats()` reports them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// Executor counters.
+    /// Task counters: the executor's, with the pool jobs of blocking calls
+    /// (which have no future: their `polls` are not counted).
     pub executor: ExecutorStats,
     /// Blocking pool counters.
     pub pool: PoolStats,
@@ -88,6 +90,8 @@ pub struct Runtime {
     executor: Executor<LuaOutput>,
     timers: Timers,
     pool: Pool,
+    /// Blocking calls: pool jobs kept as tasks without a future.
+    jobs: Jobs,
     rendezvous: RefCell<Option<Rendezvous>>,
     polls: Cell<u64>,
     rejected: Cell<u64>,
@@ -113,13 +117,15 @@ const POLL_BUDGET: usize = 256;
 impl Runtime {
     fn new(config: Config) -> Runtime {
         let notifier = Arc::new(Notifier::default());
+        let pool = Pool::with_nice(
+            config.threads.min(MAX_THREADS),
+            config.max_queue.min(MAX_QUEUE),
+            config.pool_nice,
+        );
         Runtime {
             forked: sys::watch_forks(),
-            pool: Pool::with_nice(
-                config.threads.min(MAX_THREADS),
-                config.max_queue.min(MAX_QUEUE),
-                config.pool_nice,
-            ),
+            jobs: Jobs::new(&pool, Arc::clone(&notifier)),
+            pool,
             config,
             executor: Executor::new(Arc::clone(&notifier)),
             notifier,
@@ -205,13 +211,41 @@ impl Runtime {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        match self.wake_up() {
+            WakeUp::Deferred => {
+                let task = self.pool.spawn_deferred(f)?;
+                self.wake_owed.set(true);
+                Ok(task)
+            }
+            WakeUp::Now => self.pool.spawn(f),
+        }
+    }
+
+    /// Queues a blocking call's job on the pool as a task of its own,
+    /// without a future (see `jobs.rs`); its result becomes Lua values when
+    /// taken. A full queue is a failure at once.
+    pub(crate) fn spawn_job(&self, job: impl FnOnce() -> Sendable + Send + 'static) -> Spawned<LuaOutput> {
+        let id = self.executor.next_id();
+        let wake = self.wake_up();
+        match self.jobs.spawn(&self.pool, id, job, wake) {
+            Ok(()) => {
+                if wake == WakeUp::Deferred {
+                    self.wake_owed.set(true);
+                }
+                Spawned::Pending(id)
+            }
+            Err(e) => Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(e.to_string())))),
+        }
+    }
+
+    /// When a pool job queued now should wake a thread (see
+    /// [`Runtime::batch`]).
+    fn wake_up(&self) -> WakeUp {
         if self.defer_wakes.get() && self.cycle_woken.get() {
-            let task = self.pool.spawn_deferred(f)?;
-            self.wake_owed.set(true);
-            Ok(task)
+            WakeUp::Deferred
         } else {
             self.cycle_woken.set(true);
-            self.pool.spawn(f)
+            WakeUp::Now
         }
     }
 
@@ -231,7 +265,7 @@ impl Runtime {
     /// says so (the raw calling convention's `rearm`); the driver's idle
     /// poll (every 0.1 s) is the safety net.
     pub(crate) fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
-        let busy = self.driven.get() && self.executor.in_flight() > 0;
+        let busy = self.driven.get() && self.in_flight() > 0;
         self.pool.set_caller_busy(busy);
         self.deferring(busy, f)
     }
@@ -293,7 +327,9 @@ impl Runtime {
         });
         self.flush();
         self.notifier.release(|| self.executor.has_ready());
+        // Jobs the pool finishes from now on ask for another poll.
         self.executor.take_completed(&mut done);
+        self.jobs.take_completed(&mut done);
         let next = if arm {
             self.timers.arm()
         } else {
@@ -352,30 +388,53 @@ impl Runtime {
     }
 
     /// The outcome of a finished task (frees its slot).
-    pub(crate) fn take(&self, id: TaskId) -> Option<Outcome<LuaOutput>> {
-        self.executor.take(id)
+    pub(crate) fn take(&self, lua: &mlua::Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
+        self.take_if(lua, id, |_| true)
     }
 
     /// The result of a finished task if it is one value other than nil
     /// (frees its slot); otherwise the task keeps its outcome for
     /// [`Runtime::take`].
-    pub(crate) fn take_single(&self, id: TaskId) -> Option<mlua::Value> {
+    pub(crate) fn take_single(&self, lua: &mlua::Lua, id: TaskId) -> Option<mlua::Value> {
         let single = |out: &Outcome<LuaOutput>| matches!(out, Ok(Ok(v)) if v.is_single());
-        match self.executor.take_if(id, single)? {
+        match self.take_if(lua, id, single)? {
             Ok(Ok(values)) => Some(values.into_first()),
             _ => None,
         }
     }
 
-    /// Cancels a task: its future is dropped before this returns.
+    fn take_if(
+        &self,
+        lua: &mlua::Lua,
+        id: TaskId,
+        pred: impl Fn(&Outcome<LuaOutput>) -> bool,
+    ) -> Option<Outcome<LuaOutput>> {
+        if self.executor.contains(id) {
+            self.executor.take_if(id, pred)
+        } else {
+            self.jobs.take_if(lua, id, pred)
+        }
+    }
+
+    /// Cancels a task: its future is dropped before this returns (a pool
+    /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
-        self.executor.cancel(id)
+        self.executor.cancel(id) || self.jobs.cancel(id)
+    }
+
+    /// Tasks and pool jobs pending, or finished and not taken.
+    fn in_flight(&self) -> usize {
+        self.executor.in_flight() + self.jobs.len()
     }
 
     /// Current counters.
     pub fn stats(&self) -> Stats {
+        let mut executor = self.executor.stats();
+        executor.in_flight += self.jobs.len();
+        executor.completed += self.jobs.completed();
+        executor.cancelled += self.jobs.cancelled();
         Stats {
-            executor: self.executor.stats(),
+            executor,
             pool: self.pool.stats(),
             timers: self.timers.len(),
             wakeups: self.notifier.written(),
