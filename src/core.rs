@@ -96,12 +96,8 @@ fn sha256_hex_array(data: &[u8]) -> [u8; 64] {
 pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
     let mut m = Module::new(lua, "resty.async")?;
     m.add_value("version", env!("CARGO_PKG_VERSION"))?;
-    m.add_raw_async("sleep", |_, (secs,): (Value,)| {
-        let dur = seconds_arg(&secs, 1, "sleep", MAX_SLEEP)?;
-        Ok(async move {
-            crate::sleep(dur).await;
-            Ok(true)
-        })
+    m.add_raw("sleep", |_, rt, (secs,): (Value,)| {
+        Ok(rt.spawn_sleep(seconds_arg(&secs, 1, "sleep", MAX_SLEEP)?))
     })?;
     m.add_raw_blocking("sha256", |_, (data,): (StringArg,)| {
         let data = Bytes::from_vec(string_arg(data, 1, "sha256")?);

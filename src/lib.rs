@@ -45,8 +45,8 @@ mod sys;
 
 pub mod core;
 pub mod executor;
-mod jobs;
 pub mod module;
+mod plain;
 pub mod pool;
 pub mod runtime;
 pub mod socket;

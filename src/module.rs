@@ -153,8 +153,8 @@ impl Module {
         Ok(self)
     }
 
-    /// The lowest level: `f` validates the arguments (`Err(message)` is
-    /// raised in the caller) and returns the future to run. `A` must be a
+    /// A future: `f` validates the arguments (`Err(message)` is raised in
+    /// the caller) and returns the future to run. `A` must be a
     /// conversion that cannot fail (`MultiValue`, or a tuple of `Value`s:
     /// those take the arguments off the stack without an allocation), so
     /// that `f` reports every misuse.
@@ -165,18 +165,11 @@ impl Module {
         Fut: Future<Output = mlua::Result<R>> + 'static,
         R: IntoLuaMulti + 'static,
     {
-        let func = self.lua.create_function(move |lua, args: A| {
-            let fut = match f(lua, args) {
-                Ok(fut) => fut,
-                Err(msg) => return misuse(lua, &msg),
-            };
-            let lua2 = lua.clone();
-            let task = async move { fut.await.and_then(|r| values::convert(&lua2, r)) };
-            let rt = Runtime::current();
-            let spawned = rt.batch(|| rt.spawn(task));
-            spawned_results(lua, &rt, spawned)
-        })?;
-        self.insert(name, "async", func)
+        self.add_raw(name, move |lua, rt, args: A| {
+            let fut = f(lua, args)?;
+            let lua = lua.clone();
+            Ok(rt.spawn(async move { fut.await.and_then(|r| values::convert(&lua, r)) }))
+        })
     }
 
     /// Like [`Module::add_raw_async`] for a blocking call: `f` validates
@@ -188,14 +181,23 @@ impl Module {
         F: Fn(&Lua, A) -> Result<J, String> + 'static,
         J: FnOnce() -> Sendable + Send + 'static,
     {
+        self.add_raw(name, move |lua, rt, args: A| Ok(rt.spawn_job(f(lua, args)?)))
+    }
+
+    /// The lowest level of the waiting kinds: `f` validates the arguments
+    /// (`Err(message)` is raised in the caller) and spawns a task on the
+    /// runtime (the raw calling convention of the module docs).
+    pub(crate) fn add_raw<A, F>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
+    where
+        A: FromLuaMulti,
+        F: Fn(&Lua, &Runtime, A) -> Result<Spawned<LuaOutput>, String> + 'static,
+    {
         let func = self.lua.create_function(move |lua, args: A| {
-            let job = match f(lua, args) {
-                Ok(job) => job,
-                Err(msg) => return misuse(lua, &msg),
-            };
             let rt = Runtime::current();
-            let spawned = rt.batch(|| rt.spawn_job(job));
-            spawned_results(lua, &rt, spawned)
+            match rt.batch(|| f(lua, &rt, args)) {
+                Ok(spawned) => spawned_results(lua, &rt, spawned),
+                Err(msg) => misuse(lua, &msg),
+            }
         })?;
         self.insert(name, "async", func)
     }

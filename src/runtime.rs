@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
-use crate::jobs::Jobs;
+use crate::plain::PlainTasks;
 use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
@@ -90,8 +90,8 @@ pub struct Runtime {
     executor: Executor<LuaOutput>,
     timers: Timers,
     pool: Pool,
-    /// Blocking calls: pool jobs kept as tasks without a future.
-    jobs: Jobs,
+    /// Blocking calls and `async.sleep`: tasks without a future.
+    plain: PlainTasks,
     rendezvous: RefCell<Option<Rendezvous>>,
     polls: Cell<u64>,
     rejected: Cell<u64>,
@@ -122,14 +122,15 @@ impl Runtime {
             config.max_queue.min(MAX_QUEUE),
             config.pool_nice,
         );
+        let timers = Timers::new();
         Runtime {
             forked: sys::watch_forks(),
-            jobs: Jobs::new(&pool, Arc::clone(&notifier)),
+            plain: PlainTasks::new(&pool, &timers, Arc::clone(&notifier)),
             pool,
             config,
             executor: Executor::new(Arc::clone(&notifier)),
             notifier,
-            timers: Timers::new(),
+            timers,
             rendezvous: RefCell::new(None),
             polls: Cell::new(0),
             rejected: Cell::new(0),
@@ -222,12 +223,12 @@ impl Runtime {
     }
 
     /// Queues a blocking call's job on the pool as a task of its own,
-    /// without a future (see `jobs.rs`); its result becomes Lua values when
+    /// without a future (see `plain.rs`); its result becomes Lua values when
     /// taken. A full queue is a failure at once.
     pub(crate) fn spawn_job(&self, job: impl FnOnce() -> Sendable + Send + 'static) -> Spawned<LuaOutput> {
         let id = self.executor.next_id();
         let wake = self.wake_up();
-        match self.jobs.spawn(&self.pool, id, job, wake) {
+        match self.plain.spawn_job(&self.pool, id, job, wake) {
             Ok(()) => {
                 if wake == WakeUp::Deferred {
                     self.wake_owed.set(true);
@@ -236,6 +237,17 @@ impl Runtime {
             }
             Err(e) => Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(e.to_string())))),
         }
+    }
+
+    /// `async.sleep(dur)`: a task without a future (see `plain.rs`) whose
+    /// result is `true` once `dur` has passed; ready at once for zero.
+    pub(crate) fn spawn_sleep(&self, dur: Duration) -> Spawned<LuaOutput> {
+        if dur.is_zero() {
+            return Spawned::Ready(Ok(Ok(LuaValues::One(mlua::Value::Boolean(true)))));
+        }
+        let id = self.executor.next_id();
+        self.plain.spawn_sleep(id, self.timers.deadline(dur));
+        Spawned::Pending(id)
     }
 
     /// When a pool job queued now should wake a thread (see
@@ -329,7 +341,7 @@ impl Runtime {
         self.notifier.release(|| self.executor.has_ready());
         // Jobs the pool finishes from now on ask for another poll.
         self.executor.take_completed(&mut done);
-        self.jobs.take_completed(&mut done);
+        self.plain.take_completed(&mut done);
         let next = if arm {
             self.timers.arm()
         } else {
@@ -412,27 +424,27 @@ impl Runtime {
         if self.executor.contains(id) {
             self.executor.take_if(id, pred)
         } else {
-            self.jobs.take_if(lua, id, pred)
+            self.plain.take_if(lua, id, pred)
         }
     }
 
     /// Cancels a task: its future is dropped before this returns (a pool
     /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
-        self.executor.cancel(id) || self.jobs.cancel(id)
+        self.executor.cancel(id) || self.plain.cancel(id)
     }
 
     /// Tasks and pool jobs pending, or finished and not taken.
     fn in_flight(&self) -> usize {
-        self.executor.in_flight() + self.jobs.len()
+        self.executor.in_flight() + self.plain.len()
     }
 
     /// Current counters.
     pub fn stats(&self) -> Stats {
         let mut executor = self.executor.stats();
-        executor.in_flight += self.jobs.len();
-        executor.completed += self.jobs.completed();
-        executor.cancelled += self.jobs.cancelled();
+        executor.in_flight += self.plain.len();
+        executor.completed += self.plain.completed();
+        executor.cancelled += self.plain.cancelled();
         Stats {
             executor,
             pool: self.pool.stats(),

@@ -4,6 +4,10 @@
 //! sets its socket read timeout to it, so nginx's own timer tree wakes the
 //! worker; then [`Timers::fire`] wakes every task whose deadline has passed.
 //! A [`Sleep`] dropped before its deadline removes its entry at once.
+//!
+//! A deadline may also stand for a task of its own, without a future
+//! ([`Timers::add_task`]: the runtime's `async.sleep`): firing it records
+//! the task's id, which [`Timers::take_fired`] hands over.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -13,7 +17,17 @@ use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-type Key = (Instant, u64);
+/// Identifies a pending deadline (see [`Timers::add_task`]).
+pub type Key = (Instant, u64);
+
+/// What firing a deadline does.
+#[derive(Debug)]
+enum Entry {
+    /// Wakes a [`Sleep`]'s task.
+    Wake(Waker),
+    /// Records this task id for [`Timers::take_fired`].
+    Task(u64),
+}
 
 /// How early a timer may fire. nginx's own timers (`ngx.sleep`) run on its
 /// cached millisecond clock; firing what is due within the next half
@@ -23,12 +37,23 @@ pub const TIMER_SLACK: Duration = Duration::from_micros(500);
 
 #[derive(Default)]
 struct Queue {
-    entries: BTreeMap<Key, Waker>,
+    entries: BTreeMap<Key, Entry>,
     seq: u64,
+    // Ids of the task entries fired and not yet taken.
+    fired: Vec<u64>,
     // The deadline the driver is sleeping towards (None: an idle wait), and
     // whether an earlier one has been added since it armed.
     armed: Option<Instant>,
     rearm: bool,
+}
+
+impl Queue {
+    fn add(&mut self, key: Key, entry: Entry) {
+        if self.armed.is_none_or(|a| key.0 < a) {
+            self.rearm = true;
+        }
+        self.entries.insert(key, entry);
+    }
 }
 
 /// The ordered set of pending deadlines of one runtime (worker thread only).
@@ -54,32 +79,69 @@ impl Timers {
 
     /// A future that completes after `dur`.
     pub fn sleep(&self, dur: Duration) -> Sleep {
-        let now = Instant::now();
-        self.sleep_until(
-            now.checked_add(dur)
-                .unwrap_or(now + Duration::from_secs(86400 * 365 * 30)),
-        )
+        self.sleep_until(self.deadline(dur))
     }
 
-    /// Wakes (and forgets) every timer due at `now`; returns how many.
+    /// The deadline `dur` from now (30 years when past what an `Instant`
+    /// holds: never, in practice).
+    pub fn deadline(&self, dur: Duration) -> Instant {
+        let now = Instant::now();
+        now.checked_add(dur)
+            .unwrap_or(now + Duration::from_secs(86400 * 365 * 30))
+    }
+
+    /// Fires (and forgets) every timer due at `now`: wakes the tasks of
+    /// [`Sleep`]s, records the ids of task entries. Returns how many.
     pub fn fire(&self, now: Instant) -> usize {
-        let due: Vec<Waker> = {
+        let mut wakers = Vec::new();
+        let n = {
             let mut q = self.queue.borrow_mut();
-            // Nothing due (the common case of a poll): no split, no Vec.
-            match q.entries.first_key_value() {
-                Some((k, _)) if k.0 <= now => {}
-                _ => return 0,
+            let mut n = 0;
+            // The entries are taken one by one from the front: nothing due
+            // (the common case of a poll) costs one look, and a few due
+            // ones no new tree.
+            while let Some(entry) = q.entries.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                match entry.remove() {
+                    Entry::Wake(w) => wakers.push(w),
+                    Entry::Task(id) => q.fired.push(id),
+                }
+                n += 1;
             }
-            let later = q.entries.split_off(&(now, u64::MAX));
-            let due = std::mem::replace(&mut q.entries, later);
-            due.into_values().collect()
+            n
         };
         // Woken outside the borrow: a waker may run arbitrary code.
-        let n = due.len();
-        for w in due {
+        for w in wakers {
             w.wake();
         }
         n
+    }
+
+    /// A deadline that stands for task `id`: when it fires, `id` goes to
+    /// [`Timers::take_fired`]. Remove it with [`Timers::remove`] to cancel.
+    pub fn add_task(&self, deadline: Instant, id: u64) -> Key {
+        let mut q = self.queue.borrow_mut();
+        q.seq += 1;
+        let key = (deadline, q.seq);
+        q.add(key, Entry::Task(id));
+        key
+    }
+
+    /// Removes the entry of `key` if it has not fired; returns whether it
+    /// was there.
+    pub fn remove(&self, key: Key) -> bool {
+        let removed = self.queue.borrow_mut().entries.remove(&key);
+        removed.is_some() // (a waker is dropped outside the borrow)
+    }
+
+    /// Hands the ids of the task entries fired since the last call to `f`.
+    pub fn take_fired(&self, mut f: impl FnMut(u64)) {
+        let fired = std::mem::take(&mut self.queue.borrow_mut().fired);
+        for id in fired {
+            f(id);
+        }
     }
 
     /// The earliest pending deadline.
@@ -151,8 +213,9 @@ impl Future for Sleep {
             }
         };
         match q.entries.get_mut(&key) {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            Some(w) => w.clone_from(cx.waker()),
+            Some(Entry::Wake(w)) if w.will_wake(cx.waker()) => {}
+            Some(Entry::Wake(w)) => w.clone_from(cx.waker()),
+            Some(Entry::Task(_)) => unreachable!("a Sleep's key is its own"),
             // Registered, and gone from the set: `fire` took it, possibly a
             // little before the deadline (see `TIMER_SLACK`).
             None if self.key.is_some() => {
@@ -160,12 +223,7 @@ impl Future for Sleep {
                 self.key = None;
                 return Poll::Ready(());
             }
-            None => {
-                if q.armed.is_none_or(|a| key.0 < a) {
-                    q.rearm = true;
-                }
-                q.entries.insert(key, cx.waker().clone());
-            }
+            None => q.add(key, Entry::Wake(cx.waker().clone())),
         }
         drop(q);
         self.key = Some(key);

@@ -97,3 +97,38 @@ fn a_timer_fired_early_completes() {
     assert_eq!(s.as_mut().poll(&mut cx), Poll::Ready(()));
     assert!(timers.is_empty());
 }
+
+#[test]
+fn task_deadlines_fire_with_sleeps_and_hand_over_their_ids() {
+    let timers = Timers::new();
+    let now = Instant::now();
+    let (c, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let mut s = Box::pin(timers.sleep_until(now + Duration::from_millis(200)));
+    assert!(s.as_mut().poll(&mut cx).is_pending());
+    assert!(timers.take_rearm());
+    timers.arm();
+    timers.add_task(now + Duration::from_millis(300), 7);
+    assert!(!timers.take_rearm(), "later than the armed deadline");
+    let early = timers.add_task(now + Duration::from_millis(100), 8);
+    assert!(timers.take_rearm(), "earlier than the armed deadline");
+    let gone = timers.add_task(now + Duration::from_millis(150), 9);
+    assert_eq!(timers.len(), 4);
+    assert!(timers.remove(gone), "cancelled before it fired");
+    assert!(!timers.remove(gone));
+    assert_eq!(timers.next_deadline(), Some(early.0));
+
+    let mut ids = Vec::new();
+    assert_eq!(timers.fire(now + Duration::from_millis(250)), 2);
+    assert_eq!(c.0.load(Ordering::SeqCst), 1, "the sleep's task was woken");
+    timers.take_fired(|id| ids.push(id));
+    assert_eq!(ids, vec![8]);
+    timers.take_fired(|id| ids.push(id));
+    assert_eq!(ids, vec![8], "handed over once");
+    assert!(!timers.remove(early), "fired: nothing to remove");
+
+    assert_eq!(timers.fire(now + Duration::from_millis(400)), 1);
+    timers.take_fired(|id| ids.push(id));
+    assert_eq!(ids, vec![8, 7]);
+    assert!(timers.is_empty());
+}

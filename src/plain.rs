@@ -1,47 +1,62 @@
-//! Pool jobs as tasks of their own, without a future.
+//! Plain tasks: pool jobs and sleeps, tasks of their own without a future.
 //!
 //! A blocking call (`Module::add_blocking`, the built-ins `sha256`,
 //! `read_file` and `write_file`) needs no future: its job runs on the pool,
-//! and its result becomes Lua values on the worker. Run as a future that
-//! awaits a [`crate::BlockingTask`], it would cost a task allocation (about
-//! 400 bytes, past what glibc keeps per thread under load), two polls, a
-//! waker and a run-queue entry. Here the pool reports the job's task id (its
-//! tag, see [`Pool::spawn_tagged`]) on a channel and asks for a driver poll,
-//! which hands the id on with the executor's finished tasks. Ids come from
-//! the executor: the two kinds of task share one id space.
+//! and its result becomes Lua values on the worker. Nor does `async.sleep`:
+//! it is a deadline. Run as a future (awaiting a [`crate::BlockingTask`] or
+//! a [`crate::Sleep`]), each would cost a task allocation (about 400 bytes,
+//! past what glibc keeps per thread under load), two polls, a waker and a
+//! run-queue entry. Here the pool reports a job's task id (its tag, see
+//! [`Pool::spawn_tagged`]) on a channel and asks for a driver poll; a
+//! sleep's deadline stands for its task id in the runtime's [`Timers`]; the
+//! driver's poll hands the ids on with the executor's finished tasks. Ids
+//! come from the executor: the kinds of task share one id space.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
+use std::time::Instant;
+
 use mlua::Lua;
 
 use crate::executor::{IdMap, Outcome, TaskId};
 use crate::pool::{Pool, PoolError, Tagged, WakeUp};
 use crate::runtime::LuaOutput;
 use crate::socket::Notifier;
+use crate::timer::{Key, Timers};
 use crate::values::Sendable;
 
+enum Kind {
+    /// A pool job, and its result once done.
+    Job(Tagged<Sendable>),
+    /// A sleep: its deadline's key in the runtime's timers. Its result is
+    /// `true`.
+    Sleep(Key),
+}
+
 struct Slot {
-    job: Tagged<Sendable>,
-    /// The pool reported the job as done.
+    kind: Kind,
+    /// The pool reported the job as done, or the deadline fired.
     done: bool,
     /// Its result as Lua values, made when first asked for and kept until
     /// taken.
     out: Option<Outcome<LuaOutput>>,
 }
 
-/// The pool jobs of a runtime. See the module docs.
-pub(crate) struct Jobs {
+/// The plain tasks of a runtime. See the module docs.
+pub(crate) struct PlainTasks {
     done_rx: Receiver<TaskId>,
+    timers: Timers,
     slots: RefCell<IdMap<Slot>>,
     completed: Cell<u64>,
     cancelled: Cell<u64>,
 }
 
-impl Jobs {
-    /// Jobs of `pool`, whose threads report each one to `notifier`.
-    pub(crate) fn new(pool: &Pool, notifier: Arc<Notifier>) -> Jobs {
+impl PlainTasks {
+    /// Plain tasks on `pool`, whose threads report each job to `notifier`,
+    /// and on `timers`.
+    pub(crate) fn new(pool: &Pool, timers: &Timers, notifier: Arc<Notifier>) -> PlainTasks {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let set = pool.set_on_done(move |id| {
             // The receiver lives as long as the pool's runtime.
@@ -49,9 +64,10 @@ impl Jobs {
                 notifier.notify();
             }
         });
-        assert!(set, "a pool serves one Jobs");
-        Jobs {
+        assert!(set, "a pool serves one PlainTasks");
+        PlainTasks {
             done_rx,
+            timers: timers.clone(),
             slots: RefCell::new(IdMap::default()),
             completed: Cell::new(0),
             cancelled: Cell::new(0),
@@ -59,7 +75,7 @@ impl Jobs {
     }
 
     /// Queues `job` on `pool` as task `id`.
-    pub(crate) fn spawn(
+    pub(crate) fn spawn_job(
         &self,
         pool: &Pool,
         id: TaskId,
@@ -67,19 +83,30 @@ impl Jobs {
         wake: WakeUp,
     ) -> Result<(), PoolError> {
         let job = pool.spawn_tagged(job, id, wake)?;
+        self.insert(id, Kind::Job(job));
+        Ok(())
+    }
+
+    /// Task `id` finishes at `deadline`, with the result `true`.
+    pub(crate) fn spawn_sleep(&self, id: TaskId, deadline: Instant) {
+        let key = self.timers.add_task(deadline, id);
+        self.insert(id, Kind::Sleep(key));
+    }
+
+    fn insert(&self, id: TaskId, kind: Kind) {
         let slot = Slot {
-            job,
+            kind,
             done: false,
             out: None,
         };
         self.slots.borrow_mut().insert(id, slot);
-        Ok(())
     }
 
-    /// Hands the ids of the jobs reported done since the last call to `f`
-    /// (a job cancelled meanwhile is skipped).
+    /// Hands the ids of the tasks done since the last call to `f`: jobs the
+    /// pool reported, sleeps whose deadline fired (a task cancelled
+    /// meanwhile is skipped).
     pub(crate) fn take_completed(&self, mut f: impl FnMut(TaskId)) {
-        while let Ok(id) = self.done_rx.try_recv() {
+        let mut done = |id| {
             let known = match self.slots.borrow_mut().get_mut(&id) {
                 Some(slot) => {
                     slot.done = true;
@@ -91,12 +118,16 @@ impl Jobs {
                 self.completed.set(self.completed.get() + 1);
                 f(id);
             }
+        };
+        self.timers.take_fired(&mut done);
+        while let Ok(id) = self.done_rx.try_recv() {
+            done(id);
         }
     }
 
-    /// The outcome of a finished job, which frees its slot, if `pred`
-    /// accepts it (otherwise the job keeps it). `None` if the job is unknown
-    /// or not finished.
+    /// The outcome of a finished task, which frees its slot, if `pred`
+    /// accepts it (otherwise the task keeps it). `None` if the task is
+    /// unknown or not finished.
     pub(crate) fn take_if(
         &self,
         lua: &Lua,
@@ -106,9 +137,11 @@ impl Jobs {
         let fresh = {
             let slots = self.slots.borrow();
             let slot = slots.get(&id)?;
-            match slot.out {
-                Some(_) => None,
-                None => Some(slot.job.try_take()?),
+            match (&slot.out, &slot.kind) {
+                (Some(_), _) => None,
+                (None, Kind::Job(job)) => Some(job.try_take()?),
+                (None, Kind::Sleep(_)) if slot.done => Some(Ok(Sendable::Boolean(true))),
+                (None, Kind::Sleep(_)) => return None,
             }
         };
         if let Some(res) = fresh {
@@ -129,29 +162,33 @@ impl Jobs {
         slot.out
     }
 
-    /// Throws a job away: one that has not started will not run; a result
-    /// is dropped. Returns whether the job existed.
+    /// Throws a task away: a job that has not started will not run, a
+    /// sleep's deadline is removed, a result is dropped. Returns whether
+    /// the task existed.
     pub(crate) fn cancel(&self, id: TaskId) -> bool {
         let slot = self.slots.borrow_mut().remove(&id);
         let Some(slot) = slot else { return false };
         if !slot.done {
             self.cancelled.set(self.cancelled.get() + 1);
         }
+        if let Kind::Sleep(key) = slot.kind {
+            self.timers.remove(key);
+        }
         drop(slot); // after the borrow: the closure's drop is user code
         true
     }
 
-    /// Jobs queued, running, or finished and not taken.
+    /// Tasks pending, or finished and not taken.
     pub(crate) fn len(&self) -> usize {
         self.slots.borrow().len()
     }
 
-    /// Jobs reported done.
+    /// Tasks done.
     pub(crate) fn completed(&self) -> u64 {
         self.completed.get()
     }
 
-    /// Jobs cancelled before they were reported done.
+    /// Tasks cancelled before they were done.
     pub(crate) fn cancelled(&self) -> u64 {
         self.cancelled.get()
     }
