@@ -24,12 +24,14 @@
 //! Rust as an mlua error value, since ngx_lua would log such a userdata as
 //! "unknown reason".
 //!
-//! The driver's `rt.poll(arm)` returns `next_ms, rearm, n` and then `n`
-//! values, a pair per finished task: `id, value` when the task's result is
-//! that one value (not nil), taken out of Rust already; `-id, nil` when the
-//! waiter must call `rt.take(id)` for its results (several values, nil, or
-//! `nil, message`). Beyond 1024 values, `next_ms, rearm, -n, {...}`:
-//! the pairs in a table.
+//! The driver's `rt.poll(arm)` returns `next_ms, rearm, nstr, n` and then
+//! `n` values, a pair per finished task: `id, value` when the task's result
+//! is that one value (not nil), taken out of Rust already; `-id, nil` when
+//! the waiter must call `rt.take(id)` for its results (several values, nil,
+//! or `nil, message`). Beyond 1024 values, `next_ms, rearm, nstr, -n,
+//! {...}`: the pairs in a table. `nstr` more tasks (pool jobs) finished
+//! with one string: `rt.strings()` returns them as `id, string` pairs, up
+//! to 512 pairs a call.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -40,6 +42,7 @@ use std::time::Duration;
 use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Table, Value};
 
 use crate::executor::{Outcome, Panicked, Spawned, TaskId};
+use crate::plain::Single;
 use crate::runtime::{Config, LuaOutput, Runtime};
 use crate::values::{self, Sendable};
 
@@ -302,7 +305,7 @@ fn id_value(id: TaskId) -> f64 {
 /// `resty/async.lua` checks: a module crate built against another
 /// resty-async than the `resty/async.lua` it runs with fails to register
 /// instead of misreading results.
-pub const ABI: u32 = 2;
+pub const ABI: u32 = 3;
 
 /// Most values `rt.poll` returns on the Lua stack (pairs of finished
 /// tasks), beyond which they come in a table.
@@ -397,35 +400,46 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
             Ok(())
         })?,
     )?;
-    // poll(arm) -> next_ms, rearm, n, then the pairs of the finished tasks
-    // (see the module docs) as results: no table writes, each would be a
-    // protected call into Lua. next_ms is the time to the next timer (-1:
-    // none); rearm: an earlier timer appeared than the one the driver sleeps
-    // towards.
+    // strings() -> the `id, string` pairs poll() left (see values.rs).
+    // SAFETY: push_outbox follows the lua_CFunction protocol and is safe
+    // to call from any Lua code (see there).
+    t.raw_set("strings", unsafe { lua.create_c_function(values::push_outbox)? })?;
+    // poll(arm) -> next_ms, rearm, nstr, n, then the pairs of the finished
+    // tasks (see the module docs) as results: no table writes, each would
+    // be a protected call into Lua. next_ms is the time to the next timer
+    // (-1: none); rearm: an earlier timer appeared than the one the driver
+    // sleeps towards; nstr: pairs left for strings().
     t.raw_set(
         "poll",
         lua.create_function(|lua, arm: bool| {
             let rt = Runtime::current();
-            // next_ms, rearm and n are set once known; the pairs follow.
+            // next_ms, rearm, nstr and n are set once known; the pairs
+            // follow.
             let mut out = MultiValue::with_capacity(16);
-            out.extend([Value::Nil, Value::Nil, Value::Nil]);
+            out.extend([Value::Nil, Value::Nil, Value::Nil, Value::Nil]);
+            let mut nstr = 0;
             let next = rt.poll(arm, |id| match rt.take_single(lua, id) {
-                Some(v) => out.extend([Value::Number(id_value(id)), v]),
+                Some(Single::Value(v)) => out.extend([Value::Number(id_value(id)), v]),
+                Some(Single::Bytes(b)) => {
+                    values::outbox_put(id_value(id), b);
+                    nstr += 1;
+                }
                 None => out.extend([Value::Number(-id_value(id)), Value::Nil]),
             });
-            let n = out.len() - 3;
+            let n = out.len() - 4;
             out[0] = Value::Number(next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0));
             out[1] = Value::Boolean(!arm && rt.take_rearm());
+            out[2] = Value::Number(nstr as f64);
             if n <= MAX_POLL_VALUES {
-                out[2] = Value::Number(n as f64);
+                out[3] = Value::Number(n as f64);
             } else {
                 // (An error here loses the results taken above: their
                 // waiters wait out their timeouts. Only a memory error can.)
                 let t = lua.create_table_with_capacity(n, 0)?;
-                for (i, v) in out.drain(3..).enumerate() {
+                for (i, v) in out.drain(4..).enumerate() {
                     t.raw_set(i + 1, v)?;
                 }
-                out[2] = Value::Number(-(n as f64));
+                out[3] = Value::Number(-(n as f64));
                 out.push_back(Value::Table(t));
             }
             Ok(out)

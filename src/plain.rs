@@ -18,14 +18,14 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 use std::time::Instant;
 
-use mlua::Lua;
+use mlua::{Lua, Value};
 
 use crate::executor::{IdMap, Outcome, TaskId};
 use crate::pool::{Pool, PoolError, Tagged, WakeUp};
 use crate::runtime::LuaOutput;
 use crate::socket::Notifier;
 use crate::timer::{Key, Timers};
-use crate::values::Sendable;
+use crate::values::{Bytes, Sendable};
 
 enum Kind {
     /// A pool job, and its result once done.
@@ -42,6 +42,15 @@ struct Slot {
     /// Its result as Lua values, made when first asked for and kept until
     /// taken.
     out: Option<Outcome<LuaOutput>>,
+}
+
+/// A result that is one value other than nil (see
+/// [`PlainTasks::take_single`]).
+pub(crate) enum Single {
+    /// A Lua value.
+    Value(Value),
+    /// One string, still as bytes.
+    Bytes(Bytes),
 }
 
 /// The plain tasks of a runtime. See the module docs.
@@ -134,25 +143,64 @@ impl PlainTasks {
         id: TaskId,
         pred: impl FnOnce(&Outcome<LuaOutput>) -> bool,
     ) -> Option<Outcome<LuaOutput>> {
-        let fresh = {
-            let slots = self.slots.borrow();
-            let slot = slots.get(&id)?;
-            match (&slot.out, &slot.kind) {
-                (Some(_), _) => None,
-                (None, Kind::Job(job)) => Some(job.try_take()?),
-                (None, Kind::Sleep(_)) if slot.done => Some(Ok(Sendable::Boolean(true))),
-                (None, Kind::Sleep(_)) => return None,
-            }
-        };
-        if let Some(res) = fresh {
-            // Made without a borrow of the slots: making a Lua string may
-            // run a garbage collection step, whose finalizers may call back
-            // into this runtime.
-            let out = outcome(lua, res);
-            let mut slots = self.slots.borrow_mut();
-            // (Gone if such a finalizer cancelled the job: so is its result.)
-            slots.get_mut(&id)?.out = Some(out);
+        if let Some(res) = self.fresh(id)? {
+            self.settle(lua, id, res)?;
         }
+        self.take_settled(id, pred)
+    }
+
+    /// The result of a finished task if it is one value other than nil,
+    /// which frees its slot: one string as its bytes, not yet a Lua string
+    /// (see `values::outbox_put`). Otherwise the task keeps its outcome for
+    /// [`PlainTasks::take_if`].
+    pub(crate) fn take_single(&self, lua: &Lua, id: TaskId) -> Option<Single> {
+        match self.fresh(id)? {
+            Some(Ok(Sendable::Bytes(bytes))) => {
+                let slot = self.slots.borrow_mut().remove(&id);
+                drop(slot);
+                return Some(Single::Bytes(bytes));
+            }
+            Some(res) => self.settle(lua, id, res)?,
+            None => {}
+        }
+        match self.take_settled(id, |out| matches!(out, Ok(Ok(v)) if v.is_single()))? {
+            Ok(Ok(values)) => Some(Single::Value(values.into_first())),
+            _ => None,
+        }
+    }
+
+    /// A finished task's result, taken from its job the first time
+    /// (`Some(Some)`); `Some(None)` once it was settled; `None` if the task
+    /// is unknown or not finished.
+    fn fresh(&self, id: TaskId) -> Option<Option<Result<Sendable, PoolError>>> {
+        let slots = self.slots.borrow();
+        let slot = slots.get(&id)?;
+        Some(match (&slot.out, &slot.kind) {
+            (Some(_), _) => None,
+            (None, Kind::Job(job)) => Some(job.try_take()?),
+            (None, Kind::Sleep(_)) if slot.done => Some(Ok(Sendable::Boolean(true))),
+            (None, Kind::Sleep(_)) => return None,
+        })
+    }
+
+    /// Keeps `res` in task `id`'s slot as Lua values. `None` if the task
+    /// is gone.
+    fn settle(&self, lua: &Lua, id: TaskId, res: Result<Sendable, PoolError>) -> Option<()> {
+        // Made without a borrow of the slots: making a Lua string may run a
+        // garbage collection step, whose finalizers may call back into this
+        // runtime.
+        let out = outcome(lua, res);
+        let mut slots = self.slots.borrow_mut();
+        // (Gone if such a finalizer cancelled the task: so is its result.)
+        slots.get_mut(&id)?.out = Some(out);
+        Some(())
+    }
+
+    fn take_settled(
+        &self,
+        id: TaskId,
+        pred: impl FnOnce(&Outcome<LuaOutput>) -> bool,
+    ) -> Option<Outcome<LuaOutput>> {
         let mut slots = self.slots.borrow_mut();
         if !pred(slots.get(&id)?.out.as_ref()?) {
             return None;

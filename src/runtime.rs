@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
-use crate::plain::PlainTasks;
+use crate::plain::{PlainTasks, Single};
 use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
@@ -406,12 +406,16 @@ impl Runtime {
 
     /// The result of a finished task if it is one value other than nil
     /// (frees its slot); otherwise the task keeps its outcome for
-    /// [`Runtime::take`].
-    pub(crate) fn take_single(&self, lua: &mlua::Lua, id: TaskId) -> Option<mlua::Value> {
-        let single = |out: &Outcome<LuaOutput>| matches!(out, Ok(Ok(v)) if v.is_single());
-        match self.take_if(lua, id, single)? {
-            Ok(Ok(values)) => Some(values.into_first()),
-            _ => None,
+    /// [`Runtime::take`]. One string of a plain task comes as its bytes.
+    pub(crate) fn take_single(&self, lua: &mlua::Lua, id: TaskId) -> Option<Single> {
+        if self.executor.contains(id) {
+            let single = |out: &Outcome<LuaOutput>| matches!(out, Ok(Ok(v)) if v.is_single());
+            match self.executor.take_if(id, single)? {
+                Ok(Ok(values)) => Some(Single::Value(values.into_first())),
+                _ => None,
+            }
+        } else {
+            self.plain.take_single(lua, id)
         }
     }
 

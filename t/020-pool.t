@@ -51,6 +51,46 @@ in_flight=0
 
 
 
+=== TEST 2: 1000 sha256 results that finish together each reach their caller
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            -- Both pool threads hash 16 MiB first: the 1000 small jobs
+            -- queue behind them and finish in a burst, which the driver
+            -- collects in few polls (more than 512 strings in one: several
+            -- rt.strings() calls).
+            local big = string.rep("x", 16 * 1024 * 1024)
+            local slow = { ngx.thread.spawn(async.sha256, big),
+                           ngx.thread.spawn(async.sha256, big .. "y") }
+            local threads = {}
+            for i = 1, 1000 do
+                threads[i] = ngx.thread.spawn(async.sha256, "input " .. i)
+            end
+            local got = {}
+            for i = 1, 1000 do
+                local ok, hex, err = ngx.thread.wait(threads[i])
+                got[i] = hex or err
+            end
+            for _, th in ipairs(slow) do ngx.thread.wait(th) end
+            -- the same inputs one at a time: every result is its own
+            local bad, distinct = 0, {}
+            for i = 1, 1000 do
+                if got[i] ~= async.sha256("input " .. i) then bad = bad + 1 end
+                distinct[got[i]] = true
+            end
+            local n = 0
+            for _ in pairs(distinct) do n = n + 1 end
+            ngx.say("wrong: ", bad, ", distinct: ", n, ", in_flight: ",
+                    async.stats().in_flight)
+        }
+    }
+--- response_body
+wrong: 0, distinct: 1000, in_flight: 0
+--- timeout: 20
+
+
+
 === TEST 2: a 64 MiB sha256 runs on the pool while /ping answers at once
 --- config
     location = /big {

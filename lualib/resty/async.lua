@@ -72,7 +72,7 @@ local SWEEP_INTERVAL = 0.1
 local POSTED = true
 -- The version of the calling convention between a module's raw functions
 -- and this file (resty_async::module::ABI).
-local ABI = 2
+local ABI = 3
 
 local config = {
     timeout = 60,
@@ -185,7 +185,9 @@ local function forget(st, id)
 end
 
 
-local function dispatch(st, next_ms, rearm, n, ...)
+-- Hands over the `id, value` pairs in `...`; returns how many values.
+local function dispatch_pairs(st, ...)
+    local n = select("#", ...)
     if n == 2 then
         finished(st, ...)
     elseif n > 0 then
@@ -195,11 +197,28 @@ local function dispatch(st, next_ms, rearm, n, ...)
         for i = 1, n, 2 do
             finished(st, t[i], t[i + 1])
         end
-    elseif n < 0 then
+    end
+    return n
+end
+
+
+local function dispatch(st, next_ms, rearm, nstr, n, ...)
+    if n >= 0 then
+        dispatch_pairs(st, ...)
+    else
         local t = ...
         for i = 1, -n, 2 do
             finished(st, t[i], t[i + 1])
         end
+    end
+    -- the results that are one string, made into Lua strings by
+    -- rt.strings() (a C function: no protected call per string)
+    if nstr > 0 then
+        local strings = st.rt.strings
+        repeat
+            local got = dispatch_pairs(st, strings())
+            nstr = nstr - got / 2
+        until got == 0 or nstr <= 0
     end
     st.polls = st.polls + 1
     return next_ms, rearm
