@@ -439,8 +439,23 @@ local function need_driver(st, id)
 end
 
 
--- Waits for task `id` of `st` to finish; returns its results.
+-- The task id of a pending raw call's result `id`, whose sign says whether
+-- the driver must run in this cycle (then it is kicked).
+local function pending_id(st, id)
+    if id < 0 then
+        kick(st)
+        return -id
+    end
+    return id
+end
+
+
+-- Waits for the task of a pending raw call's result `id` (see pending_id)
+-- to finish; returns its results. (pending_id is called here, not by the
+-- caller: a trace that LuaJIT starts in it must not return to the vararg
+-- frame of finish(), which it cannot compile.)
 local function wait(st, id, timeout)
+    id = pending_id(st, id)
     local ok, err = need_driver(st, id)
     if not ok then
         return nil, err
@@ -468,17 +483,6 @@ local function wait(st, id, timeout)
 end
 
 
--- The task id of a pending raw call's result `id`, whose sign says whether
--- the driver must run in this cycle (then it is kicked).
-local function pending_id(st, id)
-    if id < 0 then
-        kick(st)
-        return -id
-    end
-    return id
-end
-
-
 -- Turns what a raw function returned into the caller's results: `true,
 -- ...` (finished), `nil, message` (misuse) or a task id (pending; negative
 -- when the driver must run in this cycle).
@@ -491,7 +495,7 @@ local function finish(st, timeout, ok, ...)
         -- tail-called, so the wrapper's frame is gone)
         error((...), 2)
     end
-    return wait(st, pending_id(st, ok), timeout)
+    return wait(st, ok, timeout)
 end
 
 
