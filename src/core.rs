@@ -15,9 +15,10 @@ use crate::values::{Bytes, Sendable};
 /// Longest `async.sleep` (one year): longer ones are almost surely a bug.
 pub const MAX_SLEEP: f64 = 365.0 * 86400.0;
 
-/// A string argument, taken as Lua's own functions take one
-/// (`luaL_checklstring`): a number is converted. mlua copies a string
-/// straight off the stack into the `BString`; `Right` is anything else.
+/// A string argument: as with Lua's own functions (`luaL_checklstring`),
+/// a number is converted (a missing argument reads as nil). mlua copies a
+/// string straight off the stack into the `BString`; `Right` is anything
+/// else.
 type StringArg = Either<BString, Value>;
 
 fn string_arg(arg: StringArg, pos: usize, fname: &str) -> Result<Vec<u8>, String> {

@@ -177,7 +177,7 @@ impl Module {
 
     /// Like [`Module::add_raw_async`] for a blocking call: `f` validates
     /// the arguments and returns the job, which runs on the pool as a task
-    /// of its own, without a future (see `jobs.rs`).
+    /// of its own, without a future (see `plain.rs`).
     pub(crate) fn add_raw_blocking<A, F, J>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
     where
         A: FromLuaMulti,
@@ -408,7 +408,7 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
     // tasks (see the module docs) as results: no table writes, each would
     // be a protected call into Lua. next_ms is the time to the next timer
     // (-1: none); rearm: an earlier timer appeared than the one the driver
-    // sleeps towards; nstr: pairs left for strings().
+    // sleeps towards; nstr: pairs waiting for strings().
     t.raw_set(
         "poll",
         lua.create_function(|lua, arm: bool| {
@@ -417,15 +417,12 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
             // follow.
             let mut out = MultiValue::with_capacity(16);
             out.extend([Value::Nil, Value::Nil, Value::Nil, Value::Nil]);
-            let mut nstr = 0;
             let next = rt.poll(arm, |id| match rt.take_single(lua, id) {
                 Some(Single::Value(v)) => out.extend([Value::Number(id_value(id)), v]),
-                Some(Single::Bytes(b)) => {
-                    values::outbox_put(id_value(id), b);
-                    nstr += 1;
-                }
+                Some(Single::Bytes(b)) => values::outbox_put(id_value(id), b),
                 None => out.extend([Value::Number(-id_value(id)), Value::Nil]),
             });
+            let nstr = values::outbox_len();
             let n = out.len() - 4;
             out[0] = Value::Number(next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0));
             out[1] = Value::Boolean(!arm && rt.take_rearm());

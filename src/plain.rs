@@ -13,6 +13,7 @@
 //! come from the executor: the kinds of task share one id space.
 
 use std::cell::{Cell, RefCell};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
@@ -20,12 +21,12 @@ use std::time::Instant;
 
 use mlua::{Lua, Value};
 
-use crate::executor::{IdMap, Outcome, TaskId};
+use crate::executor::{IdMap, Outcome, Panicked, TaskId};
 use crate::pool::{Pool, PoolError, Tagged, WakeUp};
 use crate::runtime::LuaOutput;
 use crate::socket::Notifier;
 use crate::timer::{Key, Timers};
-use crate::values::{Bytes, Sendable};
+use crate::values::{self, Bytes, Sendable};
 
 enum Kind {
     /// A pool job, and its result once done.
@@ -161,12 +162,13 @@ impl PlainTasks {
     }
 
     /// The result of a finished task if it is one value other than nil,
-    /// which frees its slot: one string as its bytes, not yet a Lua string
-    /// (see `values::outbox_put`). Otherwise the task keeps its outcome for
+    /// which frees its slot: one string (up to
+    /// [`values::MAX_OUTBOX_STRING`] bytes) as its bytes, not yet a Lua
+    /// string (see `values::outbox_put`). Otherwise the task keeps its outcome for
     /// [`PlainTasks::take_if`].
     pub(crate) fn take_single(&self, lua: &Lua, id: TaskId) -> Option<Single> {
         match self.fresh(id)? {
-            Some(Ok(Sendable::Bytes(bytes))) => {
+            Some(Ok(Sendable::Bytes(bytes))) if bytes.len() <= values::MAX_OUTBOX_STRING => {
                 let slot = self.slots.borrow_mut().remove(&id);
                 if let Some(slot) = slot {
                     self.retire(slot.kind);
@@ -263,6 +265,12 @@ impl PlainTasks {
         self.slots.borrow().len()
     }
 
+    /// Counts a task that was done at once (a zero sleep; a job the pool
+    /// refused) and so never had a slot.
+    pub(crate) fn count_ready(&self) {
+        self.completed.set(self.completed.get() + 1);
+    }
+
     /// Tasks done.
     pub(crate) fn completed(&self) -> u64 {
         self.completed.get()
@@ -276,9 +284,14 @@ impl PlainTasks {
 
 /// A job's result as a task outcome: a panic as the executor reports a
 /// task's, the pool's other errors as `nil, message`.
+///
+/// The conversion runs the result type's `IntoLuaMulti`, user code: a
+/// panic in it is the task's panic, as it is in a future's poll, and does
+/// not escape the driver's poll (which would lose the other results it
+/// took).
 fn outcome(lua: &Lua, res: Result<Sendable, PoolError>) -> Outcome<LuaOutput> {
     match res {
-        Ok(values) => Ok(values.into_lua(lua)),
+        Ok(values) => catch_unwind(AssertUnwindSafe(|| values.into_lua(lua))).map_err(Panicked::from_payload),
         Err(PoolError::Panicked(p)) => Err(p),
         Err(e) => Ok(Err(mlua::Error::RuntimeError(e.to_string()))),
     }

@@ -456,9 +456,13 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let cell = self.submit(f, None)?;
+        // The handle first: if no thread can start, dropping it on the way
+        // out makes sure the queued job never runs.
+        let task = BlockingTask {
+            cell: self.submit(f, None)?,
+        };
         self.wake()?;
-        Ok(BlockingTask { cell })
+        Ok(task)
     }
 
     /// Queues `f` without waking a thread for it: the caller owes a
@@ -471,9 +475,11 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let cell = self.submit(f, None)?;
+        let task = BlockingTask {
+            cell: self.submit(f, None)?,
+        };
         self.wake_first()?;
-        Ok(BlockingTask { cell })
+        Ok(task)
     }
 
     /// Sets the function told the tag of each [`Tagged`] job that has run
@@ -498,12 +504,14 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let cell = self.submit(f, Some(tag))?;
+        let job = Tagged {
+            cell: self.submit(f, Some(tag))?,
+        };
         match wake {
             WakeUp::Now => self.wake()?,
             WakeUp::Deferred => self.wake_first()?,
         }
-        Ok(Tagged { cell })
+        Ok(job)
     }
 
     /// Wakes (starts) a thread if none was started yet: a deferred job is

@@ -64,8 +64,9 @@ pub(crate) type LuaOutput = mlua::Result<LuaValues>;
 /// Counters of the runtime, as `async.stats()` reports them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// Task counters: the executor's, with the pool jobs of blocking calls
-    /// (which have no future: their `polls` are not counted).
+    /// Task counters: the executor's, with its plain tasks (the pool jobs
+    /// of blocking calls and `async.sleep`s, which have no future: no
+    /// `polls`).
     pub executor: ExecutorStats,
     /// Blocking pool counters.
     pub pool: PoolStats,
@@ -235,7 +236,10 @@ impl Runtime {
                 }
                 Spawned::Pending(id)
             }
-            Err(e) => Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(e.to_string())))),
+            Err(e) => {
+                self.plain.count_ready();
+                Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(e.to_string()))))
+            }
         }
     }
 
@@ -243,6 +247,7 @@ impl Runtime {
     /// result is `true` once `dur` has passed; ready at once for zero.
     pub(crate) fn spawn_sleep(&self, dur: Duration) -> Spawned<LuaOutput> {
         if dur.is_zero() {
+            self.plain.count_ready();
             return Spawned::Ready(Ok(Ok(LuaValues::One(mlua::Value::Boolean(true)))));
         }
         let id = self.executor.next_id();

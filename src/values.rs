@@ -41,15 +41,29 @@ thread_local! {
 /// Most `id, string` pairs one call of [`push_outbox`] pushes.
 pub(crate) const MAX_OUTBOX_PAIRS: usize = 512;
 
+/// Longest string that goes through the outbox. A longer one is made by
+/// [`create`], under a protected call: a memory error then fails that one
+/// call (`nil, message`) instead of the batch of [`push_outbox`].
+pub(crate) const MAX_OUTBOX_STRING: usize = 64 * 1024;
+
 /// Leaves the one-string result of task `id` for [`push_outbox`], which the
 /// driver calls right after its poll.
 pub(crate) fn outbox_put(id: f64, bytes: Bytes) {
     OUTBOX.with(|o| o.borrow_mut().push((id, bytes)));
 }
 
+/// Results waiting in the outbox: this poll's, and any an earlier one left
+/// (its driver died before it took them).
+pub(crate) fn outbox_len() -> usize {
+    OUTBOX.with(|o| o.borrow().len())
+}
+
 /// The control function `strings()`: pushes the results [`outbox_put`]
 /// left, as `id, string` pairs (at most [`MAX_OUTBOX_PAIRS`]; the driver
 /// calls it again for the rest), and returns how many values it pushed.
+/// Only strings of at most [`MAX_OUTBOX_STRING`] bytes come here, so only
+/// running out of memory can raise in it; the pairs popped by then are
+/// lost (their callers wait out their timeouts).
 ///
 /// The strings are made right here, by `lua_pushlstring`, instead of
 /// through mlua: a Lua string mlua makes (see [`create`]) needs a protected
@@ -58,7 +72,7 @@ pub(crate) fn outbox_put(id: f64, bytes: Bytes) {
 /// Rust, so a memory error raised by `lua_checkstack` or `lua_pushlstring`
 /// is an ordinary Lua error: it unwinds through this frame (a `C-unwind`
 /// function: allowed; no `catch_unwind` is on the way) to the driver's
-/// `pcall`. The results not pushed yet stay for the next call.
+/// `pcall`. The results not popped yet stay for the next poll.
 pub(crate) unsafe extern "C-unwind" fn push_outbox(state: *mut ffi::lua_State) -> c_int {
     let n = OUTBOX.with(|o| o.borrow().len()).min(MAX_OUTBOX_PAIRS);
     // SAFETY: `state` is the running state (lua_CFunction protocol). A

@@ -126,6 +126,12 @@ nilsync says no
             ngx.say(ex.panic_after(5))
             ngx.say(ex.panic_after(0))
             ngx.say(ex.blocking_panic("pool job exploded"))
+            -- a result that panics as it becomes a Lua value, finished in
+            -- the same poll as another call's: each caller gets its own
+            local a = ngx.thread.spawn(ex.conversion_panic)
+            local b = ngx.thread.spawn(ex.count_words, "one two three")
+            ngx.say(select(2, ngx.thread.wait(a)))
+            ngx.say(select(2, ngx.thread.wait(b)))
             ngx.say(ex.sync_panic())
             -- everything still works
             ngx.say(ex.block_ms(1), " ", ex.echo_after("alive", 1), " ", ex.add(2, 2))
@@ -137,6 +143,8 @@ nilsync says no
 nilrust function panicked: example panic after 5 ms
 nilrust function panicked: example panic after 0 ms
 nilrust function panicked: pool job exploded
+nilrust function panicked: conversion exploded
+3
 nilrust function panicked: sync panic
 1 alive 4
 in_flight=0 pool_threads>0: true

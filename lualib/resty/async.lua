@@ -240,12 +240,19 @@ local function reader(st, sock)
         local data, err = sock:receiveany(4096)
         if not data then
             if err ~= "timeout" then
-                st.reader_err = err
+                st.reader_err = "completion socket: " .. tostring(err)
                 kick(st)
                 return
             end
         else
-            local _, rearm = run_poll(st, false)
+            -- protected: an error must reach the driver (which restarts),
+            -- not end this light thread quietly
+            local ok, res, rearm = pcall(run_poll, st, false)
+            if not ok then
+                st.reader_err = "poll failed: " .. tostring(res)
+                kick(st)
+                return
+            end
             if rearm then
                 kick(st)
             end
@@ -327,7 +334,7 @@ local function drive(st)
         local next_ms = run_poll(st, true)
 
         if st.reader_err then
-            return nil, "completion socket: " .. st.reader_err
+            return nil, st.reader_err
         end
 
         if st.nwaiting == 0 and exiting() then

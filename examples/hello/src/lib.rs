@@ -15,6 +15,15 @@ use resty_async::Module;
 /// Futures of `guarded_sleep` dropped so far (finished or cancelled).
 static DROPPED: AtomicUsize = AtomicUsize::new(0);
 
+/// A result whose conversion to Lua panics.
+struct PanicsIntoLua;
+
+impl IntoLua for PanicsIntoLua {
+    fn into_lua(self, _lua: &Lua) -> LuaResult<LuaValue> {
+        panic!("conversion exploded")
+    }
+}
+
 struct DropGuard;
 
 impl Drop for DropGuard {
@@ -132,6 +141,8 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
     m.add_blocking("blocking_panic", |msg: String| -> Result<(), String> {
         panic!("{msg}")
     })?;
+    // Its result panics when it is made into a Lua value, on the worker.
+    m.add_blocking("conversion_panic", |()| Ok::<_, String>(PanicsIntoLua))?;
 
     // --- plain sync functions --------------------------------------------
     m.add_function("add", |_, (a, b): (f64, f64)| Ok(a + b))?;
