@@ -3,8 +3,9 @@
 //!
 //! A Lua handler calls a function of a module built with [`Module`]; the
 //! function spawns a task on this worker's single-threaded executor and
-//! polls it once. If it is not finished, the handler's light thread waits on
-//! an `ngx.semaphore` while nginx serves other requests. Wake-ups from any
+//! polls it once (a blocking function's job goes straight to the pool, as a
+//! task without a future). If it is not finished, the handler's light
+//! thread waits on an `ngx.semaphore` while nginx serves other requests. Wake-ups from any
 //! thread (the blocking pool, a `std::thread`, another runtime) write a byte
 //! to a per-worker unix socket that a cosocket in an `ngx.timer` driver
 //! reads; the driver runs the ready tasks on the worker thread and posts the
