@@ -84,7 +84,7 @@ impl Module {
         Fut: Future<Output = mlua::Result<R>> + 'static,
     {
         let fname = name.to_owned();
-        self.add_raw_async(name, move |lua, args: MultiValue| {
+        self.add_raw_async(name, move |lua, args| {
             let args = A::from_lua_args(args, 1, Some(&fname), lua).map_err(|e| error_message(&e))?;
             Ok(f(lua.clone(), args))
         })
@@ -143,7 +143,7 @@ impl Module {
         guard_lua_async(&self.lua, &f).map_err(|e| {
             mlua::Error::RuntimeError(format!("add_lua_async(\"{name}\"): {}", error_message(&e)))
         })?;
-        self.add_raw_async(name, move |_lua, args: MultiValue| {
+        self.add_raw_async(name, move |_lua, args| {
             let f = f.clone();
             Ok(async move { f.call_async::<MultiValue>(args).await })
         })
@@ -157,18 +157,14 @@ impl Module {
     }
 
     /// A future: `f` validates the arguments (`Err(message)` is raised in
-    /// the caller) and returns the future to run. `A` must be a
-    /// conversion that cannot fail (`MultiValue`, or a tuple of `Value`s:
-    /// those take the arguments off the stack without an allocation), so
-    /// that `f` reports every misuse.
-    pub(crate) fn add_raw_async<A, F, Fut, R>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
+    /// the caller) and returns the future to run.
+    fn add_raw_async<F, Fut, R>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
     where
-        A: FromLuaMulti,
-        F: Fn(&Lua, A) -> Result<Fut, String> + 'static,
+        F: Fn(&Lua, MultiValue) -> Result<Fut, String> + 'static,
         Fut: Future<Output = mlua::Result<R>> + 'static,
         R: IntoLuaMulti + 'static,
     {
-        self.add_raw(name, move |lua, rt, args: A| {
+        self.add_raw(name, move |lua, rt, args: MultiValue| {
             let fut = f(lua, args)?;
             let lua = lua.clone();
             Ok(rt.spawn(async move { fut.await.and_then(|r| values::convert(&lua, r)) }))
@@ -189,7 +185,9 @@ impl Module {
 
     /// The lowest level of the waiting kinds: `f` validates the arguments
     /// (`Err(message)` is raised in the caller) and spawns a task on the
-    /// runtime (the raw calling convention of the module docs).
+    /// runtime (the raw calling convention of the module docs). `A` must be
+    /// a conversion that cannot fail (`MultiValue`, a tuple of `Value`s, an
+    /// `Either<_, Value>`), so that `f` reports every misuse.
     pub(crate) fn add_raw<A, F>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
     where
         A: FromLuaMulti,

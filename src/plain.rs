@@ -54,6 +54,21 @@ pub(crate) enum Single {
     Bytes(Bytes),
 }
 
+impl Single {
+    /// Whether `out` is one value other than nil.
+    pub(crate) fn fits(out: &Outcome<LuaOutput>) -> bool {
+        matches!(out, Ok(Ok(v)) if v.is_single())
+    }
+
+    /// That value, when [`Single::fits`] took `out`.
+    pub(crate) fn of(out: Outcome<LuaOutput>) -> Option<Single> {
+        match out {
+            Ok(Ok(values)) => Some(Single::Value(values.into_first())),
+            _ => None,
+        }
+    }
+}
+
 /// The plain tasks of a runtime. See the module docs.
 pub(crate) struct PlainTasks {
     done_rx: Receiver<TaskId>,
@@ -178,10 +193,7 @@ impl PlainTasks {
             Some(res) => self.settle(lua, id, res)?,
             None => {}
         }
-        match self.take_settled(id, |out| matches!(out, Ok(Ok(v)) if v.is_single()))? {
-            Ok(Ok(values)) => Some(Single::Value(values.into_first())),
-            _ => None,
-        }
+        Single::of(self.take_settled(id, Single::fits)?)
     }
 
     /// A finished task's result, taken from its job the first time

@@ -456,13 +456,8 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        // The handle first: if no thread can start, dropping it on the way
-        // out makes sure the queued job never runs.
-        let task = BlockingTask {
-            cell: self.submit(f, None)?,
-        };
-        self.wake()?;
-        Ok(task)
+        let cell = self.queue(f, None, WakeUp::Now)?;
+        Ok(BlockingTask { cell })
     }
 
     /// Queues `f` without waking a thread for it: the caller owes a
@@ -475,11 +470,8 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let task = BlockingTask {
-            cell: self.submit(f, None)?,
-        };
-        self.wake_first()?;
-        Ok(task)
+        let cell = self.queue(f, None, WakeUp::Deferred)?;
+        Ok(BlockingTask { cell })
     }
 
     /// Sets the function told the tag of each [`Tagged`] job that has run
@@ -504,24 +496,30 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let job = Tagged {
-            cell: self.submit(f, Some(tag))?,
-        };
-        match wake {
-            WakeUp::Now => self.wake()?,
-            WakeUp::Deferred => self.wake_first()?,
-        }
-        Ok(job)
+        let cell = self.queue(f, Some(tag), wake)?;
+        Ok(Tagged { cell })
     }
 
-    /// Wakes (starts) a thread if none was started yet: a deferred job is
-    /// then not left waiting for a wake-up, and a failure to start one is
-    /// reported with the first job.
-    fn wake_first(&self) -> Result<(), PoolError> {
-        if self.shared.counters.threads.load(Ordering::Acquire) == 0 {
-            self.wake()?;
+    /// Queues `f` and wakes a thread as `wake` says. With
+    /// [`WakeUp::Deferred`], a thread is still started at once when none
+    /// was yet: the job is then not left waiting for a wake-up, and a
+    /// failure to start one is reported with the first job. When no thread
+    /// can start, the job is closed before the error returns: it never
+    /// runs, even once a later call starts a thread.
+    fn queue<T, F>(&self, f: F, tag: Option<u64>, wake: WakeUp) -> Result<Arc<dyn Collect<T>>, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let cell = self.submit(f, tag)?;
+        let no_thread = self.shared.counters.threads.load(Ordering::Acquire) == 0;
+        if wake == WakeUp::Now || no_thread {
+            if let Err(e) = self.wake() {
+                cell.leave();
+                return Err(e);
+            }
         }
-        Ok(())
+        Ok(cell)
     }
 
     fn submit<T, F>(&self, f: F, tag: Option<u64>) -> Result<Arc<dyn Collect<T>>, PoolError>

@@ -414,11 +414,7 @@ impl Runtime {
     /// [`Runtime::take`]. One string of a plain task comes as its bytes.
     pub(crate) fn take_single(&self, lua: &mlua::Lua, id: TaskId) -> Option<Single> {
         if self.executor.contains(id) {
-            let single = |out: &Outcome<LuaOutput>| matches!(out, Ok(Ok(v)) if v.is_single());
-            match self.executor.take_if(id, single)? {
-                Ok(Ok(values)) => Some(Single::Value(values.into_first())),
-                _ => None,
-            }
+            Single::of(self.executor.take_if(id, Single::fits)?)
         } else {
             self.plain.take_single(lua, id)
         }
@@ -451,7 +447,7 @@ impl Runtime {
     /// Current counters.
     pub fn stats(&self) -> Stats {
         let mut executor = self.executor.stats();
-        executor.in_flight += self.plain.len();
+        executor.in_flight = self.in_flight();
         executor.completed += self.plain.completed();
         executor.cancelled += self.plain.cancelled();
         Stats {

@@ -185,6 +185,14 @@ local function forget(st, id)
 end
 
 
+-- Hands over the `n` values of `t`, `id, value` pairs.
+local function dispatch_table(st, t, n)
+    for i = 1, n, 2 do
+        finished(st, t[i], t[i + 1])
+    end
+end
+
+
 -- Hands over the `id, value` pairs in `...`; returns how many values.
 local function dispatch_pairs(st, ...)
     local n = select("#", ...)
@@ -193,10 +201,7 @@ local function dispatch_pairs(st, ...)
     elseif n > 0 then
         -- one copy of the values (select(i, ...) in a loop would copy the
         -- rest of them for each pair)
-        local t = { ... }
-        for i = 1, n, 2 do
-            finished(st, t[i], t[i + 1])
-        end
+        dispatch_table(st, { ... }, n)
     end
     return n
 end
@@ -206,10 +211,7 @@ local function dispatch(st, next_ms, rearm, nstr, n, ...)
     if n >= 0 then
         dispatch_pairs(st, ...)
     else
-        local t = ...
-        for i = 1, -n, 2 do
-            finished(st, t[i], t[i + 1])
-        end
+        dispatch_table(st, (...), -n)
     end
     -- the results that are one string, made into Lua strings by
     -- rt.strings() (a C function: no protected call per string)
