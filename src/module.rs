@@ -455,13 +455,7 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set(
         "configure",
         lua.create_function(
-            |lua,
-             (threads, max_queue, base_dir, pool_nice): (
-                Option<usize>,
-                Option<usize>,
-                Option<String>,
-                Option<i32>,
-            )| {
+            |lua, (threads, max_queue, base_dir, pool_nice, pool_cpus): ConfigureArgs| {
                 let mut c: Config = Runtime::config();
                 if let Some(n) = threads {
                     c.threads = n;
@@ -475,6 +469,9 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
                 if let Some(d) = base_dir {
                     c.base_dir = d.into();
                 }
+                if let Some(cpus) = pool_cpus {
+                    c.pool_cpus = cpus;
+                }
                 match Runtime::configure(c) {
                     Ok(()) => true.into_lua_multi(lua),
                     Err(e) => failure(lua, &e),
@@ -484,6 +481,16 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
     )?;
     Ok(t)
 }
+
+/// The arguments of `rt.configure`, in the order the Lua library passes
+/// them: threads, max_queue, base_dir, pool_nice, pool_cpus (nil: keep).
+type ConfigureArgs = (
+    Option<usize>,
+    Option<usize>,
+    Option<String>,
+    Option<i32>,
+    Option<Vec<usize>>,
+);
 
 fn stats_table(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;

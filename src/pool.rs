@@ -117,6 +117,9 @@ struct Shared {
     /// The nice value a thread takes after its first long job (None: keep
     /// the priority of the thread that made the pool).
     long_job_nice: Option<i32>,
+    /// The CPUs threads may run on (None: those of the thread that starts
+    /// them, as usual).
+    cpus: Option<Box<[usize]>>,
     spawn_lock: Mutex<()>,
 }
 
@@ -134,15 +137,45 @@ impl Shared {
         }
         let shared = Arc::clone(self);
         self.searching.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = std::thread::Builder::new()
-            .name(format!("resty-async-{n}"))
-            .spawn(move || worker(&shared))
-        {
+        let started = match &self.cpus {
+            None => std::thread::Builder::new()
+                .name(format!("resty-async-{n}"))
+                .spawn(move || worker(&shared))
+                .map(drop),
+            Some(cpus) => self.spawn_pinned(n, cpus, shared),
+        };
+        if let Err(e) = started {
             self.searching.fetch_sub(1, Ordering::SeqCst);
             return Err(e);
         }
         self.counters.threads.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Starts thread `n`, which first moves to `cpus` and runs no job if it
+    /// cannot: its error is ours.
+    fn spawn_pinned(&self, n: usize, cpus: &[usize], shared: Arc<Shared>) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let to = Box::<[usize]>::from(cpus);
+        std::thread::Builder::new()
+            .name(format!("resty-async-{n}"))
+            .spawn(move || {
+                let pinned = crate::sys::pin_thread(&to);
+                let ok = pinned.is_ok();
+                let _ = tx.send(pinned);
+                if ok {
+                    worker(&shared);
+                }
+            })?;
+        let cpu_list = |e: std::io::Error| {
+            let list: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+            std::io::Error::new(e.kind(), format!("cannot run on CPUs {}: {e}", list.join(",")))
+        };
+        match rx.recv() {
+            Ok(pinned) => pinned.map_err(cpu_list),
+            // It ended (a panic) before it said.
+            Err(_) => Err(cpu_list(std::io::Error::other("the thread ended"))),
+        }
     }
 
     /// Wakes the most recently parked idle thread, if any.
@@ -442,10 +475,29 @@ impl Pool {
                 counters: Counters::default(),
                 max_threads: threads.max(1),
                 long_job_nice,
+                cpus: None,
                 spawn_lock: Mutex::new(()),
             }),
             max_queue,
         }
+    }
+
+    /// Makes the pool's threads run only on `cpus` (CPU numbers, as in
+    /// `taskset -c`; Linux, elsewhere ignored), instead of the CPUs of the
+    /// thread that starts them, e.g. to keep CPU jobs off a core an nginx
+    /// worker is pinned to (`worker_cpu_affinity`). A thread that cannot
+    /// move there (a CPU number of 1024 or more, or no CPU of the set is
+    /// online and in the process's cpuset) does not start: the error comes
+    /// back as a thread start failure ([`PoolError::Lost`] when the pool
+    /// has no thread at all). An empty list changes nothing.
+    ///
+    /// # Panics
+    ///
+    /// If the pool has started a thread: call it before the first job.
+    pub fn with_cpus(mut self, cpus: &[usize]) -> Pool {
+        let shared = Arc::get_mut(&mut self.shared).expect("Pool::with_cpus: called before the first job");
+        shared.cpus = (!cpus.is_empty()).then(|| cpus.into());
+        self
     }
 
     /// Queues `f`; the returned future resolves to its result.

@@ -36,6 +36,9 @@ pub struct Config {
     /// value stops at 19): long CPU jobs give the CPU to the event loop
     /// first (see [`crate::pool::NICE_AFTER`]).
     pub pool_nice: i32,
+    /// The CPUs pool threads run on, as `taskset -c` numbers them (empty:
+    /// those of the worker, which starts them). See [`Pool::with_cpus`].
+    pub pool_cpus: Vec<usize>,
 }
 
 /// Upper bounds for [`Config`] values (the pool is clamped to them).
@@ -54,6 +57,7 @@ impl Default for Config {
             threads: sys::cpus(),
             max_queue: 1024,
             pool_nice: DEFAULT_POOL_NICE,
+            pool_cpus: Vec::new(),
         }
     }
 }
@@ -122,7 +126,8 @@ impl Runtime {
             config.threads.min(MAX_THREADS),
             config.max_queue.min(MAX_QUEUE),
             config.pool_nice,
-        );
+        )
+        .with_cpus(&config.pool_cpus);
         let timers = Timers::new();
         Runtime {
             forked: sys::watch_forks(),
@@ -178,11 +183,20 @@ impl Runtime {
     /// exists, only an identical configuration is accepted.
     pub fn configure(mut config: Config) -> Result<(), String> {
         config.pool_nice = config.pool_nice.clamp(0, 19);
+        config.pool_cpus.sort_unstable();
+        config.pool_cpus.dedup();
+        let ncpus = sys::cpus_configured();
+        if let Some(&cpu) = config.pool_cpus.iter().find(|&&c| c >= ncpus) {
+            return Err(format!(
+                "pool_cpus: no CPU {cpu} on this machine (its CPUs are 0 to {})",
+                ncpus - 1
+            ));
+        }
         if let Some(rt) = Runtime::existing() {
             if rt.config != config {
                 return Err(format!(
                     "the runtime of this worker is already running with {:?}; \
-                     configure threads, max_queue, base_dir and pool_nice before the first call",
+                     configure threads, max_queue, base_dir, pool_nice and pool_cpus before the first call",
                     rt.config
                 ));
             }

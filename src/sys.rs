@@ -1,5 +1,5 @@
 //! The few system calls std does not wrap: peer credentials, `mkdtemp`,
-//! `getpid`. Every `unsafe` block of the crate that talks to libc lives here.
+//! `getpid`, thread priorities and CPU affinity. Every `unsafe` block of the crate that talks to libc lives here.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -113,6 +113,49 @@ pub(crate) fn forks() -> u64 {
 /// Number of CPUs this process may run on.
 pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The highest CPU number [`pin_thread`] takes, plus one (glibc's
+/// `CPU_SETSIZE`).
+pub(crate) const MAX_CPUS: usize = 1024;
+
+/// Number of CPUs the system has configured, online or not
+/// (`_SC_NPROCESSORS_CONF`): CPU numbers go from 0 to this minus 1.
+pub(crate) fn cpus_configured() -> usize {
+    // SAFETY: sysconf has no preconditions; no pointers are involved.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    if n < 1 {
+        cpus()
+    } else {
+        n as usize
+    }
+}
+
+/// Lets the calling thread run only on `cpus` (Linux `sched_setaffinity`;
+/// elsewhere nothing). Numbers of [`MAX_CPUS`] or more are an error, as is
+/// a set with no CPU this thread may use (offline, or outside its cpuset).
+pub(crate) fn pin_thread(cpus: &[usize]) -> io::Result<()> {
+    if let Some(&cpu) = cpus.iter().find(|&&c| c >= MAX_CPUS) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is out of range (0 to {})", MAX_CPUS - 1),
+        ));
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: cpu_set_t is a plain bit array, valid when zeroed (the
+        // empty set, as CPU_ZERO makes it).
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in cpus {
+            // SAFETY: `cpu` < CPU_SETSIZE (checked above), so CPU_SET
+            // writes inside `set`.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        // SAFETY: pid 0 is the calling thread on Linux; `set` is a valid
+        // cpu_set_t of the size passed, and outlives the call.
+        syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set))?;
+    }
+    Ok(())
 }
 
 /// The nice value of the calling thread (Linux keeps one per thread;

@@ -405,3 +405,44 @@ stats: pool_nice=10
 --- response_body
 same as the worker: true
 stats: pool_nice=0
+
+
+
+=== TEST 11: configure{ pool_cpus = ... } runs pool threads on those CPUs only
+--- init_by_lua_block
+        assert(async.configure{ threads = 2, pool_cpus = { 0 } })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            local worker = assert(ex.thread_cpus())
+            ngx.say("pool thread: ", assert(ex.pool_thread_cpus()))
+            -- two jobs at once: two threads
+            local a = ngx.thread.spawn(ex.block_ms, 20)
+            local b = ngx.thread.spawn(ex.pool_thread_cpus)
+            local _, cpus = ngx.thread.wait(b)
+            assert(ngx.thread.wait(a))
+            ngx.say("another pool thread: ", cpus)
+            ngx.say("the worker keeps its CPUs: ", ex.thread_cpus() == worker)
+        }
+    }
+--- response_body
+pool thread: 0
+another pool thread: 0
+the worker keeps its CPUs: true
+
+
+
+=== TEST 12: pool_cpus naming a CPU the machine lacks is refused
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ok, err = async.configure{ pool_cpus = { 0, 1023 } }
+            ngx.say(ok, ": ", err)
+            ngx.say("still runs: ", async.sha256("x") ~= nil)
+        }
+    }
+--- response_body_like
+^nil: pool_cpus: no CPU 1023 on this machine \(its CPUs are 0 to \d+\)
+still runs: true$

@@ -72,6 +72,11 @@ log: resty.async: sleep() cannot wait in the log phase
             try(async.configure, { pool_nice = 20 })
             try(async.configure, { pool_nice = -1 })
             try(async.configure, { pool_nice = 0.5 })
+            try(async.configure, { pool_cpus = 1 })
+            try(async.configure, { pool_cpus = { -1 } })
+            try(async.configure, { pool_cpus = { 1.5 } })
+            try(async.configure, { pool_cpus = { "1" } })
+            try(async.configure, { pool_cpus = { cpu = 1 } })
             try(async.register, {})
             ngx.say("still fine: ", async.sleep(0.001))
         }
@@ -89,6 +94,11 @@ false bad argument #1 to 'configure' (timeout must be a finite number > 0)
 false bad argument #1 to 'configure' (option 'pool_nice' must be an integer from 0 to 19)
 false bad argument #1 to 'configure' (option 'pool_nice' must be an integer from 0 to 19)
 false bad argument #1 to 'configure' (option 'pool_nice' must be an integer from 0 to 19)
+false bad argument #1 to 'configure' (option 'pool_cpus': table expected, got number)
+false bad argument #1 to 'configure' (option 'pool_cpus' must be a list of CPU numbers from 0 to 1023)
+false bad argument #1 to 'configure' (option 'pool_cpus' must be a list of CPU numbers from 0 to 1023)
+false bad argument #1 to 'configure' (option 'pool_cpus' must be a list of CPU numbers from 0 to 1023)
+false bad argument #1 to 'configure' (option 'pool_cpus' must be a list of CPU numbers from 0 to 1023)
 false bad argument #1 to 'register' (the raw table of a resty-async module expected)
 still fine: true
 

@@ -379,3 +379,64 @@ fn threads_park_as_batch_while_the_caller_is_busy() {
     // The caller's own policy is untouched.
     assert_eq!(thread_policy(), 0);
 }
+
+/// The CPUs the calling thread may run on, as /proc lists them ("0-3,6").
+#[cfg(target_os = "linux")]
+fn cpus_allowed() -> String {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn threads_run_on_the_cpus_they_are_given() {
+    let mine = cpus_allowed();
+    // The highest CPU this test may use (its list ends with it).
+    let last: usize = mine.rsplit([',', '-']).next().unwrap().parse().unwrap();
+    let pool = Pool::new(2, 4).with_cpus(&[last]);
+    // Two jobs that wait for each other: two threads, the second started
+    // by the first (it leaves a backlog behind), both on that CPU.
+    let both = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let jobs: Vec<_> = (0..2)
+        .map(|_| {
+            let both = std::sync::Arc::clone(&both);
+            pool.spawn(move || {
+                both.wait();
+                cpus_allowed()
+            })
+            .unwrap()
+        })
+        .collect();
+    for job in jobs {
+        assert_eq!(block_on(job).unwrap(), last.to_string());
+    }
+    assert_eq!(pool.stats().threads, 2);
+    // The caller's own CPUs are untouched.
+    assert_eq!(cpus_allowed(), mine);
+    // No list: the threads inherit the caller's.
+    let plain = Pool::new(1, 4).with_cpus(&[]);
+    assert_eq!(block_on(plain.spawn(cpus_allowed).unwrap()).unwrap(), mine);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn cpus_a_thread_cannot_run_on_lose_the_job_with_the_reason() {
+    for (cpu, why) in [(5000, "out of range"), (1023, "Invalid argument")] {
+        if cpu == 1023 && std::path::Path::new("/sys/devices/system/cpu/cpu1023").exists() {
+            continue;
+        }
+        let pool = Pool::new(1, 4).with_cpus(&[cpu]);
+        match pool.spawn(|| 1) {
+            Err(PoolError::Lost(e)) => {
+                assert!(e.contains(&format!("cannot run on CPUs {cpu}: ")), "{e}");
+                assert!(e.contains(why), "{e}");
+            }
+            other => panic!("expected a lost job, got {other:?}"),
+        }
+        assert_eq!(pool.stats().threads, 0);
+    }
+}

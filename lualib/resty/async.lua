@@ -80,6 +80,7 @@ local config = {
     max_queue = nil,
     base_dir = nil,
     pool_nice = nil,
+    pool_cpus = nil,
 }
 
 -- One state per runtime (Rust library), keyed by the runtime's id.
@@ -593,7 +594,8 @@ function _M.register(raw)
         states[id] = st
         nstates = nstates + 1
         local ok, err = st.rt.configure(config.threads, config.max_queue,
-                                        config.base_dir, config.pool_nice)
+                                        config.base_dir, config.pool_nice,
+                                        config.pool_cpus)
         if not ok then
             ngx_log(WARN, "resty.async: ", st.name, ": ", err)
         end
@@ -620,7 +622,26 @@ local OPTIONS = {
     max_queue = "number",
     base_dir = "string",
     pool_nice = "number",
+    pool_cpus = "table",
 }
+
+
+-- A copy of `cpus` if it is a list of CPU numbers, else nil.
+local function cpu_list(cpus)
+    local out, n = {}, 0
+    for _ in pairs(cpus) do
+        n = n + 1
+    end
+    for i = 1, n do
+        local c = cpus[i]
+        if type(c) ~= "number" or c ~= c or c < 0 or c > 1023 or c % 1 ~= 0
+        then
+            return nil
+        end
+        out[i] = c
+    end
+    return out
+end
 
 
 function _M.configure(opts)
@@ -656,12 +677,22 @@ function _M.configure(opts)
               .. "an integer from 0 to 19)", 2)
     end
 
+    local pool_cpus = config.pool_cpus
+    if opts.pool_cpus ~= nil then
+        pool_cpus = cpu_list(opts.pool_cpus)
+        if not pool_cpus then
+            error("bad argument #1 to 'configure' (option 'pool_cpus' must be "
+                  .. "a list of CPU numbers from 0 to 1023)", 2)
+        end
+    end
+
     local threads = opts.threads or config.threads
     local max_queue = opts.max_queue or config.max_queue
     local base_dir = opts.base_dir or config.base_dir
     local pool_nice = opts.pool_nice or config.pool_nice
     for _, st in pairs(states) do
-        local ok, err = st.rt.configure(threads, max_queue, base_dir, pool_nice)
+        local ok, err = st.rt.configure(threads, max_queue, base_dir, pool_nice,
+                                        pool_cpus)
         if not ok then
             return nil, err
         end
@@ -670,6 +701,7 @@ function _M.configure(opts)
     config.max_queue = max_queue
     config.base_dir = base_dir
     config.pool_nice = pool_nice
+    config.pool_cpus = pool_cpus
     if opts.timeout then
         config.timeout = opts.timeout
     end

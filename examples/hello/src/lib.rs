@@ -44,6 +44,17 @@ fn thread_nice() -> Result<i64, String> {
         .ok_or_else(|| format!("unexpected /proc/thread-self/stat: {stat}"))
 }
 
+/// The CPUs the calling thread may run on, as Linux lists them ("0-3,6":
+/// `Cpus_allowed_list` of /proc/thread-self/status).
+fn thread_cpus() -> Result<String, String> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| "no Cpus_allowed_list in /proc/thread-self/status".to_string())
+}
+
 /// The bytes 0, 1, ..., n - 1 (mod 256), as a Lua string.
 fn bytes_upto(n: usize) -> mlua::BString {
     (0..n).map(|i| i as u8).collect::<Vec<u8>>().into()
@@ -126,6 +137,8 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
     // The nice value of the pool thread that runs it, to check
     // `configure{ pool_nice = ... }` against `thread_nice` (the worker's).
     m.add_blocking("pool_thread_nice", |()| thread_nice())?;
+    // Likewise for `configure{ pool_cpus = ... }`.
+    m.add_blocking("pool_thread_cpus", |()| thread_cpus())?;
     // One string of each kind a function may return (they take a faster
     // path than other results): bytes 0..n as a byte string, its hex as a
     // String, or a &'static str.
@@ -149,6 +162,9 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
     // The nice value of the calling thread (the worker).
     m.add_function("thread_nice", |_, ()| {
         thread_nice().map_err(LuaError::RuntimeError)
+    })?;
+    m.add_function("thread_cpus", |_, ()| {
+        thread_cpus().map_err(LuaError::RuntimeError)
     })?;
     m.add_function("sync_fail", |_, msg: String| {
         Err::<(), _>(LuaError::RuntimeError(msg))
