@@ -14,7 +14,7 @@
 #
 # Prints a Markdown table and writes it to bench/CALLGRIND.md. Settings
 # (environment): BENCH_CG_SECONDS (5), BENCH_CG_PORT (18081), BENCH_CG_OUT
-# (bench/CALLGRIND.md), BENCH_THREADS (nproc: resty-async's pool and the
+# (bench/CALLGRIND.md), BENCH_CG_CONNS (50), BENCH_THREADS (nproc: resty-async's pool and the
 # peer's thread_pool, as in `make bench`), BENCH_ONLY (a regex of scenario
 # names), BENCH_NGINX (or NGINX), LUA_MODULES, WRK.
 set -euo pipefail
@@ -26,7 +26,7 @@ PORT=${BENCH_CG_PORT:-18081}
 ONLY=${BENCH_ONLY:-}
 OUT=${BENCH_CG_OUT:-$PWD/bench/CALLGRIND.md}
 WRK=${WRK:-wrk}
-CONNS=50
+CONNS=${BENCH_CG_CONNS:-50}
 THREADS=${BENCH_THREADS:-$(nproc)}
 PREFIX=$PWD/build/callgrind
 # name:path, in the order of bench/run.sh

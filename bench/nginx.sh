@@ -29,13 +29,20 @@ bench_prefix() { # prefix
 }
 
 # nginx/bench.conf with its @...@ values filled in, as <prefix>/nginx.conf.
-render_conf() { # prefix port workers threads
-    local load="" user="" m
+# With `pool_cpus` (a comma-separated list, e.g. "1"), the worker is pinned
+# to CPU 0 (worker_cpu_affinity) and the pool threads to those CPUs.
+render_conf() { # prefix port workers threads [pool_cpus]
+    local load="" user="" affinity="" cpus="" m
     for m in $LUA_MODULES; do load="$load load_module $m;"; done
     [ "$(id -u)" = 0 ] && user="user root;"
+    if [ -n "${5:-}" ]; then
+        affinity="worker_cpu_affinity 1;"
+        cpus=", pool_cpus = { $5 }"
+    fi
     sed -e "s|@LUALIB@|$1/lualib|g" -e "s|@CLIB@|$1/lib|g" \
         -e "s|@LOAD_MODULES@|$load|" -e "s|@USER@|$user|" \
         -e "s|@WORKERS@|$3|" -e "s|@THREADS@|$4|g" -e "s|@PORT@|$2|" \
+        -e "s|@AFFINITY@|$affinity|" -e "s|@POOL_CPUS@|$cpus|" \
         -e "s|@BASE@|$1/sock|" nginx/bench.conf > "$1/nginx.conf"
 }
 

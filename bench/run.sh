@@ -62,8 +62,8 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- nginx ----
 
-start_nginx() { # workers threads
-    render_conf "$PREFIX" "$PORT" "$1" "$2"
+start_nginx() { # workers threads [pool_cpus]
+    render_conf "$PREFIX" "$PORT" "$1" "$2" "${3:-}"
     "$NGINX_BIN" -p "$PREFIX" -c "$PREFIX/nginx.conf" -t -q
     "$NGINX_BIN" -p "$PREFIX" -c "$PREFIX/nginx.conf"
     local i
@@ -214,6 +214,18 @@ isolation_run pingasync /cpu_async
 isolation_run pingsync  /cpu_sync
 stop_nginx
 
+# The same with the worker pinned to CPU 0 and the pool threads to the
+# other CPUs (worker_cpu_affinity, configure{ pool_cpus = ... }).
+if [ "$NCPU" -gt 1 ]; then
+    PIN_CPUS=$(seq -s, 1 $((NCPU - 1)))
+    echo "== 1 worker on CPU 0, pool threads $ISO_THREADS on CPUs $PIN_CPUS (isolation, pinned)" >&2
+    start_nginx 1 "$ISO_THREADS" "$PIN_CPUS"
+    group pinidle:/ping:1
+    isolation_run pinasync /cpu_async
+    isolation_run pinsync  /cpu_sync
+    stop_nginx
+fi
+
 echo "== 2 workers, wrk -t2" >&2
 start_nginx 2 "$THREADS"
 group base50w2:/baseline:50:2 wake50w2:/wake:50:2 wake1w2:/wake:1:1
@@ -312,6 +324,15 @@ table() {
         row "6. \`/ping\` + ${JOB_MS} ms jobs run in the handler" 1 "1+$LOAD_CONNS" pingsync - \
             "p99 $(calc %.2f "${P99[pingsync]} / ${P99[pingidle]:-1}") × idle; p90 $(us "${P90[pingsync]}"); jobs $(calc %.0f "${RPS[pingsync-load]}")/s"
     fi
+    row "6. pinned: \`/ping\`, idle" 1 1 pinidle - "p90 $(have pinidle && us "${P90[pinidle]}")"
+    if have pinasync; then
+        row "6. pinned: \`/ping\` + ${JOB_MS} ms jobs on the resty-async pool" 1 "1+$LOAD_CONNS" pinasync - \
+            "p99 $(calc %.2f "${P99[pinasync]} / ${P99[pinidle]:-1}") × idle; p90 $(us "${P90[pinasync]}"); jobs $(calc %.0f "${RPS[pinasync-load]}")/s"
+    fi
+    if have pinsync; then
+        row "6. pinned: \`/ping\` + ${JOB_MS} ms jobs run in the handler" 1 "1+$LOAD_CONNS" pinsync - \
+            "p99 $(calc %.2f "${P99[pinsync]} / ${P99[pinidle]:-1}") × idle; p90 $(us "${P90[pinsync]}"); jobs $(calc %.0f "${RPS[pinsync-load]}")/s"
+    fi
     row "7. baseline \`ngx.say\`" 2 50 base50w2 base50 ""
     row "7. wake path \`async.sha256(\"x\")\`" 2 50 wake50w2 base50 "$(have base50w2 && have wake50w2 && echo "$(ratio wake50w2 base50w2) 2-worker baseline; $(ratio wake50w2 wake50) 1 worker")"
     row "7. wake path \`async.sha256(\"x\")\`" 2 1 wake1w2 base1 "$(adds wake1w2 base1)"
@@ -341,6 +362,12 @@ targets() {
     if have pingsync; then
         echo "| isolation: synchronous variant's p99 ≥ job length (${JOB_MS} ms) | $(us "${P99[pingsync]}") | $(verdict "${P99[pingsync]} >= $JOB_MS * 1000") |"
     fi
+    if have pinasync && have pinidle; then
+        echo "| … pinned (worker on CPU 0, \`pool_cpus\` the others): \`/ping\` p99 with pool jobs ≤ 2 × idle p99 | $(us "${P99[pinasync]}") vs $(us "${P99[pinidle]}") idle ($(calc %.2f "${P99[pinasync]} / ${P99[pinidle]}") ×) | $(verdict "${P99[pinasync]} <= 2 * ${P99[pinidle]}") |"
+    fi
+    if have pinsync; then
+        echo "| … pinned: synchronous variant's p99 ≥ job length (${JOB_MS} ms) | $(us "${P99[pinsync]}") | $(verdict "${P99[pinsync]} >= $JOB_MS * 1000") |"
+    fi
 }
 
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
@@ -348,12 +375,16 @@ NGINX_V=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')
 LUA_V=$(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo "?")
 WRK_V=$(dpkg-query -W -f='${Version}' wrk 2>/dev/null || echo "?")
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+# On a KVM guest, how long an idle vCPU polls before it halts: with 0, every
+# wake-up of a thread on an idle vCPU waits for the host (tens of µs).
+HALTPOLL=$(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || true)
 
 report() {
     echo "## Benchmarks"
     echo
     echo "$DATE, \`$COMMAND\` on $NCPU cores ($CPU), $NGINX_V," \
-         "libnginx-mod-http-lua $LUA_V, wrk $WRK_V on loopback (sharing the cores)."
+         "libnginx-mod-http-lua $LUA_V, wrk $WRK_V on loopback (sharing the cores)${HALTPOLL:+;" \
+         "KVM guest, \`guest_halt_poll_ns\` = $HALTPOLL}."
     echo "Method: the scenarios of a group (same connections) run in turn, $ROUNDS rounds of" \
          "${DURATION} s each (after ${WARMUP} s of warm-up), with \`wrk -t1 --latency\` (\`-t2\` for" \
          "the 2-worker rows of 7); each row shows the median round (±: half the range of the" \
@@ -366,7 +397,9 @@ report() {
          "resty-async's pool and the \`thread_pool\` of \`ngx.run_worker_thread\` both have" \
          "$THREADS threads. Scenario 6 (pool: $ISO_THREADS thread(s), one core left to nginx and wrk):" \
          "\`/ping\` at 1 connection for $((ROUNDS * DURATION)) s while $LOAD_CONNS other connections run" \
-         "${JOB_MS} ms CPU jobs. Load average before/after:" \
+         "${JOB_MS} ms CPU jobs; its pinned rows run the worker on CPU 0 (\`worker_cpu_affinity\`)" \
+         "and the pool threads on the other CPUs (\`configure{ pool_cpus = ... }\`); wrk is not pinned." \
+         "Load average before/after:" \
          "$LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     table
