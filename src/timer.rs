@@ -10,7 +10,7 @@
 //! the task's id, which [`Timers::take_fired`] hands over.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
@@ -35,9 +35,93 @@ enum Entry {
 /// millisecond for it, gives the same resolution.
 pub const TIMER_SLACK: Duration = Duration::from_micros(500);
 
+/// The pending entries, ordered by key. Most deadlines come in order (a
+/// worker's sleeps mostly have the same few lengths, and keys grow with
+/// the clock and a sequence number): those are appended to a queue, the
+/// others go to a tree. Removing from the middle of the queue leaves a gap,
+/// never at its front, compacted when gaps are most of it.
+#[derive(Default)]
+struct Deadlines {
+    /// Keys increasing; `None`: removed.
+    ordered: VecDeque<(Key, Option<Entry>)>,
+    gaps: usize,
+    others: BTreeMap<Key, Entry>,
+}
+
+impl Deadlines {
+    fn len(&self) -> usize {
+        self.ordered.len() - self.gaps + self.others.len()
+    }
+
+    fn insert(&mut self, key: Key, entry: Entry) {
+        if self.ordered.back().is_none_or(|(last, _)| *last < key) {
+            self.ordered.push_back((key, Some(entry)));
+        } else {
+            self.others.insert(key, entry);
+        }
+    }
+
+    fn position(&self, key: &Key) -> Option<usize> {
+        self.ordered.binary_search_by(|(k, _)| k.cmp(key)).ok()
+    }
+
+    fn get_mut(&mut self, key: &Key) -> Option<&mut Entry> {
+        match self.position(key) {
+            Some(i) => self.ordered[i].1.as_mut(),
+            None => self.others.get_mut(key),
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Entry> {
+        let Some(i) = self.position(key) else {
+            return self.others.remove(key);
+        };
+        let entry = self.ordered[i].1.take()?;
+        self.gaps += 1;
+        if i == 0 {
+            self.skip_gaps();
+        } else if self.gaps > 32 && self.gaps * 2 > self.ordered.len() {
+            self.ordered.retain(|(_, e)| e.is_some());
+            self.gaps = 0;
+        }
+        Some(entry)
+    }
+
+    /// Keeps the queue's front an entry (or the queue empty).
+    fn skip_gaps(&mut self) {
+        while let Some((_, None)) = self.ordered.front() {
+            self.ordered.pop_front();
+            self.gaps -= 1;
+        }
+    }
+
+    fn first_key(&self) -> Option<Key> {
+        let queued = self.ordered.front().map(|(k, _)| *k);
+        let other = self.others.keys().next().copied();
+        match (queued, other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Removes and returns the first entry if its deadline is at or before
+    /// `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<Entry> {
+        let key = self.first_key().filter(|k| k.0 <= now)?;
+        match self.ordered.front() {
+            Some((k, _)) if *k == key => {
+                let entry = self.ordered.pop_front().and_then(|(_, e)| e);
+                self.skip_gaps();
+                entry
+            }
+            _ => self.others.remove(&key),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
-    entries: BTreeMap<Key, Entry>,
+    entries: Deadlines,
     seq: u64,
     // Ids of the task entries fired and not yet taken.
     fired: Vec<u64>,
@@ -98,13 +182,9 @@ impl Timers {
             let mut q = self.queue.borrow_mut();
             let mut n = 0;
             // The entries are taken one by one from the front: nothing due
-            // (the common case of a poll) costs one look, and a few due
-            // ones no new tree.
-            while let Some(entry) = q.entries.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                match entry.remove() {
+            // (the common case of a poll) costs one look.
+            while let Some(entry) = q.entries.pop_due(now) {
+                match entry {
                     Entry::Wake(w) => wakers.push(w),
                     Entry::Task(id) => q.fired.push(id),
                 }
@@ -146,13 +226,13 @@ impl Timers {
 
     /// The earliest pending deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queue.borrow().entries.keys().next().map(|k| k.0)
+        self.queue.borrow().entries.first_key().map(|k| k.0)
     }
 
     /// Records that the driver now sleeps until the next deadline.
     pub fn arm(&self) -> Option<Instant> {
         let mut q = self.queue.borrow_mut();
-        q.armed = q.entries.keys().next().map(|k| k.0);
+        q.armed = q.entries.first_key().map(|k| k.0);
         q.rearm = false;
         q.armed
     }

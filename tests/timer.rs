@@ -132,3 +132,70 @@ fn task_deadlines_fire_with_sleeps_and_hand_over_their_ids() {
     assert_eq!(ids, vec![8, 7]);
     assert!(timers.is_empty());
 }
+
+/// Deadlines added in order and out of order, removed from the front, the
+/// middle and the end, fire in deadline order, each once, against a model.
+#[test]
+fn task_deadlines_in_any_order_fire_like_a_sorted_set() {
+    use std::collections::BTreeMap;
+
+    let timers = Timers::new();
+    let start = Instant::now();
+    let mut model: BTreeMap<(Instant, u64), u64> = BTreeMap::new();
+    let mut keys = Vec::new();
+    // A small deterministic generator (xorshift).
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut now = start;
+    let mut fired = Vec::new();
+    for id in 0..20_000u64 {
+        // Mostly the same length (in order), sometimes shorter or longer.
+        let ms = match next(10) {
+            0 => next(5),
+            1 => 10 + next(40),
+            _ => 10,
+        };
+        let deadline = now + Duration::from_millis(ms);
+        let key = timers.add_task(deadline, id);
+        model.insert(key, id);
+        keys.push(key);
+        match next(8) {
+            // cancel one at random (maybe fired already)
+            0 | 1 => {
+                let k = keys.swap_remove(next(keys.len() as u64) as usize);
+                assert_eq!(timers.remove(k), model.remove(&k).is_some());
+            }
+            // let time pass and fire what is due
+            2 => {
+                now += Duration::from_millis(next(4));
+                let n = timers.fire(now);
+                let due: Vec<_> = model.range(..=(now, u64::MAX)).map(|(k, v)| (*k, *v)).collect();
+                assert_eq!(n, due.len());
+                let mut got = Vec::new();
+                timers.take_fired(|id| got.push(id));
+                assert_eq!(got, due.iter().map(|(_, v)| *v).collect::<Vec<_>>());
+                for (k, _) in due {
+                    model.remove(&k);
+                }
+                fired.extend(got);
+            }
+            _ => {}
+        }
+        assert_eq!(timers.len(), model.len());
+        assert_eq!(timers.next_deadline(), model.keys().next().map(|k| k.0));
+    }
+    now += Duration::from_secs(1);
+    timers.fire(now);
+    timers.take_fired(|id| fired.push(id));
+    assert!(timers.is_empty());
+    // Every id fired at most once.
+    let n = fired.len();
+    fired.sort_unstable();
+    fired.dedup();
+    assert_eq!(fired.len(), n);
+}
