@@ -378,13 +378,13 @@ DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 # On a KVM guest, how long an idle vCPU polls before it halts: with 0, every
 # wake-up of a thread on an idle vCPU waits for the host (tens of µs).
 HALTPOLL=$(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || true)
+HALTPOLL_NOTE=${HALTPOLL:+; KVM guest, \`guest_halt_poll_ns\` = $HALTPOLL}
 
 report() {
     echo "## Benchmarks"
     echo
     echo "$DATE, \`$COMMAND\` on $NCPU cores ($CPU), $NGINX_V," \
-         "libnginx-mod-http-lua $LUA_V, wrk $WRK_V on loopback (sharing the cores)${HALTPOLL:+;" \
-         "KVM guest, \`guest_halt_poll_ns\` = $HALTPOLL}."
+         "libnginx-mod-http-lua $LUA_V, wrk $WRK_V on loopback (sharing the cores)$HALTPOLL_NOTE."
     echo "Method: the scenarios of a group (same connections) run in turn, $ROUNDS rounds of" \
          "${DURATION} s each (after ${WARMUP} s of warm-up), with \`wrk -t1 --latency\` (\`-t2\` for" \
          "the 2-worker rows of 7); each row shows the median round (±: half the range of the" \
