@@ -137,6 +137,8 @@ store() { # key file-of-lines
         "$1" "${3:-}" "${RPS[$1]}" "${SPREAD[$1]}" "${MEAN[$1]}" "${P99[$1]}" "${ERRS[$1]}" >&2
 }
 
+# WRK_PREFIX (empty, or e.g. "taskset -c 0") prefixes its wrk runs.
+WRK_PREFIX=""
 # A group of scenarios "key:path:conns[:wrk_threads]" measured in turn,
 # ROUNDS times (interleaved, so that a change of the machine's load during
 # the run hits every scenario of the group alike).
@@ -152,12 +154,12 @@ group() {
         IFS=: read -r key path conns threads <<<"$spec"
         GROUP[$key]=$NGROUP
         : >"$PREFIX/wrk/$key.rounds"
-        "$WRK" -t"${threads:-1}" -c"$conns" -d"${WARMUP}s" "$URL$path" >/dev/null
+        $WRK_PREFIX "$WRK" -t"${threads:-1}" -c"$conns" -d"${WARMUP}s" "$URL$path" >/dev/null
     done
     for r in $(seq "$ROUNDS"); do
         for spec in "${members[@]}"; do
             IFS=: read -r key path conns threads <<<"$spec"
-            "$WRK" -t"${threads:-1}" -c"$conns" -d"${DURATION}s" --latency -s bench/report.lua \
+            $WRK_PREFIX "$WRK" -t"${threads:-1}" -c"$conns" -d"${DURATION}s" --latency -s bench/report.lua \
                 "$URL$path" >"$PREFIX/wrk/$key.$r.txt"
             parse_result "$PREFIX/wrk/$key.$r.txt" >>"$PREFIX/wrk/$key.rounds"
         done
@@ -170,14 +172,18 @@ group() {
 
 # /ping at 1 connection while LOAD_CONNS other connections run $JOB_MS ms
 # jobs on `load_path` (one run of ROUNDS x DURATION seconds).
-isolation_run() { # key load_path
+# LOAD_PREFIX and further arguments prefix the load's and /ping's wrk
+# (e.g. taskset -c 0).
+LOAD_PREFIX=""
+isolation_run() { # key load_path [command...]
     local key=$1 load=$2 secs=$((ROUNDS * DURATION))
+    shift 2
     wanted "$key" || return 0
-    "$WRK" -t1 -c"$LOAD_CONNS" -d"$((WARMUP + secs + 2))s" --latency -s bench/report.lua \
+    $LOAD_PREFIX "$WRK" -t1 -c"$LOAD_CONNS" -d"$((WARMUP + secs + 2))s" --latency -s bench/report.lua \
         "$URL$load" >"$PREFIX/wrk/$key-load.txt" &
     LOAD_PID=$!
     sleep "$WARMUP"
-    "$WRK" -t1 -c1 -d"${secs}s" --latency -s bench/report.lua \
+    "$@" "$WRK" -t1 -c1 -d"${secs}s" --latency -s bench/report.lua \
         "$URL/ping" >"$PREFIX/wrk/$key.txt"
     wait "$LOAD_PID"
     LOAD_PID=""
@@ -220,9 +226,11 @@ if [ "$NCPU" -gt 1 ]; then
     PIN_CPUS=$(seq -s, 1 $((NCPU - 1)))
     echo "== 1 worker on CPU 0, pool threads $ISO_THREADS on CPUs $PIN_CPUS (isolation, pinned)" >&2
     start_nginx 1 "$ISO_THREADS" "$PIN_CPUS"
-    group pinidle:/ping:1
-    isolation_run pinasync /cpu_async
-    isolation_run pinsync  /cpu_sync
+    # the /ping client on the worker's CPU, off the jobs' CPUs
+    PIN_CLIENT="taskset -c 0"
+    WRK_PREFIX=$PIN_CLIENT group pinidle:/ping:1
+    LOAD_PREFIX="taskset -c $PIN_CPUS" isolation_run pinasync /cpu_async $PIN_CLIENT
+    LOAD_PREFIX="taskset -c $PIN_CPUS" isolation_run pinsync  /cpu_sync $PIN_CLIENT
     stop_nginx
 fi
 
@@ -398,7 +406,8 @@ report() {
          "$THREADS threads. Scenario 6 (pool: $ISO_THREADS thread(s), one core left to nginx and wrk):" \
          "\`/ping\` at 1 connection for $((ROUNDS * DURATION)) s while $LOAD_CONNS other connections run" \
          "${JOB_MS} ms CPU jobs; its pinned rows run the worker on CPU 0 (\`worker_cpu_affinity\`)" \
-         "and the pool threads on the other CPUs (\`configure{ pool_cpus = ... }\`); wrk is not pinned." \
+         "and the pool threads on the other CPUs (\`configure{ pool_cpus = ... }\`), /ping's wrk on CPU 0" \
+         "and the jobs' wrk on the other CPUs." \
          "Load average before/after:" \
          "$LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
