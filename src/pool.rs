@@ -153,7 +153,8 @@ impl Shared {
     }
 
     /// Starts thread `n`, which first moves to `cpus` and runs no job if it
-    /// cannot: its error is ours.
+    /// cannot: its error is ours. The caller waits for the thread to say
+    /// (a few µs, once per thread started, as for the thread's creation).
     fn spawn_pinned(&self, n: usize, cpus: &[usize], shared: Arc<Shared>) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let to = Box::<[usize]>::from(cpus);

@@ -185,12 +185,15 @@ impl Runtime {
         config.pool_nice = config.pool_nice.clamp(0, 19);
         config.pool_cpus.sort_unstable();
         config.pool_cpus.dedup();
-        let ncpus = sys::cpus_configured();
-        if let Some(&cpu) = config.pool_cpus.iter().find(|&&c| c >= ncpus) {
-            return Err(format!(
-                "pool_cpus: no CPU {cpu} on this machine (its CPUs are 0 to {})",
-                ncpus - 1
-            ));
+        // (CPUs it has but may not use fail when a thread starts: see
+        // Pool::with_cpus)
+        if let Some(end) = sys::possible_cpus_end() {
+            if let Some(&cpu) = config.pool_cpus.iter().find(|&&c| c >= end) {
+                return Err(format!(
+                    "pool_cpus: no CPU {cpu} on this machine (its CPUs are numbered 0 to {})",
+                    end - 1
+                ));
+            }
         }
         if let Some(rt) = Runtime::existing() {
             if rt.config != config {

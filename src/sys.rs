@@ -119,16 +119,14 @@ pub(crate) fn cpus() -> usize {
 /// `CPU_SETSIZE`).
 pub(crate) const MAX_CPUS: usize = 1024;
 
-/// Number of CPUs the system has configured, online or not
-/// (`_SC_NPROCESSORS_CONF`): CPU numbers go from 0 to this minus 1.
-pub(crate) fn cpus_configured() -> usize {
-    // SAFETY: sysconf has no preconditions; no pointers are involved.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-    if n < 1 {
-        cpus()
-    } else {
-        n as usize
-    }
+/// One more than the highest CPU number the kernel may ever bring online
+/// (the last number of /sys/devices/system/cpu/possible, e.g. "0-3"), if
+/// it says. Not a count: CPU numbers may have holes, and a process may be
+/// allowed only some of them.
+pub(crate) fn possible_cpus_end() -> Option<usize> {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/possible").ok()?;
+    let last = list.trim().rsplit([',', '-']).next()?;
+    last.parse::<usize>().ok().map(|n| n + 1)
 }
 
 /// Lets the calling thread run only on `cpus` (Linux `sched_setaffinity`;

@@ -46,6 +46,8 @@ struct Deadlines {
     ordered: VecDeque<(Key, Option<Entry>)>,
     gaps: usize,
     others: BTreeMap<Key, Entry>,
+    #[cfg(test)]
+    compactions: usize,
 }
 
 impl Deadlines {
@@ -80,9 +82,20 @@ impl Deadlines {
         self.gaps += 1;
         if i == 0 {
             self.skip_gaps();
+        } else if i + 1 == self.ordered.len() {
+            // (a cancelled long deadline at the back would send every
+            // shorter one after it to the tree)
+            while let Some((_, None)) = self.ordered.back() {
+                self.ordered.pop_back();
+                self.gaps -= 1;
+            }
         } else if self.gaps > 32 && self.gaps * 2 > self.ordered.len() {
             self.ordered.retain(|(_, e)| e.is_some());
             self.gaps = 0;
+            #[cfg(test)]
+            {
+                self.compactions += 1;
+            }
         }
         Some(entry)
     }
@@ -323,5 +336,71 @@ impl Sleep {
 impl Drop for Sleep {
     fn drop(&mut self) {
         self.unregister();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random inserts, cancels of pending keys and firings, in several
+    /// mixes of deadline lengths, against a sorted set; counts where the
+    /// entries went, so that both halves and the compaction are exercised.
+    #[test]
+    fn deadlines_behave_like_a_sorted_set() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut queued, mut compactions) = (0, 0);
+        let mut from_back = 0;
+        // (percent of deadlines of another length, percent of cancels)
+        for (odd, cancel) in [(0, 10), (0, 60), (2, 30), (10, 30), (50, 50)] {
+            let start = Instant::now();
+            let mut d = Deadlines::default();
+            let mut model = BTreeMap::new();
+            let mut live: Vec<Key> = Vec::new();
+            let (mut now, mut seq) = (start, 0u64);
+            for _ in 0..20_000 {
+                seq += 1;
+                let ms = if next(100) < odd { next(50) } else { 10 };
+                let key = (now + Duration::from_millis(ms), seq);
+                let before = d.ordered.len();
+                d.insert(key, Entry::Task(seq));
+                queued += usize::from(d.ordered.len() > before);
+                model.insert(key, seq);
+                live.push(key);
+                if next(100) < cancel {
+                    let k = live.swap_remove(next(live.len() as u64) as usize);
+                    let at_back = d.ordered.back().is_some_and(|(b, _)| *b == k);
+                    let got = d
+                        .remove(&k)
+                        .map(|e| matches!(e, Entry::Task(id) if Some(&id) == model.get(&k)));
+                    assert_eq!(got, model.remove(&k).map(|_| true));
+                    from_back += usize::from(at_back);
+                    assert!(d.ordered.back().is_none_or(|(_, e)| e.is_some()));
+                }
+                if next(4) == 0 {
+                    now += Duration::from_millis(next(3));
+                    while let Some(e) = d.pop_due(now) {
+                        let (k, id) = model.pop_first().unwrap();
+                        assert!(k.0 <= now);
+                        assert!(matches!(e, Entry::Task(got) if got == id));
+                        live.retain(|l| *l != k);
+                    }
+                    assert!(model.first_key_value().is_none_or(|(k, _)| k.0 > now));
+                }
+                assert_eq!(d.len(), model.len());
+                assert_eq!(d.first_key(), model.keys().next().copied());
+                assert!(d.ordered.front().is_none_or(|(_, e)| e.is_some()));
+                assert!(d.gaps <= model.len() + 33);
+            }
+            compactions += d.compactions;
+        }
+        assert!(queued > 40_000, "the queue took its share: {queued}");
+        assert!(compactions > 0 && from_back > 0, "{compactions} {from_back}");
     }
 }

@@ -133,8 +133,10 @@ fn task_deadlines_fire_with_sleeps_and_hand_over_their_ids() {
     assert!(timers.is_empty());
 }
 
-/// Deadlines added in order and out of order, removed from the front, the
-/// middle and the end, fire in deadline order, each once, against a model.
+/// Deadlines added in order and out of order, cancelled (some after they
+/// fired) and fired through the public API fire in deadline order, each
+/// once, like a sorted set (src/timer.rs tests the queue and the tree
+/// behind it more closely).
 #[test]
 fn task_deadlines_in_any_order_fire_like_a_sorted_set() {
     use std::collections::BTreeMap;
