@@ -74,8 +74,11 @@ run: deps build
 
 test: deps lint build test-rust test-nginx test-install test-lifecycle
 
+# tests/, then the unit tests of private parts (the lib target has
+# `test = false`: see Cargo.toml).
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
+	$(CARGO) test $(CARGO_PROFILE) --lib
 
 # The real Test::Nginx when installed, else the compatible runner in t/compat.
 test-nginx: build
