@@ -135,16 +135,8 @@ impl Shared {
         if n >= self.max_threads || self.shutdown.load(Ordering::Acquire) {
             return Ok(());
         }
-        let shared = Arc::clone(self);
         self.searching.fetch_add(1, Ordering::SeqCst);
-        let started = match &self.cpus {
-            None => std::thread::Builder::new()
-                .name(format!("resty-async-{n}"))
-                .spawn(move || worker(&shared))
-                .map(drop),
-            Some(cpus) => self.spawn_pinned(n, cpus, shared),
-        };
-        if let Err(e) = started {
+        if let Err(e) = self.start_thread(n) {
             self.searching.fetch_sub(1, Ordering::SeqCst);
             return Err(e);
         }
@@ -152,22 +144,29 @@ impl Shared {
         Ok(())
     }
 
-    /// Starts thread `n`, which first moves to `cpus` and runs no job if it
-    /// cannot: its error is ours. The caller waits for the thread to say
-    /// (a few µs, once per thread started, as for the thread's creation).
-    fn spawn_pinned(&self, n: usize, cpus: &[usize], shared: Arc<Shared>) -> std::io::Result<()> {
+    /// Starts thread `n`. With [`Shared::cpus`] set, it first moves there
+    /// and runs no job if it cannot: its error is ours. The caller then
+    /// waits for the thread to say (a few µs, once per thread started, as
+    /// for the thread's creation).
+    fn start_thread(self: &Arc<Shared>, n: usize) -> std::io::Result<()> {
+        let shared = Arc::clone(self);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let to = Box::<[usize]>::from(cpus);
         std::thread::Builder::new()
             .name(format!("resty-async-{n}"))
             .spawn(move || {
-                let pinned = crate::sys::pin_thread(&to);
-                let ok = pinned.is_ok();
-                let _ = tx.send(pinned);
-                if ok {
-                    worker(&shared);
+                if let Some(cpus) = &shared.cpus {
+                    let pinned = crate::sys::pin_thread(cpus);
+                    let ok = pinned.is_ok();
+                    let _ = tx.send(pinned);
+                    if !ok {
+                        return;
+                    }
                 }
+                worker(&shared)
             })?;
+        let Some(cpus) = &self.cpus else {
+            return Ok(());
+        };
         let cpu_list = |e: std::io::Error| {
             let list: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
             std::io::Error::new(e.kind(), format!("cannot run on CPUs {}: {e}", list.join(",")))

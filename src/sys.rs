@@ -1,5 +1,6 @@
 //! The few system calls std does not wrap: peer credentials, `mkdtemp`,
-//! `getpid`, thread priorities and CPU affinity. Every `unsafe` block of the crate that talks to libc lives here.
+//! `getpid`, thread priorities and CPU affinity. Every `unsafe` block of
+//! the crate that talks to libc lives here.
 
 use std::ffi::{CString, OsString};
 use std::io;
