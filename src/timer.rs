@@ -39,7 +39,7 @@ pub const TIMER_SLACK: Duration = Duration::from_micros(500);
 /// worker's sleeps mostly have the same few lengths, and keys grow with
 /// the clock and a sequence number): those are appended to a queue, the
 /// others go to a tree. Removing from the middle of the queue leaves a gap,
-/// never at its front, compacted when gaps are most of it.
+/// never at its ends, compacted when gaps are most of it.
 #[derive(Default)]
 struct Deadlines {
     /// Keys increasing; `None`: removed.
@@ -80,15 +80,8 @@ impl Deadlines {
         };
         let entry = self.ordered[i].1.take()?;
         self.gaps += 1;
-        if i == 0 {
-            self.skip_gaps();
-        } else if i + 1 == self.ordered.len() {
-            // (a cancelled long deadline at the back would send every
-            // shorter one after it to the tree)
-            while let Some((_, None)) = self.ordered.back() {
-                self.ordered.pop_back();
-                self.gaps -= 1;
-            }
+        if i == 0 || i + 1 == self.ordered.len() {
+            self.trim_gaps();
         } else if self.gaps > 32 && self.gaps * 2 > self.ordered.len() {
             self.ordered.retain(|(_, e)| e.is_some());
             self.gaps = 0;
@@ -100,10 +93,16 @@ impl Deadlines {
         Some(entry)
     }
 
-    /// Keeps the queue's front an entry (or the queue empty).
-    fn skip_gaps(&mut self) {
+    /// Keeps both ends of the queue entries (or the queue empty): pop_due
+    /// takes from the front, and a gap at the back (a cancelled long
+    /// deadline) would send every shorter one after it to the tree.
+    fn trim_gaps(&mut self) {
         while let Some((_, None)) = self.ordered.front() {
             self.ordered.pop_front();
+            self.gaps -= 1;
+        }
+        while let Some((_, None)) = self.ordered.back() {
+            self.ordered.pop_back();
             self.gaps -= 1;
         }
     }
@@ -124,7 +123,7 @@ impl Deadlines {
         match self.ordered.front() {
             Some((k, _)) if *k == key => {
                 let entry = self.ordered.pop_front().and_then(|(_, e)| e);
-                self.skip_gaps();
+                self.trim_gaps();
                 entry
             }
             _ => self.others.remove(&key),
