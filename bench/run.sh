@@ -193,6 +193,16 @@ isolation_run() { # key load_path [command...]
     store "$key-load" "$PREFIX/wrk/$key-load.rounds" "$LOAD_CONNS"
 }
 
+# Scenario 6 as keys <k>idle, <k>async (pool jobs) and <k>sync (jobs in the
+# handler); further arguments prefix /ping's wrk, LOAD_PREFIX the load's.
+isolation_scenario() { # k [command...]
+    local k=$1
+    shift
+    WRK_PREFIX="$*" group "${k}idle:/ping:1"
+    isolation_run "${k}async" /cpu_async "$@"
+    isolation_run "${k}sync" /cpu_sync "$@"
+}
+
 # ------------------------------------------------------------- the runs ----
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -215,9 +225,7 @@ stop_nginx
 # the pool gets one thread fewer than there are cores.
 echo "== 1 worker, pool threads $ISO_THREADS (isolation)" >&2
 start_nginx 1 "$ISO_THREADS"
-group pingidle:/ping:1
-isolation_run pingasync /cpu_async
-isolation_run pingsync  /cpu_sync
+isolation_scenario ping
 stop_nginx
 
 # The same with the worker pinned to CPU 0 and the pool threads to the
@@ -226,11 +234,8 @@ if [ "$NCPU" -gt 1 ]; then
     PIN_CPUS=$(seq -s, 1 $((NCPU - 1)))
     echo "== 1 worker on CPU 0, pool threads $ISO_THREADS on CPUs $PIN_CPUS (isolation, pinned)" >&2
     start_nginx 1 "$ISO_THREADS" "$PIN_CPUS"
-    # the /ping client on the worker's CPU, off the jobs' CPUs
-    PIN_CLIENT="taskset -c 0"
-    WRK_PREFIX=$PIN_CLIENT group pinidle:/ping:1
-    LOAD_PREFIX="taskset -c $PIN_CPUS" isolation_run pinasync /cpu_async $PIN_CLIENT
-    LOAD_PREFIX="taskset -c $PIN_CPUS" isolation_run pinsync  /cpu_sync $PIN_CLIENT
+    # the /ping client on the worker's CPU, the jobs' on the pool's
+    LOAD_PREFIX="taskset -c $PIN_CPUS" isolation_scenario pin taskset -c 0
     stop_nginx
 fi
 
@@ -323,24 +328,8 @@ table() {
     row "5. \`async.sleep(0.001)\`" 1 50 asleep50 base50 "$(have ngxsleep50 && have asleep50 && echo "$(ratio asleep50 ngxsleep50) ngx.sleep")"
     row "5. \`ngx.sleep(0.001)\`" 1 1000 ngxsleep1000 base1000 ""
     row "5. \`async.sleep(0.001)\`" 1 1000 asleep1000 base1000 "$(have ngxsleep1000 && have asleep1000 && echo "$(ratio asleep1000 ngxsleep1000) ngx.sleep")"
-    row "6. \`/ping\`, idle" 1 1 pingidle - "p90 $(have pingidle && us "${P90[pingidle]}")"
-    if have pingasync; then
-        row "6. \`/ping\` + ${JOB_MS} ms jobs on the resty-async pool" 1 "1+$LOAD_CONNS" pingasync - \
-            "p99 $(calc %.2f "${P99[pingasync]} / ${P99[pingidle]:-1}") × idle; p90 $(us "${P90[pingasync]}"); jobs $(calc %.0f "${RPS[pingasync-load]}")/s"
-    fi
-    if have pingsync; then
-        row "6. \`/ping\` + ${JOB_MS} ms jobs run in the handler" 1 "1+$LOAD_CONNS" pingsync - \
-            "p99 $(calc %.2f "${P99[pingsync]} / ${P99[pingidle]:-1}") × idle; p90 $(us "${P90[pingsync]}"); jobs $(calc %.0f "${RPS[pingsync-load]}")/s"
-    fi
-    row "6. pinned: \`/ping\`, idle" 1 1 pinidle - "p90 $(have pinidle && us "${P90[pinidle]}")"
-    if have pinasync; then
-        row "6. pinned: \`/ping\` + ${JOB_MS} ms jobs on the resty-async pool" 1 "1+$LOAD_CONNS" pinasync - \
-            "p99 $(calc %.2f "${P99[pinasync]} / ${P99[pinidle]:-1}") × idle; p90 $(us "${P90[pinasync]}"); jobs $(calc %.0f "${RPS[pinasync-load]}")/s"
-    fi
-    if have pinsync; then
-        row "6. pinned: \`/ping\` + ${JOB_MS} ms jobs run in the handler" 1 "1+$LOAD_CONNS" pinsync - \
-            "p99 $(calc %.2f "${P99[pinsync]} / ${P99[pinidle]:-1}") × idle; p90 $(us "${P90[pinsync]}"); jobs $(calc %.0f "${RPS[pinsync-load]}")/s"
-    fi
+    isolation_rows "6. " ping
+    isolation_rows "6. pinned: " pin
     row "7. baseline \`ngx.say\`" 2 50 base50w2 base50 ""
     row "7. wake path \`async.sha256(\"x\")\`" 2 50 wake50w2 base50 "$(have base50w2 && have wake50w2 && echo "$(ratio wake50w2 base50w2) 2-worker baseline; $(ratio wake50w2 wake50) 1 worker")"
     row "7. wake path \`async.sha256(\"x\")\`" 2 1 wake1w2 base1 "$(adds wake1w2 base1)"
@@ -364,17 +353,31 @@ targets() {
     if have asleep1000 && have ngxsleep1000; then
         echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 1000 conns | $(ratio3 asleep1000 ngxsleep1000) | $(verdict "$(compare ratio asleep1000 ngxsleep1000) >= 0.9") |"
     fi
-    if have pingasync && have pingidle; then
-        echo "| isolation: \`/ping\` p99 with pool jobs ≤ 2 × idle p99 | $(us "${P99[pingasync]}") vs $(us "${P99[pingidle]}") idle ($(calc %.2f "${P99[pingasync]} / ${P99[pingidle]}") ×) | $(verdict "${P99[pingasync]} <= 2 * ${P99[pingidle]}") |"
+    isolation_targets ping "isolation: \`/ping\` p99 with pool jobs" "isolation: synchronous variant's p99"
+    isolation_targets pin "… pinned (worker on CPU 0, \`pool_cpus\` the others): \`/ping\` p99 with pool jobs" \
+        "… pinned: synchronous variant's p99"
+}
+
+# The rows of isolation_scenario k, each label starting with `label`.
+isolation_rows() { # label k
+    local idle=$2idle spec key what
+    row "$1\`/ping\`, idle" 1 1 "$idle" - "p90 $(have "$idle" && us "${P90[$idle]}")"
+    for spec in "$2async:on the resty-async pool" "$2sync:run in the handler"; do
+        key=${spec%%:*} what=${spec#*:}
+        have "$key" || continue
+        row "$1\`/ping\` + ${JOB_MS} ms jobs $what" 1 "1+$LOAD_CONNS" "$key" - \
+            "p99 $(calc %.2f "${P99[$key]} / ${P99[$idle]:-1}") × idle; p90 $(us "${P90[$key]}"); jobs $(calc %.0f "${RPS[$key-load]}")/s"
+    done
+}
+
+# The two targets of isolation_scenario k.
+isolation_targets() { # k pool_label sync_label
+    local idle=$1idle pool=$1async sync=$1sync
+    if have "$pool" && have "$idle"; then
+        echo "| $2 ≤ 2 × idle p99 | $(us "${P99[$pool]}") vs $(us "${P99[$idle]}") idle ($(calc %.2f "${P99[$pool]} / ${P99[$idle]}") ×) | $(verdict "${P99[$pool]} <= 2 * ${P99[$idle]}") |"
     fi
-    if have pingsync; then
-        echo "| isolation: synchronous variant's p99 ≥ job length (${JOB_MS} ms) | $(us "${P99[pingsync]}") | $(verdict "${P99[pingsync]} >= $JOB_MS * 1000") |"
-    fi
-    if have pinasync && have pinidle; then
-        echo "| … pinned (worker on CPU 0, \`pool_cpus\` the others): \`/ping\` p99 with pool jobs ≤ 2 × idle p99 | $(us "${P99[pinasync]}") vs $(us "${P99[pinidle]}") idle ($(calc %.2f "${P99[pinasync]} / ${P99[pinidle]}") ×) | $(verdict "${P99[pinasync]} <= 2 * ${P99[pinidle]}") |"
-    fi
-    if have pinsync; then
-        echo "| … pinned: synchronous variant's p99 ≥ job length (${JOB_MS} ms) | $(us "${P99[pinsync]}") | $(verdict "${P99[pinsync]} >= $JOB_MS * 1000") |"
+    if have "$sync"; then
+        echo "| $3 ≥ job length (${JOB_MS} ms) | $(us "${P99[$sync]}") | $(verdict "${P99[$sync]} >= $JOB_MS * 1000") |"
     fi
 }
 
