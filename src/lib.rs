@@ -53,6 +53,8 @@ pub mod runtime;
 pub mod socket;
 pub mod timer;
 mod values;
+mod vm;
+mod yieldable;
 
 pub use crate::module::{create_async_function, Module};
 pub use crate::pool::{BlockingTask, PoolError};

@@ -36,6 +36,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,10 +46,12 @@ use crate::executor::{Outcome, Panicked, Spawned, TaskId};
 use crate::plain::Single;
 use crate::runtime::{Config, LuaOutput, Runtime};
 use crate::values::{self, Sendable};
+use crate::vm::{self, VmRuntime};
 
 /// The exports of a module crate, under construction. See the module docs.
 pub struct Module {
     lua: Lua,
+    vm: Rc<VmRuntime>,
     raw: Table,
     kinds: Table,
 }
@@ -57,15 +60,19 @@ impl Module {
     /// Starts a module called `name` (used in messages and `async.stats()`).
     pub fn new(lua: &Lua, name: &str) -> mlua::Result<Module> {
         values::install(lua)?;
+        crate::sys::pin_library();
+        pin_mlua_state(lua)?;
+        let vm = VmRuntime::of(lua)?;
         let raw = lua.create_table()?;
         let kinds = lua.create_table()?;
         raw.raw_set("__name", name)?;
         raw.raw_set("__kinds", kinds.clone())?;
-        raw.raw_set("__rt", control_table(lua)?)?;
+        raw.raw_set("__rt", control_table(lua, &vm)?)?;
         raw.raw_set("__id", runtime_id())?;
         raw.raw_set("__abi", ABI)?;
         Ok(Module {
             lua: lua.clone(),
+            vm,
             raw,
             kinds,
         })
@@ -120,7 +127,11 @@ impl Module {
         F: Fn(&Lua, A) -> mlua::Result<R> + 'static,
     {
         let fname = name.to_owned();
+        let vm = Rc::clone(&self.vm);
         let func = self.lua.create_function(move |lua, args: MultiValue| {
+            // (A sync function makes no runtime: it may run in init_by_lua,
+            // before nginx forks.)
+            let _enter = vm.existing().map(|rt| vm::enter(&rt));
             let args = match A::from_lua_args(args, 1, Some(&fname), lua) {
                 Ok(a) => a,
                 Err(e) => return misuse(lua, &error_message(&e)),
@@ -193,8 +204,10 @@ impl Module {
         A: FromLuaMulti,
         F: Fn(&Lua, &Runtime, A) -> Result<Spawned<LuaOutput>, String> + 'static,
     {
+        let vm = Rc::clone(&self.vm);
         let func = self.lua.create_function(move |lua, args: A| {
-            let rt = Runtime::current();
+            let rt = vm.get();
+            let _enter = vm::enter(&rt);
             match rt.batch(|| f(lua, &rt, args)) {
                 Ok(spawned) => spawned_results(lua, &rt, spawned),
                 Err(msg) => misuse(lua, &msg),
@@ -286,6 +299,20 @@ fn guard_lua_async(lua: &Lua, f: &Function) -> mlua::Result<()> {
     }
 }
 
+/// Keeps alive the Lua thread that loaded this library into the VM of
+/// `lua`. mlua, in module mode, falls back to that thread whenever it runs
+/// outside one of its callbacks (among others in the error path of every
+/// callback, which asks it for the VM's allocator). Under ngx_lua that is
+/// often a request's or a timer's coroutine, which the GC frees once the
+/// handler ends; mlua would then read freed memory.
+fn pin_mlua_state(lua: &Lua) -> mlua::Result<()> {
+    let key = format!("resty_async.loader_thread.{}", runtime_id());
+    if lua.named_registry_value::<Value>(&key)?.is_nil() {
+        lua.set_named_registry_value(&key, lua.current_thread())?;
+    }
+    Ok(())
+}
+
 /// Tells the runtimes of different module libraries apart: each cdylib
 /// that embeds this crate has its own copy of this static.
 fn runtime_id() -> String {
@@ -372,27 +399,30 @@ pub(crate) fn error_message(e: &mlua::Error) -> String {
 
 /// The control functions `resty/async.lua` uses to drive this crate's
 /// runtime (each module cdylib has its own).
-fn control_table(lua: &Lua) -> mlua::Result<Table> {
+fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
+    let h = Rc::clone(vm);
     t.raw_set(
         "path",
-        lua.create_function(|lua, ()| match Runtime::current().socket_path() {
+        lua.create_function(move |lua, ()| match h.get().socket_path() {
             Ok(p) => p.to_string_lossy().into_owned().into_lua_multi(lua),
             Err(e) => failure(lua, &format!("cannot create the completion socket: {e}")),
         })?,
     )?;
+    let h = Rc::clone(vm);
     t.raw_set(
         "accept",
-        lua.create_function(|lua, ()| match Runtime::current().accept_driver() {
+        lua.create_function(move |lua, ()| match h.get().accept_driver() {
             Ok(true) => true.into_lua_multi(lua),
             Ok(false) => failure(lua, "completion socket: the driver's connection was not found"),
             Err(e) => failure(lua, &format!("completion socket: {e}")),
         })?,
     )?;
+    let h = Rc::clone(vm);
     t.raw_set(
         "disconnect",
-        lua.create_function(|_, ()| {
-            if let Some(rt) = Runtime::existing() {
+        lua.create_function(move |_, ()| {
+            if let Some(rt) = h.existing() {
                 rt.disconnect_driver();
             }
             Ok(())
@@ -402,15 +432,23 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
     // SAFETY: push_outbox follows the lua_CFunction protocol and is safe
     // to call from any Lua code (see there).
     t.raw_set("strings", unsafe { lua.create_c_function(values::push_outbox)? })?;
+    // can_wait() -> whether the caller may yield (nil: cannot tell).
+    // SAFETY: lua_can_wait follows the lua_CFunction protocol and reads only
+    // the calling thread's own state.
+    t.raw_set("can_wait", unsafe {
+        lua.create_c_function(crate::yieldable::lua_can_wait)?
+    })?;
     // poll(arm) -> next_ms, rearm, nstr, n, then the pairs of the finished
     // tasks (see the module docs) as results: no table writes, each would
     // be a protected call into Lua. next_ms is the time to the next timer
     // (-1: none); rearm: an earlier timer appeared than the one the driver
     // sleeps towards; nstr: pairs waiting for strings().
+    let h = Rc::clone(vm);
     t.raw_set(
         "poll",
-        lua.create_function(|lua, arm: bool| {
-            let rt = Runtime::current();
+        lua.create_function(move |lua, arm: bool| {
+            let rt = h.get();
+            let _enter = vm::enter(&rt);
             // next_ms, rearm, nstr and n are set once known; the pairs
             // follow.
             let mut out = MultiValue::with_capacity(16);
@@ -440,23 +478,45 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
             Ok(out)
         })?,
     )?;
+    let h = Rc::clone(vm);
     t.raw_set(
         "take",
-        lua.create_function(|lua, id: f64| match Runtime::current().take(lua, id as TaskId) {
-            Some(out) => results(lua, out),
-            None => failure(lua, "no result for this task (cancelled?)"),
+        lua.create_function(move |lua, id: f64| {
+            let rt = h.get();
+            let _enter = vm::enter(&rt);
+            match rt.take(lua, id as TaskId) {
+                Some(out) => results(lua, out),
+                None => failure(lua, "no result for this task (cancelled?)"),
+            }
         })?,
     )?;
+    let h = Rc::clone(vm);
     t.raw_set(
         "cancel",
-        lua.create_function(|_, id: f64| Ok(Runtime::existing().is_some_and(|rt| rt.cancel(id as TaskId))))?,
+        lua.create_function(move |_, id: f64| {
+            Ok(h.existing().is_some_and(|rt| {
+                let _enter = vm::enter(&rt);
+                rt.cancel(id as TaskId)
+            }))
+        })?,
     )?;
-    t.raw_set("stats", lua.create_function(|lua, ()| stats_table(lua))?)?;
+    let h = Rc::clone(vm);
+    t.raw_set(
+        "idle",
+        lua.create_function(move |_, ()| Ok(h.existing().is_none_or(|rt| rt.is_idle())))?,
+    )?;
+    t.raw_set("vms_closed", lua.create_function(|_, ()| Ok(vm::vms_closed()))?)?;
+    let h = Rc::clone(vm);
+    t.raw_set("stats", lua.create_function(move |lua, ()| stats_table(lua, &h))?)?;
+    let h = Rc::clone(vm);
     t.raw_set(
         "configure",
         lua.create_function(
-            |lua, (threads, max_queue, base_dir, pool_nice, pool_cpus): ConfigureArgs| {
-                let mut c: Config = Runtime::config();
+            move |lua, (threads, max_queue, base_dir, pool_nice, pool_cpus): ConfigureArgs| {
+                let mut c: Config = match h.existing() {
+                    Some(rt) => rt.config_in_use().clone(),
+                    None => Runtime::config(),
+                };
                 if let Some(n) = threads {
                     c.threads = n;
                 }
@@ -472,7 +532,7 @@ fn control_table(lua: &Lua) -> mlua::Result<Table> {
                 if let Some(cpus) = pool_cpus {
                     c.pool_cpus = cpus;
                 }
-                match Runtime::configure(c) {
+                match Runtime::configure(c, h.existing().as_deref()) {
                     Ok(()) => true.into_lua_multi(lua),
                     Err(e) => failure(lua, &e),
                 }
@@ -492,10 +552,11 @@ type ConfigureArgs = (
     Option<Vec<usize>>,
 );
 
-fn stats_table(lua: &Lua) -> mlua::Result<Table> {
+fn stats_table(lua: &Lua, vm: &VmRuntime) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    let s = Runtime::existing().map(|rt| rt.stats()).unwrap_or_default();
-    let cfg = Runtime::config();
+    let rt = vm.existing();
+    let s = rt.as_ref().map(|rt| rt.stats()).unwrap_or_default();
+    let cfg = rt.map_or_else(Runtime::config, |rt| rt.config_in_use().clone());
     t.raw_set("in_flight", s.executor.in_flight)?;
     t.raw_set("completed", s.executor.completed)?;
     t.raw_set("cancelled", s.executor.cancelled)?;

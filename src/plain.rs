@@ -272,6 +272,15 @@ impl PlainTasks {
         true
     }
 
+    /// Throws every task away (see [`PlainTasks::cancel`]).
+    pub(crate) fn shutdown(&self) {
+        let ids: Vec<TaskId> = self.slots.borrow().keys().copied().collect();
+        for id in ids {
+            self.cancel(id);
+        }
+        self.spent.borrow_mut().clear();
+    }
+
     /// Tasks pending, or finished and not taken.
     pub(crate) fn len(&self) -> usize {
         self.slots.borrow().len()

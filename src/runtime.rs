@@ -10,7 +10,6 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,14 +112,13 @@ pub struct Runtime {
 
 thread_local! {
     static CONFIG: RefCell<Config> = RefCell::new(Config::default());
-    static CURRENT: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
 }
 
 /// Most tasks run by one driver poll before nginx gets the thread back.
 const POLL_BUDGET: usize = 256;
 
 impl Runtime {
-    fn new(config: Config) -> Runtime {
+    pub(crate) fn new(config: Config) -> Runtime {
         let notifier = Arc::new(Notifier::default());
         let pool = Pool::with_nice(
             config.threads.min(MAX_THREADS),
@@ -147,41 +145,22 @@ impl Runtime {
         }
     }
 
-    /// The runtime of this process, created on first use.
-    pub fn current() -> Rc<Runtime> {
-        CURRENT.with(|cur| {
-            let mut cur = cur.borrow_mut();
-            match cur.as_ref() {
-                Some(rt) if rt.forked == sys::forks() => Rc::clone(rt),
-                _ => {
-                    if let Some(inherited) = cur.take() {
-                        // Made by the parent before fork(): its threads do
-                        // not exist here and its socket is the parent's.
-                        // Dropping it would join nothing and unlink the
-                        // parent's files: leave it be.
-                        std::mem::forget(inherited);
-                    }
-                    let rt = Rc::new(Runtime::new(CONFIG.with(|c| c.borrow().clone())));
-                    *cur = Some(Rc::clone(&rt));
-                    rt
-                }
-            }
-        })
+    /// sys::forks() when this runtime was made.
+    pub(crate) fn forked(&self) -> u64 {
+        self.forked
     }
 
-    /// The runtime of this process if it exists already.
-    pub fn existing() -> Option<Rc<Runtime>> {
-        CURRENT.with(|cur| {
-            cur.borrow()
-                .as_ref()
-                .filter(|rt| rt.forked == sys::forks())
-                .cloned()
-        })
+    /// Cancels every task (their futures are dropped here) and forgets the
+    /// driver; called when the runtime's Lua VM closes.
+    pub(crate) fn shutdown(&self) {
+        self.executor.shutdown();
+        self.plain.shutdown();
+        self.disconnect_driver();
     }
 
-    /// Sets the configuration used when the runtime is created. Once it
-    /// exists, only an identical configuration is accepted.
-    pub fn configure(mut config: Config) -> Result<(), String> {
+    /// Sets the configuration used when a runtime is created. Once
+    /// `running` exists, only an identical configuration is accepted.
+    pub fn configure(mut config: Config, running: Option<&Runtime>) -> Result<(), String> {
         config.pool_nice = config.pool_nice.clamp(0, 19);
         config.pool_cpus.sort_unstable();
         config.pool_cpus.dedup();
@@ -195,7 +174,7 @@ impl Runtime {
                 ));
             }
         }
-        if let Some(rt) = Runtime::existing() {
+        if let Some(rt) = running {
             if rt.config != config {
                 return Err(format!(
                     "the runtime of this worker is already running with {:?}; \
@@ -208,12 +187,14 @@ impl Runtime {
         Ok(())
     }
 
-    /// The configuration a new runtime would get (or the running one has).
+    /// The configuration a new runtime gets.
     pub fn config() -> Config {
-        match Runtime::existing() {
-            Some(rt) => rt.config.clone(),
-            None => CONFIG.with(|c| c.borrow().clone()),
-        }
+        CONFIG.with(|c| c.borrow().clone())
+    }
+
+    /// The configuration this runtime was made with.
+    pub fn config_in_use(&self) -> &Config {
+        &self.config
     }
 
     /// Spawns a task and polls it once.
@@ -454,6 +435,11 @@ impl Runtime {
     /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
         self.executor.cancel(id) || self.plain.cancel(id)
+    }
+
+    /// Whether no task is in flight and no timer is pending.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight() == 0 && self.timers.is_empty()
     }
 
     /// Tasks and pool jobs pending, or finished and not taken.

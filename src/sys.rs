@@ -105,6 +105,37 @@ pub(crate) fn watch_forks() -> u64 {
     forks()
 }
 
+/// Keeps the shared object that holds this code loaded until the process
+/// exits. Lua unloads a C module's library (`dlclose`) when the Lua VM that
+/// loaded it closes, as every VM does under `lua_code_cache off`; this
+/// library's pool threads and thread-local destructors must not outlive
+/// its code.
+pub(crate) fn pin_library() {
+    static PINNED: Once = Once::new();
+    PINNED.call_once(|| {
+        // SAFETY: Dl_info is plain data (pointers and integers): all zeroes
+        // is a valid value.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: dladdr only reads the loader's tables and writes `info`.
+        // The function pointer is an address in this object, which is what
+        // dladdr looks up.
+        let found = unsafe { libc::dladdr(pin_library as *const libc::c_void, &mut info) };
+        if found == 0 || info.dli_fname.is_null() {
+            return;
+        }
+        // SAFETY: RTLD_NOLOAD only looks up an object that is loaded (this
+        // one: dli_fname is its path) and takes a reference to it;
+        // RTLD_NODELETE marks it never to be unloaded. The reference is
+        // kept on purpose.
+        unsafe {
+            libc::dlopen(
+                info.dli_fname,
+                libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+            )
+        };
+    });
+}
+
 /// How many times this process's ancestors forked since [`watch_forks`] was
 /// first called: a value remembered before a fork differs after it.
 pub(crate) fn forks() -> u64 {

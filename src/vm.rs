@@ -1,0 +1,187 @@
+//! One runtime per Lua VM.
+//!
+//! ngx_lua gives a worker one Lua VM, unless `lua_code_cache` is off: then
+//! every request (and the timers it starts) runs in a VM of its own, which
+//! is closed when they are done, while this library and its Rust statics
+//! stay loaded. A runtime holds Lua values of the VM its tasks came from,
+//! so each VM gets its own ([`VmRuntime`], kept in the VM by
+//! [`VmRuntime::of`]) and the runtime is dropped while its VM is being
+//! closed, before the values it holds go away.
+//!
+//! Code that has no Lua state at hand ([`crate::sleep`], [`crate::unblock`])
+//! finds the runtime of the call or task that runs it through
+//! [`Runtime::current`]: every entry from Lua [`VmRuntime::enter`]s it.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mlua::{AnyUserData, Lua, UserData};
+
+use crate::runtime::Runtime;
+use crate::sys;
+
+thread_local! {
+    /// The runtime of the call or task running now on this thread.
+    static CURRENT: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
+    /// The runtime of code that runs outside any call from Lua (tests, the
+    /// `testing` harness): made on first use.
+    static STANDALONE: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
+}
+
+/// Lua VMs of this process that closed (their library's copy of this
+/// crate saw them go).
+static VMS_CLOSED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a Lua VM that loaded this library has closed in this process:
+/// VMs come and go (`lua_code_cache off`).
+pub(crate) fn vms_closed() -> bool {
+    VMS_CLOSED.load(Ordering::Relaxed) > 0
+}
+
+/// The runtime of one Lua VM, made on first use in each process (a runtime
+/// made before `fork()` is not the child's), dropped when the VM closes.
+#[derive(Default)]
+pub(crate) struct VmRuntime {
+    runtime: RefCell<Option<Rc<Runtime>>>,
+    closed: Cell<bool>,
+}
+
+/// Kept in the VM's registry: the VM's garbage collector drops it when the
+/// VM closes, and the runtime with it. It is made after mlua's own state
+/// of this library in the VM, so it is finalized first (LuaJIT finalizes
+/// the newest userdata first), while the values the runtime holds are
+/// still valid.
+struct Closer(Rc<VmRuntime>);
+
+impl UserData for Closer {}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The registry key of this library's runtime in a VM. Each library that
+/// embeds this crate has its own copy of the static, hence its own key.
+fn registry_key() -> String {
+    static MARK: u8 = 0;
+    format!("resty_async.runtime.{:p}", &MARK as *const u8)
+}
+
+impl VmRuntime {
+    /// The runtime handle of the VM of `lua`, made on first use.
+    pub(crate) fn of(lua: &Lua) -> mlua::Result<Rc<VmRuntime>> {
+        if let Some(h) = lua.app_data_ref::<Rc<VmRuntime>>() {
+            return Ok(Rc::clone(&h));
+        }
+        let handle = Rc::new(VmRuntime::default());
+        let closer: AnyUserData = lua.create_userdata(Closer(Rc::clone(&handle)))?;
+        lua.set_named_registry_value(&registry_key(), closer)?;
+        lua.set_app_data(Rc::clone(&handle));
+        Ok(handle)
+    }
+
+    /// The runtime, made now if this process has none yet.
+    pub(crate) fn get(&self) -> Rc<Runtime> {
+        let mut slot = self.runtime.borrow_mut();
+        match slot.as_ref() {
+            Some(rt) if rt.is_ours() => Rc::clone(rt),
+            _ => {
+                assert!(
+                    !self.closed.get(),
+                    "resty-async: a runtime was asked for while its Lua VM closes"
+                );
+                if let Some(inherited) = slot.take() {
+                    forget_inherited(inherited);
+                }
+                let rt = Rc::new(Runtime::new(Runtime::config()));
+                *slot = Some(Rc::clone(&rt));
+                rt
+            }
+        }
+    }
+
+    /// The runtime if this process made it already.
+    pub(crate) fn existing(&self) -> Option<Rc<Runtime>> {
+        self.runtime.borrow().as_ref().filter(|rt| rt.is_ours()).cloned()
+    }
+
+    /// Drops the runtime: its tasks' futures, its timers, its completion
+    /// socket; its pool threads finish their jobs and exit.
+    fn close(&self) {
+        self.closed.set(true);
+        VMS_CLOSED.fetch_add(1, Ordering::Relaxed);
+        let rt = self.runtime.borrow_mut().take();
+        if let Some(rt) = rt {
+            if rt.is_ours() {
+                let _enter = enter(&rt);
+                rt.shutdown();
+            } else {
+                forget_inherited(rt);
+            }
+        }
+    }
+}
+
+/// A runtime made by the parent before `fork()`: its threads do not exist
+/// here and its socket is the parent's. Dropping it would join nothing and
+/// unlink the parent's files: leave it be.
+fn forget_inherited(rt: Rc<Runtime>) {
+    std::mem::forget(rt);
+}
+
+/// Makes `rt` the current runtime until the guard is dropped.
+pub(crate) fn enter(rt: &Rc<Runtime>) -> Entered {
+    let prev = CURRENT.with(|c| c.replace(Some(Rc::clone(rt))));
+    Entered(prev)
+}
+
+/// Restores the runtime that was current before [`enter`].
+pub(crate) struct Entered(Option<Rc<Runtime>>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        let _ = CURRENT.try_with(|c| c.replace(prev));
+    }
+}
+
+impl Runtime {
+    /// The runtime of the call or task running now. Outside any call from
+    /// Lua (a test, the `testing` harness), a runtime of this thread of its
+    /// own, made on first use.
+    pub fn current() -> Rc<Runtime> {
+        if let Some(rt) = CURRENT.with(|c| c.borrow().clone()) {
+            return rt;
+        }
+        STANDALONE.with(|s| {
+            let mut s = s.borrow_mut();
+            match s.as_ref() {
+                Some(rt) if rt.is_ours() => Rc::clone(rt),
+                _ => {
+                    if let Some(inherited) = s.take() {
+                        forget_inherited(inherited);
+                    }
+                    let rt = Rc::new(Runtime::new(Runtime::config()));
+                    *s = Some(Rc::clone(&rt));
+                    rt
+                }
+            }
+        })
+    }
+
+    /// The runtime [`Runtime::current`] would return, if it exists.
+    pub fn existing() -> Option<Rc<Runtime>> {
+        if let Some(rt) = CURRENT.with(|c| c.borrow().clone()) {
+            return Some(rt);
+        }
+        STANDALONE.with(|s| s.borrow().as_ref().filter(|rt| rt.is_ours()).cloned())
+    }
+
+    /// Whether this process made the runtime (not its parent, before
+    /// `fork()`).
+    pub(crate) fn is_ours(&self) -> bool {
+        self.forked() == sys::forks()
+    }
+}
