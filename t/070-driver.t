@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 5 + 1);
+plan tests => repeat_each() * (blocks() * 5 + 2);
 
 run_tests();
 
@@ -88,3 +88,37 @@ idle polls in 0.5 s: true
 --- response_body
 true in_flight=0
 --- timeout: 10
+
+
+
+=== TEST 4: a driver that keeps dying backs off and logs one line, not thousands
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local rt = require("resty_async_core").__rt
+            assert(async.sleep(0.01))
+            local waiter = ngx.thread.spawn(async.sleep, 0.2)
+            -- cut the completion socket every 2 ms for half a second
+            for _ = 1, 250 do
+                rt.disconnect()
+                ngx.sleep(0.002)
+            end
+            local ok, res = ngx.thread.wait(waiter)
+            ngx.say("waiter across the failures: ", res)
+            ngx.say("after: ", async.sleep(0.01), " ", #async.sha256("x"))
+            ngx.say("in_flight=", async.stats().in_flight)
+        }
+    }
+--- response_body
+waiter across the failures: true
+after: true 64
+in_flight=0
+--- grep_error_log eval: qr/driver of resty.async died/
+--- grep_error_log_out
+driver of resty.async died
+--- timeout: 10
+--- no_error_log
+[alert]
+exited on signal
+unknown reason

@@ -33,8 +33,14 @@ local ERR = ngx.ERR
 local WARN = ngx.WARN
 local exiting = ngx.worker.exiting
 local ngx_now = ngx.now
+local worker_pid = ngx.worker.pid
 local tcp = ngx.socket.tcp
 local sema_new = semaphore.new
+local debug_getinfo = debug.getinfo
+local next = next
+local rt_can_wait = core.__rt.can_wait
+-- C functions a yield passes through (LuaJIT runs them as fast functions).
+local YIELD_THROUGH = { [pcall] = true, [xpcall] = true }
 
 
 local _M = {
@@ -50,7 +56,6 @@ local YIELDABLE = {
     timer = true,
     ssl_cert = true,
     ssl_session_fetch = true,
-    ssl_client_hello = true,
     preread = true,
 }
 
@@ -70,6 +75,20 @@ local MAX_SPARE_SEMAS = 1024
 local SWEEP_INTERVAL = 0.1
 -- waiters[id] once the driver has posted the waiter's semaphore.
 local POSTED = true
+-- A driver with nothing to do exits after this long (seconds), so that a
+-- Lua VM that ngx_lua closes when its handlers end (`lua_code_cache off`)
+-- is not kept open by it. Drivers of the VM that lives as long as the
+-- worker stay; so do all drivers while no VM of the worker has closed.
+local IDLE_EXIT = 1
+-- A driver that dies is restarted after RESTART_MIN seconds, doubled after
+-- each failure in a row up to RESTART_MAX; a driver that ran for HEALTHY
+-- seconds starts the count anew.
+local RESTART_MIN = 0.01
+local RESTART_MAX = 5
+local HEALTHY = 10
+-- A driver's failures in a row are logged at most once per LOG_EVERY
+-- seconds (the first one at once).
+local LOG_EVERY = 10
 -- The version of the calling convention between a module's raw functions
 -- and this file (resty_async::module::ABI).
 local ABI = 3
@@ -301,6 +320,28 @@ local function sweep(st)
 end
 
 
+-- Whether the driver of `st` has nothing to do: nobody waits, no task
+-- handle is kept, no result is held and no Rust task is in flight.
+local function idle(st)
+    return st.nwaiting == 0 and st.nheld == 0 and next(st.owned) == nil
+           and st.rt.idle()
+end
+
+
+-- Whether an idle driver of `st` (idle for `secs`) should exit. The VM
+-- resty.async was loaded into before nginx forked, or in which
+-- init_worker_by_lua ran, lives as long as the worker: its driver stays.
+-- Other VMs may be closed when their handlers end: once one VM of the
+-- worker closed, their drivers exit as soon as they are idle; until then,
+-- after IDLE_EXIT seconds.
+local function may_exit_idle(st, secs)
+    if st.pid ~= worker_pid() or st.phase == "init_worker" then
+        return false
+    end
+    return st.rt.vms_closed() or secs >= IDLE_EXIT
+end
+
+
 local function drive(st)
     local rt = st.rt
     local path, err = rt.path()
@@ -330,9 +371,10 @@ local function drive(st)
         return nil, "cannot spawn the reader thread: " .. tostring(err)
     end
     st.reader = th
-    st.failures = 0
+    st.started = ngx_now()
 
     local tick = st.tick
+    local idle_since
     while true do
         local next_ms = run_poll(st, true)
 
@@ -342,6 +384,20 @@ local function drive(st)
 
         if st.nwaiting == 0 and exiting() then
             return true
+        end
+
+        if st.failures > 0 and ngx_now() - st.started >= HEALTHY then
+            st.failures = 0
+        end
+
+        if next_ms < 0 and idle(st) then
+            local now = ngx_now()
+            idle_since = idle_since or now
+            if may_exit_idle(st, now - idle_since) then
+                return true
+            end
+        else
+            idle_since = nil
         end
 
         local wait = IDLE_WAIT
@@ -368,7 +424,29 @@ local function drive(st)
 end
 
 
-local start_driver
+local start_driver, log_failure
+
+
+-- Logs a driver's death: the first of a series at once, then at most one
+-- line per LOG_EVERY seconds, which counts the ones it did not log.
+log_failure = function(st, why, delay)
+    local now = ngx_now()
+    if st.failures > 1 and now - (st.logged_at or 0) < LOG_EVERY then
+        st.unlogged = (st.unlogged or 0) + 1
+        return
+    end
+    local more = ""
+    if st.unlogged and st.unlogged > 0 then
+        more = " (" .. st.unlogged .. " more failures since the last line)"
+    end
+    st.logged_at = now
+    st.unlogged = 0
+    ngx_log(ERR, "resty.async: driver of ", st.name, " died: ", why,
+            "; restarting in ", delay, " s (failure ", st.failures,
+            " in a row)", more, ". Calls wait until it runs again; if ",
+            "this repeats, the lines above say why (base_dir must be ",
+            "writable by the worker's user)")
+end
 
 
 local function driver(premature, st)
@@ -402,12 +480,11 @@ local function driver(premature, st)
         return
     end
 
-    ngx_log(ERR, "resty.async: driver of ", st.name, " died: ", why,
-            "; restarting")
-    local delay = 0.001 * 2 ^ st.failures
-    if delay > 1 then
-        delay = 1
+    local delay = RESTART_MIN * 2 ^ (st.failures - 1)
+    if delay > RESTART_MAX then
+        delay = RESTART_MAX
     end
+    log_failure(st, why, delay)
     local started, terr = start_driver(st, delay)
     if not started then
         ngx_log(ERR, "resty.async: cannot restart the driver of ", st.name,
@@ -464,8 +541,40 @@ end
 -- to finish; returns its results. (pending_id is called here, not by the
 -- caller: a trace that LuaJIT starts in it must not return to the vararg
 -- frame of finish(), which it cannot compile.)
-local function wait(st, id, timeout)
+-- Whether the caller of a resty.async function may yield: not inside a C
+-- function that calls Lua (a table.sort comparator, a string.gsub
+-- callback), where ngx.semaphore would queue a waiter that never waits.
+-- Rust reads it off LuaJIT's state (see yieldable.rs); where it cannot,
+-- the stack is searched for such a C function.
+local function can_wait()
+    local yes = rt_can_wait()
+    if yes ~= nil then
+        return yes
+    end
+    local level = 3
+    while true do
+        local info = debug_getinfo(level, "Sf")
+        if not info then
+            return true
+        end
+        if info.what == "C" and not YIELD_THROUGH[info.func] then
+            return false
+        end
+        level = level + 1
+    end
+end
+
+
+-- (`level`: the caller's level for error(), as seen from here.)
+local function wait(st, id, timeout, level)
     id = pending_id(st, id)
+    if not can_wait() then
+        forget(st, id)
+        error("resty.async: cannot wait inside a C function such as a "
+              .. "table.sort comparator or a string.gsub callback (call "
+              .. "it outside, or start it with async.spawn and wait for "
+              .. "the task outside)", level)
+    end
     local ok, err = need_driver(st, id)
     if not ok then
         return nil, err
@@ -505,7 +614,7 @@ local function finish(st, timeout, ok, ...)
         -- tail-called, so the wrapper's frame is gone)
         error((...), 2)
     end
-    return wait(st, ok, timeout)
+    return wait(st, ok, timeout, 2)  -- tail calls: level 2 is the caller
 end
 
 
@@ -590,6 +699,8 @@ function _M.register(raw)
             running = false,
             failures = 0,
             polls = 0,
+            pid = worker_pid(),     -- see may_exit_idle()
+            phase = get_phase(),
         }
         states[id] = st
         nstates = nstates + 1
@@ -817,7 +928,7 @@ function Task.wait(self, timeout)
         if state == "done" then
             results = pack(take(st, id))
         elseif state == "pending" then
-            results = pack(wait(st, id, timeout))
+            results = pack(wait(st, id, timeout, 3))
         else
             results = pack(nil, "cancelled")
         end
