@@ -153,10 +153,10 @@ clean:
 	$(CARGO) clean
 
 # `make bench` (not part of `make test`): every scenario of bench/run.sh in
-# one run (nginx/bench.conf, wrk on loopback, about 3 minutes), the roundtrip
-# microbenchmark (benches/), a Markdown table on stdout and in
-# bench/RESULTS.md. Always release builds. BENCH_DURATION, BENCH_WARMUP,
-# BENCH_PORT, BENCH_THREADS, BENCH_ONLY: see bench/run.sh.
+# one run (nginx/bench.conf, wrk on loopback), the roundtrip microbenchmark
+# (benches/), a Markdown table on stdout and in bench/RESULTS.md. Always
+# release builds. Settings (BENCH_ROUNDS, BENCH_DURATION, BENCH_ONLY ...):
+# see bench/run.sh and bench/README.md.
 BENCH_SO := build/resty_async_bench.so
 
 $(BENCH_SO): $(RUST_SRC) $(wildcard bench/module/src/*.rs) bench/module/Cargo.toml

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench-callgrind`: instructions per request of the scenarios of
 # `make bench`, counted by valgrind's callgrind. Unlike requests/s on a
-# shared VM, these counts repeat within about 2 % from run to run, so they
-# show what a change to the code costs or saves.
+# shared VM, these counts repeat closely from run to run, so they show what
+# a change to the code costs or saves.
 #
 # For each scenario: nginx/bench.conf in one process (master_process off,
 # one worker's work) under callgrind with instrumentation off; wrk warms

@@ -15,8 +15,8 @@ if [ -z "${LUA_MODULES+x}" ]; then
 fi
 
 # A fresh nginx prefix holding a snapshot of lualib/ and the built modules:
-# `make build` copies over build/*.so in place, which crashes a worker that
-# has them loaded (SIGSEGV) if it happens during a run.
+# a rebuild during a run must not change the code measured by the nginx
+# instances that the run starts later.
 bench_prefix() { # prefix
     local f
     for f in build/resty_async_core.so build/resty_async_bench.so; do

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench` (issue 6): every scenario in one run, against one nginx
+# `make bench`: every scenario in one run, against one nginx
 # started from nginx/bench.conf (1 worker, then 2 for the scaling rows),
 # driven by wrk on loopback. Prints a Markdown table and writes it, with the
 # machine and the command, to bench/RESULTS.md.
@@ -387,7 +387,8 @@ LUA_V=$(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo 
 WRK_V=$(dpkg-query -W -f='${Version}' wrk 2>/dev/null || echo "?")
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 # On a KVM guest, how long an idle vCPU polls before it halts: with 0, every
-# wake-up of a thread on an idle vCPU waits for the host (tens of µs).
+# wake-up of a thread on an idle vCPU waits for the host, which shapes every
+# cross-thread figure (see bench/README.md).
 HALTPOLL=$(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || true)
 HALTPOLL_NOTE=${HALTPOLL:+; KVM guest, \`guest_halt_poll_ns\` = $HALTPOLL}
 

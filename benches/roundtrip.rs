@@ -1,7 +1,7 @@
 //! `cargo bench --bench roundtrip`: spawn -> wake -> poll -> complete inside
-//! Rust, without nginx (issue 6, item 8). A plain `harness = false` bench:
-//! each case runs for a fixed time after a warm-up and prints ns per round
-//! trip (the median of several rounds).
+//! Rust, without nginx (scenario 8 of bench/README.md). A plain
+//! `harness = false` bench: each case runs for a fixed time after a warm-up
+//! and prints ns per round trip (the median of several rounds).
 //!
 //! The cases, from cheapest to closest to a real call:
 //!
@@ -16,9 +16,8 @@
 //!   woken through the same socket: what `async.sha256("x")` costs in Rust;
 //! * `thread_wake_1cpu`, `pool_job_1cpu`: the same with every thread pinned
 //!   to CPU 0. Unpinned, the two cross-thread cases are dominated by how
-//!   long the OS takes to wake a thread on an idle CPU (in a VM without
-//!   halt polling, tens of microseconds, and bimodal); pinned, by a local
-//!   context switch.
+//!   long the OS takes to wake a thread on an idle CPU (slow in a VM
+//!   without halt polling); pinned, by a local context switch.
 //!
 //! Lines look like `roundtrip <case> <ns> ns/op (<n> ops)`; `make bench`
 //! copies them into bench/RESULTS.md.
