@@ -114,8 +114,8 @@ struct Slot<T> {
 }
 
 /// Task ids are sequential integers: a multiplicative hash spreads them
-/// well and costs one multiplication (SipHash would cost more than the
-/// rest of a ready-at-once call).
+/// well and costs one multiplication (SipHash would be a large part of a
+/// ready-at-once call).
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 

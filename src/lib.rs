@@ -10,7 +10,8 @@
 //! to a per-worker unix socket that a cosocket in an `ngx.timer` driver
 //! reads; the driver runs the ready tasks on the worker thread and posts the
 //! semaphores of the finished ones. Timers are fired by the same driver,
-//! whose read timeout is the next deadline: no reactor of our own.
+//! which sleeps on an `ngx.semaphore` until the next deadline: no reactor of
+//! our own.
 //!
 //! # Writing a module
 //!

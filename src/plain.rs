@@ -4,8 +4,8 @@
 //! `read_file` and `write_file`) needs no future: its job runs on the pool,
 //! and its result becomes Lua values on the worker. Nor does `async.sleep`:
 //! it is a deadline. Run as a future (awaiting a [`crate::BlockingTask`] or
-//! a [`crate::Sleep`]), each would cost a task allocation (about 400 bytes,
-//! past what glibc keeps per thread under load), two polls, a waker and a
+//! a [`crate::Sleep`]), each would cost a task allocation (larger than what
+//! glibc keeps per thread under load), two polls, a waker and a
 //! run-queue entry. Here the pool reports a job's task id (its tag, see
 //! [`Pool::spawn_tagged`]) on a channel and asks for a driver poll; a
 //! sleep's deadline stands for its task id in the runtime's [`Timers`]; the
@@ -243,8 +243,8 @@ impl PlainTasks {
     /// the results of a poll together, and their cells freed together
     /// would overflow glibc's per-thread cache (7 blocks of a size) into
     /// its arenas, where nginx's own per-request allocations consolidate
-    /// them: about 500 instructions per call went to malloc and free. One
-    /// free before each allocation stays in the cache.
+    /// them, on malloc's slow path. One free before each allocation stays
+    /// in the cache.
     fn retire(&self, kind: Kind) {
         let Kind::Job(job) = kind else { return };
         let mut spent = self.spent.borrow_mut();

@@ -146,8 +146,8 @@ impl Shared {
 
     /// Starts thread `n`. With [`Shared::cpus`] set, it first moves there
     /// and runs no job if it cannot: its error is ours. The caller then
-    /// waits for the thread to say (a few µs, once per thread started, as
-    /// for the thread's creation).
+    /// waits for the thread to say (once per thread started, like the
+    /// thread's creation).
     fn start_thread(self: &Arc<Shared>, n: usize) -> std::io::Result<()> {
         let shared = Arc::clone(self);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -426,7 +426,7 @@ where
 /// parks at once (no spinning, no `sched_yield`: on a small machine a
 /// spinning thread takes the CPU the nginx worker needs) and is unparked by
 /// the next job. While the caller is busy ([`Pool::set_caller_busy`]),
-/// threads park under `SCHED_BATCH`: the wake-up of one no longer preempts
+/// threads park under `SCHED_BATCH`: the wake-up of one does not preempt
 /// the caller (see there).
 pub struct Pool {
     tx: Sender<Job>,
@@ -652,8 +652,8 @@ impl Pool {
 /// the thread lowers its priority (see [`Pool::with_nice`]). Shorter jobs
 /// end before a time slice does, so they cannot hold up the worker for
 /// long, and a thread that runs only those keeps the worker's priority: a
-/// lower one would delay its wake-up, about 10 µs per call on an idle
-/// machine.
+/// lower one would delay its wake-up on an idle machine (bench/README.md
+/// has the figures).
 pub const NICE_AFTER: Duration = Duration::from_millis(1);
 
 fn worker(shared: &Arc<Shared>) {

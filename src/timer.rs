@@ -1,8 +1,8 @@
 //! Timers kept by the runtime and fired by the driver.
 //!
 //! There is no timer thread: the driver asks [`Timers::next_deadline`] and
-//! sets its socket read timeout to it, so nginx's own timer tree wakes the
-//! worker; then [`Timers::fire`] wakes every task whose deadline has passed.
+//! waits on an `ngx.semaphore` with that timeout, so nginx's own timer tree
+//! wakes the worker; then [`Timers::fire`] wakes every task whose deadline has passed.
 //! A [`Sleep`] dropped before its deadline removes its entry at once.
 //!
 //! A deadline may also stand for a task of its own, without a future

@@ -3,12 +3,11 @@
 //!
 //! Strings: on LuaJIT, mlua makes every string under its own protection
 //! against a memory error: a `lua_cpcall` that creates two C closures, then
-//! a `lua_pcall` of one of them. That costs about 2,600 instructions per
-//! string, more than the rest of a pool call's result handling, and every
-//! `async.sha256` or `async.read_file` paid it. Here one C function, made
+//! a `lua_pcall` of one of them. That costs more than the rest of a pool
+//! call's result handling, on every string result. Here one C function, made
 //! once per Lua state and kept in the registry, pushes the string under a
 //! plain `lua_pcall`: the same protection (a memory error becomes an `Err`,
-//! it never unwinds through Rust frames), about a fifth of the cost.
+//! it never unwinds through Rust frames), for much less.
 //!
 //! One value: a task's output is kept as [`LuaValues::One`] rather than a
 //! `MultiValue` (a heap allocation) when the function returns a string, a
@@ -67,7 +66,7 @@ pub(crate) fn outbox_len() -> usize {
 ///
 /// The strings are made right here, by `lua_pushlstring`, instead of
 /// through mlua: a Lua string mlua makes (see [`create`]) needs a protected
-/// call and a reference slot, about 900 instructions, five times this.
+/// call and a reference slot, several times this.
 /// This function is called from Lua code only (the driver's), never from
 /// Rust, so a memory error raised by `lua_checkstack` or `lua_pushlstring`
 /// is an ordinary Lua error: it unwinds through this frame (a `C-unwind`
@@ -255,8 +254,7 @@ pub(crate) const INLINE: usize = 64;
 /// short. A heap buffer made by one thread and freed by the other misses
 /// glibc's per-thread cache at both ends (each thread frees blocks of a
 /// size it never allocates, and allocates blocks of a size it never
-/// frees): on the wake path that cost about 250 instructions per buffer.
-/// Inline, a short string travels inside the job's cell, which the worker
+/// frees). Inline, a short string travels inside the job's cell, which the worker
 /// both allocates and frees.
 pub(crate) enum Bytes {
     /// `len` bytes at the start of `buf`.
