@@ -95,7 +95,7 @@ fn sha256_hex_array(data: &[u8]) -> [u8; 64] {
 
 /// The raw table of the built-ins (wrapped by `resty/async.lua`).
 pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
-    let mut m = Module::new(lua, "resty.async")?;
+    let mut m = Module::new_core(lua, "resty.async")?;
     m.add_value("version", env!("CARGO_PKG_VERSION"))?;
     m.add_raw("sleep", |_, rt, (secs,): (Value,)| {
         Ok(rt.spawn_sleep(seconds_arg(&secs, 1, "sleep", MAX_SLEEP)?))

@@ -45,6 +45,8 @@
 #[macro_use]
 mod sys;
 
+mod class;
+
 pub mod core;
 pub mod executor;
 pub mod module;

@@ -40,7 +40,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Table, Value};
+use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Table, UserData, Value};
 
 use crate::executor::{Outcome, Panicked, Spawned, TaskId};
 use crate::plain::Single;
@@ -59,6 +59,22 @@ pub struct Module {
 impl Module {
     /// Starts a module called `name` (used in messages and `async.stats()`).
     pub fn new(lua: &Lua, name: &str) -> mlua::Result<Module> {
+        // First, so that the async functions and methods this library makes
+        // from now on capture resty.async's guarded `coroutine.yield`.
+        let require: Function = lua.globals().get("require")?;
+        let async_lib: Table = require.call("resty.async")?;
+        let guard: Function = async_lib.get("guard_mlua")?;
+        let in_poll = lua.create_function(|_, ()| Ok(crate::executor::in_poll()))?;
+        guard.call::<()>((Lua::poll_pending(), in_poll))?;
+        Module::with_name(lua, name)
+    }
+
+    /// The built-in module's: `resty/async.lua` is loading it.
+    pub(crate) fn new_core(lua: &Lua, name: &str) -> mlua::Result<Module> {
+        Module::with_name(lua, name)
+    }
+
+    fn with_name(lua: &Lua, name: &str) -> mlua::Result<Module> {
         values::install(lua)?;
         crate::sys::pin_library();
         pin_mlua_state(lua)?;
@@ -151,13 +167,36 @@ impl Module {
     /// points its internal `yield` at a guard: called directly, outside
     /// resty-async, it raises a clear error instead of spinning the worker.
     pub fn add_lua_async(&mut self, name: &str, f: Function) -> mlua::Result<&mut Module> {
-        guard_lua_async(&self.lua, &f).map_err(|e| {
-            mlua::Error::RuntimeError(format!("add_lua_async(\"{name}\"): {}", error_message(&e)))
-        })?;
-        self.add_raw_async(name, move |_lua, args| {
-            let f = f.clone();
-            Ok(async move { f.call_async::<MultiValue>(args).await })
-        })
+        let raw = lua_async_raw(&self.lua, &self.vm, name, f)?;
+        self.insert(name, "async", raw)
+    }
+
+    /// Registers the userdata type `T` (mlua's [`UserData`]): its async
+    /// methods, async functions and async metamethods (mlua's
+    /// `add_async_method`, `add_async_method_mut`, `add_async_function`,
+    /// ...) then wait like this module's async functions: only the calling
+    /// light thread yields, a timeout drops the method's future, errors
+    /// and panics come back as `nil, message`, and `async.with_timeout` and
+    /// `async.spawn` take them. Sync methods, fields and other metamethods
+    /// stay as mlua makes them.
+    ///
+    /// mlua makes a type's metatable when the first value of the type
+    /// reaches Lua; resty-async takes over its async methods when a value
+    /// of the type comes out of one of this module's functions or async
+    /// methods, or is one of its exports. (A value that reaches Lua only
+    /// another way, such as the result of a sync method of another type,
+    /// has async methods that raise an error until then.)
+    ///
+    /// A method's future that holds the `UserDataRef` it was given keeps
+    /// the Lua object alive (and borrowed) until it ends. To let the object
+    /// be collected while calls are pending, keep the state behind an
+    /// `Arc` and hand the future a clone of it: see the crate docs.
+    ///
+    /// The async methods of a type that is not registered raise an error
+    /// when called, instead of spinning the worker.
+    pub fn add_class<T: UserData + 'static>(&mut self) -> mlua::Result<&mut Module> {
+        crate::class::register::<T>(&self.lua)?;
+        Ok(self)
     }
 
     /// Adds a plain value (a constant, a version string...).
@@ -175,11 +214,18 @@ impl Module {
         Fut: Future<Output = mlua::Result<R>> + 'static,
         R: IntoLuaMulti + 'static,
     {
-        self.add_raw(name, move |lua, rt, args: MultiValue| {
-            let fut = f(lua, args)?;
-            let lua = lua.clone();
-            Ok(rt.spawn(async move { fut.await.and_then(|r| values::convert(&lua, r)) }))
-        })
+        let raw = self.raw_async(f)?;
+        self.insert(name, "async", raw)
+    }
+
+    /// The raw function of [`Module::add_raw_async`].
+    fn raw_async<F, Fut, R>(&self, f: F) -> mlua::Result<Function>
+    where
+        F: Fn(&Lua, MultiValue) -> Result<Fut, String> + 'static,
+        Fut: Future<Output = mlua::Result<R>> + 'static,
+        R: IntoLuaMulti + 'static,
+    {
+        raw_async(&self.lua, &self.vm, f)
     }
 
     /// Like [`Module::add_raw_async`] for a blocking call: `f` validates
@@ -204,16 +250,17 @@ impl Module {
         A: FromLuaMulti,
         F: Fn(&Lua, &Runtime, A) -> Result<Spawned<LuaOutput>, String> + 'static,
     {
-        let vm = Rc::clone(&self.vm);
-        let func = self.lua.create_function(move |lua, args: A| {
-            let rt = vm.get();
-            let _enter = vm::enter(&rt);
-            match rt.batch(|| f(lua, &rt, args)) {
-                Ok(spawned) => spawned_results(lua, &rt, spawned),
-                Err(msg) => misuse(lua, &msg),
-            }
-        })?;
+        let func = self.raw(f)?;
         self.insert(name, "async", func)
+    }
+
+    /// The raw function of [`Module::add_raw`].
+    fn raw<A, F>(&self, f: F) -> mlua::Result<Function>
+    where
+        A: FromLuaMulti,
+        F: Fn(&Lua, &Runtime, A) -> Result<Spawned<LuaOutput>, String> + 'static,
+    {
+        raw(&self.lua, &self.vm, f)
     }
 
     fn insert(&mut self, name: &str, kind: &str, func: Function) -> mlua::Result<&mut Module> {
@@ -235,6 +282,60 @@ impl Module {
         let register: Function = async_lib.get("register")?;
         register.call(self.raw)
     }
+}
+
+/// The lowest level of a waiting function: `f` validates the arguments
+/// (`Err(message)` is raised in the caller) and spawns a task on the
+/// runtime of `vm` (the raw calling convention of the module docs).
+fn raw<A, F>(lua: &Lua, vm: &Rc<VmRuntime>, f: F) -> mlua::Result<Function>
+where
+    A: FromLuaMulti,
+    F: Fn(&Lua, &Runtime, A) -> Result<Spawned<LuaOutput>, String> + 'static,
+{
+    let vm = Rc::clone(vm);
+    lua.create_function(move |lua, args: A| {
+        let rt = vm.get();
+        let _enter = vm::enter(&rt);
+        match rt.batch(|| f(lua, &rt, args)) {
+            Ok(spawned) => spawned_results(lua, &rt, spawned),
+            Err(msg) => misuse(lua, &msg),
+        }
+    })
+}
+
+/// A raw function whose task is the future `f` makes.
+fn raw_async<F, Fut, R>(lua: &Lua, vm: &Rc<VmRuntime>, f: F) -> mlua::Result<Function>
+where
+    F: Fn(&Lua, MultiValue) -> Result<Fut, String> + 'static,
+    Fut: Future<Output = mlua::Result<R>> + 'static,
+    R: IntoLuaMulti + 'static,
+{
+    raw(lua, vm, move |lua, rt, args: MultiValue| {
+        let fut = f(lua, args)?;
+        let lua = lua.clone();
+        Ok(rt.spawn(async move { fut.await.and_then(|r| values::convert(&lua, r)) }))
+    })
+}
+
+/// The raw function that runs `f`, made by `Lua::create_async_function`
+/// (or by mlua for an async method), through `Function::call_async`, with
+/// `f`'s `yield` guarded (see [`guard_lua_async`]).
+pub(crate) fn lua_async_raw(
+    lua: &Lua,
+    vm: &Rc<VmRuntime>,
+    name: &str,
+    f: Function,
+) -> mlua::Result<Function> {
+    guard_lua_async(lua, &f).map_err(|e| {
+        mlua::Error::RuntimeError(format!(
+            "resty-async: registering \"{name}\": {}",
+            error_message(&e)
+        ))
+    })?;
+    raw_async(lua, vm, move |_lua, args| {
+        let f = f.clone();
+        Ok(async move { f.call_async::<MultiValue>(args).await })
+    })
 }
 
 /// `Lua::create_async_function`, made so that its futures can be driven by
@@ -315,7 +416,7 @@ fn pin_mlua_state(lua: &Lua) -> mlua::Result<()> {
 
 /// Tells the runtimes of different module libraries apart: each cdylib
 /// that embeds this crate has its own copy of this static.
-fn runtime_id() -> String {
+pub(crate) fn runtime_id() -> String {
     static MARK: u8 = 0;
     format!("{:p}", &MARK as *const u8)
 }
@@ -330,7 +431,7 @@ fn id_value(id: TaskId) -> f64 {
 /// `resty/async.lua` checks: a module crate built against another
 /// resty-async than the `resty/async.lua` it runs with fails to register
 /// instead of misreading results.
-pub const ABI: u32 = 3;
+pub const ABI: u32 = 4;
 
 /// Most values `rt.poll` returns on the Lua stack (pairs of finished
 /// tasks), beyond which they come in a table.
@@ -506,6 +607,18 @@ fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table> {
         lua.create_function(move |_, ()| Ok(h.existing().is_none_or(|rt| rt.is_idle())))?,
     )?;
     t.raw_set("vms_closed", lua.create_function(|_, ()| Ok(vm::vms_closed()))?)?;
+    // adopt(v): see crate::class.
+    t.raw_set(
+        "adopt",
+        lua.create_function(|lua, v: Value| crate::class::adopt(lua, &v))?,
+    )?;
+    // lua_async(name, f) -> the raw function of an mlua async function or
+    // method (see crate::class).
+    let h = Rc::clone(vm);
+    t.raw_set(
+        "lua_async",
+        lua.create_function(move |lua, (name, f): (String, Function)| lua_async_raw(lua, &h, &name, f))?,
+    )?;
     let h = Rc::clone(vm);
     t.raw_set("stats", lua.create_function(move |lua, ()| stats_table(lua, &h))?)?;
     let h = Rc::clone(vm);

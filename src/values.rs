@@ -243,7 +243,16 @@ fn one_value<R: 'static>(lua: &Lua, r: &R) -> Option<mlua::Result<Value>> {
 pub(crate) fn convert<R: IntoLuaMulti + 'static>(lua: &Lua, r: R) -> mlua::Result<LuaValues> {
     match one_value(lua, &r) {
         Some(v) => v.map(LuaValues::One),
-        None => r.into_lua_multi(lua).map(LuaValues::Many),
+        None => {
+            let values = r.into_lua_multi(lua)?;
+            // A value of a registered userdata type: see crate::class.
+            for v in values.iter() {
+                if let Value::UserData(_) = v {
+                    crate::class::adopt(lua, v)?;
+                }
+            }
+            Ok(LuaValues::Many(values))
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! an error, a panic), blocking closures run on the pool, plain sync
 //! functions, and a function made with mlua's own `create_async_function`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::oneshot;
@@ -75,6 +76,91 @@ fn on_thread<T: Send + 'static>(ms: u64, f: impl FnOnce() -> T + Send + 'static)
         let _ = tx.send(f());
     });
     rx
+}
+
+/// Counters whose state was dropped so far (see `Counter`).
+static COUNTERS_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// The state of a `Counter`, shared by the Lua object and the futures of
+/// its pending calls.
+struct CounterState {
+    value: AtomicI64,
+}
+
+impl Drop for CounterState {
+    fn drop(&mut self) {
+        COUNTERS_DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A userdata type with async methods, registered with `add_class`. Its
+/// methods hand their futures a clone of the `Arc`, not the Lua object:
+/// the object may be collected while calls are pending, and the state is
+/// dropped when the last of them ends.
+struct Counter(Arc<CounterState>);
+
+impl LuaUserData for Counter {
+    fn add_fields<F: LuaUserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("value", |_, this| Ok(this.0.value.load(Ordering::SeqCst)));
+    }
+
+    fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get", |_, this, ()| Ok(this.0.value.load(Ordering::SeqCst)));
+        methods.add_async_method("slow_incr", |_, this, ms: u64| {
+            let state = Arc::clone(&this.0);
+            async move {
+                resty_async::sleep(Duration::from_millis(ms.min(60_000))).await;
+                Ok(state.value.fetch_add(1, Ordering::SeqCst) + 1)
+            }
+        });
+        // Holds its UserDataRef (the mlua way): the object stays alive
+        // until it ends.
+        methods.add_async_method("borrowing_incr", |_, this, ms: u64| async move {
+            resty_async::sleep(Duration::from_millis(ms.min(60_000))).await;
+            Ok(this.0.value.fetch_add(1, Ordering::SeqCst) + 1)
+        });
+        methods.add_async_method_mut("exclusive_incr", |_, this, ms: u64| async move {
+            resty_async::sleep(Duration::from_millis(ms.min(60_000))).await;
+            Ok(this.0.value.fetch_add(1, Ordering::SeqCst) + 1)
+        });
+        methods.add_async_method("guarded_wait", |_, this, ms: u64| {
+            let state = Arc::clone(&this.0);
+            async move {
+                let _guard = DropGuard;
+                resty_async::sleep(Duration::from_millis(ms.min(60_000))).await;
+                Ok(state.value.load(Ordering::SeqCst))
+            }
+        });
+        methods.add_async_method("fail_after", |_, _this, ms: u64| async move {
+            resty_async::sleep(Duration::from_millis(ms.min(60_000))).await;
+            Err::<(), _>(LuaError::RuntimeError("counter says no".into()))
+        });
+        methods.add_async_method("panic_after", |_, _this, ms: u64| async move {
+            resty_async::sleep(Duration::from_millis(ms.min(60_000))).await;
+            panic!("counter panic after {ms} ms");
+            #[allow(unreachable_code)]
+            Ok(())
+        });
+        methods.add_async_function("make_after", |_, (start, ms): (i64, u64)| async move {
+            resty_async::sleep(Duration::from_millis(ms.min(60_000))).await;
+            Ok(Counter(Arc::new(CounterState {
+                value: AtomicI64::new(start),
+            })))
+        });
+    }
+}
+
+/// A userdata type with an async method that is NOT registered: calling
+/// it raises at once instead of spinning the worker.
+struct Unregistered;
+
+impl LuaUserData for Unregistered {
+    fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
+        methods.add_async_method("wait", |_, _this, ms: u64| async move {
+            resty_async::sleep(Duration::from_millis(ms.min(60_000))).await;
+            Ok(true)
+        });
+    }
 }
 
 #[mlua::lua_module]
@@ -171,6 +257,18 @@ fn resty_async_example(lua: &Lua) -> LuaResult<LuaTable> {
     })?;
     m.add_function("sync_panic", |_, ()| -> LuaResult<()> { panic!("sync panic") })?;
     m.add_function("dropped", |_, ()| Ok(DROPPED.load(Ordering::SeqCst)))?;
+
+    // --- objects with async methods --------------------------------------
+    m.add_class::<Counter>()?;
+    m.add_function("counter", |_, start: Option<i64>| {
+        Ok(Counter(Arc::new(CounterState {
+            value: AtomicI64::new(start.unwrap_or(0)),
+        })))
+    })?;
+    m.add_function("counters_dropped", |_, ()| {
+        Ok(COUNTERS_DROPPED.load(Ordering::SeqCst))
+    })?;
+    m.add_function("unregistered", |_, ()| Ok(Unregistered))?;
 
     // --- mlua's own create_async_function, the tutorials' pattern --------
     // No tokio: the future is completed by a std::thread and driven by

@@ -1,0 +1,85 @@
+//! Userdata types whose async methods wait the resty-async way
+//! ([`crate::Module::add_class`]).
+//!
+//! mlua makes a userdata type's metatable, with its async methods, the
+//! first time a value of the type reaches Lua, and offers no way to reach
+//! it before. So a registered type is only noted here; when a value of it
+//! comes out of a function of the module (or is one of its exports),
+//! `resty/async.lua` swaps the async functions in its metatable for
+//! wrappers that run them on the executor, like the module's own async
+//! functions. Each Lua VM has its own metatables: the note is per VM.
+
+use std::any::TypeId;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use mlua::{Function, Lua, Table, UserData, Value};
+
+/// The userdata types of this library registered in one Lua VM.
+struct Classes {
+    types: RefCell<Vec<Class>>,
+    /// `resty.async`'s `adopt(library id, value, type name)`.
+    adopt: Function,
+}
+
+struct Class {
+    id: TypeId,
+    name: String,
+    /// Its metatable in this VM has been taken over.
+    adopted: Cell<bool>,
+}
+
+/// Notes `T` as a type whose async methods resty-async runs.
+pub(crate) fn register<T: UserData + 'static>(lua: &Lua) -> mlua::Result<()> {
+    let classes = match lua.app_data_ref::<Rc<Classes>>() {
+        Some(c) => Rc::clone(&c),
+        None => {
+            let require: Function = lua.globals().get("require")?;
+            let async_lib: Table = require.call("resty.async")?;
+            let c = Rc::new(Classes {
+                types: RefCell::new(Vec::new()),
+                adopt: async_lib.get("adopt")?,
+            });
+            lua.set_app_data(Rc::clone(&c));
+            c
+        }
+    };
+    let id = TypeId::of::<T>();
+    let mut types = classes.types.borrow_mut();
+    if !types.iter().any(|c| c.id == id) {
+        let name = std::any::type_name::<T>();
+        types.push(Class {
+            id,
+            name: name.rsplit("::").next().unwrap_or(name).to_owned(),
+            adopted: Cell::new(false),
+        });
+    }
+    Ok(())
+}
+
+/// If `v` is a value of a registered type whose metatable was not taken
+/// over yet in this VM, takes it over.
+pub(crate) fn adopt(lua: &Lua, v: &Value) -> mlua::Result<()> {
+    let Value::UserData(ud) = v else {
+        return Ok(());
+    };
+    let Some(classes) = lua.app_data_ref::<Rc<Classes>>().map(|c| Rc::clone(&c)) else {
+        return Ok(());
+    };
+    let Some(id) = ud.type_id() else {
+        return Ok(());
+    };
+    let name = match classes.types.borrow().iter().find(|c| c.id == id) {
+        Some(c) if !c.adopted.get() => c.name.clone(),
+        _ => return Ok(()),
+    };
+    let done: bool = classes
+        .adopt
+        .call((crate::module::runtime_id(), ud.clone(), name))?;
+    if done {
+        if let Some(c) = classes.types.borrow().iter().find(|c| c.id == id) {
+            c.adopted.set(true);
+        }
+    }
+    Ok(())
+}

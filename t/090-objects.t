@@ -1,0 +1,227 @@
+# vim:set ft= ts=4 sw=4 et fdm=marker:
+use lib '.';
+use t::TestAsync;
+
+plan tests => repeat_each() * (blocks() * 5);
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: a registered type's async method waits without blocking the worker
+--- config
+    location = /ping {
+        content_by_lua_block { ngx.say("pong") }
+    }
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            local h = require "t_http"
+            local c = ex.counter(41)
+            local th = ngx.thread.spawn(c.slow_incr, c, 1000)
+            ngx.update_time()
+            local t0 = ngx.now()
+            local status, body = h.get("/ping")
+            ngx.update_time()
+            ngx.say("ping: ", status, " ", body:sub(1, -2), " at once: ",
+                    ngx.now() - t0 < 0.3)
+            ngx.say("slow_incr: ", select(2, ngx.thread.wait(th)))
+            ngx.say("get: ", c:get(), " value: ", c.value)
+        }
+    }
+--- response_body
+ping: 200 pong at once: true
+slow_incr: 42
+get: 42 value: 42
+
+
+
+=== TEST 2: the async method of a type that was not registered raises at once; nothing spins
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            local u = ex.unregistered()
+            ngx.update_time()
+            local t0 = ngx.now()
+            local ok, err = pcall(u.wait, u, 1000)
+            ngx.update_time()
+            ngx.say(ok, " ", err:match("must be registered through resty%-async"))
+            ngx.say("names what to call: ",
+                    err:find("Module::add_class", 1, true) ~= nil)
+            ngx.say("at once: ", ngx.now() - t0 < 0.1)
+            ngx.say("later calls work: ", ex.counter(1):slow_incr(5))
+        }
+    }
+--- response_body
+false must be registered through resty-async
+names what to call: true
+at once: true
+later calls work: 2
+
+
+
+=== TEST 3: 100 requests at once call one object made in init_worker_by_lua
+--- http_config
+    init_worker_by_lua_block {
+        package.loaded.shared_counter =
+            require("resty_async_example").counter(0)
+    }
+--- config
+    location = /incr {
+        content_by_lua_block {
+            local c = package.loaded.shared_counter
+            ngx.say(assert(c:slow_incr(200)))
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local h = require "t_http"
+            local c = package.loaded.shared_counter
+            local before = c.value
+            local res, elapsed = h.parallel(100, function()
+                return h.get("/incr")
+            end)
+            local good = 0
+            for i = 1, 100 do
+                if res[i].ok and res[i][1] == 200 then good = good + 1 end
+            end
+            ngx.say(good, " answered; side by side: ", elapsed < 1.5)
+            ngx.say("value grew by ", c.value - before)
+        }
+    }
+--- response_body
+100 answered; side by side: true
+value grew by 100
+--- timeout: 10
+
+
+
+=== TEST 4: a timeout drops the method's future
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local c = ex.counter(7)
+            local dropped = ex.dropped()
+            ngx.say(async.with_timeout(0.05, c.guarded_wait, c, 5000))
+            ngx.say("future dropped: ", ex.dropped() - dropped)
+            ngx.say("in_flight=", async.stats().in_flight)
+        }
+    }
+--- response_body
+niltimeout
+future dropped: 1
+in_flight=0
+
+
+
+=== TEST 5: the object is collected while a call is pending; its state is dropped once, after the call
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local before = ex.counters_dropped()
+            local c = ex.counter(1)
+            local task = async.spawn(c.slow_incr, c, 200)
+            c = nil
+            collectgarbage()
+            collectgarbage()
+            ngx.say("while pending: ", ex.counters_dropped() - before)
+            ngx.say("result: ", task:wait())
+            collectgarbage()
+            ngx.say("after: ", ex.counters_dropped() - before)
+            -- a method that keeps its UserDataRef keeps the object
+            local c2 = ex.counter(5)
+            task = async.spawn(c2.borrowing_incr, c2, 100)
+            c2 = nil
+            collectgarbage()
+            ngx.say("borrowing, while pending: ",
+                    ex.counters_dropped() - before)
+            ngx.say("result: ", task:wait())
+            collectgarbage()
+            collectgarbage()
+            ngx.say("after: ", ex.counters_dropped() - before)
+        }
+    }
+--- response_body
+while pending: 0
+result: 2
+after: 1
+borrowing, while pending: 1
+result: 6
+after: 2
+
+
+
+=== TEST 6: errors and panics of methods come back as nil, message
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local c = ex.counter()
+            ngx.say(c:fail_after(5))
+            ngx.say(c:panic_after(5))
+            ngx.say(c:panic_after(0))
+            ngx.say("still works: ", c:slow_incr(1))
+            ngx.say("in_flight=", async.stats().in_flight)
+        }
+    }
+--- response_body
+nilcounter says no
+nilrust function panicked: counter panic after 5 ms
+nilrust function panicked: counter panic after 0 ms
+still works: 1
+in_flight=0
+
+
+
+=== TEST 7: add_async_method_mut: a second call while one is pending fails with a message
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            local c = ex.counter()
+            local th = ngx.thread.spawn(c.exclusive_incr, c, 100)
+            local ok, err = c:exclusive_incr(1)
+            ngx.say(ok, " ", type(err), " ", err ~= nil and #err > 0)
+            ngx.say(select(2, ngx.thread.wait(th)))
+            ngx.say(c:exclusive_incr(1))
+        }
+    }
+--- response_body
+nil string true
+1
+2
+
+
+
+=== TEST 8: async functions of the type, methods from ngx.timer, async.spawn and with_timeout
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_example"
+            local c = ex.counter(10)
+            local made = c.make_after(100, 5)
+            ngx.say("make_after: ", made:get(), " ", made.value)
+            local sema = require("ngx.semaphore").new()
+            local got
+            assert(ngx.timer.at(0, function()
+                got = c:slow_incr(5)
+                sema:post()
+            end))
+            assert(sema:wait(5))
+            ngx.say("timer: ", got)
+            ngx.say("spawn: ", async.spawn(c.slow_incr, c, 5):wait())
+            ngx.say("with_timeout: ", async.with_timeout(1, c.slow_incr, c, 5))
+        }
+    }
+--- response_body
+make_after: 100 100
+timer: 11
+spawn: 12
+with_timeout: 13
