@@ -74,11 +74,9 @@ run: deps build
 
 test: deps lint build test-rust test-nginx test-install test-lifecycle
 
-# tests/, then the unit tests of private parts (the lib target has
-# `test = false`: see Cargo.toml).
+# The Rust tests: the runtime's parts without nginx (src/tests/).
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
-	$(CARGO) test $(CARGO_PROFILE) --lib
 
 # The real Test::Nginx when installed, else the compatible runner in t/compat.
 test-nginx: build
@@ -182,7 +180,7 @@ endef
 bench: deps build $(BENCH_SO)
 	@test "$(PROFILE)" = release || { echo "make bench measures release builds: PROFILE=release"; exit 1; }
 	$(call need_tool,wrk,wrk)
-	$(CARGO) bench --no-run -q --bench roundtrip
+	$(CARGO) bench --no-run -q --features internals --bench roundtrip
 	CARGO="$(CARGO)" BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/run.sh
 
 # `make bench-callgrind` (not part of `make test`): instructions per request

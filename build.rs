@@ -1,6 +1,6 @@
-// The cdylib resolves Lua symbols from the host (nginx's lua module) at load
-// time. Test executables have no host: link them against LuaJIT itself.
+// Nothing to build: the cdylib resolves Lua symbols from the host (nginx's
+// lua module) at load time; the unit tests link LuaJIT themselves (see
+// src/tests/mod.rs).
 fn main() {
-    println!("cargo:rustc-link-arg-tests=-lluajit-5.1");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -206,10 +206,10 @@ isolation_scenario() { # k [command...]
 # ------------------------------------------------------------- the runs ----
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "== roundtrip microbenchmark (cargo bench --bench roundtrip)" >&2
+echo "== roundtrip microbenchmark (cargo bench --features internals --bench roundtrip)" >&2
 ROUNDTRIP=""
 if wanted roundtrip; then
-    ROUNDTRIP=$("$CARGO" bench -q --bench roundtrip 2>/dev/null | grep '^roundtrip ' || true)
+    ROUNDTRIP=$("$CARGO" bench -q --features internals --bench roundtrip 2>/dev/null | grep '^roundtrip ' || true)
     echo "$ROUNDTRIP" >&2
 fi
 

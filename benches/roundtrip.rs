@@ -30,9 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use resty_async::executor::{Executor, Spawned};
-use resty_async::pool::Pool;
-use resty_async::socket::Notifier;
+use resty_async::internals::{Executor, Notifier, Pool, Spawned};
+use sha2::{Digest, Sha256};
 
 const ROUNDS: usize = 5;
 
@@ -190,12 +189,10 @@ fn thread_wake() -> (f64, u64) {
 
 fn pool_job() -> (f64, u64) {
     let (notifier, ex, mut reader) = socket_executor();
-    let pool = Pool::new(1, 1024);
+    let pool = Pool::with_nice(1, 1024, 0);
     let mut ids = Vec::with_capacity(16);
     measure(|| {
-        let job = pool
-            .spawn(|| resty_async::core::sha256_hex(b"x"))
-            .expect("queued");
+        let job = pool.spawn(|| Sha256::digest(b"x")).expect("queued");
         let id = match ex.spawn(async move { job.await.map(|h| h.len() as u64).unwrap_or(0) }) {
             Spawned::Pending(id) => id,
             // the pool thread may win the race before the first poll

@@ -73,9 +73,7 @@ pub(crate) fn adopt(lua: &Lua, v: &Value) -> mlua::Result<()> {
         Some(c) if !c.adopted.get() => c.name.clone(),
         _ => return Ok(()),
     };
-    let done: bool = classes
-        .adopt
-        .call((crate::module::runtime_id(), ud.clone(), name))?;
+    let done: bool = classes.adopt.call((crate::raw::library_id(), ud.clone(), name))?;
     if done {
         if let Some(c) = classes.types.borrow().iter().find(|c| c.id == id) {
             c.adopted.set(true);

@@ -45,22 +45,38 @@
 #[macro_use]
 mod sys;
 
+mod builtins;
 mod class;
-
-pub mod core;
-pub mod executor;
-pub mod module;
-mod plain;
-pub mod pool;
-pub mod runtime;
-pub mod socket;
-pub mod timer;
+mod control;
+mod executor;
+mod futureless;
+mod mlua_async;
+mod module;
+mod pool;
+mod raw;
+mod runtime;
+mod socket;
+mod timer;
 mod values;
 mod vm;
 mod yieldable;
 
-pub use crate::module::{create_async_function, Module};
-pub use crate::pool::{BlockingTask, PoolError};
-pub use crate::runtime::{sleep, unblock, Config, Runtime};
+#[cfg(test)]
+mod tests;
+
+/// The runtime's parts, for the crate's own benchmarks (`benches/`): not
+/// a stable API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::executor::{Executor, Spawned};
+    pub use crate::pool::Pool;
+    pub use crate::socket::Notifier;
+}
+
+pub use crate::mlua_async::create_async_function;
+pub use crate::module::Module;
+pub use crate::pool::PoolError;
+pub use crate::runtime::{sleep, unblock};
 pub use crate::timer::Sleep;
 pub use mlua;

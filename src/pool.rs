@@ -443,6 +443,7 @@ impl fmt::Debug for Pool {
 impl Pool {
     /// A pool of at most `threads` threads (at least 1) and `max_queue`
     /// queued jobs (at least 1). No thread starts before the first job.
+    #[cfg(test)]
     pub fn new(threads: usize, max_queue: usize) -> Pool {
         Pool::with_nice(threads, max_queue, 0)
     }

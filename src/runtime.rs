@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
-use crate::plain::{PlainTasks, Single};
+use crate::futureless::{PlainTasks, Single};
 use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;

@@ -83,6 +83,7 @@ impl Rendezvous {
     }
 
     /// Connections refused so far because they came from another process.
+    #[cfg(test)]
     pub fn rejected(&self) -> u64 {
         self.rejected
     }

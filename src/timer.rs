@@ -266,7 +266,7 @@ impl Timers {
     }
 }
 
-/// Completes at its deadline; see [`Timers::sleep`] and [`crate::sleep`].
+/// A future that completes at its deadline: see [`crate::sleep`].
 ///
 /// Not `Send`: it belongs to the worker thread's runtime.
 #[derive(Debug)]

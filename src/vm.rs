@@ -172,6 +172,7 @@ impl Runtime {
     }
 
     /// The runtime [`Runtime::current`] would return, if it exists.
+    #[cfg(test)]
     pub fn existing() -> Option<Rc<Runtime>> {
         if let Some(rt) = CURRENT.with(|c| c.borrow().clone()) {
             return Some(rt);

@@ -36,7 +36,8 @@ pub fn spin(ms: f64) -> u64 {
 
 /// The trivial job: lowercase hex SHA-256 (the code behind `async.sha256`).
 pub fn sha256(data: &[u8]) -> String {
-    resty_async::core::sha256_hex(data)
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[mlua::lua_module(name = "resty_async_bench")]

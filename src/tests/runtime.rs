@@ -7,9 +7,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::executor::{Executor, Spawned};
+use crate::socket::{Notifier, Rendezvous};
 use futures::channel::oneshot;
-use resty_async::executor::{Executor, Spawned};
-use resty_async::socket::{Notifier, Rendezvous};
 
 #[test]
 fn foreign_thread_completion_wakes_through_the_socket() {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use resty_async::timer::Timers;
+use crate::timer::Timers;
 
 struct CountWake(AtomicUsize);
 impl Wake for CountWake {

@@ -1,6 +1,6 @@
+use crate::executor::*;
+use crate::socket::Notifier;
 use futures::channel::oneshot;
-use resty_async::executor::*;
-use resty_async::socket::Notifier;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use resty_async::Runtime;
+use crate::runtime::Runtime;
 
 #[test]
 fn child_after_fork_gets_a_fresh_runtime() {
@@ -12,16 +12,16 @@ fn child_after_fork_gets_a_fresh_runtime() {
         Rc::ptr_eq(&parent, &Runtime::current()),
         "same process: same runtime"
     );
-    // SAFETY (test): the child only runs this thread's code and exits.
+    // SAFETY: the child only runs this thread's code and exits.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         let fresh = Runtime::existing().is_none() && !Rc::ptr_eq(&parent, &Runtime::current());
-        // SAFETY (test): leave the child at once, without running the harness.
+        // SAFETY: leave the child at once, without running the harness.
         unsafe { libc::_exit(if fresh { 0 } else { 1 }) };
     }
     let mut status = 0;
-    // SAFETY (test): waiting for our own child.
+    // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,

@@ -1,9 +1,9 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::pool::BlockingTask;
+use crate::pool::{Pool, PoolError, PoolStats, WakeUp, NICE_AFTER};
 use futures::executor::block_on;
-use resty_async::pool::{Pool, PoolError, PoolStats, WakeUp, NICE_AFTER};
-use resty_async::BlockingTask;
 
 /// Returns once the counters of `pool` satisfy `cond`.
 fn wait_until(pool: &Pool, cond: impl Fn(&PoolStats) -> bool) {

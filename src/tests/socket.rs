@@ -2,7 +2,7 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use resty_async::socket::{Notifier, Rendezvous};
+use crate::socket::{Notifier, Rendezvous};
 
 fn base(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ra-test-{}-{tag}", std::process::id()));

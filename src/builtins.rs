@@ -6,10 +6,13 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 
+use std::time::Duration;
+
 use mlua::{BString, Either, Lua, Table, Value};
+
 use sha2::{Digest, Sha256};
 
-use crate::module::{lua_type, seconds_arg, Module};
+use crate::module::Module;
 use crate::values::{Bytes, Sendable};
 
 /// Longest `async.sleep` (one year): longer ones are almost surely a bug.
@@ -77,12 +80,6 @@ fn write(path: &str, data: &[u8], append: bool) -> Result<f64, String> {
 }
 
 /// Lowercase hex SHA-256 of `data`.
-pub fn sha256_hex(data: &[u8]) -> String {
-    let hex = sha256_hex_array(data);
-    String::from_utf8(hex.to_vec()).expect("hex digits")
-}
-
-/// [`sha256_hex`] without an allocation.
 fn sha256_hex_array(data: &[u8]) -> [u8; 64] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0; 64];
@@ -93,8 +90,10 @@ fn sha256_hex_array(data: &[u8]) -> [u8; 64] {
     hex
 }
 
-/// The raw table of the built-ins (wrapped by `resty/async.lua`).
-pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
+/// The raw table of the built-ins (wrapped by `resty/async.lua`). Only the
+/// built-in module (feature `core-module`) has it.
+#[cfg_attr(not(feature = "core-module"), allow(dead_code))]
+pub(crate) fn raw_module(lua: &Lua) -> mlua::Result<Table> {
     let mut m = Module::new_core(lua, "resty.async")?;
     m.add_value("version", env!("CARGO_PKG_VERSION"))?;
     m.add_raw("sleep", |_, rt, (secs,): (Value,)| {
@@ -132,4 +131,51 @@ pub fn raw_module(lua: &Lua) -> mlua::Result<Table> {
 #[mlua::lua_module(name = "resty_async_core")]
 fn resty_async_core(lua: &Lua) -> mlua::Result<Table> {
     raw_module(lua)
+}
+
+/// Checks a timeout-like number argument: finite, not negative, at most
+/// `max` seconds.
+pub(crate) fn seconds_arg(v: &Value, pos: usize, fname: &str, max: f64) -> Result<Duration, String> {
+    let secs = match v {
+        Value::Integer(i) => *i as f64,
+        Value::Number(n) => *n,
+        other => {
+            return Err(format!(
+                "bad argument #{pos} to '{fname}' (number expected, got {})",
+                lua_type(other)
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "bad argument #{pos} to '{fname}' (seconds must be a finite number >= 0, got {})",
+            fmt_number(secs)
+        ));
+    }
+    if secs > max {
+        return Err(format!(
+            "bad argument #{pos} to '{fname}' (seconds must be at most {}, got {})",
+            fmt_number(max),
+            fmt_number(secs)
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A number the way a person reads it: `1e300`, not 301 digits.
+fn fmt_number(x: f64) -> String {
+    if x.is_finite() && x.abs() >= 1e15 {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// The name Lua's `type()` gives a value (mlua says "integer" for whole
+/// numbers, which LuaJIT does not have).
+pub(crate) fn lua_type(v: &Value) -> &'static str {
+    match v {
+        Value::Integer(_) => "number",
+        other => other.type_name(),
+    }
 }

@@ -1,0 +1,171 @@
+//! The raw calling convention, between this crate and `resty/async.lua`.
+//!
+//! A raw function returns `true, ...` (finished: the results), a number
+//! (pending: the task id; negative, `-id`, when the driver must run in this
+//! cycle of the event loop, for an earlier timer or for pool jobs whose
+//! thread wake-up was deferred to it), or `nil, message` (misuse, e.g. a
+//! wrong argument type: the wrapper raises `message`). No error ever leaves
+//! Rust as an mlua error value, since ngx_lua would log such a userdata as
+//! "unknown reason".
+//!
+//! The driver's `rt.poll(arm)` returns `next_ms, rearm, nstr, n` and then
+//! `n` values, a pair per finished task: `id, value` when the task's result
+//! is that one value (not nil), taken out of Rust already; `-id, nil` when
+//! the waiter must call `rt.take(id)` for its results (several values, nil,
+//! or `nil, message`). Beyond 1024 values, `next_ms, rearm, nstr, -n,
+//! {...}`: the pairs in a table. `nstr` more tasks (pool jobs) finished
+//! with one string: `rt.strings()` returns them as `id, string` pairs, up
+//! to 512 pairs a call.
+
+use std::future::Future;
+use std::rc::Rc;
+
+use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Value};
+
+use crate::executor::{Outcome, Spawned, TaskId};
+use crate::mlua_async::guard_lua_async;
+use crate::runtime::{LuaOutput, Runtime};
+use crate::values;
+use crate::vm::{self, VmRuntime};
+
+/// The lowest level of a waiting function: `f` validates the arguments
+/// (`Err(message)` is raised in the caller) and spawns a task on the
+/// runtime of `vm` (the raw calling convention of the module docs).
+pub(crate) fn raw<A, F>(lua: &Lua, vm: &Rc<VmRuntime>, f: F) -> mlua::Result<Function>
+where
+    A: FromLuaMulti,
+    F: Fn(&Lua, &Runtime, A) -> Result<Spawned<LuaOutput>, String> + 'static,
+{
+    let vm = Rc::clone(vm);
+    lua.create_function(move |lua, args: A| {
+        let rt = vm.get();
+        let _enter = vm::enter(&rt);
+        match rt.batch(|| f(lua, &rt, args)) {
+            Ok(spawned) => spawned_results(lua, &rt, spawned),
+            Err(msg) => misuse(lua, &msg),
+        }
+    })
+}
+
+/// A raw function whose task is the future `f` makes.
+pub(crate) fn raw_async<F, Fut, R>(lua: &Lua, vm: &Rc<VmRuntime>, f: F) -> mlua::Result<Function>
+where
+    F: Fn(&Lua, MultiValue) -> Result<Fut, String> + 'static,
+    Fut: Future<Output = mlua::Result<R>> + 'static,
+    R: IntoLuaMulti + 'static,
+{
+    raw(lua, vm, move |lua, rt, args: MultiValue| {
+        let fut = f(lua, args)?;
+        let lua = lua.clone();
+        Ok(rt.spawn(async move { fut.await.and_then(|r| values::convert(&lua, r)) }))
+    })
+}
+
+/// The raw function that runs `f`, made by `Lua::create_async_function`
+/// (or by mlua for an async method), through `Function::call_async`, with
+/// `f`'s `yield` guarded (see [`guard_lua_async`]).
+pub(crate) fn lua_async_raw(
+    lua: &Lua,
+    vm: &Rc<VmRuntime>,
+    name: &str,
+    f: Function,
+) -> mlua::Result<Function> {
+    guard_lua_async(lua, &f).map_err(|e| {
+        mlua::Error::RuntimeError(format!(
+            "resty-async: registering \"{name}\": {}",
+            error_message(&e)
+        ))
+    })?;
+    raw_async(lua, vm, move |_lua, args| {
+        let f = f.clone();
+        Ok(async move { f.call_async::<MultiValue>(args).await })
+    })
+}
+
+/// Tells the runtimes of different module libraries apart: each cdylib
+/// that embeds this crate has its own copy of this static.
+pub(crate) fn library_id() -> String {
+    static MARK: u8 = 0;
+    format!("{:p}", &MARK as *const u8)
+}
+
+pub(crate) fn id_value(id: TaskId) -> f64 {
+    // Ids start at 1 and stay far below 2^53: exact as a Lua number, and
+    // never 0, so that the sign can carry a flag.
+    id as f64
+}
+
+/// The version of the raw calling convention (module docs), which
+/// `resty/async.lua` checks: a module crate built against another
+/// resty-async than the `resty/async.lua` it runs with fails to register
+/// instead of misreading results.
+pub const ABI: u32 = 4;
+
+/// Most values `rt.poll` returns on the Lua stack (pairs of finished
+/// tasks), beyond which they come in a table.
+pub(crate) const MAX_POLL_VALUES: usize = 1024;
+
+/// What a raw function returns: its first value (`true`, a task id or
+/// `nil`) and the rest. A tuple, so that mlua pushes the results of a finished
+/// task as they are, without copying them behind the first value.
+type RawResults = (Value, MultiValue);
+
+/// What a raw function returns for a task it spawned.
+pub(crate) fn spawned_results(
+    lua: &Lua,
+    rt: &Runtime,
+    spawned: Spawned<LuaOutput>,
+) -> mlua::Result<RawResults> {
+    match spawned {
+        Spawned::Ready(out) => {
+            rt.flush();
+            finished(lua, out)
+        }
+        // Negative: the driver must run soon, for an earlier timer or for
+        // the pool's deferred wake-up. (No second value: an empty
+        // MultiValue allocates nothing.)
+        Spawned::Pending(id) => {
+            let rearm = rt.take_rearm() | rt.wake_owed();
+            let id = id_value(id);
+            Ok((Value::Number(if rearm { -id } else { id }), MultiValue::new()))
+        }
+    }
+}
+
+/// `true, ...results` or `true, nil, message`.
+pub(crate) fn finished(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<RawResults> {
+    Ok((Value::Boolean(true), results(lua, out)?))
+}
+
+/// `nil, message`: misuse, which the wrapper raises in the caller.
+pub(crate) fn misuse(lua: &Lua, msg: &str) -> mlua::Result<RawResults> {
+    Ok((Value::Nil, MultiValue::from_vec(vec![msg.into_lua(lua)?])))
+}
+
+/// The results of a finished task as Lua sees them: the values, or
+/// `nil, message`.
+pub(crate) fn results(lua: &Lua, out: Outcome<LuaOutput>) -> mlua::Result<MultiValue> {
+    match out {
+        Ok(Ok(values)) => Ok(values.into_multi()),
+        Ok(Err(e)) => failure(lua, &error_message(&e)),
+        Err(p) => failure(lua, &p.to_string()),
+    }
+}
+
+/// `nil, message`: a task's failure, or a control function's error (a
+/// raw function's misuse is [`misuse`]).
+pub(crate) fn failure(lua: &Lua, msg: &str) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_vec(vec![Value::Nil, msg.into_lua(lua)?]))
+}
+
+/// A readable message for an mlua error: the innermost cause, without
+/// mlua's wrapping and tracebacks.
+pub(crate) fn error_message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::CallbackError { cause, .. } => error_message(cause),
+        mlua::Error::ExternalError(err) => err.to_string(),
+        mlua::Error::WithContext { context, cause } => format!("{context}: {}", error_message(cause)),
+        other => other.to_string(),
+    }
+}

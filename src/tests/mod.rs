@@ -1,0 +1,13 @@
+//! Tests of the runtime's parts, without nginx (LuaJIT is linked into the
+//! test binary: see build.rs).
+
+mod executor;
+mod fork;
+mod pool;
+mod runtime;
+mod socket;
+mod timer;
+
+// The test binary has no host to take the Lua symbols from.
+#[link(name = "luajit-5.1")]
+extern "C" {}
