@@ -13,7 +13,7 @@ use mlua::{BString, Either, Lua, Table, Value};
 use sha2::{Digest, Sha256};
 
 use crate::module::Module;
-use crate::values::{Bytes, Sendable};
+use crate::sendable::{Bytes, Sendable};
 
 /// Longest `async.sleep` (one year): longer ones are almost surely a bug.
 pub const MAX_SLEEP: f64 = 365.0 * 86400.0;

@@ -7,8 +7,9 @@ use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
 use crate::executor::TaskId;
 use crate::futureless::Single;
 use crate::raw::{failure, id_value, lua_async_raw, results, MAX_POLL_VALUES};
-use crate::runtime::{Config, Runtime};
-use crate::values;
+use crate::config::ConfigError;
+use crate::runtime::Runtime;
+use crate::strings;
 use crate::vm::{self, VmRuntime};
 
 /// The control functions `resty/async.lua` uses to drive this crate's
@@ -45,7 +46,7 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
     // strings() -> the `id, string` pairs poll() left (see values.rs).
     // SAFETY: push_outbox follows the lua_CFunction protocol and is safe
     // to call from any Lua code (see there).
-    t.raw_set("strings", unsafe { lua.create_c_function(values::push_outbox)? })?;
+    t.raw_set("strings", unsafe { lua.create_c_function(strings::push_outbox)? })?;
     // can_wait() -> whether the caller may yield (nil: cannot tell).
     // SAFETY: lua_can_wait follows the lua_CFunction protocol and reads only
     // the calling thread's own state.
@@ -69,10 +70,10 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
             out.extend([Value::Nil, Value::Nil, Value::Nil, Value::Nil]);
             let next = rt.poll(arm, |id| match rt.take_single(lua, id) {
                 Some(Single::Value(v)) => out.extend([Value::Number(id_value(id)), v]),
-                Some(Single::Bytes(b)) => values::outbox_put(id_value(id), b),
+                Some(Single::Bytes(b)) => strings::outbox_put(id_value(id), b),
                 None => out.extend([Value::Number(-id_value(id)), Value::Nil]),
             });
-            let nstr = values::outbox_len();
+            let nstr = strings::outbox_len();
             let n = out.len() - 4;
             out[0] = Value::Number(next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0));
             out[1] = Value::Boolean(!arm && rt.take_rearm());
@@ -133,63 +134,47 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
         lua.create_function(move |lua, (name, f): (String, Function)| lua_async_raw(lua, &h, &name, f))?,
     )?;
     let h = Rc::clone(vm);
-    t.raw_set("stats", lua.create_function(move |lua, ()| stats_table(lua, &h))?)?;
+    t.raw_set("stats", lua.create_function(move |lua, ()| stats_tables(lua, &h))?)?;
+    // configure(opts) -> true, timeout | nil, message [, true: misuse]
     let h = Rc::clone(vm);
     t.raw_set(
         "configure",
-        lua.create_function(
-            move |lua, (threads, max_queue, base_dir, pool_nice, pool_cpus): ConfigureArgs| {
-                let mut c: Config = match h.existing() {
-                    Some(rt) => rt.config_in_use().clone(),
-                    None => Runtime::config(),
-                };
-                if let Some(n) = threads {
-                    c.threads = n;
-                }
-                if let Some(n) = pool_nice {
-                    c.pool_nice = n;
-                }
-                if let Some(n) = max_queue {
-                    c.max_queue = n;
-                }
-                if let Some(d) = base_dir {
-                    c.base_dir = d.into();
-                }
-                if let Some(cpus) = pool_cpus {
-                    c.pool_cpus = cpus;
-                }
-                match Runtime::configure(c, h.existing().as_deref()) {
-                    Ok(()) => true.into_lua_multi(lua),
+        lua.create_function(move |lua, opts: Value| {
+            let Value::Table(opts) = opts else {
+                let msg = format!("bad argument #1 to 'configure' (table expected, got {})", opts.type_name());
+                return (Value::Nil, msg, true).into_lua_multi(lua);
+            };
+            let running = h.existing();
+            let current = running.as_ref().map_or_else(Runtime::config, |rt| rt.config_in_use().clone());
+            match current.with_options(&opts) {
+                Ok((config, timeout)) => match Runtime::configure(config, running.as_deref()) {
+                    Ok(()) => (true, timeout).into_lua_multi(lua),
                     Err(e) => failure(lua, &e),
-                }
-            },
-        )?,
+                },
+                Err(ConfigError::Refused(e)) => failure(lua, &e),
+                Err(ConfigError::Misuse(e)) => (Value::Nil, e, true).into_lua_multi(lua),
+            }
+        })?,
     )?;
     Ok(t)
 }
 
-/// The arguments of `rt.configure`, in the order the Lua library passes
-/// them: threads, max_queue, base_dir, pool_nice, pool_cpus (nil: keep).
-type ConfigureArgs = (
-    Option<usize>,
-    Option<usize>,
-    Option<String>,
-    Option<i32>,
-    Option<Vec<usize>>,
-);
-
-fn stats_table(lua: &Lua, vm: &VmRuntime) -> mlua::Result<Table> {
+/// `stats()` -> counters (added up over the runtimes of a worker),
+/// settings (the same in each).
+fn stats_tables(lua: &Lua, vm: &VmRuntime) -> mlua::Result<(Table, Table)> {
     let t = lua.create_table()?;
     let rt = vm.existing();
     let s = rt.as_ref().map(|rt| rt.stats()).unwrap_or_default();
     let cfg = rt.map_or_else(Runtime::config, |rt| rt.config_in_use().clone());
+    let settings = lua.create_table()?;
+    settings.raw_set("pool_max_threads", cfg.threads)?;
+    settings.raw_set("pool_nice", cfg.pool_nice)?;
+    settings.raw_set("max_queue", cfg.max_queue)?;
     t.raw_set("in_flight", s.executor.in_flight)?;
     t.raw_set("completed", s.executor.completed)?;
     t.raw_set("cancelled", s.executor.cancelled)?;
     t.raw_set("task_polls", s.executor.polls)?;
     t.raw_set("pool_threads", s.pool.threads)?;
-    t.raw_set("pool_max_threads", cfg.threads)?;
-    t.raw_set("pool_nice", cfg.pool_nice)?;
     t.raw_set("pool_queued", s.pool.queued)?;
     t.raw_set("pool_running", s.pool.running)?;
     t.raw_set("pool_done", s.pool.done)?;
@@ -201,6 +186,6 @@ fn stats_table(lua: &Lua, vm: &VmRuntime) -> mlua::Result<Table> {
     t.raw_set("wakeups", s.wakeups)?;
     t.raw_set("driver_polls", s.polls)?;
     t.raw_set("rejected_peers", s.rejected_peers)?;
-    t.raw_set("connected", s.connected)?;
-    Ok(t)
+    t.raw_set("connected", u8::from(s.connected))?;
+    Ok((t, settings))
 }

@@ -24,9 +24,10 @@ use mlua::{Lua, Value};
 use crate::executor::{IdMap, Outcome, Panicked, TaskId};
 use crate::pool::{Pool, PoolError, Tagged, WakeUp};
 use crate::runtime::LuaOutput;
+use crate::sendable::{Bytes, Sendable};
 use crate::socket::Notifier;
+use crate::strings;
 use crate::timer::{Key, Timers};
-use crate::values::{self, Bytes, Sendable};
 
 enum Kind {
     /// A pool job, and its result once done.
@@ -178,12 +179,12 @@ impl PlainTasks {
 
     /// The result of a finished task if it is one value other than nil,
     /// which frees its slot: one string (up to
-    /// [`values::MAX_OUTBOX_STRING`] bytes) as its bytes, not yet a Lua
-    /// string (see `values::outbox_put`). Otherwise the task keeps its outcome for
+    /// [`strings::MAX_OUTBOX_STRING`] bytes) as its bytes, not yet a Lua
+    /// string (see `strings::outbox_put`). Otherwise the task keeps its outcome for
     /// [`PlainTasks::take_if`].
     pub(crate) fn take_single(&self, lua: &Lua, id: TaskId) -> Option<Single> {
         match self.fresh(id)? {
-            Some(Ok(Sendable::Bytes(bytes))) if bytes.len() <= values::MAX_OUTBOX_STRING => {
+            Some(Ok(Sendable::Bytes(bytes))) if bytes.len() <= strings::MAX_OUTBOX_STRING => {
                 let slot = self.slots.borrow_mut().remove(&id);
                 if let Some(slot) = slot {
                     self.retire(slot.kind);

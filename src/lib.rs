@@ -47,6 +47,7 @@ mod sys;
 
 mod builtins;
 mod class;
+mod config;
 mod control;
 mod executor;
 mod futureless;
@@ -55,7 +56,9 @@ mod module;
 mod pool;
 mod raw;
 mod runtime;
+mod sendable;
 mod socket;
+mod strings;
 mod timer;
 mod values;
 mod vm;

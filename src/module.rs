@@ -32,7 +32,9 @@ use crate::mlua_async::{guard_mlua_yield, pin_mlua_state};
 use crate::raw::error_message;
 use crate::raw::{self, finished, lua_async_raw, misuse, ABI};
 use crate::runtime::{LuaOutput, Runtime};
-use crate::values::{self, Sendable};
+use crate::sendable::Sendable;
+use crate::strings;
+use crate::values;
 use crate::vm::{self, VmRuntime};
 
 /// The exports of a module crate, under construction. See the module docs.
@@ -58,7 +60,7 @@ impl Module {
     }
 
     fn with_name(lua: &Lua, name: &str) -> mlua::Result<Module> {
-        values::install(lua)?;
+        strings::install(lua)?;
         crate::sys::pin_library();
         pin_mlua_state(lua)?;
         let vm = VmRuntime::of(lua)?;

@@ -13,53 +13,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
 use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
 use crate::futureless::{PlainTasks, Single};
 use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
+use crate::sendable::Sendable;
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
 use crate::timer::{Sleep, Timers, TIMER_SLACK};
-use crate::values::{LuaValues, Sendable};
-
-/// Settings read when the runtime of a process is created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// Where the private directory of the completion socket is made.
-    pub base_dir: PathBuf,
-    /// Most threads of the blocking pool.
-    pub threads: usize,
-    /// Most jobs waiting in the blocking pool's queue.
-    pub max_queue: usize,
-    /// How much lower the priority (nice value) of a pool thread is than
-    /// the worker's once it has run a long job, 0 to 19 (clamped; a nice
-    /// value stops at 19): long CPU jobs give the CPU to the event loop
-    /// first (see [`crate::pool::NICE_AFTER`]).
-    pub pool_nice: i32,
-    /// The CPUs pool threads run on, as `taskset -c` numbers them (empty:
-    /// those of the worker, which starts them). See [`Pool::with_cpus`].
-    pub pool_cpus: Vec<usize>,
-}
-
-/// Upper bounds for [`Config`] values (the pool is clamped to them).
-pub const MAX_THREADS: usize = 1024;
-/// See [`MAX_THREADS`].
-pub const MAX_QUEUE: usize = 1 << 20;
-/// The default [`Config::pool_nice`]: against a busy worker on the same
-/// core, a pool thread gets about a tenth of the CPU; on an idle core, all
-/// of it.
-pub const DEFAULT_POOL_NICE: i32 = 10;
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            base_dir: std::env::temp_dir(),
-            threads: sys::cpus(),
-            max_queue: 1024,
-            pool_nice: DEFAULT_POOL_NICE,
-            pool_cpus: Vec::new(),
-        }
-    }
-}
+use crate::values::LuaValues;
 
 /// The task output the Lua layer uses: values for Lua, or an error message.
 pub(crate) type LuaOutput = mlua::Result<LuaValues>;
@@ -120,11 +82,7 @@ const POLL_BUDGET: usize = 256;
 impl Runtime {
     pub(crate) fn new(config: Config) -> Runtime {
         let notifier = Arc::new(Notifier::default());
-        let pool = Pool::with_nice(
-            config.threads.min(MAX_THREADS),
-            config.max_queue.min(MAX_QUEUE),
-            config.pool_nice,
-        )
+        let pool = Pool::with_nice(config.threads, config.max_queue, config.pool_nice)
         .with_cpus(&config.pool_cpus);
         let timers = Timers::new();
         Runtime {
@@ -158,22 +116,10 @@ impl Runtime {
         self.disconnect_driver();
     }
 
-    /// Sets the configuration used when a runtime is created. Once
-    /// `running` exists, only an identical configuration is accepted.
-    pub fn configure(mut config: Config, running: Option<&Runtime>) -> Result<(), String> {
-        config.pool_nice = config.pool_nice.clamp(0, 19);
-        config.pool_cpus.sort_unstable();
-        config.pool_cpus.dedup();
-        // (CPUs it has but may not use fail when a thread starts: see
-        // Pool::with_cpus)
-        if let Some(end) = sys::possible_cpus_end() {
-            if let Some(&cpu) = config.pool_cpus.iter().find(|&&c| c >= end) {
-                return Err(format!(
-                    "pool_cpus: no CPU {cpu} on this machine (its CPUs are numbered 0 to {})",
-                    end - 1
-                ));
-            }
-        }
+    /// Sets the configuration (checked: see [`Config::with_options`]) used
+    /// when a runtime is created. Once `running` exists, only an identical
+    /// configuration is accepted.
+    pub fn configure(config: Config, running: Option<&Runtime>) -> Result<(), String> {
         if let Some(rt) = running {
             if rt.config != config {
                 return Err(format!(

@@ -102,12 +102,20 @@ local ABI = 4
 
 local config = {
     timeout = 60,
-    threads = nil,
-    max_queue = nil,
-    base_dir = nil,
-    pool_nice = nil,
-    pool_cpus = nil,
 }
+
+
+-- The options given to configure() so far, for the runtimes of modules
+-- loaded later.
+local options = {}
+
+
+-- Hands `opts` to the runtime of `st`, which checks them (Rust owns the
+-- settings, their defaults and limits). Returns the new timeout, or nil,
+-- message, misuse.
+local function configure_runtime(st, opts)
+    return st.rt.configure(opts)
+end
 
 -- One state per runtime (Rust library), keyed by the runtime's id.
 local states = {}
@@ -766,9 +774,7 @@ function _M.register(raw)
         }
         states[id] = st
         nstates = nstates + 1
-        local ok, err = st.rt.configure(config.threads, config.max_queue,
-                                        config.base_dir, config.pool_nice,
-                                        config.pool_cpus)
+        local ok, err = configure_runtime(st, options)
         if not ok then
             ngx_log(WARN, "resty.async: ", st.name, ": ", err)
         end
@@ -850,94 +856,40 @@ function _M.adopt(id, ud, type_name)
 end
 
 
-local OPTIONS = {
-    timeout = "number",
-    threads = "number",
-    max_queue = "number",
-    base_dir = "string",
-    pool_nice = "number",
-    pool_cpus = "table",
-}
-
-
--- A copy of `cpus` if it is a list of CPU numbers, else nil.
-local function cpu_list(cpus)
-    local out, n = {}, 0
-    for _ in pairs(cpus) do
-        n = n + 1
-    end
-    for i = 1, n do
-        local c = cpus[i]
-        if type(c) ~= "number" or c ~= c or c < 0 or c > 1023 or c % 1 ~= 0
-        then
-            return nil
-        end
-        out[i] = c
-    end
-    return out
-end
-
-
 function _M.configure(opts)
     if type(opts) ~= "table" then
         error("bad argument #1 to 'configure' (table expected, got "
               .. type(opts) .. ")", 2)
     end
-    for k, v in pairs(opts) do
-        local want = OPTIONS[k]
-        if not want then
-            error("bad argument #1 to 'configure' (unknown option '"
-                  .. tostring(k) .. "')", 2)
-        end
-        if type(v) ~= want then
-            error("bad argument #1 to 'configure' (option '" .. k .. "': "
-                  .. want .. " expected, got " .. type(v) .. ")", 2)
-        end
-    end
-    if opts.timeout ~= nil then
-        check_timeout(opts.timeout, 1, "configure")
-    end
-    for _, k in pairs({ "threads", "max_queue" }) do
-        local v = opts[k]
-        if v ~= nil and (v ~= v or v < 1 or v % 1 ~= 0 or v > 2 ^ 20) then
-            error("bad argument #1 to 'configure' (option '" .. k
-                  .. "' must be an integer >= 1)", 2)
-        end
-    end
-    local nice = opts.pool_nice
-    if nice ~= nil and (nice ~= nice or nice < 0 or nice > 19 or nice % 1 ~= 0)
-    then
-        error("bad argument #1 to 'configure' (option 'pool_nice' must be "
-              .. "an integer from 0 to 19)", 2)
-    end
-
-    local pool_cpus = config.pool_cpus
-    if opts.pool_cpus ~= nil then
-        pool_cpus = cpu_list(opts.pool_cpus)
-        if not pool_cpus then
-            error("bad argument #1 to 'configure' (option 'pool_cpus' must be "
-                  .. "a list of CPU numbers from 0 to 1023)", 2)
-        end
-    end
-
-    local threads = opts.threads or config.threads
-    local max_queue = opts.max_queue or config.max_queue
-    local base_dir = opts.base_dir or config.base_dir
-    local pool_nice = opts.pool_nice or config.pool_nice
+    local timeout
+    local first = true
     for _, st in pairs(states) do
-        local ok, err = st.rt.configure(threads, max_queue, base_dir, pool_nice,
-                                        pool_cpus)
+        local ok, res, misuse = configure_runtime(st, opts)
         if not ok then
-            return nil, err
+            if misuse then
+                error(res, 2)
+            end
+            if first then
+                return nil, res
+            end
+            ngx_log(WARN, "resty.async: ", st.name, ": ", res)
+        else
+            timeout = res or timeout
         end
+        first = false
     end
-    config.threads = threads
-    config.max_queue = max_queue
-    config.base_dir = base_dir
-    config.pool_nice = pool_nice
-    config.pool_cpus = pool_cpus
-    if opts.timeout then
-        config.timeout = opts.timeout
+    for k, v in pairs(opts) do
+        if type(v) == "table" then
+            local copy = {}
+            for i = 1, #v do
+                copy[i] = v[i]
+            end
+            v = copy
+        end
+        options[k] = v
+    end
+    if timeout then
+        config.timeout = timeout
     end
 
     -- In a worker (not in init_by_lua, before fork), start the drivers now.
@@ -1078,15 +1030,7 @@ function Task.cancel(self)
 end
 
 
-local SUMMED = {
-    "in_flight", "completed", "cancelled", "task_polls", "pool_threads",
-    "pool_queued", "pool_running", "pool_done", "pool_rejected",
-    "pool_skipped", "pool_idle", "pool_wakeups", "timers", "wakeups",
-    "driver_polls", "rejected_peers",
-}
-
-
--- Counters of every runtime of this worker, added up.
+-- Counters of every runtime of this worker, added up, and their settings.
 function _M.stats()
     local out = {
         runtimes = nstates,
@@ -1094,16 +1038,14 @@ function _M.stats()
         waiting = 0,
         timeout = config.timeout,
     }
-    for _, k in pairs(SUMMED) do
-        out[k] = 0
-    end
     for _, st in pairs(states) do
-        local s = st.rt.stats()
-        for _, k in pairs(SUMMED) do
-            out[k] = out[k] + s[k]
+        local counters, settings = st.rt.stats()
+        for k, v in pairs(counters) do
+            out[k] = (out[k] or 0) + v
         end
-        out.pool_max_threads = s.pool_max_threads
-        out.pool_nice = s.pool_nice
+        for k, v in pairs(settings) do
+            out[k] = v
+        end
         if st.running then
             out.drivers = out.drivers + 1
         end

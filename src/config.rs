@@ -1,0 +1,175 @@
+//! The settings of `async.configure`: their defaults, limits and checks,
+//! all here.
+
+use std::path::PathBuf;
+
+use mlua::{Table, Value};
+
+use crate::sys;
+
+/// Settings read when a runtime is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Config {
+    /// Where the private directory of the completion socket is made.
+    pub base_dir: PathBuf,
+    /// Most threads of the blocking pool.
+    pub threads: usize,
+    /// Most jobs waiting in the blocking pool's queue.
+    pub max_queue: usize,
+    /// How much lower the priority (nice value) of a pool thread is than
+    /// the worker's once it has run a long job, 0 to 19: long CPU jobs
+    /// give the CPU to the event loop first (see [`crate::pool::NICE_AFTER`]).
+    pub pool_nice: i32,
+    /// The CPUs pool threads run on, as `taskset -c` numbers them (empty:
+    /// those of the worker, which starts them). See
+    /// [`crate::pool::Pool::with_cpus`]. Sorted, without duplicates.
+    pub pool_cpus: Vec<usize>,
+}
+
+/// Most pool threads.
+pub(crate) const MAX_THREADS: usize = 1024;
+/// Most queued pool jobs.
+pub(crate) const MAX_QUEUE: usize = 1 << 20;
+/// Highest CPU number of `pool_cpus` (glibc's `CPU_SETSIZE` - 1).
+const MAX_CPU: usize = sys::MAX_CPUS - 1;
+/// The default [`Config::pool_nice`]: against a busy worker on the same
+/// core, a pool thread gets about a tenth of the CPU; on an idle core, all
+/// of it.
+pub(crate) const DEFAULT_POOL_NICE: i32 = 10;
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            base_dir: std::env::temp_dir(),
+            threads: sys::cpus().min(MAX_THREADS),
+            max_queue: 1024,
+            pool_nice: DEFAULT_POOL_NICE,
+            pool_cpus: Vec::new(),
+        }
+    }
+}
+
+/// What a bad `configure` call gets: misuse is raised in the caller, a
+/// setting the runtime cannot take is returned as `nil, message`.
+#[derive(Debug)]
+pub(crate) enum ConfigError {
+    Misuse(String),
+    Refused(String),
+}
+
+fn misuse(what: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Misuse(format!("bad argument #1 to 'configure' ({what})"))
+}
+
+/// A Lua number that is an integer from `lo` to `hi`.
+fn integer(v: &Value, lo: i64, hi: i64) -> Option<i64> {
+    let n = match v {
+        Value::Integer(i) => *i as f64,
+        Value::Number(n) => *n,
+        _ => return None,
+    };
+    (n.fract() == 0.0 && n >= lo as f64 && n <= hi as f64).then_some(n as i64)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Integer(_) => "number",
+        other => other.type_name(),
+    }
+}
+
+fn expect<'a>(k: &str, v: &'a Value, want: &str) -> Result<&'a Value, ConfigError> {
+    if type_name(v) == want {
+        Ok(v)
+    } else {
+        Err(misuse(format!("option '{k}': {want} expected, got {}", type_name(v))))
+    }
+}
+
+impl Config {
+    /// This configuration with the options of `opts` (a `configure` table)
+    /// applied, and the `timeout` option if given (seconds; the Lua side
+    /// keeps it). Unknown options, wrong types and values out of range
+    /// are misuse; so is a CPU the machine cannot have.
+    pub(crate) fn with_options(&self, opts: &Table) -> Result<(Config, Option<f64>), ConfigError> {
+        let mut c = self.clone();
+        let mut timeout = None;
+        for pair in opts.pairs::<Value, Value>() {
+            let (k, v) = pair.map_err(|e| misuse(crate::raw::error_message(&e)))?;
+            let Value::String(name) = &k else {
+                return Err(misuse(format!("unknown option '{}'", k.to_string().unwrap_or_default())));
+            };
+            let name = name.to_string_lossy();
+            match name.as_str() {
+                "timeout" => {
+                    let n = match expect(&name, &v, "number")? {
+                        Value::Integer(i) => *i as f64,
+                        Value::Number(n) => *n,
+                        _ => unreachable!(),
+                    };
+                    if !(n.is_finite() && n > 0.0) {
+                        return Err(misuse("timeout must be a finite number > 0"));
+                    }
+                    timeout = Some(n);
+                }
+                "threads" => {
+                    c.threads = integer(expect(&name, &v, "number")?, 1, MAX_THREADS as i64).ok_or_else(|| {
+                        misuse(format!("option 'threads' must be an integer from 1 to {MAX_THREADS}"))
+                    })? as usize;
+                }
+                "max_queue" => {
+                    c.max_queue = integer(expect(&name, &v, "number")?, 1, MAX_QUEUE as i64).ok_or_else(|| {
+                        misuse(format!("option 'max_queue' must be an integer from 1 to {MAX_QUEUE}"))
+                    })? as usize;
+                }
+                "pool_nice" => {
+                    c.pool_nice = integer(expect(&name, &v, "number")?, 0, 19)
+                        .ok_or_else(|| misuse("option 'pool_nice' must be an integer from 0 to 19"))?
+                        as i32;
+                }
+                "base_dir" => {
+                    let Value::String(s) = expect(&name, &v, "string")? else {
+                        unreachable!()
+                    };
+                    c.base_dir = PathBuf::from(s.to_str().map_err(|_| misuse("option 'base_dir' is not UTF-8"))?.as_ref() as &str);
+                }
+                "pool_cpus" => {
+                    let Value::Table(t) = expect(&name, &v, "table")? else {
+                        unreachable!()
+                    };
+                    c.pool_cpus = cpu_list(t).ok_or_else(|| {
+                        misuse(format!("option 'pool_cpus' must be a list of CPU numbers from 0 to {MAX_CPU}"))
+                    })?;
+                }
+                other => return Err(misuse(format!("unknown option '{other}'"))),
+            }
+        }
+        // (CPUs the machine has but the process may not use fail when a
+        // thread starts: see Pool::with_cpus.)
+        if let Some(end) = sys::possible_cpus_end() {
+            if let Some(&cpu) = c.pool_cpus.iter().find(|&&n| n >= end) {
+                return Err(ConfigError::Refused(format!(
+                    "pool_cpus: no CPU {cpu} on this machine (its CPUs are numbered 0 to {})",
+                    end - 1
+                )));
+            }
+        }
+        Ok((c, timeout))
+    }
+}
+
+/// The CPU numbers of a Lua list (sorted, without duplicates); `None` if
+/// it is anything else.
+fn cpu_list(t: &Table) -> Option<Vec<usize>> {
+    let n = t.raw_len();
+    if t.pairs::<Value, Value>().count() != n {
+        return None;
+    }
+    let mut cpus = Vec::with_capacity(n);
+    for i in 1..=n {
+        cpus.push(integer(&t.raw_get::<Value>(i).ok()?, 0, MAX_CPU as i64)? as usize);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Some(cpus)
+}
