@@ -91,7 +91,7 @@ test-nginx: build
 
 # ---------------------------------------------------------------------------
 # Installation, the lua-resty-* way: `make install` copies
-# lualib/resty/async.lua to $(LUA_LIB_DIR)/resty/ and the built-in module to
+# lualib/resty/async.lua and lualib/resty/async/ to $(LUA_LIB_DIR)/resty/ and the built-in module to
 # $(LUA_CLIB_DIR)/resty_async_core.so, both under $(DESTDIR) (staged
 # installs). Defaults: $(PREFIX)/lib/lua/5.1 for both, as lua-resty-core.
 # With OPENRESTY_PREFIX set: $(OPENRESTY_PREFIX)/site/lualib for both, on
@@ -113,15 +113,21 @@ ROCKSPEC     := $(lastword $(sort $(wildcard resty-async-*.rockspec)))
 
 .PHONY: install uninstall lint test-install package
 
+LUA_FILES := $(sort $(wildcard lualib/resty/async/*.lua))
+
 install: $(SO)
-	$(INSTALL) -d "$(DESTDIR)$(LUA_LIB_DIR)/resty" "$(DESTDIR)$(LUA_CLIB_DIR)"
+	$(INSTALL) -d "$(DESTDIR)$(LUA_LIB_DIR)/resty/async" "$(DESTDIR)$(LUA_CLIB_DIR)"
 	$(INSTALL) -m 0644 lualib/resty/async.lua "$(DESTDIR)$(LUA_LIB_DIR)/resty/async.lua"
+	$(INSTALL) -m 0644 $(LUA_FILES) "$(DESTDIR)$(LUA_LIB_DIR)/resty/async/"
 	$(INSTALL) -m 0755 $(SO) "$(DESTDIR)$(LUA_CLIB_DIR)/resty_async_core.so"
 
-# Removes the two files only: the directories may hold other libraries.
+# Removes our files only: the directories may hold other libraries (the
+# resty/async directory goes if it is left empty).
 uninstall:
 	rm -f "$(DESTDIR)$(LUA_LIB_DIR)/resty/async.lua" \
+	      $(patsubst lualib/%,"$(DESTDIR)$(LUA_LIB_DIR)/%",$(LUA_FILES)) \
 	      "$(DESTDIR)$(LUA_CLIB_DIR)/resty_async_core.so"
+	-rmdir "$(DESTDIR)$(LUA_LIB_DIR)/resty/async" 2>/dev/null
 
 # Formatting, clippy, rustdoc and luacheck, all warnings as errors.
 lint:

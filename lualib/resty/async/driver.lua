@@ -1,0 +1,405 @@
+-- resty.async.driver: one `ngx.timer.at` callback per runtime and worker
+-- that connects a cosocket to the runtime's completion socket, runs the
+-- ready Rust tasks when a byte arrives or a Rust timer is due, and posts the
+-- `ngx.semaphore` of each waiting caller whose task finished.
+
+local semaphore = require "ngx.semaphore"
+local runtime = require "resty.async.runtime"
+
+local ngx = ngx
+local pairs = pairs
+local pcall = pcall
+local select = select
+local tostring = tostring
+local next = next
+local math_ceil = math.ceil
+local timer_at = ngx.timer.at
+local thread_spawn = ngx.thread.spawn
+local thread_kill = ngx.thread.kill
+local ngx_log = ngx.log
+local ERR = ngx.ERR
+local WARN = ngx.WARN
+local exiting = ngx.worker.exiting
+local ngx_now = ngx.now
+local worker_pid = ngx.worker.pid
+local tcp = ngx.socket.tcp
+local sema_new = semaphore.new
+local finished = runtime.finished
+local forget = runtime.forget
+local POSTED = runtime.POSTED
+
+
+local _M = {}
+
+
+-- The driver checks ngx.worker.exiting() at least this often (seconds): a
+-- graceful stop (`nginx -s quit`, reload) waits at most this long for it.
+-- ngx_lua gives a running timer no other sign that the worker exits.
+local IDLE_WAIT = 0.1
+-- Read timeout of the completion socket's reader (ms; ngx_lua's maximum).
+-- The reader never needs a timeout; timers use a semaphore wait instead, as
+-- a read timeout would be logged at the error level.
+local READ_TIMEOUT = 2 ^ 31 - 1
+-- How often (seconds) the driver looks for waiters that ngx_lua killed
+-- (client abort, ngx.thread.kill, ngx.exit from another thread) and for
+-- task handles the GC collected, and cancels their tasks.
+local SWEEP_INTERVAL = 0.1
+-- A driver with nothing to do exits after this long (seconds), so that a
+-- Lua VM that ngx_lua closes when its handlers end (`lua_code_cache off`)
+-- is not kept open by it. Drivers of the VM that lives as long as the
+-- worker stay; so do all drivers while no VM of the worker has closed.
+local IDLE_EXIT = 1
+-- A driver that dies is restarted after RESTART_MIN seconds, doubled after
+-- each failure in a row up to RESTART_MAX; a driver that ran for HEALTHY
+-- seconds starts the count anew.
+local RESTART_MIN = 0.01
+local RESTART_MAX = 5
+local HEALTHY = 10
+-- A driver's failures in a row are logged at most once per LOG_EVERY
+-- seconds (the first one at once).
+local LOG_EVERY = 10
+
+
+-- Wakes the driver's main loop, at the end of this cycle of nginx's event
+-- loop (semaphore posts are posted events): to re-arm for an earlier Rust
+-- timer, to wake the blocking pool for the jobs queued in this cycle, or to
+-- see that the reader stopped. One post per turn of the loop.
+local function kick(st)
+    local tick = st.tick
+    if tick and not st.kicked then
+        st.kicked = true
+        tick:post(1)
+    end
+end
+
+
+
+-- Hands over the `n` values of `t`, `id, value` pairs.
+local function dispatch_table(st, t, n)
+    for i = 1, n, 2 do
+        finished(st, t[i], t[i + 1])
+    end
+end
+
+
+-- Hands over the `id, value` pairs in `...`; returns how many values.
+local function dispatch_pairs(st, ...)
+    local n = select("#", ...)
+    if n == 2 then
+        finished(st, ...)
+    elseif n > 0 then
+        -- one copy of the values (select(i, ...) in a loop would copy the
+        -- rest of them for each pair)
+        dispatch_table(st, { ... }, n)
+    end
+    return n
+end
+
+
+local function dispatch(st, next_ms, rearm, nstr, n, ...)
+    if n >= 0 then
+        dispatch_pairs(st, ...)
+    else
+        dispatch_table(st, (...), -n)
+    end
+    -- the results that are one string, made into Lua strings by
+    -- rt.strings() (a C function: no protected call per string)
+    if nstr > 0 then
+        local strings = st.rt.strings
+        repeat
+            local got = dispatch_pairs(st, strings())
+            nstr = nstr - got / 2
+        until got == 0 or nstr <= 0
+    end
+    st.polls = st.polls + 1
+    return next_ms, rearm
+end
+
+
+-- Runs ready tasks and due timers; posts the waiters of finished tasks.
+-- Returns the time to the next Rust timer (ms, -1: none) and whether the
+-- driver must re-arm for an earlier one.
+local function run_poll(st, arm)
+    return dispatch(st, st.rt.poll(arm))
+end
+
+
+-- Light thread of the driver: each byte on the completion socket means
+-- "tasks were woken"; run them right here.
+local function reader(st, sock)
+    while true do
+        local data, err = sock:receiveany(4096)
+        if not data then
+            if err ~= "timeout" then
+                st.reader_err = "completion socket: " .. tostring(err)
+                kick(st)
+                return
+            end
+        else
+            -- protected: an error must reach the driver (which restarts),
+            -- not end this light thread quietly
+            local ok, res, rearm = pcall(run_poll, st, false)
+            if not ok then
+                st.reader_err = "poll failed: " .. tostring(res)
+                kick(st)
+                return
+            end
+            if rearm then
+                kick(st)
+            end
+        end
+    end
+end
+
+
+-- Cancels the tasks nobody can collect any more.
+local function sweep(st)
+    local waiters = st.waiters
+    local stale = st.stale
+    for id, sema in pairs(waiters) do
+        local dead
+        if sema == POSTED then
+            -- a posted waiter resumes in the same event loop cycle: posted
+            -- a sweep ago and still here means it was killed meanwhile
+            dead = stale[id]
+            stale[id] = true
+        else
+            -- ngx_lua's cleanup of a killed waiter leaves the semaphore
+            -- with nobody waiting (count -1 while someone waits)
+            dead = sema:count() >= 0
+        end
+        if dead then
+            waiters[id] = nil
+            stale[id] = nil
+            st.nwaiting = st.nwaiting - 1
+            forget(st, id)
+        end
+    end
+
+    local collected = st.collected
+    local owned = st.owned
+    for i = #collected, 1, -1 do
+        local id = collected[i]
+        collected[i] = nil
+        if owned[id] then
+            owned[id] = nil
+            forget(st, id)
+        end
+    end
+end
+
+
+-- Whether the driver of `st` has nothing to do: nobody waits, no task
+-- handle is kept, no result is held and no Rust task is in flight.
+local function idle(st)
+    return st.nwaiting == 0 and st.nheld == 0 and next(st.owned) == nil
+           and st.rt.idle()
+end
+
+
+-- Whether an idle driver of `st` (idle for `secs`) should exit. The VM
+-- resty.async was loaded into before nginx forked, or in which
+-- init_worker_by_lua ran, lives as long as the worker: its driver stays.
+-- Other VMs may be closed when their handlers end: once one VM of the
+-- worker closed, their drivers exit as soon as they are idle; until then,
+-- after IDLE_EXIT seconds.
+local function may_exit_idle(st, secs)
+    if st.pid ~= worker_pid() or st.phase == "init_worker" then
+        return false
+    end
+    return st.rt.vms_closed() or secs >= IDLE_EXIT
+end
+
+
+local function drive(st)
+    local rt = st.rt
+    local path, err = rt.path()
+    if not path then
+        return nil, err
+    end
+
+    local sock = tcp()
+    st.sock = sock
+    local ok
+    ok, err = sock:connect("unix:" .. path)
+    if not ok then
+        return nil, "cannot connect to the completion socket " .. path
+                    .. ": " .. tostring(err)
+    end
+
+    ok, err = rt.accept()
+    if not ok then
+        return nil, err
+    end
+
+    sock:settimeout(READ_TIMEOUT)
+    st.reader_err = nil
+    local th
+    th, err = thread_spawn(reader, st, sock)
+    if not th then
+        return nil, "cannot spawn the reader thread: " .. tostring(err)
+    end
+    st.reader = th
+    st.started = ngx_now()
+
+    local tick = st.tick
+    local idle_since
+    while true do
+        local next_ms = run_poll(st, true)
+
+        if st.reader_err then
+            return nil, st.reader_err
+        end
+
+        if st.nwaiting == 0 and exiting() then
+            return true
+        end
+
+        if st.failures > 0 and ngx_now() - st.started >= HEALTHY then
+            st.failures = 0
+        end
+
+        if next_ms < 0 and idle(st) then
+            local now = ngx_now()
+            idle_since = idle_since or now
+            if may_exit_idle(st, now - idle_since) then
+                return true
+            end
+        else
+            idle_since = nil
+        end
+
+        local wait = IDLE_WAIT
+        if next_ms >= 0 then
+            -- nginx timers have millisecond resolution: round up, so that
+            -- the deadline has passed when we wake
+            local s = math_ceil(next_ms) / 1000
+            if s < 0.001 then
+                s = 0.001
+            end
+            if s < wait then
+                wait = s
+            end
+        end
+        tick:wait(wait)
+        st.kicked = false
+
+        local now = ngx_now()
+        if now - st.swept >= SWEEP_INTERVAL then
+            st.swept = now
+            sweep(st)
+        end
+    end
+end
+
+
+local start_driver, log_failure
+
+
+-- Logs a driver's death: the first of a series at once, then at most one
+-- line per LOG_EVERY seconds, which counts the ones it did not log.
+log_failure = function(st, why, delay)
+    local now = ngx_now()
+    if st.failures > 1 and now - (st.logged_at or 0) < LOG_EVERY then
+        st.unlogged = (st.unlogged or 0) + 1
+        return
+    end
+    local more = ""
+    if st.unlogged and st.unlogged > 0 then
+        more = " (" .. st.unlogged .. " more failures since the last line)"
+    end
+    st.logged_at = now
+    st.unlogged = 0
+    ngx_log(ERR, "resty.async: driver of ", st.name, " died: ", why,
+            "; restarting in ", delay, " s (failure ", st.failures,
+            " in a row)", more, ". Calls wait until it runs again; if ",
+            "this repeats, the lines above say why (base_dir must be ",
+            "writable by the worker's user)")
+end
+
+
+local function driver(premature, st)
+    if premature then
+        st.running = false
+        return
+    end
+
+    local ok, res, err = pcall(drive, st)
+
+    if st.reader then
+        thread_kill(st.reader)
+        st.reader = nil
+    end
+    if st.sock then
+        st.sock:close()
+        st.sock = nil
+    end
+    st.rt.disconnect()
+    st.running = false
+
+    if ok and res then
+        return  -- the worker is exiting and nobody waits
+    end
+
+    local why = ok and err or res
+    st.failures = st.failures + 1
+    if exiting() then
+        ngx_log(WARN, "resty.async: driver of ", st.name, " stopped while ",
+                "the worker exits: ", why)
+        return
+    end
+
+    local delay = RESTART_MIN * 2 ^ (st.failures - 1)
+    if delay > RESTART_MAX then
+        delay = RESTART_MAX
+    end
+    log_failure(st, why, delay)
+    local started, terr = start_driver(st, delay)
+    if not started then
+        ngx_log(ERR, "resty.async: cannot restart the driver of ", st.name,
+                ": ", terr)
+    end
+end
+
+
+start_driver = function(st, delay)
+    if not st.tick then
+        st.tick = sema_new(0)
+    end
+    -- Create the socket now, so that a failure reaches the caller.
+    local path, err = st.rt.path()
+    if not path then
+        return nil, err
+    end
+    local ok
+    ok, err = timer_at(delay or 0, driver, st)
+    if not ok then
+        return nil, "cannot start the resty.async driver: " .. tostring(err)
+    end
+    st.running = true
+    return true
+end
+
+
+-- Makes sure the driver of `st` runs before task `id` is waited for; if it
+-- cannot start, the task is cancelled.
+local function need_driver(st, id)
+    if st.running then
+        return true
+    end
+    local ok, err = start_driver(st)
+    if not ok then
+        st.rt.cancel(id)
+    end
+    return ok, err
+end
+
+
+
+
+_M.kick = kick
+_M.start = start_driver
+_M.need = need_driver
+
+
+return _M

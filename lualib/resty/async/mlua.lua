@@ -1,0 +1,141 @@
+-- resty.async.mlua: mlua's async functions and the async methods of
+-- userdata types, made safe in OpenResty.
+
+local runtime = require "resty.async.runtime"
+local wait_mod = require "resty.async.wait"
+
+local type = type
+local error = error
+local pairs = pairs
+local ipairs = ipairs
+local rawget = rawget
+local rawset = rawset
+local debug_getinfo = debug.getinfo
+local debug_getupvalue = debug.getupvalue
+local debug_getmetatable = debug.getmetatable
+local states = runtime.states
+local make_async = wait_mod.make_async
+
+
+local _M = {}
+
+
+-- Marks a userdata metatable whose async methods _M.adopt() took over.
+local CLASS_MARK = "__resty_async_class"
+
+-- `coroutine.yield` they captured when they were made. ngx_lua's
+-- coroutine.yield would resume them at once, in a busy loop: the worker
+-- spins. Functions a resty-async module registers (Module::add_lua_async,
+-- Module::add_class) are driven by its executor, through LuaJIT's own
+-- yield; this `coroutine.yield` lets the others fail at once instead.
+-- Module::new loads this library and calls guard_mlua() before it makes
+-- any function, so that they capture it.
+local mlua_markers = {}  -- pending marker -> its library's in_poll()
+local co = coroutine
+local ngx_yield = co.yield
+local raw_yield = co._yield or ngx_yield  -- luacheck: ignore 143
+
+-- The chunk name of function `f` (nil if not a function).
+local function mlua_source(f)
+    if type(f) == "function" then
+        return debug_getinfo(f, "S").source
+    end
+end
+
+
+local function guarded_yield(...)
+    local in_poll = mlua_markers[(...)]
+    if in_poll ~= nil then
+        if in_poll() then
+            return raw_yield(...)
+        end
+        error("this async Rust function or method must be registered "
+              .. "through resty-async (Module::add_class::<T>() for the "
+              .. "methods of a userdata type, Module::add_lua_async for a "
+              .. "function): called directly in OpenResty it would spin "
+              .. "the worker", 2)
+    end
+    return ngx_yield(...)
+end
+
+
+-- Makes the mlua async functions of a library whose pending marker is
+-- `marker` fail instead of spinning when they are not driven by a
+-- resty-async executor (`in_poll()` says when one is).
+function _M.guard_mlua(marker, in_poll)
+    if type(in_poll) ~= "function" then
+        error("bad argument #2 to 'guard_mlua' (function expected)", 2)
+    end
+    if marker ~= nil then
+        mlua_markers[marker] = in_poll
+    end
+    if co.yield ~= guarded_yield then
+        ngx_yield = co.yield
+        co.yield = guarded_yield  -- luacheck: ignore 122
+    end
+end
+
+
+-- Wraps the functions of a resty-async Rust module (the table its luaopen
+
+
+-- The async functions (mlua's) in userdata metatable `mt`, as `{ table,
+-- key, function }`: its async metamethods, and the async methods in its
+-- __index table, or in the tables mlua's own __index function looks in.
+local function async_methods(mt)
+    local out, seen = {}, {}
+    local function scan(t)
+        if type(t) ~= "table" or seen[t] then
+            return
+        end
+        seen[t] = true
+        for k, v in pairs(t) do
+            if type(k) == "string" and mlua_source(v) == "=__mlua_async_poll"
+            then
+                out[#out + 1] = { t, k, v }
+            end
+        end
+    end
+    scan(mt)
+    local index = rawget(mt, "__index")
+    if type(index) == "table" then
+        scan(index)
+    elseif mlua_source(index) == "=__mlua_index" then
+        for i = 1, 255 do
+            local name, v = debug_getupvalue(index, i)
+            if name == nil then
+                break
+            end
+            if name == "__index" or name == "methods" then
+                scan(v)
+            end
+        end
+    end
+    return out
+end
+
+
+-- Takes over the async methods of the type of `ud`, a value of a type the
+-- resty-async library `id` registered (Module::add_class): each becomes a
+-- function that waits like the library's own. Returns whether it did (or
+-- had done so before).
+function _M.adopt(id, ud, type_name)
+    local st = states[id]
+    local mt = debug_getmetatable(ud)
+    if not st or type(mt) ~= "table" then
+        return false
+    end
+    if rawget(mt, CLASS_MARK) then
+        return true
+    end
+    for _, m in ipairs(async_methods(mt)) do
+        local name = type_name .. ":" .. m[2]
+        m[1][m[2]] = make_async(st, name, st.rt.lua_async(name, m[3]))
+    end
+    rawset(mt, CLASS_MARK, true)
+    return true
+end
+
+
+
+return _M
