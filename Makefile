@@ -132,9 +132,9 @@ uninstall:
 # Formatting, clippy, rustdoc and luacheck, all warnings as errors.
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --features core-module -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module
-	$(LUACHECK) lualib t/lib
+	$(CARGO) clippy --workspace --all-targets --features core-module,testing -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,testing
+	$(LUACHECK) lualib t/lib src/testing
 
 # `make install` into a temporary DESTDIR (default and OpenResty layouts) and
 # `luarocks make` into a temporary tree; nginx with only the installed paths

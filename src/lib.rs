@@ -67,6 +67,9 @@ mod yieldable;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 /// The runtime's parts, for the crate's own benchmarks (`benches/`): not
 /// a stable API.
 #[cfg(feature = "internals")]

@@ -1,0 +1,177 @@
+//! Calling a module's functions in `cargo test`, without nginx (the
+//! `testing` feature).
+//!
+//! A [`Harness`] is a plain LuaJIT state with a `resty.async` of its own in
+//! `package.preload`: enough of the real one for [`Module::new`],
+//! [`Module::build`] and [`Module::add_class`]. A call of a function that
+//! has to wait runs the module's runtime on the test's thread (its tasks,
+//! timers and blocking pool, as the driver does in nginx) until the task
+//! finishes, and returns what the call returns in nginx: the results, or
+//! `nil, message` for an `Err`, a panic or a timeout. A wrong argument
+//! raises. Async methods of registered userdata types wait the same way.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use mlua::prelude::*;
+//! use resty_async::testing::Harness;
+//! use resty_async::Module;
+//!
+//! // The function `#[mlua::lua_module]` is put on, in a module crate.
+//! fn my_module(lua: &Lua) -> LuaResult<LuaTable> {
+//!     let mut m = Module::new(lua, "my_module")?;
+//!     m.add_async("slow_add", |_lua, (a, b): (i64, i64)| async move {
+//!         resty_async::sleep(Duration::from_millis(10)).await;
+//!         Ok(a + b)
+//!     })?;
+//!     m.add_blocking("count_lines", |text: String| Ok::<_, String>(text.lines().count()))?;
+//!     m.build()
+//! }
+//!
+//! # fn main() -> LuaResult<()> {
+//! let h = Harness::new()?;
+//! let m = h.require("my_module", my_module)?;
+//! let sum: i64 = m.call_function("slow_add", (1, 2))?;
+//! assert_eq!(sum, 3);
+//! let n: usize = m.call_function("count_lines", "a\nb\nc")?;
+//! assert_eq!(n, 3);
+//! // the same from Lua
+//! let n: i64 = h.lua().load(r#"return require("my_module").slow_add(2, 3)"#).eval()?;
+//! assert_eq!(n, 5);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The test binary links LuaJIT (`libluajit-5.1.so`; Debian's package is
+//! `libluajit2-5.1-dev` or `libluajit-5.1-dev`): the feature is meant for a
+//! module crate's `[dev-dependencies]`, never for the module itself, which
+//! takes its Lua symbols from nginx.
+//!
+//! [`Module::new`]: crate::Module::new
+//! [`Module::build`]: crate::Module::build
+//! [`Module::add_class`]: crate::Module::add_class
+
+use std::io::{self, Read};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use mlua::{Function, Lua, Table, UserData, UserDataMethods};
+
+// Outside nginx nothing else provides the Lua symbols.
+#[link(name = "luajit-5.1")]
+extern "C" {}
+
+/// The call timeout of a new [`Harness`], as in nginx by default.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Lua state in which the functions of resty-async modules run to
+/// completion. See the module docs.
+pub struct Harness {
+    lua: Lua,
+    config: Table,
+}
+
+impl Harness {
+    /// A fresh LuaJIT state with every standard library (as ngx_lua
+    /// loads them) and the harness's `resty.async`.
+    pub fn new() -> mlua::Result<Harness> {
+        // SAFETY: the unsafe libraries (`debug`, `ffi`) are loaded as
+        // ngx_lua loads them; resty-async uses `debug` to guard mlua's
+        // async functions. Only the test's own Lua code could misuse them.
+        let lua = unsafe { Lua::unsafe_new() };
+        let config = lua.create_table()?;
+        config.raw_set("timeout", DEFAULT_TIMEOUT.as_secs_f64())?;
+        let start = Instant::now();
+        let sys = lua.create_table()?;
+        sys.raw_set("abi", crate::raw::ABI)?;
+        sys.raw_set("config", config.clone())?;
+        sys.raw_set(
+            "now",
+            lua.create_function(move |_, ()| Ok(start.elapsed().as_secs_f64()))?,
+        )?;
+        sys.raw_set(
+            "connect",
+            lua.create_function(|_, path: String| {
+                UnixStream::connect(&path).map(Waker).map_err(|e| {
+                    mlua::Error::RuntimeError(format!("cannot connect to the completion socket {path}: {e}"))
+                })
+            })?,
+        )?;
+        let lib: Function = lua
+            .load(include_str!("resty_async.lua"))
+            .set_name("=resty.async (testing)")
+            .into_function()?;
+        let lib: Table = lib.call(sys)?;
+        let preload: Table = lua.globals().get::<Table>("package")?.get("preload")?;
+        preload.raw_set("resty.async", lua.create_function(move |_, ()| Ok(lib.clone()))?)?;
+        Ok(Harness { lua, config })
+    }
+
+    /// The Lua state, to run Lua code that uses the module.
+    pub fn lua(&self) -> &Lua {
+        &self.lua
+    }
+
+    /// Loads module `name` with `open`, its `luaopen` function (the one
+    /// `#[mlua::lua_module]` is put on), and returns its exports; Lua code
+    /// gets the same table from `require(name)`.
+    pub fn require<F>(&self, name: &str, open: F) -> mlua::Result<Table>
+    where
+        F: Fn(&Lua) -> mlua::Result<Table> + 'static,
+    {
+        let preload: Table = self.lua.globals().get::<Table>("package")?.get("preload")?;
+        preload.raw_set(name, self.lua.create_function(move |lua, ()| open(lua))?)?;
+        let require: Function = self.lua.globals().get("require")?;
+        require.call(name)
+    }
+
+    /// Sets the time a call may take (60 s at first) before it returns
+    /// `nil, "timeout"` and its task is dropped, as
+    /// `async.configure{ timeout = ... }` does in nginx.
+    pub fn set_timeout(&self, timeout: Duration) -> mlua::Result<()> {
+        if timeout.is_zero() {
+            return Err(mlua::Error::RuntimeError("the timeout must be above 0".into()));
+        }
+        self.config.raw_set("timeout", timeout.as_secs_f64())
+    }
+}
+
+/// The harness's end of a runtime's completion socket.
+struct Waker(UnixStream);
+
+impl Waker {
+    /// Waits until a wake-up byte arrives (it is consumed) or `ms` pass.
+    fn wait(&mut self, ms: f64) -> io::Result<()> {
+        if ms.is_nan() || ms <= 0.0 {
+            return Ok(());
+        }
+        let dur = Duration::from_secs_f64(ms.min(1e9) / 1000.0).max(Duration::from_micros(1));
+        self.0.set_read_timeout(Some(dur))?;
+        let mut buf = [0u8; 64];
+        match self.0.read(&mut buf) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the runtime closed its completion socket",
+            )),
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl UserData for Waker {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method_mut("wait", |_, this, ms: f64| {
+            this.wait(ms)
+                .map_err(|e| mlua::Error::RuntimeError(format!("completion socket: {e}")))
+        });
+    }
+}
