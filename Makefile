@@ -19,28 +19,29 @@ DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
                 lua-check luarocks curl
 
 SO := build/resty_async_core.so
-EXAMPLE_SO := build/resty_async_example.so
+FIXTURES_SO := build/resty_async_fixtures.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
 .PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench bench-callgrind soak
 
 all: build
 
-build: $(SO) $(EXAMPLE_SO)
+build: $(SO) $(FIXTURES_SO)
 
 # Copied with cp + mv, never cp over the old file: a running nginx has it
 # mapped, and rewriting it in place crashes the workers.
-# Built one at a time: in one cargo invocation the example would get the
+# Built one at a time: in one cargo invocation the fixtures would get the
 # core-module feature (and its luaopen symbol) too.
 $(SO): $(RUST_SRC)
 	$(CARGO) build $(CARGO_PROFILE) -p resty-async --features core-module
 	@mkdir -p build
 	cp $(TARGET_DIR)/libresty_async.so $@.tmp && mv -f $@.tmp $@
 
-$(EXAMPLE_SO): $(RUST_SRC) $(wildcard examples/hello/src/*.rs) examples/hello/Cargo.toml
-	$(CARGO) build $(CARGO_PROFILE) -p resty-async-example
+# The module the suites in t/ call (t/fixtures).
+$(FIXTURES_SO): $(RUST_SRC) $(wildcard t/fixtures/src/*.rs) t/fixtures/Cargo.toml
+	$(CARGO) build $(CARGO_PROFILE) -p resty-async-fixtures
 	@mkdir -p build
-	cp $(TARGET_DIR)/libresty_async_example.so $@.tmp && mv -f $@.tmp $@
+	cp $(TARGET_DIR)/libresty_async_fixtures.so $@.tmp && mv -f $@.tmp $@
 
 # Install what is missing, when we may (root with apt); otherwise say what
 # is missing and go on (a later step fails with a clearer message).
@@ -74,9 +75,14 @@ run: deps build
 
 test: deps lint build test-rust test-nginx test-install test-lifecycle
 
-# The Rust tests: the runtime's parts without nginx (src/tests/).
+# The Rust tests without nginx: the runtime's parts (src/tests/); then the
+# fixtures through the testing harness (t/fixtures/src/tests.rs). Those
+# build resty-async with the testing feature, which links LuaJIT: in the
+# debug profile, apart from the release builds of the .so files (cargo
+# gives resty-async's library one file name whatever its features).
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
+	$(CARGO) test -p resty-async-fixtures
 
 # The real Test::Nginx when installed, else the compatible runner in t/compat.
 test-nginx: build
@@ -96,7 +102,7 @@ test-nginx: build
 # installs). Defaults: $(PREFIX)/lib/lua/5.1 for both, as lua-resty-core.
 # With OPENRESTY_PREFIX set: $(OPENRESTY_PREFIX)/site/lualib for both, on
 # OpenResty's default package.path and package.cpath. Any of them can be set
-# on the command line. The example module is not installed.
+# on the command line. The fixtures module is not installed.
 INSTALL      ?= install
 LUA_VERSION  := 5.1
 PREFIX       ?= /usr/local

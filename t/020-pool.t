@@ -150,7 +150,7 @@ ping fast: true still hashing: true
         content_by_lua_block {
             local async = require "resty.async"
             -- 20 jobs of 100 ms each, on a pool of 1 thread and 2 places
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local res = {}
             local threads = {}
             ngx.update_time()
@@ -366,7 +366,7 @@ in_flight=0 queued=0
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local worker = assert(ex.thread_nice())
             local before = assert(ex.pool_thread_nice())
             assert(ex.block_ms(2))  -- a job of 1 ms or more
@@ -395,7 +395,7 @@ stats: pool_nice=10
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             assert(ex.block_ms(2))
             ngx.say("same as the worker: ",
                     assert(ex.pool_thread_nice()) == assert(ex.thread_nice()))
@@ -411,14 +411,14 @@ stats: pool_nice=0
 === TEST 11: configure{ pool_cpus = ... } runs pool threads on those CPUs only
 --- init_by_lua_block
         -- the last CPU nginx may use (of "0-3", "2,5-7", ...)
-        local ex = require "resty_async_example"
+        local ex = require "resty_async_fixtures"
         POOL_CPU = tonumber(assert(ex.thread_cpus()):match("(%d+)$"))
         assert(async.configure{ threads = 2, pool_cpus = { POOL_CPU } })
 --- config
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local worker = assert(ex.thread_cpus())
             local cpu = tostring(POOL_CPU)
             ngx.say("pool thread: ", assert(ex.pool_thread_cpus()) == cpu)

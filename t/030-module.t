@@ -12,7 +12,7 @@ __DATA__
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             ngx.say(ex.echo_after("hi", 10))
             ngx.say(ex.double_on_thread(21, 20))
             ngx.say(ex.block_ms(5))
@@ -40,7 +40,7 @@ true true
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local done = require("ngx.semaphore").new()
             local out = {}
             assert(ngx.timer.at(0, function()
@@ -70,7 +70,7 @@ thread b 6 3 mlua slept 5 ms
 --- config
     location = /double {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             ngx.say(ex.double_on_thread(tonumber(ngx.var.arg_n), 100))
         }
     }
@@ -101,7 +101,7 @@ thread b 6 3 mlua slept 5 ms
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             ngx.say(ex.fail_after("no such user", 5))
             ngx.say(ex.fail_after("at once", 0))
             ngx.say(ex.divmod(1, 0))
@@ -122,7 +122,7 @@ nilsync says no
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             ngx.say(ex.panic_after(5))
             ngx.say(ex.panic_after(0))
             ngx.say(ex.blocking_panic("pool job exploded"))
@@ -140,8 +140,8 @@ nilsync says no
         }
     }
 --- response_body
-nilrust function panicked: example panic after 5 ms
-nilrust function panicked: example panic after 0 ms
+nilrust function panicked: fixture panic after 5 ms
+nilrust function panicked: fixture panic after 0 ms
 nilrust function panicked: pool job exploded
 nilrust function panicked: conversion exploded
 3
@@ -155,7 +155,7 @@ in_flight=0 pool_threads>0: true
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local ok, err = pcall(ex.add, "x", 1)
             ngx.say(ok, " ", err)
             ok, err = pcall(ex.double_on_thread, {}, 1)
@@ -175,7 +175,7 @@ false bad argument #1 to `block_ms`: error converting Lua .* to u64.*
 --- config
     location = /mlua {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             ngx.say(ex.mlua_sleep(500))
         }
     }
@@ -233,7 +233,7 @@ cpu ticks while 20 calls waited 0.3 s: true
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local ok, err = pcall(ex.mlua_sleep_raw, 10)
             ngx.say(ok, " ", err)
             ngx.say("still fine: ", ex.mlua_sleep(1))
@@ -249,7 +249,7 @@ still fine: mlua slept 1 ms
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             for _, n in ipairs({ 0, 1, 256, 100000 }) do
                 local bytes, hex, static = ex.string_kinds(n)
                 local b, h = ex.bytes_upto(n), ex.hex_upto(n)

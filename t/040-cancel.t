@@ -13,7 +13,7 @@ __DATA__
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local before = ex.dropped()
             local ok, err = async.with_timeout(0.05, ex.guarded_sleep, 5000)
             ngx.say(ok, " ", err, " dropped: ", ex.dropped() - before)
@@ -42,7 +42,7 @@ nil timeout dropped: 1
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local busy = ngx.thread.spawn(ex.block_ms, 300)
             ngx.sleep(0.02)  -- the only thread is busy now
             local v, err = async.with_timeout(0.05, ex.block_ms, 10)
@@ -78,11 +78,11 @@ finished anyway: 1 in_flight=0 running=0
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             -- upvalues of a killed coroutine are not safe: pass arguments
             ngx.timer.at(0.8, function(_, before)
                 local async = require "resty.async"
-                local ex = require "resty_async_example"
+                local ex = require "resty_async_fixtures"
                 local st = async.stats()
                 ngx.log(ngx.WARN, "after abort: dropped=", ex.dropped() - before,
                         " in_flight=", st.in_flight, " waiting=", st.waiting,
@@ -110,7 +110,7 @@ exited on signal
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local before = ex.dropped()
             local th = ngx.thread.spawn(ex.guarded_sleep, 5000)
             local th2 = ngx.thread.spawn(ex.block_ms, 100)
@@ -133,10 +133,10 @@ dropped=1 in_flight=0 waiting=0 timers=0
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             ngx.timer.at(0.4, function(_, before)
                 local async = require "resty.async"
-                local ex = require "resty_async_example"
+                local ex = require "resty_async_fixtures"
                 local st = async.stats()
                 ngx.log(ngx.WARN, "after exit: dropped=", ex.dropped() - before,
                         " in_flight=", st.in_flight, " waiting=", st.waiting)
@@ -162,7 +162,7 @@ after exit: dropped=1 in_flight=0 waiting=0
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local before = ex.dropped()
             do
                 local task = async.spawn(ex.guarded_sleep, 5000)
@@ -186,7 +186,7 @@ dropped=1 in_flight=0 timers=0
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             ngx.update_time()
             local t0 = ngx.now()
             local a = async.spawn(ex.echo_after, "a", 100)

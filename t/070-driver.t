@@ -69,7 +69,7 @@ idle polls in 0.5 s: true
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local tasks = {}
             for i = 1, 600 do
                 tasks[i] = async.spawn(ex.double_on_thread, i, 20)

@@ -15,7 +15,7 @@ __DATA__
     }
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local h = require "t_http"
             local c = ex.counter(41)
             local th = ngx.thread.spawn(c.slow_incr, c, 1000)
@@ -40,7 +40,7 @@ get: 42 value: 42
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local u = ex.unregistered()
             ngx.update_time()
             local t0 = ngx.now()
@@ -65,7 +65,7 @@ later calls work: 2
 --- http_config
     init_worker_by_lua_block {
         package.loaded.shared_counter =
-            require("resty_async_example").counter(0)
+            require("resty_async_fixtures").counter(0)
     }
 --- config
     location = /incr {
@@ -102,7 +102,7 @@ value grew by 100
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local c = ex.counter(7)
             local dropped = ex.dropped()
             ngx.say(async.with_timeout(0.05, c.guarded_wait, c, 5000))
@@ -122,7 +122,7 @@ in_flight=0
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local before = ex.counters_dropped()
             local c = ex.counter(1)
             local task = async.spawn(c.slow_incr, c, 200)
@@ -161,7 +161,7 @@ after: 2
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local c = ex.counter()
             ngx.say(c:fail_after(5))
             ngx.say(c:panic_after(5))
@@ -183,7 +183,7 @@ in_flight=0
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local c = ex.counter()
             local th = ngx.thread.spawn(c.exclusive_incr, c, 100)
             local ok, err = c:exclusive_incr(1)
@@ -204,7 +204,7 @@ nil string true
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local c = ex.counter(10)
             local made = c.make_after(100, 5)
             ngx.say("make_after: ", made:get(), " ", made.value)

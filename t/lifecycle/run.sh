@@ -55,7 +55,7 @@ for w in $(workers); do fds_before[$w]=$(fds_of "$w"); done
 out=$(python3 "$repo/t/lifecycle/load.py" "$port" 3 16 "/sleep,/sha,/mixed") || bad "steady load: $out"
 say "steady load: $out"
 # Threads: the worker's own plus at most one pool of nproc threads for each
-# of the two runtimes (built-ins, example module).
+# of the two runtimes (built-ins, fixtures module).
 max_threads=$((1 + 2 * $(nproc)))
 for w in "${!fds_before[@]}"; do
     now=$(fds_of "$w")
