@@ -75,13 +75,15 @@ run: deps build
 
 test: deps lint build test-rust test-nginx test-install test-lifecycle
 
-# The Rust tests without nginx: the runtime's parts (src/tests/); then the
-# fixtures through the testing harness (t/fixtures/src/tests.rs). Those
-# build resty-async with the testing feature, which links LuaJIT: in the
-# debug profile, apart from the release builds of the .so files (cargo
-# gives resty-async's library one file name whatever its features).
+# The Rust tests without nginx: the runtime's parts (src/tests/) and the
+# doctests; then, with the testing harness, its doctest and the fixtures
+# (t/fixtures/src/tests.rs). Those build resty-async with the testing
+# feature, which links LuaJIT: in the debug profile, apart from the
+# release builds of the .so files (cargo gives resty-async's library one
+# file name whatever its features).
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
+	$(CARGO) test -p resty-async --features testing --doc
 	$(CARGO) test -p resty-async-fixtures
 
 # The real Test::Nginx when installed, else the compatible runner in t/compat.

@@ -15,30 +15,70 @@
 //!
 //! # Writing a module
 //!
-//! ```rust,ignore
+//! A module crate (`crate-type = ["cdylib"]`, depending on this crate and
+//! on mlua with the `luajit`, `module` and `async` features) fills a
+//! [`Module`] in its `#[mlua::lua_module]` function. This is the template
+//! of the repository, `examples/hello`:
+//!
+//! ```rust,no_run
+//! use std::sync::atomic::{AtomicI64, Ordering};
+//! use std::sync::Arc;
 //! use std::time::Duration;
+//!
 //! use mlua::prelude::*;
 //! use resty_async::Module;
 //!
+//! /// A counter whose async method waits before it counts.
+//! struct Counter(Arc<AtomicI64>);
+//!
+//! impl LuaUserData for Counter {
+//!     fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
+//!         methods.add_async_method("incr_after", |_, this, ms: u64| {
+//!             // The future holds the count, not the Lua object.
+//!             let n = Arc::clone(&this.0);
+//!             async move {
+//!                 resty_async::sleep(Duration::from_millis(ms.min(10_000))).await;
+//!                 Ok(n.fetch_add(1, Ordering::Relaxed) + 1)
+//!             }
+//!         });
+//!     }
+//! }
+//!
 //! #[mlua::lua_module]
-//! fn my_module(lua: &Lua) -> LuaResult<LuaTable> {
-//!     let mut m = Module::new(lua, "my_module")?;
-//!     // async: awaits timers, pool jobs, or futures completed elsewhere
+//! fn hello(lua: &Lua) -> LuaResult<LuaTable> {
+//!     let mut m = Module::new(lua, "hello")?;
+//!     // async: awaits a timer that nginx's event loop fires
 //!     m.add_async("slow_add", |_lua, (a, b): (i64, i64)| async move {
 //!         resty_async::sleep(Duration::from_millis(10)).await;
-//!         Ok(a + b)
+//!         Ok(a.saturating_add(b))
 //!     })?;
-//!     // blocking: runs on the pool
-//!     m.add_blocking("count_lines", |path: String| {
-//!         std::fs::read_to_string(&path).map(|s| s.lines().count())
+//!     // blocking: CPU work on the pool; Err(message) returns nil, message
+//!     m.add_blocking("count_primes", |n: u64| {
+//!         if n > 1_000_000 {
+//!             return Err(format!("n must be at most 1000000, got {n}"));
+//!         }
+//!         Ok((2..=n)
+//!             .filter(|&i| (2..).take_while(|d| d * d <= i).all(|d| i % d != 0))
+//!             .count())
 //!     })?;
-//!     // sync
-//!     m.add_function("hello", |_, name: String| Ok(format!("hello, {name}")))?;
+//!     m.add_class::<Counter>()?;
+//!     m.add_function("counter", |_, start: i64| {
+//!         Ok(Counter(Arc::new(AtomicI64::new(start))))
+//!     })?;
 //!     m.build()
 //! }
+//! # fn main() {}
 //! ```
 //!
-//! From Lua: `local m = require "my_module"; local n, err = m.slow_add(1, 2)`.
+//! From Lua: `local hello = require "hello"`, then
+//! `local sum, err = hello.slow_add(1, 2)`: the call waits 10 ms, and only
+//! its own light thread yields. `hello.count_primes(2000000)` returns
+//! `nil, "n must be at most 1000000, got 2000000"`, and
+//! `hello.counter(41):incr_after(10)` returns 42 after 10 ms.
+//!
+//! With the `testing` feature (for a module crate's dev-dependency),
+//! `resty_async::testing::Harness` calls these functions in `cargo test`,
+//! without nginx.
 #![warn(missing_docs, rust_2018_idioms)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
