@@ -22,7 +22,7 @@ SO := build/resty_async_core.so
 FIXTURES_SO := build/resty_async_fixtures.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
-.PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench bench-callgrind soak
+.PHONY: all build deps run test test-rust test-nginx test-template test-lifecycle clean bench bench-callgrind soak
 
 all: build
 
@@ -73,7 +73,7 @@ run: deps build
 	    nginx/demo.conf > build/demo/nginx.conf
 	$(NGINX) -p $(CURDIR)/build/demo -c $(CURDIR)/build/demo/nginx.conf -g 'daemon off;'
 
-test: deps lint build test-rust test-nginx test-install test-lifecycle
+test: deps lint build test-rust test-nginx test-install test-template test-lifecycle
 
 # The Rust tests without nginx: the runtime's parts (src/tests/) and the
 # doctests; then, with the testing harness, its doctest and the fixtures
@@ -119,7 +119,7 @@ LUACHECK     ?= luacheck
 LUAROCKS     ?= luarocks
 ROCKSPEC     := $(lastword $(sort $(wildcard resty-async-*.rockspec)))
 
-.PHONY: install uninstall lint test-install package
+.PHONY: install uninstall lint lint-template test-install package
 
 LUA_FILES := $(sort $(wildcard lualib/resty/async/*.lua))
 
@@ -138,11 +138,23 @@ uninstall:
 	-rmdir "$(DESTDIR)$(LUA_LIB_DIR)/resty/async" 2>/dev/null
 
 # Formatting, clippy, rustdoc and luacheck, all warnings as errors.
-lint:
+lint: lint-template
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --features core-module,testing -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,testing
 	$(LUACHECK) lualib t/lib src/testing
+
+# The template is a workspace of its own (examples/hello/Cargo.toml), with
+# a target directory of its own (target/template, which test-template uses
+# too) and this one's lock file. The Rust examples of the README and the
+# crate docs must be its code.
+TEMPLATE := examples/hello
+TEMPLATE_TARGET_DIR := $(CURDIR)/target/template
+lint-template:
+	cp Cargo.lock $(TEMPLATE)/Cargo.lock
+	$(CARGO) fmt --manifest-path $(TEMPLATE)/Cargo.toml --check
+	CARGO_TARGET_DIR=$(TEMPLATE_TARGET_DIR) $(CARGO) clippy --manifest-path $(TEMPLATE)/Cargo.toml --all-targets -- -D warnings
+	t/template-snippets.py
 
 # `make install` into a temporary DESTDIR (default and OpenResty layouts) and
 # `luarocks make` into a temporary tree; nginx with only the installed paths
@@ -150,6 +162,13 @@ lint:
 test-install: $(SO)
 	TEST_NGINX_BINARY="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" \
 	LUAROCKS="$(LUAROCKS)" ROCKSPEC="$(ROCKSPEC)" t/install-test.sh
+
+# The template (examples/hello) as an author uses it: copied out of the
+# repository with its dependency pointed at this checkout, its `make test`,
+# `luarocks make` of its rockspec, and nginx loading the installed module.
+test-template: $(SO)
+	CARGO="$(CARGO)" TEST_NGINX_BINARY="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" \
+	LUAROCKS="$(LUAROCKS)" TEMPLATE_TARGET_DIR=$(TEMPLATE_TARGET_DIR) t/template-test.sh
 
 # The crate as uploaded to crates.io, built from the package (target/package/).
 # In a tree with uncommitted changes: make package PACKAGE_FLAGS=--allow-dirty

@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# `make test-template`: the module template (examples/hello) as an author
+# uses it. It is copied out of the repository with its one resty-async
+# dependency line pointed at this checkout; then its `make test` (cargo
+# test, then its Test::Nginx suite), `luarocks make` of its rockspec into a
+# temporary tree, and nginx with ONLY that tree on lua_package_path/cpath
+# (plus the defaults, `;;`) calling the installed module; then `luarocks
+# remove`. Everything is removed afterwards.
+#
+# Environment (set by the Makefile): CARGO, TEST_NGINX_BINARY, LUA_MODULES
+# (the load_module paths), LUAROCKS, TEST_NGINX_SERVER_PORT (the template's
+# suite). TEMPLATE_TARGET_DIR: cargo's target directory for the copy
+# (default: target/template of the checkout, kept between runs).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd -P)
+
+NGINX=${TEST_NGINX_BINARY:-$(command -v nginx || echo /usr/sbin/nginx)}
+LUA_MODULES=${LUA_MODULES-/usr/lib/nginx/modules/ndk_http_module.so \
+/usr/lib/nginx/modules/ngx_http_lua_module.so}
+LUAROCKS=${LUAROCKS:-luarocks}
+export CARGO=${CARGO:-cargo}
+export CARGO_TARGET_DIR=${TEMPLATE_TARGET_DIR:-$REPO/target/template}
+
+# Only this script's command lines choose the layout.
+unset PREFIX DESTDIR LUA_LIB_DIR LUA_CLIB_DIR MAKEFLAGS MFLAGS MAKELEVEL
+# nginx reads $NGINX as a list of inherited listening sockets.
+export -n NGINX
+
+NGINX_PID=
+T=
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+    local st
+    st=$(sed -n 's/^.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
+stop_nginx() {
+    local pid=$NGINX_PID i
+    [ -n "$pid" ] || return 0
+    NGINX_PID=
+    kill -QUIT "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if ((i == 100)); then
+        echo "nginx $pid did not stop within 10 s: killing it" >&2
+        kill -KILL "$pid" $(cat "/proc/$pid/task/$pid/children" 2>/dev/null) \
+            2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? f
+    stop_nginx
+    if ((rc != 0)) && [ -n "$T" ]; then
+        for f in "$T"/nginx/logs/*.log; do
+            [ -s "$f" ] || continue
+            echo "--- $f" >&2
+            tail -n 30 "$f" >&2
+        done
+    fi
+    [ -n "$T" ] && rm -rf "$T"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+[ -x "$NGINX" ] || fail "nginx not found ($NGINX); run 'make deps'"
+command -v curl >/dev/null || fail "curl not found; run 'make deps'"
+command -v "$LUAROCKS" >/dev/null || fail "$LUAROCKS not found; run 'make deps'"
+
+T=$(mktemp -d /tmp/resty-async-template.XXXXXX)
+T=$(cd "$T" && pwd -P)
+# nginx workers run as nobody: they must reach the installed files.
+chmod 0755 "$T"
+
+# 1. Copy the template out, as an author would (not its build products).
+tar -C examples -cf - --exclude=hello/target --exclude=hello/build \
+    --exclude=hello/Cargo.lock --exclude=hello/t/servroot hello \
+    | tar -C "$T" -xf -
+M=$T/hello
+line='resty-async = { path = "../.." }'
+[ "$(grep -cxF "$line" "$M/Cargo.toml")" = 1 ] \
+    || fail "examples/hello/Cargo.toml: no line '$line'"
+sed -i 's|^resty-async = { path = "\.\./\.\." }$|resty-async = { path = "'"$REPO"'" }|' \
+    "$M/Cargo.toml"
+[ "$(diff "$REPO/examples/hello/Cargo.toml" "$M/Cargo.toml" | grep -c '^[<>]')" = 2 ] \
+    || fail "more than the dependency line changed"
+grep -q '\.\./\.\.' "$M"/Makefile "$M"/*.rockspec "$M"/t/*.t "$M"/src/*.rs \
+    && fail "the template names files of the repository (../..)"
+# The crates and versions this checkout was tested with, without a registry
+# update (cargo keeps what the copy needs).
+cp Cargo.lock "$M/Cargo.lock"
+echo "ok - examples/hello copied to $M, its dependency on $REPO"
+
+# 2. Its make test: cargo test without nginx, then its Test::Nginx suite.
+make --no-print-directory -C "$M" test NGINX="$NGINX" LUA_MODULES="$LUA_MODULES" \
+    || fail "make test of the template"
+readelf -d "$M/build/hello.so" | grep -q 'NEEDED.*luajit' \
+    && fail "build/hello.so links LuaJIT (the testing feature leaked into it)"
+echo "ok - make test of the template"
+
+# 3. luarocks make into a temporary tree.
+rockspec=$(cd "$M" && ls ./*.rockspec)
+tree=$T/rocks
+(cd "$M" && "$LUAROCKS" lint "$rockspec") || fail "luarocks lint $rockspec"
+(cd "$M" && "$LUAROCKS" make --tree "$tree" "$rockspec") >"$T/luarocks.log" 2>&1 || {
+    cat "$T/luarocks.log" >&2
+    fail "luarocks make"
+}
+ldir=$tree/share/lua/5.1
+cdir=$tree/lib/lua/5.1
+for f in "$cdir/hello.so" "$cdir/resty_async_core.so" "$ldir/resty/async.lua"; do
+    [ -f "$f" ] || fail "not installed: $f"
+done
+cmp -s "$ldir/resty/async.lua" lualib/resty/async.lua \
+    || fail "$ldir/resty/async.lua differs from lualib/"
+for f in lualib/resty/async/*.lua; do
+    cmp -s "$ldir/resty/async/${f##*/}" "$f" \
+        || fail "$ldir/resty/async/${f##*/} differs from $f"
+done
+echo "ok - luarocks make installed hello.so, resty_async_core.so and resty.async"
+
+# 4. nginx with only the tree's directories (and the defaults, for
+# lua-resty-core) calls the installed module.
+free_port() {
+    perl -MIO::Socket::INET -e '
+        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
+                                      LocalPort => 0, ReuseAddr => 1)
+            or die "no free port: $!\n";
+        print $s->sockport, "\n";'
+}
+N=$T/nginx
+mkdir -p "$N/conf" "$N/logs"
+load=""
+for m in $LUA_MODULES; do
+    load="${load}load_module $m;"$'\n'
+done
+for ((try = 1; ; try++)); do
+    port=$(free_port)
+    cat > "$N/conf/nginx.conf" <<EOF
+$load
+worker_processes 1;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+
+events {
+    worker_connections 64;
+}
+
+http {
+    access_log off;
+    lua_package_path "$ldir/?.lua;;";
+    lua_package_cpath "$cdir/?.so;;";
+
+    server {
+        listen 127.0.0.1:$port;
+
+        location = /ready {
+            return 200 "ready\n";
+        }
+
+        location = /t {
+            content_by_lua_block {
+                local hello = require "hello"
+                ngx.say("slow_add: ", hello.slow_add(1, 2))
+                ngx.say("count_primes: ", hello.count_primes(100))
+                ngx.say("error: ", select(2, hello.count_primes(2000000)))
+                local done = require("ngx.semaphore").new()
+                local sum
+                assert(ngx.timer.at(0, function()
+                    sum = hello.slow_add(20, 22)
+                    done:post()
+                end))
+                assert(done:wait(5))
+                ngx.say("timer: ", sum)
+                ngx.say("incr_after: ", hello.counter(41):incr_after(10))
+                ngx.say("lua: ", debug.getinfo(require("resty.async").configure,
+                                               "S").source)
+                -- where the .so files were loaded from (each is mapped
+                -- once per segment)
+                local seen = {}
+                for line in io.lines("/proc/self/maps") do
+                    local so = line:match("%s(/%S+/[%w_]+%.so)$")
+                    if so and not seen[so]
+                       and (so:find("/hello.so", 1, true)
+                            or so:find("/resty_async_core.so", 1, true))
+                    then
+                        seen[so] = true
+                        ngx.say("so: ", so)
+                    end
+                end
+            }
+        }
+    }
+}
+EOF
+    # From the nginx prefix: the default path's ./?.so must not find the copy.
+    (cd "$N" && exec "$NGINX" -p "$N/" -c conf/nginx.conf -e logs/error.log \
+        -g 'daemon off;' >logs/stderr.log 2>&1) &
+    NGINX_PID=$!
+    for ((i = 0; i < 100; i++)); do
+        curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port/ready" \
+            2>/dev/null && break
+        alive "$NGINX_PID" || break
+        sleep 0.1
+    done
+    if ! alive "$NGINX_PID"; then
+        wait "$NGINX_PID" 2>/dev/null || true
+        NGINX_PID=
+        if ((try < 3)) && grep -q "Address already in use" "$N"/logs/*.log; then
+            continue
+        fi
+        fail "nginx did not start"
+    fi
+    ((i < 100)) || fail "nginx does not answer on port $port"
+    break
+done
+body=$(curl -sS --max-time 10 "http://127.0.0.1:$port/t") || fail "GET /t failed"
+stop_nginx
+expected="slow_add: 3
+count_primes: 25
+error: n must be at most 1000000, got 2000000
+timer: 42
+incr_after: 42
+lua: @$ldir/resty/async.lua
+so: $cdir/resty_async_core.so
+so: $cdir/hello.so"
+# (the order of the mappings is the loader's)
+if [ "$(printf '%s\n' "$body" | sort)" != "$(printf '%s\n' "$expected" | sort)" ]
+then
+    printf -- '--- expected\n%s\n--- got\n%s\n' "$expected" "$body" >&2
+    fail "unexpected response"
+fi
+if grep -E '\[(alert|emerg|crit|error)\]|exited on signal' \
+    "$N/logs/error.log" "$N/logs/stderr.log"
+then
+    fail "errors in the nginx log"
+fi
+echo "ok - nginx called the module installed in $tree"
+
+# 5. luarocks remove leaves nothing.
+"$LUAROCKS" remove --tree "$tree" hello >"$T/luarocks.log" 2>&1 || {
+    cat "$T/luarocks.log" >&2
+    fail "luarocks remove"
+}
+left=$(find "$tree/share/lua" "$tree/lib/lua" -type f 2>/dev/null || true)
+[ -z "$left" ] || fail "left after luarocks remove: $left"
+echo "ok - luarocks remove"
+
+echo "template tests passed"
