@@ -3,6 +3,9 @@
 
 CARGO      ?= cargo
 NGINX      ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+# nginx reads $NGINX as a list of inherited sockets, and then stays in the
+# foreground: `make ... NGINX=...` must not hand it down.
+unexport NGINX
 MODULE_DIR ?= /usr/lib/nginx/modules
 # Debian's nginx loads the lua module dynamically (ndk first).
 LUA_MODULES ?= $(wildcard $(MODULE_DIR)/ndk_http_module.so) \
