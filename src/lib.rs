@@ -45,11 +45,13 @@
 #[macro_use]
 mod sys;
 
+mod batch;
 mod builtins;
 mod class;
 mod config;
 mod control;
 mod executor;
+mod ffi;
 mod futureless;
 mod mlua_async;
 mod module;

@@ -24,7 +24,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Table, UserData};
+use std::ffi::c_void;
+
+use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, LightUserData, Lua, MultiValue, Table, UserData};
 
 use crate::control::control_table;
 use crate::executor::{Panicked, Spawned};
@@ -71,6 +73,12 @@ impl Module {
         raw.raw_set("__rt", control_table(lua, &vm)?)?;
         raw.raw_set("__id", raw::library_id())?;
         raw.raw_set("__abi", ABI)?;
+        // The FFI entry points and this VM's runtime handle (see ffi.rs).
+        raw.raw_set(
+            "__api",
+            LightUserData(&crate::ffi::API as *const _ as *mut c_void),
+        )?;
+        raw.raw_set("__vm", LightUserData(vm.as_ptr() as *mut c_void))?;
         Ok(Module {
             lua: lua.clone(),
             vm,

@@ -204,17 +204,158 @@ function _M.stats()
             out.drivers = out.drivers + 1
         end
         out.waiting = out.waiting + st.nwaiting
-        -- results handed to Lua and not yet taken are in flight too
-        out.in_flight = out.in_flight + st.nheld
     end
     return out
 end
 
 
-local builtins = _M.register(core)
-for name, f in pairs(builtins) do
-    _M[name] = f
+-- The built-ins: called through the FFI (src/ffi.rs).
+
+_M.register(core)
+local core_st = runtime.get(core, core.__name)
+local api = core_st.api
+local vm = core_st.vm
+local NAN = 0 / 0
+
+
+-- A string argument, as Lua's own functions take one: a number is
+-- converted. Returns it, or nil and the message of a misuse.
+local function string_arg(v, pos, fname)
+    local t = type(v)
+    if t == "string" then
+        return v
+    end
+    if t == "number" then
+        return tostring(v)
+    end
+    return nil, "bad argument #" .. pos .. " to '" .. fname
+                .. "' (string expected, got " .. t .. ")"
 end
+
+
+-- Each built-in's start: checks the types of its arguments (the Rust side
+-- checks their values) and calls its FFI entry point. Returns what the
+-- entry point returns (src/ffi.rs: a task id, 0 when it finished at once,
+-- NaN on misuse), and the message of a misuse found here.
+
+local function start_sleep(secs)
+    if type(secs) ~= "number" then
+        return NAN, "bad argument #1 to 'sleep' (number expected, got "
+                    .. type(secs) .. ")"
+    end
+    return api.sleep(vm, secs)
+end
+
+
+local function start_sha256(data)
+    local s, err = string_arg(data, 1, "sha256")
+    if not s then
+        return NAN, err
+    end
+    return api.sha256(vm, s, #s)
+end
+
+
+local function start_read_file(path)
+    local p, err = string_arg(path, 1, "read_file")
+    if not p then
+        return NAN, err
+    end
+    return api.read_file(vm, p, #p)
+end
+
+
+local function start_write_file(path, data, mode)
+    local p, err = string_arg(path, 1, "write_file")
+    if not p then
+        return NAN, err
+    end
+    local d
+    d, err = string_arg(data, 2, "write_file")
+    if not d then
+        return NAN, err
+    end
+    local append
+    if mode == nil or mode == "w" then
+        append = 0
+    elseif mode == "a" then
+        append = 1
+    else
+        return NAN, "bad argument #3 to 'write_file' (mode must be \"w\" "
+                    .. "or \"a\")"
+    end
+    return api.write_file(vm, p, #p, d, #d, append)
+end
+
+
+-- The caller's results of a built-in's start `r` (see above).
+local function finish_builtin(r, msg)
+    if r == 0 then
+        return runtime.take(core_st, 0)
+    end
+    if r ~= r then
+        -- misuse: raise in the caller (tail-called: level 2)
+        error(msg or runtime.error_message(core_st), 2)
+    end
+    return wait_mod.wait(core_st, r, config.timeout, 2)
+end
+
+
+-- The raw function (see register()) of a built-in, for with_timeout and
+-- spawn; `at_once`: its result when it finishes at once.
+local function raw_builtin(start, at_once)
+    return function(...)
+        local r, msg = start(...)
+        if r == 0 then
+            if at_once ~= nil then
+                return true, at_once
+            end
+            return true, runtime.take(core_st, 0)
+        end
+        if r ~= r then
+            return nil, msg or runtime.error_message(core_st)
+        end
+        return r
+    end
+end
+
+
+function _M.sleep(secs)
+    check_phase("sleep")
+    local r, msg = start_sleep(secs)
+    if r == 0 then
+        return true
+    end
+    return finish_builtin(r, msg)
+end
+
+
+function _M.sha256(data)
+    check_phase("sha256")
+    return finish_builtin(start_sha256(data))
+end
+
+
+function _M.read_file(path)
+    check_phase("read_file")
+    return finish_builtin(start_read_file(path))
+end
+
+
+function _M.write_file(path, data, mode)
+    check_phase("write_file")
+    return finish_builtin(start_write_file(path, data, mode))
+end
+
+
+wrapped[_M.sleep] = { st = core_st, name = "sleep",
+                      raw = raw_builtin(start_sleep, true) }
+wrapped[_M.sha256] = { st = core_st, name = "sha256",
+                       raw = raw_builtin(start_sha256) }
+wrapped[_M.read_file] = { st = core_st, name = "read_file",
+                          raw = raw_builtin(start_read_file) }
+wrapped[_M.write_file] = { st = core_st, name = "write_file",
+                           raw = raw_builtin(start_write_file) }
 
 
 return _M

@@ -5,11 +5,12 @@
 
 local semaphore = require "ngx.semaphore"
 local runtime = require "resty.async.runtime"
+local ffi = require "ffi"
+local bit = require "bit"
 
 local ngx = ngx
 local pairs = pairs
 local pcall = pcall
-local select = select
 local tostring = tostring
 local next = next
 local math_ceil = math.ceil
@@ -24,6 +25,9 @@ local ngx_now = ngx.now
 local worker_pid = ngx.worker.pid
 local tcp = ngx.socket.tcp
 local sema_new = semaphore.new
+local ffi_new = ffi.new
+local band = bit.band
+local error = error
 local finished = runtime.finished
 local forget = runtime.forget
 local POSTED = runtime.POSTED
@@ -74,53 +78,45 @@ end
 
 
 
--- Hands over the `n` values of `t`, `id, value` pairs.
-local function dispatch_table(st, t, n)
-    for i = 1, n, 2 do
-        finished(st, t[i], t[i + 1])
-    end
-end
-
-
--- Hands over the `id, value` pairs in `...`; returns how many values.
-local function dispatch_pairs(st, ...)
-    local n = select("#", ...)
-    if n == 2 then
-        finished(st, ...)
-    elseif n > 0 then
-        -- one copy of the values (select(i, ...) in a loop would copy the
-        -- rest of them for each pair)
-        dispatch_table(st, { ... }, n)
-    end
-    return n
-end
-
-
-local function dispatch(st, next_ms, rearm, nstr, n, ...)
-    if n >= 0 then
-        dispatch_pairs(st, ...)
-    else
-        dispatch_table(st, (...), -n)
-    end
-    -- the results that are one string, made into Lua strings by
-    -- rt.strings() (a C function: no protected call per string)
-    if nstr > 0 then
-        local strings = st.rt.strings
-        repeat
-            local got = dispatch_pairs(st, strings())
-            nstr = nstr - got / 2
-        until got == 0 or nstr <= 0
-    end
-    st.polls = st.polls + 1
-    return next_ms, rearm
-end
+-- Finished task ids of a poll, written by the FFI poll; and its other
+-- results.
+local MAX_IDS = 256
+local ids = ffi_new("double[?]", MAX_IDS)
+local poll_out = ffi_new("resty_async_poll_out[1]")
+local POLL_REARM = 1
+local POLL_TASKS = 2
+local POLL_MORE = 4
 
 
 -- Runs ready tasks and due timers; posts the waiters of finished tasks.
 -- Returns the time to the next Rust timer (ms, -1: none) and whether the
 -- driver must re-arm for an earlier one.
 local function run_poll(st, arm)
-    return dispatch(st, st.rt.poll(arm))
+    local api, vm = st.api, st.vm
+    local armed = arm and 1 or 0
+    local rearm = false
+    local out = poll_out[0]
+    while true do
+        local n = api.poll(vm, armed, ids, MAX_IDS, out)
+        if n < 0 then
+            error("the runtime of " .. st.name .. " is gone")
+        end
+        for i = 0, n - 1 do
+            finished(st, ids[i])
+        end
+        local flags = out.flags
+        if band(flags, POLL_REARM) ~= 0 then
+            rearm = true
+        end
+        if band(flags, POLL_TASKS) ~= 0 then
+            -- tasks with futures: polled from a Lua C function
+            st.rt.run()
+        elseif band(flags, POLL_MORE) == 0 then
+            break
+        end
+    end
+    st.polls = st.polls + 1
+    return out.next_ms, rearm
 end
 
 
@@ -192,7 +188,7 @@ end
 -- Whether the driver of `st` has nothing to do: nobody waits, no task
 -- handle is kept, no result is held and no Rust task is in flight.
 local function idle(st)
-    return st.nwaiting == 0 and st.nheld == 0 and next(st.owned) == nil
+    return st.nwaiting == 0 and next(st.owned) == nil
            and st.rt.idle()
 end
 

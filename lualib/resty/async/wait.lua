@@ -81,10 +81,6 @@ local function pending_id(st, id)
 end
 
 
--- Waits for the task of a pending raw call's result `id` (see pending_id)
--- to finish; returns its results. (pending_id is called here, not by the
--- caller: a trace that LuaJIT starts in it must not return to the vararg
--- frame of finish(), which it cannot compile.)
 -- Whether the caller of a resty.async function may yield: not inside a C
 -- function that calls Lua (a table.sort comparator, a string.gsub
 -- callback), where ngx.semaphore would queue a waiter that never waits.
@@ -109,6 +105,27 @@ local function can_wait()
 end
 
 
+-- The rest of wait(), after the caller resumed: a function of its own, so
+-- that LuaJIT runs it as a compiled trace (code that follows a yield in
+-- the same function runs in the interpreter, FFI calls included).
+local function waited(st, id, sema, ok, err)
+    st.waiters[id] = nil
+    st.stale[id] = nil
+    st.nwaiting = st.nwaiting - 1
+    put_sema(sema)
+    if ok then
+        return take(st, id)
+    end
+    -- timeout: drop the Rust future now (its destructors run)
+    forget(st, id)
+    return nil, err
+end
+
+
+-- Waits for the task of a pending raw call's result `id` (see pending_id)
+-- to finish; returns its results. (pending_id is called here, not by the
+-- caller: a trace that LuaJIT starts in it must not return to the vararg
+-- frame of finish(), which it cannot compile.)
 -- (`level`: the caller's level for error(), as seen from here.)
 local function wait(st, id, timeout, level)
     id = pending_id(st, id)
@@ -125,24 +142,11 @@ local function wait(st, id, timeout, level)
     end
 
     local sema = get_sema()
-    local waiters = st.waiters
-    waiters[id] = sema
+    st.waiters[id] = sema
     st.nwaiting = st.nwaiting + 1
-
-    ok, err = sema:wait(timeout)
-
-    waiters[id] = nil
-    st.stale[id] = nil
-    st.nwaiting = st.nwaiting - 1
-    put_sema(sema)
-
-    if ok then
-        return take(st, id)
-    end
-
-    -- timeout: drop the Rust future now (its destructors run)
-    forget(st, id)
-    return nil, err
+    -- (`sema`, a local here, lives through the wait: sema:wait is not a
+    -- tail call)
+    return waited(st, id, sema, sema:wait(timeout))
 end
 
 
