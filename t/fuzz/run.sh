@@ -82,44 +82,57 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The top five frames of the backtrace in core dump $1, one function a line.
-signature() {
-    gdb -batch -ex "bt 10" "$nginx" "$1" 2>/dev/null | grep -E '^#' \
-        | awk '!seen[$1]++' \
-        | sed -E 's/^#[0-9]+ +(0x[0-9a-f]+ in )?//; s/ \(.*//; s/ at .*//' | head -5
+# The worker pid (first line) and the top five frames (one function a
+# line) of core dump $1.
+core_summary() {
+    gdb -batch -ex "info inferiors" -ex "bt 10" "$nginx" "$1" 2>/dev/null \
+        | awk '/^\* *1 +process/ {pid = $4} /^#/ && !seen[$1]++ && n++ < 5 {f = f "\n" $0}
+               END {print pid f}' \
+        | sed -E 's/^#[0-9]+ +(0x[0-9a-f]+ in )?//; s/ \(.*//; s/ at .*//'
+}
+
+# Names core dump $1 after its worker; keeps it if it is the first of its
+# kind (same top frames), else removes it. crashes/<k>.sig holds the
+# frames of kind k, crashes/<k>.pids the workers that died of it.
+file_core() {
+    local summary pid sig k f
+    summary=$(core_summary "$1")
+    pid=$(printf '%s\n' "$summary" | head -1)
+    sig=$(printf '%s\n' "$summary" | tail -n +2)
+    [ -n "$pid" ] || pid=unknown$RANDOM
+    k=""
+    for f in "$work"/crashes/*.sig; do
+        [ -f "$f" ] && [ "$(cat "$f")" = "$sig" ] && k=$(basename "$f" .sig)
+    done
+    if [ -n "$k" ]; then
+        rm -f "$1"
+    else
+        k=$(( $(ls "$work"/crashes/*.sig 2>/dev/null | wc -l) + 1 ))
+        printf '%s\n' "$sig" > "$work/crashes/$k.sig"
+        echo "$pid" > "$work/crashes/$k.core"
+        mv "$1" "$work/core.$pid"
+    fi
+    echo "$pid" >> "$work/crashes/$k.pids"
 }
 
 # The kernel names every core dump "core" here (core_pattern "core",
-# core_uses_pid 0 on Debian): move each one aside, named after the worker
-# that crashed, once the master has logged that worker's death (the dump
-# is complete by then). Only the first core of each kind of crash (top
-# frames) is kept; crashes/<n> counts them and names the crashed workers.
+# core_uses_pid 0 on Debian): move each one aside at once, let the kernel
+# finish writing it (its size settles), then file it.
 watch_cores() {
-    local n=0 died pid sig k
+    local n=0 f size last
     mkdir -p "$work/crashes"
     while :; do
         if [ -f "$work/core" ]; then
-            died=$(grep -c "exited on signal" "$log" 2>/dev/null)
-            if [ "${died:-0}" -gt "$n" ]; then
-                n=$((n + 1))
-                pid=$(grep "exited on signal" "$log" | sed -n "${n}p" \
-                      | sed -E 's/.*process ([0-9]+) exited.*/\1/')
-                mv "$work/core" "$work/core.$pid"
-                if command -v gdb >/dev/null; then
-                    sig=$(signature "$work/core.$pid")
-                    k=""
-                    for f in "$work"/crashes/*.sig; do
-                        [ -f "$f" ] && [ "$(cat "$f")" = "$sig" ] && k=$(basename "$f" .sig)
-                    done
-                    if [ -n "$k" ]; then
-                        rm -f "$work/core.$pid"
-                    else
-                        k=$(( $(ls "$work"/crashes/*.sig 2>/dev/null | wc -l) + 1 ))
-                        printf '%s\n' "$sig" > "$work/crashes/$k.sig"
-                        echo "$pid" > "$work/crashes/$k.core"
-                    fi
-                    echo "$pid" >> "$work/crashes/$k.pids"
-                fi
+            n=$((n + 1))
+            f=$work/core.new.$n
+            mv "$work/core" "$f"
+            last=-1
+            while size=$(stat -c %s "$f" 2>/dev/null) && [ "$size" != "$last" ]; do
+                last=$size
+                sleep 0.3
+            done
+            if command -v gdb >/dev/null; then
+                file_core "$f"
             fi
         fi
         sleep 0.1
@@ -185,8 +198,9 @@ started=$(sed -n 's/^started=//p' "$work/stats.out")
 unfinished=$(sed -n 's/^unfinished=//p' "$work/stats.out")
 
 stop_nginx
+# (the last core dumps are filed before the monitor stops)
+sleep 1
 kill "$monitor" 2>/dev/null; wait "$monitor" 2>/dev/null; monitor=""
-[ -f "$work/core" ] && mv "$work/core" "$work/core.last"
 
 crashes=$(grep -c "exited on signal" "$log")
 alerts=$(grep -c "\[alert\]" "$log")
@@ -208,7 +222,8 @@ say ""
 say "== results (seed $seed, ${seconds}s, $conns connections, ccall=$ccall)"
 say "requests: ${requests:-?} completed (wrk), ${started:-?} started in nginx${wrk_errors:+; wrk: $wrk_errors}"
 say "statuses: $statuses slowest: ${slowest:-none}"
-say "worker crashes: $crashes ($(ls "$work"/crashes/*.sig 2>/dev/null | wc -l) distinct top frames)"
+cores=$(cat "$work"/crashes/*.pids 2>/dev/null | wc -l)
+say "worker crashes: $crashes ($cores core dumps read, $(ls "$work"/crashes/*.sig 2>/dev/null | wc -l) distinct top frames)"
 say "[alert] lines: $alerts ($((alerts - crashes)) other than crashes), [crit]: $crits, [emerg]: $emergs, [error]: $errors"
 say "most error-log lines in one second: ${flood:-0}; lines without a time stamp (stderr): $untimed"
 say "in_flight after the load: ${in_flight:-?}"
@@ -221,12 +236,18 @@ if [ "$crashes" -gt 0 ] || [ "$alerts" -gt 0 ] || [ "$crits" -gt 0 ]; then
     say "== [alert]/[crit] lines (first 10)"
     grep -E "\[alert\]|\[crit\]" "$log" | head -10
 fi
-if [ "$errors" -gt 0 ]; then
+if grep -qE "\[(warn|error|crit)\]" "$log"; then
     say ""
-    say "== [error] messages, by count (first 15)"
-    grep "\[error\]" "$log" \
-        | sed -E 's/^[0-9/]+ [0-9:]+ \[error\] [0-9]+#[0-9]+: (\*[0-9]+ )?//; s/, client: .*//; s/[0-9]+/N/g' \
-        | sort | uniq -c | sort -rn | head -15
+    say "== [warn], [error] and [crit] messages by count (digits folded)"
+    grep -E "\[(warn|error|crit)\]" "$log" \
+        | sed -E 's/^[0-9/]+ [0-9:]+ //; s/ [0-9]+#[0-9]+: (\*[0-9]+ )?/ /; s/, client: .*//; s/[0-9]+/N/g' \
+        | cut -c1-200 | sort | uniq -c | sort -rn | head -15
+fi
+if [ "$untimed" -gt 0 ]; then
+    say ""
+    say "== lines without a time stamp (written to stderr) by count, cut to 120 columns"
+    grep -vE '^[0-9]+/[0-9]+/[0-9]+ ' "$log" | sed -E 's/[0-9]+/N/g' | cut -c1-120 \
+        | sort | uniq -c | sort -rn | head -8
 fi
 # Seeds of the requests (r) and timer callbacks (t) that were running in
 # worker $1 when it died.
@@ -241,14 +262,12 @@ if [ "$crashes" -gt 0 ] && ! command -v gdb >/dev/null; then
     say ""
     say "(no backtraces: gdb is not installed; apt-get install gdb)"
 fi
-for sigf in "$work"/crashes/*.sig; do
-    [ -f "$sigf" ] || continue
-    k=$(basename "$sigf" .sig)
+for k in $(ls "$work"/crashes/ 2>/dev/null | sed -n 's/\.sig$//p' | sort -n); do
     pid=$(cat "$work/crashes/$k.core")
     say ""
-    say "== crash $k: $(wc -l < "$work/crashes/$k.pids") worker(s) died with these top frames; core.$pid:"
+    say "== crash $k: $(wc -l < "$work/crashes/$k.pids") core dump(s) with these top frames; core.$pid:"
     gdb -batch -ex bt "$nginx" "$work/core.$pid" 2>/dev/null | grep -E '^#' \
-        | awk '!seen[$1]++' | head -30
+        | awk '!seen[$1]++' | head -30 | cut -c1-300
     say "running in worker $pid when it died: $(seeds_of "$pid")"
     rs=$(seeds_of "$pid" | tr ' ' '\n' | sed -n 's/^r//p' | tr '\n' ' ')
     if [ -n "$rs" ]; then
