@@ -206,13 +206,16 @@ soak: deps build
 # FUZZ_SECONDS (60), FUZZ_CONNECTIONS (10), FUZZ_SEED (random),
 # FUZZ_CCALL (1: calls inside gsub callbacks and sort comparators too),
 # FUZZ_REPLAY ("seed ...": those requests one by one instead of wrk),
-# FUZZ_CALLS (20), FUZZ_PORT (2184), FUZZ_KEEP (1: keep logs and cores).
+# FUZZ_CALLS (20), FUZZ_SKIP (functions not to call: "f,g"), FUZZ_TRACE
+# (1: log every call), FUZZ_PORT (2184), FUZZ_KEEP (1: keep logs, cores).
 FUZZ_SECONDS     ?= 60
 FUZZ_CONNECTIONS ?= 10
 FUZZ_SEED        ?=
 FUZZ_CCALL       ?= 1
 FUZZ_CALLS       ?= 20
 FUZZ_REPLAY      ?=
+FUZZ_SKIP        ?=
+FUZZ_TRACE       ?= 0
 FUZZ_PORT        ?= 2184
 FUZZ_KEEP        ?= 0
 
@@ -222,5 +225,6 @@ fuzz: deps build
 	NGINX_BIN="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" \
 	FUZZ_SECONDS="$(FUZZ_SECONDS)" FUZZ_CONNECTIONS="$(FUZZ_CONNECTIONS)" \
 	FUZZ_SEED="$(FUZZ_SEED)" FUZZ_CCALL="$(FUZZ_CCALL)" FUZZ_CALLS="$(FUZZ_CALLS)" \
-	FUZZ_REPLAY="$(FUZZ_REPLAY)" FUZZ_PORT="$(FUZZ_PORT)" FUZZ_KEEP="$(FUZZ_KEEP)" \
+	FUZZ_REPLAY="$(FUZZ_REPLAY)" FUZZ_SKIP="$(FUZZ_SKIP)" FUZZ_TRACE="$(FUZZ_TRACE)" \
+	FUZZ_PORT="$(FUZZ_PORT)" FUZZ_KEEP="$(FUZZ_KEEP)" \
 	t/fuzz/run.sh

@@ -69,9 +69,10 @@ local nonstring = {}
 
 -- Park-Miller PRNG (exact in doubles). One state per request, thread and
 -- timer callback, so that interleaving does not change the choices. It
--- carries the list of functions to call, too.
-local function rng(seed, funcs)
-    return { seed % 2147483646 + 1, funcs = funcs }
+-- carries the list of functions to call and the tracing flag of the
+-- request, and the name of its coroutine in traces.
+local function rng(seed, funcs, trace, tag)
+    return { seed % 2147483646 + 1, funcs = funcs, trace = trace, tag = tag }
 end
 
 
@@ -309,17 +310,62 @@ end
 local call_way
 
 
+-- Kills or waits for light thread `th`.
+local end_thread
+
+
+-- A short description of value `v` for traces.
+local function describe(v)
+    local t = type(v)
+    if t == "string" then
+        return #v > 20 and "<" .. #v .. " bytes>" or ("%q"):format(v)
+    elseif t == "number" then
+        return ("%.17g"):format(v)
+    elseif t == "function" then
+        return "function " .. (NAME_OF[v] or "plain_fn")
+    elseif t == "table" then
+        return getmetatable(v) and "task" or "{}"
+    end
+    return tostring(v)
+end
+
+
+-- With ?trace=1: logs (at warn) each call before it is made.
+local function trace(r, what, name, args)
+    if not r.trace then
+        return
+    end
+    local out = {}
+    for i = 1, args and args.n or 0 do
+        out[i] = describe(args[i])
+    end
+    ngx.log(ngx.WARN, "fuzz ", r.tag, ": ", what, " ", name or "", "(",
+            table_concat(out, ", "), ")")
+end
+
+
 -- A light thread's body: one call in the ways that do not need the
 -- request's own state.
-local function thread_body(seed, funcs)
-    local r = rng(seed, funcs)
+local function thread_body(seed, funcs, tracing)
+    local r = rng(seed, funcs, tracing, "thread " .. seed)
     local mine = {}
     call_way(r, mine, nil, rand(r, 4))
     return true
 end
 
 
-local function timer_body(premature, seed, funcs)
+end_thread = function(r, th)
+    if rand(r, 2) == 1 then
+        trace(r, "thread", "kill (later)")
+        thread_kill(th)
+    else
+        trace(r, "thread", "wait (later)")
+        thread_wait(th)
+    end
+end
+
+
+local function timer_body(premature, seed, funcs, tracing)
     if premature then
         timers = timers - 1
         return
@@ -327,18 +373,14 @@ local function timer_body(premature, seed, funcs)
     local seeds = ngx.shared.fuzz_seeds
     local key = "t" .. seed
     seeds:set(key, worker_pid())
-    local r = rng(seed, funcs)
+    local r = rng(seed, funcs, tracing, "timer " .. seed)
     local mine = {}
     local threads = {}
     for _ = 1, rand(r, TIMER_CALLS) do
         call_way(r, mine, threads, rand(r, 5))
     end
     for i = 1, #threads do
-        if rand(r, 2) == 1 then
-            thread_kill(threads[i])
-        else
-            thread_wait(threads[i])
-        end
+        end_thread(r, threads[i])
     end
     seeds:delete(key)
     timers = timers - 1
@@ -348,6 +390,10 @@ end
 -- Ways of making a call; the last two are C-call boundaries.
 local WITH_TIMEOUT, SPAWN, PCALL, KEEP, THREAD, TIMER, USE_KEPT, GSUB, SORT =
     1, 2, 3, 4, 5, 6, 7, 8, 9
+local WAY_NAMES = {
+    "with_timeout", "spawn", "pcall", "keep", "thread", "timer", "use_kept",
+    "gsub", "sort",
+}
 local NWAYS = 9
 local NWAYS_NO_CCALL = 7
 
@@ -365,16 +411,20 @@ call_way = function(r, mine, threads, way)
             kept[nkept] = nil
             nkept = nkept - 1
             if rand(r, 3) == 1 then
+                trace(r, "use_kept", "cancel")
                 protected("kept:cancel", task.cancel, { task, n = 1 })
             end
             local timeout = rand(r, 2) == 1 and 0.001 * rand(r, 500) or nil
+            trace(r, "use_kept", "wait", { timeout, n = 1 })
             protected("kept:wait", task.wait, { task, timeout, n = 2 })
             return
         end
     end
 
     if way == THREAD then
-        local th = thread_spawn(thread_body, rand(r, 2147483646), r.funcs)
+        trace(r, "thread", "spawn")
+        local th = thread_spawn(thread_body, rand(r, 2147483646), r.funcs,
+                                r.trace)
         if threads and rand(r, 2) == 1 then
             threads[#threads + 1] = th
         elseif rand(r, 2) == 1 then
@@ -382,16 +432,19 @@ call_way = function(r, mine, threads, way)
                 -- (not 0: ngx.sleep(0) logs a warning on this nginx)
                 ngx_sleep(0.001 * rand(r, 5))
             end
+            trace(r, "thread", "kill")
             thread_kill(th)
         else
+            trace(r, "thread", "wait")
             thread_wait(th)
         end
         return
     end
 
     if way == TIMER then
+        trace(r, "timer", "at")
         local ok = timer_at(0.001 * (rand(r, 50) - 1), timer_body,
-                            rand(r, 2147483646), r.funcs)
+                            rand(r, 2147483646), r.funcs, r.trace)
         if ok then
             timers = timers + 1
         end
@@ -399,6 +452,7 @@ call_way = function(r, mine, threads, way)
     end
 
     local name, f, args = pick_call(r, mine)
+    trace(r, WAY_NAMES[way], name, args)
 
     if way == WITH_TIMEOUT then
         -- a timeout under 10 ms
@@ -528,7 +582,8 @@ function _M.request()
     active = active + 1
 
     load()
-    local r = rng(seed, funcs_without(args.skip))
+    local r = rng(seed, funcs_without(args.skip), args.trace == "1",
+                  "request " .. seed)
     local mine = {}
     local threads = {}
     local nways = ccall and NWAYS or NWAYS_NO_CCALL
@@ -538,21 +593,14 @@ function _M.request()
         if #threads > 0 and rand(r, 4) == 1 then
             local th = threads[#threads]
             threads[#threads] = nil
-            if rand(r, 2) == 1 then
-                thread_kill(th)
-            else
-                thread_wait(th)
-            end
+            end_thread(r, th)
         end
     end
     for i = #threads, 1, -1 do
-        if rand(r, 2) == 1 then
-            thread_kill(threads[i])
-        else
-            thread_wait(threads[i])
-        end
+        end_thread(r, threads[i])
     end
     if rand(r, 10) == 1 then
+        trace(r, "collectgarbage", "")
         collectgarbage()
     end
     ngx.say("ok ", seed)

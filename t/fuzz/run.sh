@@ -19,6 +19,8 @@
 #                     of a known crash, to look for others)
 #   FUZZ_REPLAY       "seed ...": replays these requests one after the
 #                     other with curl instead of running wrk
+#   FUZZ_TRACE        1: log each call (way, function, arguments) at warn
+#                     level, to see what a replayed request did
 #   FUZZ_PORT         port (2184)
 #   FUZZ_KEEP         1: keep the work directory (logs, core dumps)
 #   NGINX_BIN, LUA_MODULES  the nginx binary and the modules it loads
@@ -34,9 +36,11 @@ seed=${FUZZ_SEED:-}
 ccall=${FUZZ_CCALL:-1}
 calls=${FUZZ_CALLS:-20}
 skip=${FUZZ_SKIP:-}
+tracing=${FUZZ_TRACE:-0}
 replay=${FUZZ_REPLAY:-}
 keep=${FUZZ_KEEP:-0}
 query="&ccall=$ccall&calls=$calls${skip:+&skip=$skip}"
+[ "$tracing" = 1 ] && query="$query&trace=1"
 url="http://127.0.0.1:$port"
 
 work=$(mktemp -d /tmp/resty-async-fuzz.XXXXXX)
@@ -99,7 +103,12 @@ file_core() {
     summary=$(core_summary "$1")
     pid=$(printf '%s\n' "$summary" | head -1)
     sig=$(printf '%s\n' "$summary" | tail -n +2)
-    [ -n "$pid" ] || pid=unknown$RANDOM
+    if [ -z "$pid" ]; then
+        # gdb could not read it (cut short: the kernel stops writing a
+        # dump when the dumping process gets a signal)
+        pid=unreadable-$(stat -c %s "$1")-bytes-$2
+        sig="(unreadable core dump)"
+    fi
     k=""
     for f in "$work"/crashes/*.sig; do
         [ -f "$f" ] && [ "$(cat "$f")" = "$sig" ] && k=$(basename "$f" .sig)
@@ -132,7 +141,7 @@ watch_cores() {
                 sleep 0.3
             done
             if command -v gdb >/dev/null; then
-                file_core "$f"
+                file_core "$f" "$n"
             fi
         fi
         sleep 0.1
@@ -173,6 +182,7 @@ if [ -n "$replay" ]; then
         say "  seed $s: $out"
     done
     requests="$n replayed"
+    run="replay of $replay"
 else
     say "fuzz: ${seconds}s, $conns connections, seeds $seed+1... (ccall=$ccall," \
         "calls=$calls) on worker $worker0"
@@ -180,6 +190,7 @@ else
         -s "$repo/t/fuzz/wrk.lua" "$url/" > "$work/wrk.out" 2>&1 &
     load_pid=$!
     wait "$load_pid"
+    run="seed $seed, ${seconds}s, $conns connections"
     load_pid=""
     requests=$(grep -E "requests in" "$work/wrk.out" | awk '{print $1}')
     wrk_errors=$(grep -E "Socket errors|Non-2xx" "$work/wrk.out" | tr -s ' ' | tr '\n' ';')
@@ -219,8 +230,8 @@ slowest=$(awk '$4 ~ /^\/fuzz/' "$work/logs/access.log" | sort -k3 -rn | head -1 
 left=$(ls -A "$base")
 
 say ""
-say "== results (seed $seed, ${seconds}s, $conns connections, ccall=$ccall)"
-say "requests: ${requests:-?} completed (wrk), ${started:-?} started in nginx${wrk_errors:+; wrk: $wrk_errors}"
+say "== results ($run, ccall=$ccall${skip:+, skip $skip})"
+say "requests: ${requests:-?} completed, ${started:-?} started in nginx${wrk_errors:+; wrk: $wrk_errors}"
 say "statuses: $statuses slowest: ${slowest:-none}"
 cores=$(cat "$work"/crashes/*.pids 2>/dev/null | wc -l)
 say "worker crashes: $crashes ($cores core dumps read, $(ls "$work"/crashes/*.sig 2>/dev/null | wc -l) distinct top frames)"
