@@ -644,6 +644,15 @@ function _M.stats()
         waited = waited + 0.1
     end
     local busy = active .. " requests, " .. timers .. " timers"
+    -- before the kept handles are dropped: they may hold tasks (pending,
+    -- or finished with results not taken), which count as in flight
+    local owning = 0
+    for i = 1, nkept do
+        if kept[i].id then
+            owning = owning + 1
+        end
+    end
+    local before_drop = async.stats().in_flight
     for i = 1, nkept do
         local task = kept[i]
         kept[i] = nil
@@ -657,6 +666,8 @@ function _M.stats()
     local seeds = ngx.shared.fuzz_seeds
     ngx.say("in_flight_at_call=", before)
     ngx.say("still_running_after_wait=", busy)
+    ngx.say("in_flight_before_drop=", before_drop, " (kept handles owning ",
+            "a task: ", owning, ")")
     local keys = {}
     for k, v in pairs(st) do
         keys[#keys + 1] = k .. "=" .. tostring(v)
