@@ -134,13 +134,14 @@ watch_cores() {
         if [ -f "$work/core" ]; then
             n=$((n + 1))
             f=$work/core.new.$n
-            mv "$work/core" "$f"
+            # (it can be gone already: the next crash replaced it)
+            mv "$work/core" "$f" 2>/dev/null || continue
             last=-1
             while size=$(stat -c %s "$f" 2>/dev/null) && [ "$size" != "$last" ]; do
                 last=$size
                 sleep 0.3
             done
-            if command -v gdb >/dev/null; then
+            if [ -f "$f" ] && command -v gdb >/dev/null; then
                 file_core "$f" "$n"
             fi
         fi
