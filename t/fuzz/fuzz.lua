@@ -138,9 +138,10 @@ local CAPS = {
 local TIMEOUT_FIRST = { with_timeout = true, ["task:wait"] = true }
 
 
-local function cap_number(v, max)
+-- `v`, or `instead` if `v` is a number above `max`.
+local function cap_number(v, max, instead)
     if type(v) == "number" and v > max then
-        return 3
+        return instead
     end
     return v
 end
@@ -155,7 +156,7 @@ local function cap_args(name, args, from, n)
     for pos, max in pairs(caps) do
         local i = from + pos - 1
         if i <= n then
-            args[i] = cap_number(args[i], max)
+            args[i] = cap_number(args[i], max, 3)
         end
     end
 end
@@ -244,7 +245,7 @@ local function pick_call(r, mine)
     if TIMEOUT_FIRST[name] then
         local i = name == "task:wait" and 2 or 1
         if i <= n then
-            args[i] = cap_number(args[i], MAX_WAIT)
+            args[i] = cap_number(args[i], MAX_WAIT, MAX_WAIT)
         end
         from = i + 1
     end
