@@ -45,6 +45,8 @@ fn run(runnable: Runnable) {
     }
     POLLING.with(|p| p.set(p.get() + 1));
     let _depth = Depth;
+    // (the task's future runs under catch_unwind: see spawn)
+    let _catching = crate::panic::Catching::enter();
     runnable.run();
 }
 

@@ -23,7 +23,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_double, c_int, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 
 use crate::executor::{Spawned, TaskId};
 use crate::futureless::Taken;
@@ -140,7 +140,7 @@ fn misuse(msg: String) -> c_double {
 /// Runs `f` with the runtime of handle `vm` if this library made that
 /// handle and its VM is open; catches a panic. `fallback` otherwise.
 fn with_runtime<R>(vm: *const c_void, fallback: R, f: impl FnOnce(&Runtime) -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(|| VmRuntime::with_ffi(vm, f))) {
+    match crate::panic::catch(AssertUnwindSafe(|| VmRuntime::with_ffi(vm, f))) {
         Ok(Some(r)) => r,
         Ok(None) => fallback,
         Err(payload) => {

@@ -13,7 +13,7 @@
 //! come from the executor: the kinds of task share one id space.
 
 use std::cell::{Cell, RefCell};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
@@ -270,7 +270,9 @@ impl PlainTasks {
 /// panic in it is the task's panic, as it is in a future's poll.
 pub(crate) fn outcome(lua: &Lua, res: Result<Sendable, PoolError>) -> Outcome<LuaOutput> {
     match res {
-        Ok(values) => catch_unwind(AssertUnwindSafe(|| values.into_lua(lua))).map_err(Panicked::from_payload),
+        Ok(values) => {
+            crate::panic::catch(AssertUnwindSafe(|| values.into_lua(lua))).map_err(Panicked::from_payload)
+        }
         Err(PoolError::Panicked(p)) => Err(p),
         Err(e) => Ok(Err(mlua::Error::RuntimeError(e.to_string()))),
     }

@@ -55,6 +55,7 @@ mod ffi;
 mod futureless;
 mod mlua_async;
 mod module;
+mod panic;
 mod pool;
 mod raw;
 mod runtime;

@@ -20,7 +20,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -145,7 +145,7 @@ impl Module {
                 Ok(a) => a,
                 Err(e) => return misuse(lua, &error_message(&e)),
             };
-            let out = catch_unwind(AssertUnwindSafe(|| {
+            let out = crate::panic::catch(AssertUnwindSafe(|| {
                 f(lua, args).and_then(|r| values::convert(lua, r))
             }))
             .map_err(Panicked::from_payload);
