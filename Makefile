@@ -72,7 +72,7 @@ run: deps build
 	    nginx/demo.conf > build/demo/nginx.conf
 	$(NGINX) -p $(CURDIR)/build/demo -c $(CURDIR)/build/demo/nginx.conf -g 'daemon off;'
 
-test: deps lint build test-rust test-nginx test-install test-lifecycle
+test: deps lint build test-rust test-nginx test-install test-lifecycle fuzz-short
 
 # The Rust tests: the runtime's parts without nginx (src/tests/).
 test-rust:
@@ -223,7 +223,11 @@ FUZZ_TRACE       ?= 0
 FUZZ_PORT        ?= 2184
 FUZZ_KEEP        ?= 0
 
-.PHONY: fuzz
+.PHONY: fuzz fuzz-short
+# The fuzz `make test` runs: 20 s, every way of calling included.
+fuzz-short:
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=20
+
 fuzz: deps build
 	$(call need_tool,wrk,wrk)
 	NGINX_BIN="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" \
