@@ -32,6 +32,8 @@ local make_async = wait_mod.make_async
 local make_sync = wait_mod.make_sync
 local wrapped = wait_mod.wrapped
 local start_task = task.start
+local take = runtime.take
+local wait = wait_mod.wait
 
 
 local _M = {
@@ -243,7 +245,8 @@ local function start_sleep(secs)
         return NAN, "bad argument #1 to 'sleep' (number expected, got "
                     .. type(secs) .. ")"
     end
-    return api.sleep(vm, secs)
+    local r = api.sleep(vm, secs)  -- (no tail calls: see runtime.lua)
+    return r
 end
 
 
@@ -252,7 +255,8 @@ local function start_sha256(data)
     if not s then
         return NAN, err
     end
-    return api.sha256(vm, s, #s)
+    local r = api.sha256(vm, s, #s)
+    return r
 end
 
 
@@ -261,7 +265,8 @@ local function start_read_file(path)
     if not p then
         return NAN, err
     end
-    return api.read_file(vm, p, #p)
+    local r = api.read_file(vm, p, #p)
+    return r
 end
 
 
@@ -284,20 +289,24 @@ local function start_write_file(path, data, mode)
         return NAN, "bad argument #3 to 'write_file' (mode must be \"w\" "
                     .. "or \"a\")"
     end
-    return api.write_file(vm, p, #p, d, #d, append)
+    local r = api.write_file(vm, p, #p, d, #d, append)
+    return r
 end
 
 
--- The caller's results of a built-in's start `r` (see above).
-local function finish_builtin(r, msg)
-    if r == 0 then
-        return runtime.take(core_st, 0)
-    end
+-- The caller's results of a built-in's start `r` (see above): its value,
+-- or nil and a message. (`level`: the caller's level for error().)
+local function finish_builtin(r, msg, level)
     if r ~= r then
-        -- misuse: raise in the caller (tail-called: level 2)
-        error(msg or runtime.error_message(core_st), 2)
+        error(msg or runtime.error_message(core_st), level)
     end
-    return wait_mod.wait(core_st, r, config.timeout, 2)
+    local v, err
+    if r == 0 then
+        v, err = take(core_st, 0)
+    else
+        v, err = wait(core_st, r, config.timeout, level + 1)
+    end
+    return v, err
 end
 
 
@@ -320,31 +329,52 @@ local function raw_builtin(start, at_once)
 end
 
 
+-- (The built-ins return one value, or nil and a message.)
+
 function _M.sleep(secs)
     check_phase("sleep")
     local r, msg = start_sleep(secs)
     if r == 0 then
         return true
     end
-    return finish_builtin(r, msg)
+    local v, err = finish_builtin(r, msg, 3)
+    if v == nil then
+        return nil, err
+    end
+    return v
 end
 
 
 function _M.sha256(data)
     check_phase("sha256")
-    return finish_builtin(start_sha256(data))
+    local r, msg = start_sha256(data)
+    local v, err = finish_builtin(r, msg, 3)
+    if v == nil then
+        return nil, err
+    end
+    return v
 end
 
 
 function _M.read_file(path)
     check_phase("read_file")
-    return finish_builtin(start_read_file(path))
+    local r, msg = start_read_file(path)
+    local v, err = finish_builtin(r, msg, 3)
+    if v == nil then
+        return nil, err
+    end
+    return v
 end
 
 
 function _M.write_file(path, data, mode)
     check_phase("write_file")
-    return finish_builtin(start_write_file(path, data, mode))
+    local r, msg = start_write_file(path, data, mode)
+    local v, err = finish_builtin(r, msg, 3)
+    if v == nil then
+        return nil, err
+    end
+    return v
 end
 
 

@@ -150,21 +150,43 @@ end
 
 -- The results of finished task `id` (0: the result of a call that
 -- finished at once).
-local function take(st, id)
+--
+-- The functions on the path of a call make no tail calls: LuaJIT aborts a
+-- trace that leaves the function it started in that way, and after a few
+-- aborts it stops trying, and the function runs in the interpreter.
+--
+-- Returns how many results there are, 1 (`a`) or 2 (`a, b`), or 0 when
+-- they are Lua values that only `st.rt.take(id)` returns.
+local function take_ffi(st, id)
     local kind = st.api.take(st.vm, id, value)
     local v = value[0]
     if kind == KIND_STRING then
-        return ffi_string(v.ptr, v.len)
+        local s = ffi_string(v.ptr, v.len)
+        return 1, s
     elseif kind == KIND_BOOLEAN then
-        return v.num ~= 0
+        return 1, v.num ~= 0
     elseif kind == KIND_NUMBER then
-        return v.num
+        local n = v.num
+        return 1, n
     elseif kind == KIND_ERROR then
-        return nil, ffi_string(v.ptr, v.len)
+        local msg = ffi_string(v.ptr, v.len)
+        return 2, nil, msg
     elseif kind == KIND_LUA then
-        return st.rt.take(id)
+        return 0
     end
-    return nil, "no result for this task (cancelled?)"
+    return 2, nil, "no result for this task (cancelled?)"
+end
+
+
+-- The results of finished task `id`, any number of them.
+local function take(st, id)
+    local n, a, b = take_ffi(st, id)
+    if n == 1 then
+        return a
+    elseif n == 2 then
+        return a, b
+    end
+    return st.rt.take(id)
 end
 
 
@@ -178,6 +200,7 @@ end
 
 _M.finished = finished
 _M.take = take
+_M.take_ffi = take_ffi
 _M.forget = forget
 
 

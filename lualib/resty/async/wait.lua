@@ -17,7 +17,7 @@ local sema_new = semaphore.new
 local debug_getinfo = debug.getinfo
 local kick = driver.kick
 local need_driver = driver.need
-local take = runtime.take
+local take_ffi = runtime.take_ffi
 local forget = runtime.forget
 local config = runtime.config
 -- C functions a yield passes through (LuaJIT runs them as fast functions).
@@ -114,7 +114,14 @@ local function waited(st, id, sema, ok, err)
     st.nwaiting = st.nwaiting - 1
     put_sema(sema)
     if ok then
-        return take(st, id)
+        -- (no tail call on the common paths: see runtime.lua)
+        local n, a, b = take_ffi(st, id)
+        if n == 1 then
+            return a
+        elseif n == 2 then
+            return a, b
+        end
+        return st.rt.take(id)
     end
     -- timeout: drop the Rust future now (its destructors run)
     forget(st, id)
