@@ -64,11 +64,14 @@ __DATA__
                 local afile, why =
                     line:match("^%[TRACE %-%-%- ([%w_]+%.lua):%d+ %-%- (.*)%]$")
                 -- (allowed: returning through pcall(), which the driver's
-                -- reader needs and LuaJIT does not compile, and LuaJIT
-                -- declining a trace that would only call a C function)
+                -- reader needs and LuaJIT does not compile; LuaJIT
+                -- declining a trace that would only call a C function; an
+                -- outer trace stopped at an inner loop not compiled yet,
+                -- which it links to once it is)
                 if afile and ours[afile]
                    and not why:find("return to lower frame", 1, true)
                    and not why:find("trace too short", 1, true)
+                   and not why:find("inner loop in root trace", 1, true)
                 then
                     aborted[#aborted + 1] = line
                 end
