@@ -47,6 +47,21 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
     t.raw_set("can_wait", unsafe {
         lua.create_c_function(crate::yieldable::lua_can_wait)?
     })?;
+    // wait(id, timeout [, checked]): see waiters.rs (nil: callers wait on
+    // ngx.semaphore in Lua).
+    t.raw_set("wait", crate::waiters::push_wait(lua, vm.as_ptr())?)?;
+    // sweep(): cancels the tasks of waiters ngx_lua killed.
+    let h = Rc::clone(vm);
+    t.raw_set(
+        "sweep",
+        lua.create_function(move |_, ()| {
+            if let Some(rt) = h.existing() {
+                let _enter = vm::enter(&rt);
+                rt.sweep_waiters();
+            }
+            Ok(())
+        })?,
+    )?;
     // run(): runs the tasks that are ready, when the FFI poll said so
     // (their polls may use Lua). The poll that follows reports them.
     let h = Rc::clone(vm);
@@ -145,6 +160,7 @@ fn stats_tables(lua: &Lua, vm: &VmRuntime) -> mlua::Result<(Table, Table)> {
     settings.raw_set("pool_nice", cfg.pool_nice)?;
     settings.raw_set("max_queue", cfg.max_queue)?;
     t.raw_set("in_flight", s.executor.in_flight)?;
+    t.raw_set("waiting", s.waiting)?;
     t.raw_set("completed", s.executor.completed)?;
     t.raw_set("cancelled", s.executor.cancelled)?;
     t.raw_set("task_polls", s.executor.polls)?;

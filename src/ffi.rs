@@ -45,6 +45,8 @@ pub struct PollOut {
     pub n: c_int,
     /// [`POLL_REARM`], [`POLL_TASKS`], [`POLL_MORE`].
     pub flags: c_int,
+    /// Callers waiting for tasks.
+    pub waiting: c_int,
 }
 
 /// A timer earlier than the one the driver sleeps towards was added.
@@ -372,6 +374,7 @@ extern "C" fn ra_poll(
                 next_ms: polled.next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
                 n,
                 flags,
+                waiting: rt.waiters.len().min(c_int::MAX as usize) as c_int,
             };
         }
         n

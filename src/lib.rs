@@ -65,6 +65,7 @@ mod strings;
 mod timer;
 mod values;
 mod vm;
+mod waiters;
 mod yieldable;
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
 use crate::timer::{Sleep, Timers, TIMER_SLACK};
 use crate::values::LuaValues;
+use crate::waiters::Waiters;
 
 /// The task output the Lua layer uses: values for Lua, or an error message.
 pub(crate) type LuaOutput = mlua::Result<LuaValues>;
@@ -47,6 +48,8 @@ pub struct Stats {
     pub rejected_peers: u64,
     /// Whether a driver is connected.
     pub connected: bool,
+    /// Callers waiting for tasks (see `waiters.rs`).
+    pub waiting: usize,
 }
 
 /// The runtime of one worker process. See the module docs.
@@ -64,6 +67,8 @@ pub struct Runtime {
     polls: Cell<u64>,
     rejected: Cell<u64>,
     batch: WakeBatch,
+    /// The callers waiting for tasks (see `waiters.rs`).
+    pub(crate) waiters: Waiters,
     /// Tasks found finished by a poll, not yet handed to Lua.
     done: RefCell<VecDeque<TaskId>>,
 }
@@ -101,6 +106,7 @@ impl Runtime {
             polls: Cell::new(0),
             rejected: Cell::new(0),
             batch: WakeBatch::default(),
+            waiters: Waiters::default(),
             done: RefCell::new(VecDeque::new()),
         }
     }
@@ -274,10 +280,17 @@ impl Runtime {
         self.collect_done();
     }
 
+    /// Collects the finished tasks: posts the callers that wait for them,
+    /// keeps the others for Lua ([`Runtime::next_done`]).
     fn collect_done(&self) {
         let mut done = self.done.borrow_mut();
-        self.executor.take_completed(|id| done.push_back(id));
-        self.plain.take_completed(|id| done.push_back(id));
+        let mut found = |id| {
+            if !self.waiters.post(id) {
+                done.push_back(id);
+            }
+        };
+        self.executor.take_completed(&mut found);
+        self.plain.take_completed(&mut found);
     }
 
     /// A task a poll found finished, not yet handed to Lua.
@@ -341,6 +354,7 @@ impl Runtime {
 
     /// The outcome of a finished task as Lua values (frees its slot).
     pub(crate) fn take(&self, lua: &mlua::Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
+        self.waiters.release(id);
         if self.executor.contains(id) {
             self.executor.take(id)
         } else {
@@ -355,6 +369,7 @@ impl Runtime {
         if self.executor.contains(id) {
             return Taken::NeedsLua;
         }
+        self.waiters.release(id);
         self.plain.take_raw(id)
     }
 
@@ -366,7 +381,18 @@ impl Runtime {
     /// Cancels a task: its future is dropped before this returns (a pool
     /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
+        self.waiters.release(id);
         self.executor.cancel(id) || self.plain.cancel(id)
+    }
+
+    /// Cancels the tasks whose callers ngx_lua killed while they waited
+    /// (see [`Waiters::sweep`]).
+    pub(crate) fn sweep_waiters(&self) {
+        let mut dead = Vec::new();
+        self.waiters.sweep(|id| dead.push(id));
+        for id in dead {
+            self.cancel(id);
+        }
     }
 
     /// Whether no task is in flight and no timer is pending.
@@ -393,6 +419,7 @@ impl Runtime {
             polls: self.polls.get(),
             rejected_peers: self.rejected.get(),
             connected: self.notifier.connected(),
+            waiting: self.waiters.len(),
         }
     }
 }

@@ -191,7 +191,6 @@ function _M.stats()
     local out = {
         runtimes = runtime.nstates,
         drivers = 0,
-        waiting = 0,
         timeout = config.timeout,
     }
     for _, st in pairs(states) do
@@ -205,7 +204,6 @@ function _M.stats()
         if st.running then
             out.drivers = out.drivers + 1
         end
-        out.waiting = out.waiting + st.nwaiting
     end
     return out
 end

@@ -9,7 +9,6 @@ local ffi = require "ffi"
 local bit = require "bit"
 
 local ngx = ngx
-local pairs = pairs
 local pcall = pcall
 local tostring = tostring
 local next = next
@@ -30,7 +29,6 @@ local band = bit.band
 local error = error
 local finished = runtime.finished
 local forget = runtime.forget
-local POSTED = runtime.POSTED
 
 
 local _M = {}
@@ -88,34 +86,40 @@ local POLL_TASKS = 2
 local POLL_MORE = 4
 
 
+-- One poll of the runtime: hands over the finished tasks nobody waits for
+-- (the runtime posts the waiters itself). Returns the poll's flags.
+local function poll_once(st, armed)
+    local out = poll_out[0]
+    local n = st.api.poll(st.vm, armed, ids, MAX_IDS, out)
+    if n < 0 then
+        error("the runtime of " .. st.name .. " is gone")
+    end
+    for i = 0, n - 1 do
+        finished(st, ids[i])
+    end
+    return out.flags
+end
+
+
 -- Runs ready tasks and due timers; posts the waiters of finished tasks.
 -- Returns the time to the next Rust timer (ms, -1: none) and whether the
--- driver must re-arm for an earlier one.
+-- driver must re-arm for an earlier one. (The loop below seldom runs: a
+-- loop that LuaJIT sees leave after one turn cannot be compiled.)
 local function run_poll(st, arm)
-    local api, vm = st.api, st.vm
     local armed = arm and 1 or 0
-    local rearm = false
-    local out = poll_out[0]
-    while true do
-        local n = api.poll(vm, armed, ids, MAX_IDS, out)
-        if n < 0 then
-            error("the runtime of " .. st.name .. " is gone")
-        end
-        for i = 0, n - 1 do
-            finished(st, ids[i])
-        end
-        local flags = out.flags
-        if band(flags, POLL_REARM) ~= 0 then
-            rearm = true
-        end
+    local flags = poll_once(st, armed)
+    local rearm = band(flags, POLL_REARM) ~= 0
+    while band(flags, POLL_TASKS + POLL_MORE) ~= 0 do
         if band(flags, POLL_TASKS) ~= 0 then
             -- tasks with futures: polled from a Lua C function
             st.rt.run()
-        elseif band(flags, POLL_MORE) == 0 then
-            break
         end
+        flags = poll_once(st, armed)
+        rearm = rearm or band(flags, POLL_REARM) ~= 0
     end
+    local out = poll_out[0]
     st.polls = st.polls + 1
+    st.waiting = out.waiting
     return out.next_ms, rearm
 end
 
@@ -148,29 +152,12 @@ local function reader(st, sock)
 end
 
 
--- Cancels the tasks nobody can collect any more.
+-- Cancels the tasks nobody can collect any more: those of callers ngx_lua
+-- killed while they waited (client abort, ngx.thread.kill, ngx.exit from
+-- another thread; the runtime finds them), and those of task handles the
+-- GC collected.
 local function sweep(st)
-    local waiters = st.waiters
-    local stale = st.stale
-    for id, sema in pairs(waiters) do
-        local dead
-        if sema == POSTED then
-            -- a posted waiter resumes in the same event loop cycle: posted
-            -- a sweep ago and still here means it was killed meanwhile
-            dead = stale[id]
-            stale[id] = true
-        else
-            -- ngx_lua's cleanup of a killed waiter leaves the semaphore
-            -- with nobody waiting (count -1 while someone waits)
-            dead = sema:count() >= 0
-        end
-        if dead then
-            waiters[id] = nil
-            stale[id] = nil
-            st.nwaiting = st.nwaiting - 1
-            forget(st, id)
-        end
-    end
+    st.rt.sweep()
 
     local collected = st.collected
     local owned = st.owned
@@ -188,8 +175,7 @@ end
 -- Whether the driver of `st` has nothing to do: nobody waits, no task
 -- handle is kept, no result is held and no Rust task is in flight.
 local function idle(st)
-    return st.nwaiting == 0 and next(st.owned) == nil
-           and st.rt.idle()
+    return st.waiting == 0 and next(st.owned) == nil and st.rt.idle()
 end
 
 
@@ -247,7 +233,7 @@ local function drive(st)
             return nil, st.reader_err
         end
 
-        if st.nwaiting == 0 and exiting() then
+        if st.waiting == 0 and exiting() then
             return true
         end
 

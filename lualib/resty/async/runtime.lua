@@ -9,6 +9,8 @@
 local ffi = require "ffi"
 
 local ngx = ngx
+local type = type
+local error = error
 local pairs = pairs
 local ffi_cast = ffi.cast
 local ffi_new = ffi.new
@@ -20,6 +22,7 @@ typedef struct {
     double next_ms;
     int n;
     int flags;
+    int waiting;
 } resty_async_poll_out;
 
 typedef struct {
@@ -54,8 +57,6 @@ local _M = {
     config = {
         timeout = 60,
     },
-    -- waiters[id] once the driver has posted the waiter's semaphore.
-    POSTED = true,
     -- The version of `struct resty_async_api` (src/ffi.rs FFI_ABI).
     FFI_ABI = 1,
     -- resty_async_value.kind
@@ -70,7 +71,6 @@ local _M = {
     CANCEL_NEEDS_LUA = 2,
 }
 
-local POSTED = _M.POSTED
 local KIND_BOOLEAN = _M.KIND_BOOLEAN
 local KIND_NUMBER = _M.KIND_NUMBER
 local KIND_STRING = _M.KIND_STRING
@@ -103,14 +103,18 @@ function _M.get(raw, name)
               .. "it against the resty-async whose lualib/ is on "
               .. "lua_package_path", 3)
     end
+    if type(raw.__rt.wait) ~= "function" then
+        error("resty.async: ngx_lua's semaphore functions (those of "
+              .. "lua-resty-core) or OpenResty's LuaJIT (lua_getexdata) "
+              .. "were not found in this nginx", 3)
+    end
     st = {
         name = name,
         rt = raw.__rt,
         api = api,
         vm = ffi_cast("const void *", raw.__vm),
-        waiters = {},     -- task id -> semaphore (or POSTED)
-        nwaiting = 0,
-        stale = {},       -- posted ids seen by the last sweep
+        wait = raw.__rt.wait,
+        waiting = 0,      -- callers waiting, as of the last poll
         owned = {},       -- task id -> "pending"|"done", for handles
         collected = {},   -- ids of handles the GC collected
         swept = 0,
@@ -133,16 +137,12 @@ function _M.error_message(st)
 end
 
 
--- Hands a finished task to whoever waits for it.
+-- Hands a finished task that no caller waits for (the runtime posts the
+-- waiters itself) to its task handle, or frees its results.
 local function finished(st, id)
-    local sema = st.waiters[id]
-    if sema and sema ~= POSTED then
-        sema:post(1)
-        st.waiters[id] = POSTED
-    elseif st.owned[id] then
-        st.owned[id] = "done"  -- a task handle collects it later
+    if st.owned[id] then
+        st.owned[id] = "done"  -- the handle collects it later
     else
-        -- nobody waits for it any more: free its results
         _M.forget(st, id)
     end
 end

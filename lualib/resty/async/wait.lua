@@ -1,10 +1,10 @@
 -- resty.async.wait: how a caller of a resty.async function waits for its
--- task, on an `ngx.semaphore` that the driver posts (only the caller's own
--- light thread yields), and how raw functions are wrapped to do so.
+-- task, on an ngx_lua semaphore that the driver's poll posts (only the
+-- caller's own light thread yields), and how raw functions are wrapped to
+-- do so.
 
 local driver = require "resty.async.driver"
 local runtime = require "resty.async.runtime"
-local semaphore = require "ngx.semaphore"
 
 local ngx = ngx
 local type = type
@@ -13,7 +13,6 @@ local pcall = pcall
 local setmetatable = setmetatable
 local math_huge = math.huge
 local get_phase = ngx.get_phase
-local sema_new = semaphore.new
 local debug_getinfo = debug.getinfo
 local kick = driver.kick
 local need_driver = driver.need
@@ -22,7 +21,6 @@ local forget = runtime.forget
 local config = runtime.config
 -- C functions a yield passes through (LuaJIT runs them as fast functions).
 local YIELD_THROUGH = { [pcall] = true, [xpcall] = true }
-local rt_can_wait = require("resty_async_core").__rt.can_wait
 
 
 local _M = {
@@ -44,33 +42,6 @@ local YIELDABLE = {
     preread = true,
 }
 
--- Most semaphores kept for reuse.
-local MAX_SPARE_SEMAS = 1024
-
-local spare_semas = {}
-local nspare = 0
-
-
-local function get_sema()
-    if nspare > 0 then
-        local s = spare_semas[nspare]
-        spare_semas[nspare] = nil
-        nspare = nspare - 1
-        return s
-    end
-    return sema_new(0)
-end
-
-
-local function put_sema(s)
-    if nspare < MAX_SPARE_SEMAS and s:count() == 0 then
-        nspare = nspare + 1
-        spare_semas[nspare] = s
-    end
-end
-
-
-
 -- the driver must run in this cycle (then it is kicked).
 local function pending_id(st, id)
     if id < 0 then
@@ -81,16 +52,10 @@ local function pending_id(st, id)
 end
 
 
--- Whether the caller of a resty.async function may yield: not inside a C
--- function that calls Lua (a table.sort comparator, a string.gsub
--- callback), where ngx.semaphore would queue a waiter that never waits.
--- Rust reads it off LuaJIT's state (see yieldable.rs); where it cannot,
--- the stack is searched for such a C function.
-local function can_wait()
-    local yes = rt_can_wait()
-    if yes ~= nil then
-        return yes
-    end
+-- Whether the caller of a resty.async function may yield, where the
+-- runtime cannot tell (see yieldable.rs): not inside a C function that
+-- calls Lua (a table.sort comparator, a string.gsub callback).
+local function can_wait_walk()
     local level = 3
     while true do
         local info = debug_getinfo(level, "Sf")
@@ -105,14 +70,34 @@ local function can_wait()
 end
 
 
--- The rest of wait(), after the caller resumed: a function of its own, so
--- that LuaJIT runs it as a compiled trace (code that follows a yield in
--- the same function runs in the interpreter, FFI calls included).
-local function waited(st, id, sema, ok, err)
-    st.waiters[id] = nil
-    st.stale[id] = nil
-    st.nwaiting = st.nwaiting - 1
-    put_sema(sema)
+local CCALL = "resty.async: cannot wait inside a C function such as a "
+              .. "table.sort comparator or a string.gsub callback (call it "
+              .. "outside, or start it with async.spawn and wait for the "
+              .. "task outside)"
+
+
+-- Waits for the task of a pending raw call's result `id` (see pending_id)
+-- to finish; returns its results. The caller yields in the runtime's
+-- wait() (see waiters.rs): nothing is queued where it may not yield, and
+-- it goes on in compiled code when it resumes. (`level`: the caller's
+-- level for error(), as seen from here.)
+local function wait(st, id, timeout, level)
+    id = pending_id(st, id)
+    local ok, err = need_driver(st, id)
+    if not ok then
+        return nil, err
+    end
+    local rt_wait = st.wait
+    local no_wait
+    ok, err, no_wait = rt_wait(id, timeout)
+    if no_wait and err == nil then
+        -- the runtime cannot tell whether this caller may yield
+        if can_wait_walk() then
+            ok, err, no_wait = rt_wait(id, timeout, true)
+        else
+            err = CCALL
+        end
+    end
     if ok then
         -- (no tail call on the common paths: see runtime.lua)
         local n, a, b = take_ffi(st, id)
@@ -123,37 +108,13 @@ local function waited(st, id, sema, ok, err)
         end
         return st.rt.take(id)
     end
-    -- timeout: drop the Rust future now (its destructors run)
+    -- a timeout, or no wait at all: drop the Rust future now (its
+    -- destructors run)
     forget(st, id)
+    if no_wait then
+        error(err, level)
+    end
     return nil, err
-end
-
-
--- Waits for the task of a pending raw call's result `id` (see pending_id)
--- to finish; returns its results. (pending_id is called here, not by the
--- caller: a trace that LuaJIT starts in it must not return to the vararg
--- frame of finish(), which it cannot compile.)
--- (`level`: the caller's level for error(), as seen from here.)
-local function wait(st, id, timeout, level)
-    id = pending_id(st, id)
-    if not can_wait() then
-        forget(st, id)
-        error("resty.async: cannot wait inside a C function such as a "
-              .. "table.sort comparator or a string.gsub callback (call "
-              .. "it outside, or start it with async.spawn and wait for "
-              .. "the task outside)", level)
-    end
-    local ok, err = need_driver(st, id)
-    if not ok then
-        return nil, err
-    end
-
-    local sema = get_sema()
-    st.waiters[id] = sema
-    st.nwaiting = st.nwaiting + 1
-    -- (`sema`, a local here, lives through the wait: sema:wait is not a
-    -- tail call)
-    return waited(st, id, sema, sema:wait(timeout))
 end
 
 
