@@ -85,14 +85,17 @@
 #[macro_use]
 mod sys;
 
+mod batch;
 mod builtins;
 mod class;
 mod config;
 mod control;
 mod executor;
+mod ffi;
 mod futureless;
 mod mlua_async;
 mod module;
+mod panic;
 mod pool;
 mod raw;
 mod runtime;
@@ -102,6 +105,7 @@ mod strings;
 mod timer;
 mod values;
 mod vm;
+mod waiters;
 mod yieldable;
 
 #[cfg(test)]
