@@ -5,10 +5,11 @@
 //! `package.preload`: enough of the real one for [`Module::new`],
 //! [`Module::build`] and [`Module::add_class`]. A call of a function that
 //! has to wait runs the module's runtime on the test's thread (its tasks,
-//! timers and blocking pool, as the driver does in nginx) until the task
-//! finishes, and returns what the call returns in nginx: the results, or
-//! `nil, message` for an `Err`, a panic or a timeout. A wrong argument
-//! raises. Async methods of registered userdata types wait the same way.
+//! timers and blocking pool, as the driver does in nginx, woken through
+//! the completion socket) until the task finishes, and returns what the
+//! call returns in nginx: the results, or `nil, message` for an `Err`, a
+//! panic or a timeout. A wrong argument raises. Async methods of
+//! registered userdata types wait the same way.
 //!
 //! ```
 //! use std::time::Duration;
@@ -51,11 +52,16 @@
 //! [`Module::build`]: crate::Module::build
 //! [`Module::add_class`]: crate::Module::add_class
 
+use std::cell::RefCell;
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use mlua::{Function, Lua, Table, UserData, UserDataMethods};
+use mlua::{Function, Lua, Table};
+
+use crate::executor::TaskId;
+use crate::runtime::Runtime;
+use crate::vm::{self, VmRuntime};
 
 // Outside nginx nothing else provides the Lua symbols.
 #[link(name = "luajit-5.1")]
@@ -81,20 +87,20 @@ impl Harness {
         let lua = unsafe { Lua::unsafe_new() };
         let config = lua.create_table()?;
         config.raw_set("timeout", DEFAULT_TIMEOUT.as_secs_f64())?;
-        let start = Instant::now();
         let sys = lua.create_table()?;
         sys.raw_set("abi", crate::raw::ABI)?;
         sys.raw_set("config", config.clone())?;
+        let link = RefCell::new(None);
         sys.raw_set(
-            "now",
-            lua.create_function(move |_, ()| Ok(start.elapsed().as_secs_f64()))?,
-        )?;
-        sys.raw_set(
-            "connect",
-            lua.create_function(|_, path: String| {
-                UnixStream::connect(&path).map(Waker).map_err(|e| {
-                    mlua::Error::RuntimeError(format!("cannot connect to the completion socket {path}: {e}"))
-                })
+            "drive",
+            lua.create_function(move |lua, (id, timeout): (f64, f64)| {
+                let Ok(mut link) = link.try_borrow_mut() else {
+                    return Err(mlua::Error::RuntimeError(
+                        "resty_async::testing: a call cannot wait inside a task".into(),
+                    ));
+                };
+                drive(lua, &mut link, id as TaskId, timeout)
+                    .map_err(|e| mlua::Error::RuntimeError(format!("resty_async::testing: {e}")))
             })?,
         )?;
         let lib: Function = lua
@@ -136,42 +142,86 @@ impl Harness {
     }
 }
 
-/// The harness's end of a runtime's completion socket.
-struct Waker(UnixStream);
-
-impl Waker {
-    /// Waits until a wake-up byte arrives (it is consumed) or `ms` pass.
-    fn wait(&mut self, ms: f64) -> io::Result<()> {
-        if ms.is_nan() || ms <= 0.0 {
-            return Ok(());
-        }
-        let dur = Duration::from_secs_f64(ms.min(1e9) / 1000.0).max(Duration::from_micros(1));
-        self.0.set_read_timeout(Some(dur))?;
-        let mut buf = [0u8; 64];
-        match self.0.read(&mut buf) {
-            Ok(0) => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the runtime closed its completion socket",
-            )),
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(())
+/// Runs the runtime of the Lua VM of `lua` until task `id` finishes
+/// (`true`) or `timeout` seconds pass (`false`: the task is cancelled), as
+/// the driver does in nginx: polls, runs the ready tasks, and in between
+/// waits for a byte on the completion socket, or for the next timer.
+/// `link` is the harness's end of that socket, connected on first use.
+fn drive(lua: &Lua, link: &mut Option<UnixStream>, id: TaskId, timeout: f64) -> io::Result<bool> {
+    let rt = VmRuntime::of(lua)
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .get();
+    let _enter = vm::enter(&rt);
+    let stream = match link {
+        Some(s) => s,
+        None => link.insert(connect(&rt)?),
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 1e9));
+    loop {
+        let next = loop {
+            let polled = rt.poll(true);
+            if polled.tasks_ready {
+                rt.run_tasks();
             }
-            Err(e) => Err(e),
+            let mut done = false;
+            while let Some(finished) = rt.next_done() {
+                if finished == id {
+                    done = true;
+                } else {
+                    // a task of an earlier call that nobody waits for
+                    rt.cancel(finished);
+                }
+            }
+            if done {
+                return Ok(true);
+            }
+            if !polled.tasks_ready {
+                break polled.next;
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            rt.cancel(id);
+            return Ok(false);
         }
+        wait_for_wakeup(stream, next.map_or(left, |n| n.min(left)))?;
     }
 }
 
-impl UserData for Waker {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method_mut("wait", |_, this, ms: f64| {
-            this.wait(ms)
-                .map_err(|e| mlua::Error::RuntimeError(format!("completion socket: {e}")))
-        });
+/// Connects to the runtime's completion socket as its driver.
+fn connect(rt: &Runtime) -> io::Result<UnixStream> {
+    let path = rt.socket_path()?;
+    let stream = UnixStream::connect(&path)?;
+    if !rt.accept_driver()? {
+        return Err(io::Error::other(
+            "the completion socket did not see the connection",
+        ));
+    }
+    Ok(stream)
+}
+
+/// Waits until a wake-up byte arrives on `stream` (it is consumed) or
+/// `dur` passes.
+fn wait_for_wakeup(stream: &mut UnixStream, dur: Duration) -> io::Result<()> {
+    if dur.is_zero() {
+        return Ok(());
+    }
+    stream.set_read_timeout(Some(dur))?;
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the runtime closed its completion socket",
+        )),
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }

@@ -4,11 +4,10 @@
 -- task finishes or the call times out; then it returns what the function
 -- would have returned in nginx.
 --
--- The Rust side passes `sys`: sys.connect(path) connects to a runtime's
--- completion socket and returns a handle whose :wait(ms) blocks until a
--- wake-up byte arrives or `ms` pass; sys.now() is a monotonic clock in
--- seconds; sys.abi is the calling convention of raw functions (see
--- src/raw.rs); sys.config.timeout is the call timeout in seconds.
+-- The Rust side passes `sys`: sys.drive(id, timeout) runs the runtime of
+-- this Lua state until task `id` finishes (true) or `timeout` seconds
+-- pass (false: the task is cancelled); sys.abi is the calling convention
+-- of raw functions (src/raw.rs); sys.config.timeout is the call timeout.
 
 local sys = ...
 
@@ -16,14 +15,13 @@ local type = type
 local error = error
 local pairs = pairs
 local ipairs = ipairs
-local select = select
 local rawget = rawget
 local rawset = rawset
 local tostring = tostring
 local debug_getinfo = debug.getinfo
 local debug_getupvalue = debug.getupvalue
 local debug_getmetatable = debug.getmetatable
-local now = sys.now
+local drive = sys.drive
 local config = sys.config
 
 
@@ -32,85 +30,10 @@ local _M = { version = "testing" }
 -- One state per runtime (one per Rust library), keyed by the library id.
 local states = {}
 
--- results[id] of a task whose results stay in Rust, for rt.take(id).
-local TAKE = {}
-
-
--- Hands over one finished task: `id, value` (its one result) or `-id, nil`
--- (rt.take(id) has its results).
-local function finished(st, id, v)
-    if id > 0 then
-        st.results[id] = v
-    else
-        st.results[-id] = TAKE
-    end
-end
-
-
-local function dispatch_pairs(st, ...)
-    local n = select("#", ...)
-    local t = { ... }
-    for i = 1, n, 2 do
-        finished(st, t[i], t[i + 1])
-    end
-    return n
-end
-
-
--- What rt.poll(arm) returns (see src/raw.rs): next_ms, rearm, nstr, n and
--- the pairs (in a table when n < 0); rt.strings() has nstr more pairs.
-local function dispatch(st, next_ms, _, nstr, n, ...)
-    if n >= 0 then
-        dispatch_pairs(st, ...)
-    else
-        local t = (...)
-        for i = 1, -n, 2 do
-            finished(st, t[i], t[i + 1])
-        end
-    end
-    while nstr > 0 do
-        local got = dispatch_pairs(st, st.rt.strings())
-        if got == 0 then
-            break
-        end
-        nstr = nstr - got / 2
-    end
-    return next_ms
-end
-
-
--- Runs the runtime of `st` until task `id` finishes (or `timeout` seconds
--- pass: then the task is cancelled); returns its results.
-local function wait(st, id, timeout)
-    local rt = st.rt
-    local results = st.results
-    local deadline = now() + timeout
-    while true do
-        local next_ms = dispatch(st, rt.poll(true))
-        local v = results[id]
-        if v ~= nil then
-            results[id] = nil
-            if v == TAKE then
-                return rt.take(id)
-            end
-            return v
-        end
-        local left = (deadline - now()) * 1000
-        if left <= 0 then
-            rt.cancel(id)
-            return nil, "timeout"
-        end
-        if next_ms >= 0 and next_ms < left then
-            left = next_ms
-        end
-        st.waker:wait(left)
-    end
-end
-
 
 -- What a raw function returned: `true, ...` (finished), `nil, message`
--- (misuse: raised) or a task id (pending; negative when the driver must run
--- soon, which it does here at once).
+-- (misuse: raised) or a task id (pending; negative when the driver must
+-- run soon, which it does here at once).
 local function finish(st, ok, ...)
     if ok == true then
         return ...
@@ -121,7 +44,10 @@ local function finish(st, ok, ...)
     if ok < 0 then
         ok = -ok
     end
-    return wait(st, ok, config.timeout)
+    if drive(ok, config.timeout) then
+        return st.rt.take(ok)
+    end
+    return nil, "timeout"
 end
 
 
@@ -147,29 +73,6 @@ local function make_sync(raw)
 end
 
 
-local function state(raw)
-    local id = raw.__id
-    local st = states[id]
-    if st then
-        return st
-    end
-    local rt = raw.__rt
-    local path, err = rt.path()
-    if not path then
-        error(err, 3)
-    end
-    local waker = sys.connect(path)
-    local ok
-    ok, err = rt.accept()
-    if not ok then
-        error(err, 3)
-    end
-    st = { name = raw.__name, rt = rt, waker = waker, results = {} }
-    states[id] = st
-    return st
-end
-
-
 -- The exports of a module (the raw table Module::build hands over).
 function _M.register(raw)
     if type(raw) ~= "table" or type(raw.__rt) ~= "table"
@@ -182,7 +85,11 @@ function _M.register(raw)
         error("resty.async: module " .. tostring(raw.__name) .. " was built "
               .. "against another version of resty-async", 2)
     end
-    local st = state(raw)
+    local st = states[raw.__id]
+    if not st then
+        st = { name = raw.__name, rt = raw.__rt }
+        states[raw.__id] = st
+    end
     local out = {}
     for name, kind in pairs(raw.__kinds) do
         local f = raw[name]
