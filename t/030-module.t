@@ -302,7 +302,7 @@ false resty.async: module old_module was built against another version of resty-
 --- config
     location = /t {
         content_by_lua_block {
-            local ex = require "resty_async_example"
+            local ex = require "resty_async_fixtures"
             local n = 0
             for i = 1, 100 do
                 local a = select(2, ex.blocking_panic("boom " .. i))
