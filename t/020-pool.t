@@ -205,7 +205,7 @@ after: 1 true
         content_by_lua_block {
             local async = require "resty.async"
             local i = tonumber(ngx.var.arg_i)
-            local path = "$TEST_NGINX_SERVROOT/html/f" .. i
+            local path = "$TEST_NGINX_SERVER_ROOT/html/f" .. i
             local data = string.rep(string.format("[%d]", i), 1000 + i * 37)
             local n, err = async.write_file(path, data)
             if n ~= #data then return ngx.say("write ", i, ": ", n, " ", err) end
@@ -285,7 +285,7 @@ false bad argument #1 to 'read_file' (empty path or NUL byte)
         content_by_lua_block {
             local async = require "resty.async"
             -- a directory nobody may enter
-            local dir = "$TEST_NGINX_SERVROOT/html/locked"
+            local dir = "$TEST_NGINX_SERVER_ROOT/html/locked"
             os.execute("mkdir -p " .. dir .. " && echo hi > " .. dir .. "/f && chmod 000 " .. dir)
             local data, err = async.read_file(dir .. "/f")
             os.execute("chmod 755 " .. dir .. " && rm -rf " .. dir)

@@ -23,6 +23,9 @@ our $HttpConfig = qq{
 
 master_on();
 workers(1);
+# Blocks send up to 200 requests to their own server at once: two
+# connections each (Test::Nginx's default is 64 in all).
+worker_connections(1024);
 no_long_string();
 
 add_block_preprocessor(sub {
