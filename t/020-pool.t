@@ -91,7 +91,7 @@ wrong: 0, distinct: 1000, in_flight: 0
 
 
 
-=== TEST 2: a 64 MiB sha256 runs on the pool while /ping answers at once
+=== TEST 3: a 64 MiB sha256 runs on the pool while /ping answers at once
 --- config
     location = /big {
         content_by_lua_block {
@@ -139,7 +139,7 @@ ping fast: true still hashing: true
 
 
 
-=== TEST 3: a full queue says "busy" at once; the others succeed
+=== TEST 4: a full queue says "busy" at once; the others succeed
 --- http_config
     init_worker_by_lua_block {
         local async = require "resty.async"
@@ -199,7 +199,7 @@ after: 1 true
 
 
 
-=== TEST 4: 200 concurrent write_file/read_file requests: every byte right
+=== TEST 5: 200 concurrent write_file/read_file requests: every byte right
 --- config
     location = /rw {
         content_by_lua_block {
@@ -245,7 +245,7 @@ in_flight=0 queued=0
 
 
 
-=== TEST 5: file errors carry the OS error; wrong types raise; numbers pass as strings
+=== TEST 6: file errors carry the OS error; wrong types raise; numbers pass as strings
 --- config
     location = /t {
         content_by_lua_block {
@@ -279,7 +279,7 @@ false bad argument #1 to 'read_file' (empty path or NUL byte)
 
 
 
-=== TEST 6: permission denied is reported, not raised
+=== TEST 7: permission denied is reported, not raised
 --- config
     location = /t {
         content_by_lua_block {
@@ -298,7 +298,7 @@ true
 
 
 
-=== TEST 7: read_file refuses endless files instead of eating memory
+=== TEST 8: read_file refuses endless files instead of eating memory
 --- config
     location = /t {
         content_by_lua_block {
@@ -314,7 +314,7 @@ nilcannot read /dev/zero: larger than 1073741824 bytes
 
 
 
-=== TEST 8: jobs queued in one cycle of the event loop share a wake-up
+=== TEST 9: jobs queued in one cycle of the event loop share a wake-up
 --- config
     location = /t {
         content_by_lua_block {
@@ -359,7 +359,7 @@ in_flight=0 queued=0
 
 
 
-=== TEST 9: a pool thread that runs a long job drops 10 nice levels below the worker
+=== TEST 10: a pool thread that runs a long job drops 10 nice levels below the worker
 --- init_by_lua_block
         assert(async.configure{ threads = 1 })
 --- config
@@ -388,7 +388,7 @@ stats: pool_nice=10
 
 
 
-=== TEST 10: configure{ pool_nice = 0 } keeps the worker's priority
+=== TEST 11: configure{ pool_nice = 0 } keeps the worker's priority
 --- init_by_lua_block
         assert(async.configure{ pool_nice = 0, threads = 1 })
 --- config
@@ -408,7 +408,7 @@ stats: pool_nice=0
 
 
 
-=== TEST 11: configure{ pool_cpus = ... } runs pool threads on those CPUs only
+=== TEST 12: configure{ pool_cpus = ... } runs pool threads on those CPUs only
 --- init_by_lua_block
         -- the last CPU nginx may use (of "0-3", "2,5-7", ...)
         local ex = require "resty_async_example"
@@ -440,7 +440,7 @@ the worker keeps its CPUs: true
 
 
 
-=== TEST 12: pool_cpus naming a CPU the machine lacks is refused
+=== TEST 13: pool_cpus naming a CPU the machine lacks is refused
 --- config
     location = /t {
         content_by_lua_block {
