@@ -19,13 +19,14 @@ TEST_BASE  ?= /tmp/resty-async-test
 # Debian packages needed to run and test (installed by `make deps` as root).
 DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
                 libtest-base-perl libtext-diff-perl liburi-perl \
-                lua-check luarocks curl
+                lua-check luarocks curl openssl
 
 SO := build/resty_async_core.so
 FIXTURES_SO := build/resty_async_fixtures.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
-.PHONY: all build deps run test test-rust test-nginx test-template test-lifecycle clean bench bench-callgrind soak
+.PHONY: all build deps run test test-rust test-nginx test-nginx-real test-nginx-compat \
+        test-template test-lifecycle clean bench bench-callgrind soak
 
 all: build
 
@@ -89,16 +90,48 @@ test-rust:
 	$(CARGO) test -p resty-async --features testing --doc
 	$(CARGO) test -p resty-async-fixtures
 
-# The real Test::Nginx when installed, else the compatible runner in t/compat.
+# The t/ suites, under Test::Nginx: the real one (openresty/test-nginx)
+# when TEST_NGINX_LIB names its lib directory (a checkout or an unpacked
+# tarball: TEST_NGINX_LIB=/path/to/test-nginx/lib) or when it is
+# installed (cpanm Test::Nginx), else the compatible runner in t/compat.
+# test-nginx-real insists on the real one, test-nginx-compat on t/compat.
+# TEST_BASE holds the runtime's socket directories during the run: it
+# must be empty afterwards, and is then removed.
+TEST_NGINX_LIB ?=
+
 test-nginx: build
-	@rm -rf $(TEST_BASE) && mkdir -p $(TEST_BASE)
-	@if perl -MTest::Nginx::Socket::Lua -e1 2>/dev/null; then inc=""; \
-	    else inc="-I t/compat"; echo "(Test::Nginx not installed: using t/compat)"; fi; \
-	TEST_NGINX_BINARY=$(NGINX) TEST_NGINX_LOAD_MODULES="$(strip $(LUA_MODULES))" \
-	TEST_NGINX_ASYNC_BASE=$(TEST_BASE) prove $$inc -r t
-	@left=$$(ls -A $(TEST_BASE)); if [ -n "$$left" ]; then \
-	    echo "FAIL: the runtime left files in $(TEST_BASE): $$left"; exit 1; fi; \
-	echo "no socket files or directories left in $(TEST_BASE)"
+	@if [ -n "$(TEST_NGINX_LIB)" ] || perl -MTest::Nginx::Socket::Lua -e1 2>/dev/null; \
+	then $(MAKE) --no-print-directory test-nginx-real; \
+	else echo "(Test::Nginx not installed: using t/compat)"; \
+	    $(MAKE) --no-print-directory test-nginx-compat; fi
+
+test-nginx-real: build
+	@if [ -n "$(TEST_NGINX_LIB)" ]; then \
+	    test -f "$(TEST_NGINX_LIB)/Test/Nginx/Socket/Lua.pm" || { \
+	        echo "TEST_NGINX_LIB=$(TEST_NGINX_LIB) has no Test/Nginx/Socket/Lua.pm"; exit 1; }; \
+	elif ! perl -MTest::Nginx::Socket::Lua -e1 2>/dev/null; then \
+	    echo "Test::Nginx is not installed: cpanm Test::Nginx, or set TEST_NGINX_LIB"; exit 1; \
+	fi
+	$(call prove_t,$(if $(TEST_NGINX_LIB),-I $(TEST_NGINX_LIB)))
+
+test-nginx-compat: build
+	$(call prove_t,-I t/compat)
+
+# $(call prove_t,prove's -I options): prove -r t, then TEST_BASE must be
+# empty (it is removed) whether or not the tests passed.
+define prove_t
+	@rm -rf $(TEST_BASE)
+	@TEST_NGINX_BINARY=$(NGINX) TEST_NGINX_LOAD_MODULES="$(strip $(LUA_MODULES))" \
+	TEST_NGINX_ASYNC_BASE=$(TEST_BASE) prove $(1) -r t; status=$$?; \
+	if [ -d $(TEST_BASE) ]; then \
+	    left=$$(ls -A $(TEST_BASE)); \
+	    if [ -n "$$left" ]; then \
+	        echo "FAIL: the runtime left files in $(TEST_BASE): $$left"; exit 1; fi; \
+	    rmdir $(TEST_BASE); \
+	fi; \
+	echo "no socket files or directories left in $(TEST_BASE) (removed)"; \
+	exit $$status
+endef
 
 # ---------------------------------------------------------------------------
 # Installation, the lua-resty-* way: `make install` copies

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 5 + 1);
+plan tests => repeat_each() * (blocks() * 7 + 1);
 
 run_tests();
 
@@ -106,5 +106,3 @@ ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb
 in_flight at init_worker: 0
 --- no_error_log
 [error]
-[alert]
-exited on signal

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 5 - 2);
+plan tests => repeat_each() * (blocks() * 7 + 2);
 
 run_tests();
 

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 5 + 1);
+plan tests => repeat_each() * (blocks() * 7 + 5);
 
 run_tests();
 
@@ -154,8 +154,11 @@ true
 === TEST 5: a bad base_dir is reported to the caller, and a good one works after
 --- http_config
     init_worker_by_lua_block {
-        -- before the first call: allowed
-        assert(require("resty.async").configure{ base_dir = "/nonexistent/dir" })
+        -- configure in init_worker starts the driver: it fails at once
+        local ok, err = require("resty.async").configure{
+            base_dir = "/nonexistent/dir"
+        }
+        ngx.log(ngx.WARN, "configure in init_worker: ", ok, " ", err)
     }
 --- config
     location = /t {
@@ -169,6 +172,7 @@ true
 --- response_body
 nil cannot create the completion socket: cannot create a directory in /nonexistent/dir: No such file or directory (os error 2)
 ready-at-once still works: true
+--- error_log
+configure in init_worker: nil cannot create the completion socket: cannot create a directory in /nonexistent/dir: No such file or directory (os error 2)
 --- no_error_log
-[alert]
-exited on signal
+[error]

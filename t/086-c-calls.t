@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * 35;
+plan tests => repeat_each() * 45;
 
 run_tests();
 

@@ -34,6 +34,38 @@ function _M.get(path, timeout)
     return _M.request("GET", path, nil, timeout)
 end
 
+-- GET path over TLS (server name test.com, certificate not verified) from
+-- a server listening on the unix socket sock_path, resuming session when
+-- given. Returns the TLS session, the status and the body, or nil and
+-- what failed.
+function _M.tls_get(sock_path, path, session)
+    local sock = ngx.socket.tcp()
+    sock:settimeout(10000)
+    local ok, err = sock:connect("unix:" .. sock_path)
+    if not ok then
+        return nil, "connect: " .. err
+    end
+    local sess
+    sess, err = sock:sslhandshake(session, "test.com", false)
+    if not sess then
+        sock:close()
+        return nil, "handshake: " .. err
+    end
+    ok, err = sock:send("GET " .. path .. " HTTP/1.0\r\nHost: test.com\r\n\r\n")
+    if not ok then
+        sock:close()
+        return nil, "send: " .. err
+    end
+    local data
+    data, err = sock:receive("*a")
+    sock:close()
+    if not data then
+        return nil, "receive: " .. err
+    end
+    return sess, tonumber(data:match("^HTTP/%d%.%d (%d+)")),
+           data:match("\r\n\r\n(.*)$")
+end
+
 -- Runs fn(i) in n light threads; returns the results in order and the
 -- elapsed wall time.
 function _M.parallel(n, fn)
