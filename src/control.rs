@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use mlua::{Function, IntoLuaMulti, Lua, Table, Value};
 
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::executor::TaskId;
 use crate::raw::{failure, lua_async_raw, results};
 use crate::runtime::Runtime;
@@ -131,11 +131,10 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
                 );
                 return (Value::Nil, msg, true).into_lua_multi(lua);
             };
+            // (from the defaults: the Lua side passes every option given
+            // so far in this Lua VM)
             let running = h.existing();
-            let current = running
-                .as_ref()
-                .map_or_else(Runtime::config, |rt| rt.config_in_use().clone());
-            match current.with_options(&opts) {
+            match Config::default().with_options(&opts) {
                 Ok((config, timeout)) => match Runtime::configure(config, running.as_deref()) {
                     Ok(()) => (true, timeout).into_lua_multi(lua),
                     Err(e) => failure(lua, &e),
