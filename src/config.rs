@@ -82,7 +82,10 @@ fn expect<'a>(k: &str, v: &'a Value, want: &str) -> Result<&'a Value, ConfigErro
     if type_name(v) == want {
         Ok(v)
     } else {
-        Err(misuse(format!("option '{k}': {want} expected, got {}", type_name(v))))
+        Err(misuse(format!(
+            "option '{k}': {want} expected, got {}",
+            type_name(v)
+        )))
     }
 }
 
@@ -97,7 +100,10 @@ impl Config {
         for pair in opts.pairs::<Value, Value>() {
             let (k, v) = pair.map_err(|e| misuse(crate::raw::error_message(&e)))?;
             let Value::String(name) = &k else {
-                return Err(misuse(format!("unknown option '{}'", k.to_string().unwrap_or_default())));
+                return Err(misuse(format!(
+                    "unknown option '{}'",
+                    k.to_string().unwrap_or_default()
+                )));
             };
             let name = name.to_string_lossy();
             match name.as_str() {
@@ -113,14 +119,20 @@ impl Config {
                     timeout = Some(n);
                 }
                 "threads" => {
-                    c.threads = integer(expect(&name, &v, "number")?, 1, MAX_THREADS as i64).ok_or_else(|| {
-                        misuse(format!("option 'threads' must be an integer from 1 to {MAX_THREADS}"))
-                    })? as usize;
+                    c.threads =
+                        integer(expect(&name, &v, "number")?, 1, MAX_THREADS as i64).ok_or_else(|| {
+                            misuse(format!(
+                                "option 'threads' must be an integer from 1 to {MAX_THREADS}"
+                            ))
+                        })? as usize;
                 }
                 "max_queue" => {
-                    c.max_queue = integer(expect(&name, &v, "number")?, 1, MAX_QUEUE as i64).ok_or_else(|| {
-                        misuse(format!("option 'max_queue' must be an integer from 1 to {MAX_QUEUE}"))
-                    })? as usize;
+                    c.max_queue =
+                        integer(expect(&name, &v, "number")?, 1, MAX_QUEUE as i64).ok_or_else(|| {
+                            misuse(format!(
+                                "option 'max_queue' must be an integer from 1 to {MAX_QUEUE}"
+                            ))
+                        })? as usize;
                 }
                 "pool_nice" => {
                     c.pool_nice = integer(expect(&name, &v, "number")?, 0, 19)
@@ -131,14 +143,20 @@ impl Config {
                     let Value::String(s) = expect(&name, &v, "string")? else {
                         unreachable!()
                     };
-                    c.base_dir = PathBuf::from(s.to_str().map_err(|_| misuse("option 'base_dir' is not UTF-8"))?.as_ref() as &str);
+                    c.base_dir = PathBuf::from(
+                        s.to_str()
+                            .map_err(|_| misuse("option 'base_dir' is not UTF-8"))?
+                            .as_ref() as &str,
+                    );
                 }
                 "pool_cpus" => {
                     let Value::Table(t) = expect(&name, &v, "table")? else {
                         unreachable!()
                     };
                     c.pool_cpus = cpu_list(t).ok_or_else(|| {
-                        misuse(format!("option 'pool_cpus' must be a list of CPU numbers from 0 to {MAX_CPU}"))
+                        misuse(format!(
+                            "option 'pool_cpus' must be a list of CPU numbers from 0 to {MAX_CPU}"
+                        ))
                     })?;
                 }
                 other => return Err(misuse(format!("unknown option '{other}'"))),

@@ -4,10 +4,10 @@ use std::rc::Rc;
 
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
 
+use crate::config::ConfigError;
 use crate::executor::TaskId;
 use crate::futureless::Single;
 use crate::raw::{failure, id_value, lua_async_raw, results, MAX_POLL_VALUES};
-use crate::config::ConfigError;
 use crate::runtime::Runtime;
 use crate::strings;
 use crate::vm::{self, VmRuntime};
@@ -134,18 +134,26 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
         lua.create_function(move |lua, (name, f): (String, Function)| lua_async_raw(lua, &h, &name, f))?,
     )?;
     let h = Rc::clone(vm);
-    t.raw_set("stats", lua.create_function(move |lua, ()| stats_tables(lua, &h))?)?;
+    t.raw_set(
+        "stats",
+        lua.create_function(move |lua, ()| stats_tables(lua, &h))?,
+    )?;
     // configure(opts) -> true, timeout | nil, message [, true: misuse]
     let h = Rc::clone(vm);
     t.raw_set(
         "configure",
         lua.create_function(move |lua, opts: Value| {
             let Value::Table(opts) = opts else {
-                let msg = format!("bad argument #1 to 'configure' (table expected, got {})", opts.type_name());
+                let msg = format!(
+                    "bad argument #1 to 'configure' (table expected, got {})",
+                    opts.type_name()
+                );
                 return (Value::Nil, msg, true).into_lua_multi(lua);
             };
             let running = h.existing();
-            let current = running.as_ref().map_or_else(Runtime::config, |rt| rt.config_in_use().clone());
+            let current = running
+                .as_ref()
+                .map_or_else(Runtime::config, |rt| rt.config_in_use().clone());
             match current.with_options(&opts) {
                 Ok((config, timeout)) => match Runtime::configure(config, running.as_deref()) {
                     Ok(()) => (true, timeout).into_lua_multi(lua),

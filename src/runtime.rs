@@ -82,8 +82,8 @@ const POLL_BUDGET: usize = 256;
 impl Runtime {
     pub(crate) fn new(config: Config) -> Runtime {
         let notifier = Arc::new(Notifier::default());
-        let pool = Pool::with_nice(config.threads, config.max_queue, config.pool_nice)
-        .with_cpus(&config.pool_cpus);
+        let pool =
+            Pool::with_nice(config.threads, config.max_queue, config.pool_nice).with_cpus(&config.pool_cpus);
         let timers = Timers::new();
         Runtime {
             forked: sys::watch_forks(),
