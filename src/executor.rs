@@ -45,6 +45,11 @@ fn run(runnable: Runnable) {
     }
     POLLING.with(|p| p.set(p.get() + 1));
     let _depth = Depth;
+    // Tokio types (timers, sockets, `tokio::spawn`) need the runtime's
+    // context while they are polled.
+    #[cfg(feature = "tokio")]
+    crate::tokio::in_context(|| runnable.run());
+    #[cfg(not(feature = "tokio"))]
     runnable.run();
 }
 

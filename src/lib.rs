@@ -60,6 +60,8 @@ mod sendable;
 mod socket;
 mod strings;
 mod timer;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod values;
 mod vm;
 mod yieldable;
