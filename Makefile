@@ -20,13 +20,14 @@ DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
 
 SO := build/resty_async_core.so
 EXAMPLE_SO := build/resty_async_example.so
+TOKIO_SO := build/resty_async_tokio.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
 .PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench bench-callgrind soak
 
 all: build
 
-build: $(SO) $(EXAMPLE_SO)
+build: $(SO) $(EXAMPLE_SO) $(TOKIO_SO)
 
 # Copied with cp + mv, never cp over the old file: a running nginx has it
 # mapped, and rewriting it in place crashes the workers.
@@ -41,6 +42,12 @@ $(EXAMPLE_SO): $(RUST_SRC) $(wildcard examples/hello/src/*.rs) examples/hello/Ca
 	$(CARGO) build $(CARGO_PROFILE) -p resty-async-example
 	@mkdir -p build
 	cp $(TARGET_DIR)/libresty_async_example.so $@.tmp && mv -f $@.tmp $@
+
+# The tokio example (resty-async's `tokio` feature, an HTTP client).
+$(TOKIO_SO): $(RUST_SRC) $(wildcard examples/tokio/src/*.rs) examples/tokio/Cargo.toml
+	$(CARGO) build $(CARGO_PROFILE) -p resty-async-tokio-example
+	@mkdir -p build
+	cp $(TARGET_DIR)/libresty_async_tokio.so $@.tmp && mv -f $@.tmp $@
 
 # Install what is missing, when we may (root with apt); otherwise say what
 # is missing and go on (a later step fails with a clearer message).
@@ -77,6 +84,7 @@ test: deps lint build test-rust test-nginx test-install test-lifecycle
 # The Rust tests: the runtime's parts without nginx (src/tests/).
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
+	$(CARGO) test $(CARGO_PROFILE) --features tokio --lib tokio
 
 # The real Test::Nginx when installed, else the compatible runner in t/compat.
 test-nginx: build
