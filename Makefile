@@ -16,7 +16,7 @@ TEST_BASE  ?= /tmp/resty-async-test
 # Debian packages needed to run and test (installed by `make deps` as root).
 DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
                 libtest-base-perl libtext-diff-perl liburi-perl \
-                lua-check luarocks curl
+                lua-check luarocks curl openssl
 
 SO := build/resty_async_core.so
 EXAMPLE_SO := build/resty_async_example.so
