@@ -23,7 +23,7 @@ EXAMPLE_SO := build/resty_async_example.so
 TOKIO_SO := build/resty_async_tokio.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
-.PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench bench-callgrind soak
+.PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench bench-fetch bench-callgrind soak
 
 all: build
 
@@ -196,6 +196,12 @@ bench: deps build $(BENCH_SO)
 	$(call need_tool,wrk,wrk)
 	$(CARGO) bench --no-run -q --features internals --bench roundtrip
 	CARGO="$(CARGO)" BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/run.sh
+
+# `make bench-fetch` (not part of `make test`): an HTTP GET from a handler by
+# the tokio example module and by a Lua client over ngx.socket.tcp.
+bench-fetch: deps build
+	$(call need_tool,wrk,wrk)
+	BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/fetch.sh
 
 # `make bench-callgrind` (not part of `make test`): instructions per request
 # of the same scenarios, counted by callgrind (repeatable, unlike req/s).
