@@ -365,3 +365,38 @@ nil string
 unsupported scheme "ftp" in "ftp://127.0.0.1/x" (http or https)
 bad option 'method' (string expected)
 falsebad argument #1 to `fetch`: error converting Lua nil to String (expected string or number)
+
+
+
+=== TEST 11: lua_code_cache off: Lua VMs come and go, the tokio runtime stays
+--- config
+    location = /fetch {
+        lua_code_cache off;
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            local res, err = http.fetch("http://$TEST_NGINX_TOKIO_HTTP/hello")
+            local n = 0
+            local cmd = "cat /proc/" .. ngx.worker.pid() .. "/task/*/comm"
+            for name in io.popen(cmd):lines() do
+                if name == "resty-tokio" then n = n + 1 end
+            end
+            ngx.say(res and res.body or err, " ", n)
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local h = require "t_http"
+            for _ = 1, 5 do
+                local status, body = h.get("/fetch")
+                ngx.print(status, " ", body)
+            end
+        }
+    }
+--- response_body
+200 hello 1
+200 hello 1
+200 hello 1
+200 hello 1
+200 hello 1
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
