@@ -79,7 +79,8 @@ add_block_preprocessor(sub {
 # 100 fetches at once: 200 connections, client and server side.
 worker_connections(1024);
 
-plan tests => repeat_each() * (blocks() * 5);
+# (TEST 12 checks the log after shutdown: one more.)
+plan tests => repeat_each() * (blocks() * 5 + 1);
 
 run_tests();
 
@@ -400,3 +401,18 @@ falsebad argument #1 to `fetch`: error converting Lua nil to String (expected st
 200 hello 1
 --- no_error_log eval
 ["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+
+
+
+=== TEST 12: the worker's exit shuts the tokio runtime down: its tasks are dropped
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            ngx.say(t.detached("detached tokio task dropped"))
+        }
+    }
+--- response_body
+true
+--- shutdown_error_log
+detached tokio task dropped

@@ -323,6 +323,15 @@ impl Drop for DropGuard {
     }
 }
 
+/// Writes a line to stderr (nginx's error log) when dropped.
+struct LogOnDrop(String);
+
+impl Drop for LogOnDrop {
+    fn drop(&mut self) {
+        eprintln!("{}", self.0);
+    }
+}
+
 #[mlua::lua_module]
 fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
     let mut m = Module::new(lua, "resty_async_tokio")?;
@@ -361,6 +370,16 @@ fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
         Ok(true)
     })?;
     m.add_function("dropped", |_, ()| Ok(DROPPED.load(Ordering::SeqCst)))?;
+
+    // A tokio task nobody awaits, which never ends: the runtime's shutdown
+    // at exit drops it (it logs `msg` then).
+    m.add_function("detached", |_, msg: String| {
+        resty_async::tokio::handle().spawn(async move {
+            let _log = LogOnDrop(msg);
+            std::future::pending::<()>().await
+        });
+        Ok(true)
+    })?;
 
     m.add_async("panic_after", |_lua, ms: u64| async move {
         resty_async::tokio::spawn(async move {
