@@ -141,7 +141,7 @@ uninstall:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --features core-module -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,tokio
 	$(LUACHECK) lualib t/lib
 
 # `make install` into a temporary DESTDIR (default and OpenResty layouts) and
