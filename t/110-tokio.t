@@ -416,3 +416,28 @@ falsebad argument #1 to `fetch`: error converting Lua nil to String (expected st
 true
 --- shutdown_error_log
 detached tokio task dropped
+
+
+
+=== TEST 13: tokio_threads is checked, and cannot change once the runtime runs
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local t = require "resty_async_tokio"
+            ngx.say(pcall(async.configure, { tokio_threads = 0 }))
+            ngx.say(pcall(async.configure, { tokio_threads = true }))
+            ngx.say(async.configure{ tokio_threads = 1 })
+            ngx.say(t.sleep(1), " ", async.stats().tokio_threads)
+            -- refused by the tokio module's runtime (returned, or logged
+            -- when another module answers first)
+            async.configure{ tokio_threads = 3 }
+            ngx.say(async.stats().tokio_threads)
+        }
+    }
+--- response_body
+falsebad argument #1 to 'configure' (option 'tokio_threads' must be an integer from 1 to 256)
+falsebad argument #1 to 'configure' (option 'tokio_threads': number expected, got boolean)
+true
+true 1
+1
