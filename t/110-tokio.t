@@ -79,8 +79,9 @@ add_block_preprocessor(sub {
 # 100 fetches at once: 200 connections, client and server side.
 worker_connections(1024);
 
-# (TEST 12 checks the log after shutdown: one more.)
-plan tests => repeat_each() * (blocks() * 5 + 1);
+# (TEST 12 checks the log after shutdown: one more; TEST 14 checks no
+# response: one less.)
+plan tests => repeat_each() * (blocks() * 5);
 
 run_tests();
 
@@ -441,3 +442,36 @@ falsebad argument #1 to 'configure' (option 'tokio_threads': number expected, go
 true
 true 1
 1
+
+
+
+=== TEST 14: a client abort aborts the tokio task
+--- http_config
+    lua_check_client_abort on;
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            -- upvalues of a killed coroutine are not safe: pass arguments
+            ngx.timer.at(0.8, function(_, before)
+                local async = require "resty.async"
+                local t = require "resty_async_tokio"
+                local st = async.stats()
+                ngx.log(ngx.WARN, "after abort: dropped=", t.dropped() - before,
+                        " tokio_tasks=", st.tokio_tasks,
+                        " in_flight=", st.in_flight)
+            end, t.dropped())
+            t.guarded_sleep(5000)
+            ngx.log(ngx.ERR, "must not get here")
+        }
+    }
+--- abort
+--- timeout: 0.2
+--- ignore_response
+--- wait: 1
+--- error_log
+after abort: dropped=1 tokio_tasks=0 in_flight=0
+--- no_error_log
+must not get here
+[alert]
+exited on signal
