@@ -79,7 +79,7 @@ run: deps build
 	    nginx/demo.conf > build/demo/nginx.conf
 	$(NGINX) -p $(CURDIR)/build/demo -c $(CURDIR)/build/demo/nginx.conf -g 'daemon off;'
 
-test: deps lint build test-rust test-nginx test-install test-lifecycle
+test: deps lint build test-rust test-nginx test-install test-lifecycle fuzz-short
 
 # The Rust tests: the runtime's parts without nginx (src/tests/).
 test-rust:
@@ -216,3 +216,37 @@ bench-callgrind: deps build $(BENCH_SO)
 soak: deps build
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk"; exit 1; }
 	NGINX_BIN="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/soak.sh
+
+# `make fuzz` (not part of `make test`): random calls of every function of
+# resty.async and of the example module, with random arguments, in every
+# way a handler can make them, under wrk on one worker (t/fuzz/run.sh).
+# Fails on a worker crash, an [alert] line or work left in flight.
+# FUZZ_SECONDS (60), FUZZ_CONNECTIONS (10), FUZZ_SEED (random),
+# FUZZ_CCALL (1: calls inside gsub callbacks and sort comparators too),
+# FUZZ_REPLAY ("seed ...": those requests one by one instead of wrk),
+# FUZZ_CALLS (20), FUZZ_SKIP (functions not to call: "f,g"), FUZZ_TRACE
+# (1: log every call), FUZZ_PORT (2184), FUZZ_KEEP (1: keep logs, cores).
+FUZZ_SECONDS     ?= 60
+FUZZ_CONNECTIONS ?= 10
+FUZZ_SEED        ?=
+FUZZ_CCALL       ?= 1
+FUZZ_CALLS       ?= 20
+FUZZ_REPLAY      ?=
+FUZZ_SKIP        ?=
+FUZZ_TRACE       ?= 0
+FUZZ_PORT        ?= 2184
+FUZZ_KEEP        ?= 0
+
+.PHONY: fuzz fuzz-short
+# The fuzz `make test` runs: 20 s, every way of calling included.
+fuzz-short:
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=20
+
+fuzz: deps build
+	$(call need_tool,wrk,wrk)
+	NGINX_BIN="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" \
+	FUZZ_SECONDS="$(FUZZ_SECONDS)" FUZZ_CONNECTIONS="$(FUZZ_CONNECTIONS)" \
+	FUZZ_SEED="$(FUZZ_SEED)" FUZZ_CCALL="$(FUZZ_CCALL)" FUZZ_CALLS="$(FUZZ_CALLS)" \
+	FUZZ_REPLAY="$(FUZZ_REPLAY)" FUZZ_SKIP="$(FUZZ_SKIP)" FUZZ_TRACE="$(FUZZ_TRACE)" \
+	FUZZ_PORT="$(FUZZ_PORT)" FUZZ_KEEP="$(FUZZ_KEEP)" \
+	t/fuzz/run.sh

@@ -8,7 +8,7 @@ use std::io::Write;
 
 use std::time::Duration;
 
-use mlua::{BString, Either, Lua, Table, Value};
+use mlua::{Lua, Table};
 
 use sha2::{Digest, Sha256};
 
@@ -17,22 +17,6 @@ use crate::sendable::{Bytes, Sendable};
 
 /// Longest `async.sleep` (one year): longer ones are almost surely a bug.
 pub const MAX_SLEEP: f64 = 365.0 * 86400.0;
-
-/// A string argument: as with Lua's own functions (`luaL_checklstring`),
-/// a number is converted (a missing argument reads as nil). mlua copies a
-/// string straight off the stack into the `BString`; `Right` is anything
-/// else.
-type StringArg = Either<BString, Value>;
-
-fn string_arg(arg: StringArg, pos: usize, fname: &str) -> Result<Vec<u8>, String> {
-    match arg {
-        Either::Left(s) => Ok(s.into()),
-        Either::Right(other) => Err(format!(
-            "bad argument #{pos} to '{fname}' (string expected, got {})",
-            lua_type(&other)
-        )),
-    }
-}
 
 /// Longest file `read_file` returns (1 GiB): a Lua string holds it, and
 /// an endless file (/dev/zero) must not eat the memory of the worker.
@@ -52,16 +36,15 @@ fn read_capped(path: &str) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-fn path_arg(arg: StringArg, pos: usize, fname: &str) -> Result<String, String> {
-    let bytes = string_arg(arg, pos, fname)?;
-    let path = String::from_utf8(bytes)
+fn path_arg(bytes: &[u8], pos: usize, fname: &str) -> Result<String, String> {
+    let path = std::str::from_utf8(bytes)
         .map_err(|_| format!("bad argument #{pos} to '{fname}' (path is not UTF-8)"))?;
     if path.is_empty() || path.contains('\0') {
         return Err(format!(
             "bad argument #{pos} to '{fname}' (empty path or NUL byte)"
         ));
     }
-    Ok(path)
+    Ok(path.to_owned())
 }
 
 /// Writes (or appends) `data` to the file at `path`; the number of bytes.
@@ -90,40 +73,45 @@ fn sha256_hex_array(data: &[u8]) -> [u8; 64] {
     hex
 }
 
-/// The raw table of the built-ins (wrapped by `resty/async.lua`). Only the
-/// built-in module (feature `core-module`) has it.
+/// `async.sleep(secs)`'s duration, or the message of its misuse.
+pub(crate) fn sleep_duration(secs: f64) -> Result<Duration, String> {
+    seconds(secs, 1, "sleep", MAX_SLEEP)
+}
+
+/// `async.sha256(data)`'s job.
+pub(crate) fn sha256_job(data: &[u8]) -> impl FnOnce() -> Sendable + Send + 'static {
+    let data = Bytes::copy(data);
+    move || Sendable::Bytes(Bytes::copy(&sha256_hex_array(&data)))
+}
+
+/// `async.read_file(path)`'s job, or the message of its misuse.
+pub(crate) fn read_file_job(path: &[u8]) -> Result<impl FnOnce() -> Sendable + Send + 'static, String> {
+    let path = path_arg(path, 1, "read_file")?;
+    Ok(move || match read_capped(&path) {
+        Ok(bytes) => Sendable::Bytes(Bytes::from_vec(bytes)),
+        Err(e) => Sendable::Failed(e),
+    })
+}
+
+/// `async.write_file(path, data, mode)`'s job, or the message of its
+/// misuse.
+pub(crate) fn write_file_job(
+    path: &[u8],
+    data: &[u8],
+    append: bool,
+) -> Result<impl FnOnce() -> Sendable + Send + 'static, String> {
+    let path = path_arg(path, 1, "write_file")?;
+    let data = Bytes::copy(data);
+    Ok(move || Sendable::from_result(write(&path, &data, append)))
+}
+
+/// The raw table of the built-in module: the built-ins themselves are
+/// called through the FFI (see `ffi.rs`). Only the built-in module
+/// (feature `core-module`) has it.
 #[cfg_attr(not(feature = "core-module"), allow(dead_code))]
 pub(crate) fn raw_module(lua: &Lua) -> mlua::Result<Table> {
     let mut m = Module::new_core(lua, "resty.async")?;
     m.add_value("version", env!("CARGO_PKG_VERSION"))?;
-    m.add_raw("sleep", |_, rt, (secs,): (Value,)| {
-        Ok(rt.spawn_sleep(seconds_arg(&secs, 1, "sleep", MAX_SLEEP)?))
-    })?;
-    m.add_raw_blocking("sha256", |_, (data,): (StringArg,)| {
-        let data = Bytes::from_vec(string_arg(data, 1, "sha256")?);
-        Ok(move || Sendable::Bytes(Bytes::copy(&sha256_hex_array(&data))))
-    })?;
-    m.add_raw_blocking("read_file", |_, (path,): (StringArg,)| {
-        let path = path_arg(path, 1, "read_file")?;
-        Ok(move || match read_capped(&path) {
-            Ok(bytes) => Sendable::Bytes(Bytes::from_vec(bytes)),
-            Err(e) => Sendable::Failed(e),
-        })
-    })?;
-    m.add_raw_blocking(
-        "write_file",
-        |_, (path, data, mode): (StringArg, StringArg, Value)| {
-            let path = path_arg(path, 1, "write_file")?;
-            let data = Bytes::from_vec(string_arg(data, 2, "write_file")?);
-            let append = match mode {
-                Value::Nil => false,
-                Value::String(s) if s.as_bytes().as_ref() == b"w" => false,
-                Value::String(s) if s.as_bytes().as_ref() == b"a" => true,
-                _ => return Err("bad argument #3 to 'write_file' (mode must be \"w\" or \"a\")".to_owned()),
-            };
-            Ok(move || Sendable::from_result(write(&path, &data, append)))
-        },
-    )?;
     Ok(m.into_raw())
 }
 
@@ -133,19 +121,8 @@ fn resty_async_core(lua: &Lua) -> mlua::Result<Table> {
     raw_module(lua)
 }
 
-/// Checks a timeout-like number argument: finite, not negative, at most
-/// `max` seconds.
-pub(crate) fn seconds_arg(v: &Value, pos: usize, fname: &str, max: f64) -> Result<Duration, String> {
-    let secs = match v {
-        Value::Integer(i) => *i as f64,
-        Value::Number(n) => *n,
-        other => {
-            return Err(format!(
-                "bad argument #{pos} to '{fname}' (number expected, got {})",
-                lua_type(other)
-            ));
-        }
-    };
+/// Checks a seconds argument: finite, not negative, at most `max`.
+fn seconds(secs: f64, pos: usize, fname: &str, max: f64) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!(
             "bad argument #{pos} to '{fname}' (seconds must be a finite number >= 0, got {})",
@@ -168,14 +145,5 @@ fn fmt_number(x: f64) -> String {
         format!("{x:e}")
     } else {
         format!("{x}")
-    }
-}
-
-/// The name Lua's `type()` gives a value (mlua says "integer" for whole
-/// numbers, which LuaJIT does not have).
-pub(crate) fn lua_type(v: &Value) -> &'static str {
-    match v {
-        Value::Integer(_) => "number",
-        other => other.type_name(),
     }
 }

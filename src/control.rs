@@ -2,14 +2,12 @@
 
 use std::rc::Rc;
 
-use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
+use mlua::{Function, IntoLuaMulti, Lua, Table, Value};
 
 use crate::config::{Config, ConfigError};
 use crate::executor::TaskId;
-use crate::futureless::Single;
-use crate::raw::{failure, id_value, lua_async_raw, results, MAX_POLL_VALUES};
+use crate::raw::{failure, lua_async_raw, results};
 use crate::runtime::Runtime;
-use crate::strings;
 use crate::vm::{self, VmRuntime};
 
 /// The control functions `resty/async.lua` uses to drive this crate's
@@ -43,54 +41,37 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
             Ok(())
         })?,
     )?;
-    // strings() -> the `id, string` pairs poll() left (see values.rs).
-    // SAFETY: push_outbox follows the lua_CFunction protocol and is safe
-    // to call from any Lua code (see there).
-    t.raw_set("strings", unsafe { lua.create_c_function(strings::push_outbox)? })?;
     // can_wait() -> whether the caller may yield (nil: cannot tell).
     // SAFETY: lua_can_wait follows the lua_CFunction protocol and reads only
     // the calling thread's own state.
     t.raw_set("can_wait", unsafe {
         lua.create_c_function(crate::yieldable::lua_can_wait)?
     })?;
-    // poll(arm) -> next_ms, rearm, nstr, n, then the pairs of the finished
-    // tasks (see the module docs) as results: no table writes, each would
-    // be a protected call into Lua. next_ms is the time to the next timer
-    // (-1: none); rearm: an earlier timer appeared than the one the driver
-    // sleeps towards; nstr: pairs waiting for strings().
+    // wait(id, timeout [, checked]): see waiters.rs (nil: callers wait on
+    // ngx.semaphore in Lua).
+    t.raw_set("wait", crate::waiters::push_wait(lua, vm.as_ptr())?)?;
+    // sweep(): cancels the tasks of waiters ngx_lua killed.
     let h = Rc::clone(vm);
     t.raw_set(
-        "poll",
-        lua.create_function(move |lua, arm: bool| {
+        "sweep",
+        lua.create_function(move |_, ()| {
+            if let Some(rt) = h.existing() {
+                let _enter = vm::enter(&rt);
+                rt.sweep_waiters();
+            }
+            Ok(())
+        })?,
+    )?;
+    // run(): runs the tasks that are ready, when the FFI poll said so
+    // (their polls may use Lua). The poll that follows reports them.
+    let h = Rc::clone(vm);
+    t.raw_set(
+        "run",
+        lua.create_function(move |_, ()| {
             let rt = h.get();
             let _enter = vm::enter(&rt);
-            // next_ms, rearm, nstr and n are set once known; the pairs
-            // follow.
-            let mut out = MultiValue::with_capacity(16);
-            out.extend([Value::Nil, Value::Nil, Value::Nil, Value::Nil]);
-            let next = rt.poll(arm, |id| match rt.take_single(lua, id) {
-                Some(Single::Value(v)) => out.extend([Value::Number(id_value(id)), v]),
-                Some(Single::Bytes(b)) => strings::outbox_put(id_value(id), b),
-                None => out.extend([Value::Number(-id_value(id)), Value::Nil]),
-            });
-            let nstr = strings::outbox_len();
-            let n = out.len() - 4;
-            out[0] = Value::Number(next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0));
-            out[1] = Value::Boolean(!arm && rt.take_rearm());
-            out[2] = Value::Number(nstr as f64);
-            if n <= MAX_POLL_VALUES {
-                out[3] = Value::Number(n as f64);
-            } else {
-                // (An error here loses the results taken above: their
-                // waiters wait out their timeouts. Only a memory error can.)
-                let t = lua.create_table_with_capacity(n, 0)?;
-                for (i, v) in out.drain(4..).enumerate() {
-                    t.raw_set(i + 1, v)?;
-                }
-                out[3] = Value::Number(-(n as f64));
-                out.push_back(Value::Table(t));
-            }
-            Ok(out)
+            rt.run_tasks();
+            Ok(())
         })?,
     )?;
     let h = Rc::clone(vm);
@@ -193,6 +174,7 @@ fn stats_tables(lua: &Lua, vm: &VmRuntime) -> mlua::Result<(Table, Table)> {
     settings.raw_set("pool_nice", cfg.pool_nice)?;
     settings.raw_set("max_queue", cfg.max_queue)?;
     t.raw_set("in_flight", s.executor.in_flight)?;
+    t.raw_set("waiting", s.waiting)?;
     t.raw_set("completed", s.executor.completed)?;
     t.raw_set("cancelled", s.executor.cancelled)?;
     t.raw_set("task_polls", s.executor.polls)?;

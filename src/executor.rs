@@ -45,6 +45,8 @@ fn run(runnable: Runnable) {
     }
     POLLING.with(|p| p.set(p.get() + 1));
     let _depth = Depth;
+    // (the task's future runs under catch_unwind: see spawn)
+    let _catching = crate::panic::Catching::enter();
     // Tokio types (timers, sockets, `tokio::spawn`) need the runtime's
     // context while they are polled.
     #[cfg(feature = "tokio")]
@@ -284,7 +286,6 @@ impl<T: 'static> Executor<T> {
 
     /// The outcome of a finished task, which frees its slot. `None` if the
     /// task is unknown or not finished.
-    #[cfg(test)]
     pub fn take(&self, id: TaskId) -> Option<Outcome<T>> {
         self.take_if(id, |_| true)
     }

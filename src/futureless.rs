@@ -13,20 +13,19 @@
 //! come from the executor: the kinds of task share one id space.
 
 use std::cell::{Cell, RefCell};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 use std::time::Instant;
 
-use mlua::{Lua, Value};
+use mlua::Lua;
 
 use crate::executor::{IdMap, Outcome, Panicked, TaskId};
 use crate::pool::{Pool, PoolError, Tagged, WakeUp};
 use crate::runtime::LuaOutput;
-use crate::sendable::{Bytes, Sendable};
+use crate::sendable::Sendable;
 use crate::socket::Notifier;
-use crate::strings;
 use crate::timer::{Key, Timers};
 
 enum Kind {
@@ -41,33 +40,21 @@ struct Slot {
     kind: Kind,
     /// The pool reported the job as done, or the deadline fired.
     done: bool,
-    /// Its result as Lua values, made when first asked for and kept until
-    /// taken.
-    out: Option<Outcome<LuaOutput>>,
+    /// A result taken out of its job that only mlua can make into Lua
+    /// values ([`Sendable::Other`]), kept for [`PlainTasks::take_lua`].
+    held: Option<Result<Sendable, PoolError>>,
 }
 
-/// A result that is one value other than nil (see
-/// [`PlainTasks::take_single`]).
-pub(crate) enum Single {
-    /// A Lua value.
-    Value(Value),
-    /// One string, still as bytes.
-    Bytes(Bytes),
-}
-
-impl Single {
-    /// Whether `out` is one value other than nil.
-    pub(crate) fn fits(out: &Outcome<LuaOutput>) -> bool {
-        matches!(out, Ok(Ok(v)) if v.is_single())
-    }
-
-    /// That value, when [`Single::fits`] took `out`.
-    pub(crate) fn of(out: Outcome<LuaOutput>) -> Option<Single> {
-        match out {
-            Ok(Ok(values)) => Some(Single::Value(values.into_first())),
-            _ => None,
-        }
-    }
+/// What [`PlainTasks::take_raw`] found.
+pub(crate) enum Taken {
+    /// No such task (cancelled, or taken already).
+    Unknown,
+    /// Not finished.
+    Pending,
+    /// The result, as the job made it; the task is gone.
+    Raw(Result<Sendable, PoolError>),
+    /// A result that needs mlua: see [`PlainTasks::take_lua`].
+    NeedsLua,
 }
 
 /// The plain tasks of a runtime. See the module docs.
@@ -134,7 +121,7 @@ impl PlainTasks {
         let slot = Slot {
             kind,
             done: false,
-            out: None,
+            held: None,
         };
         self.slots.borrow_mut().insert(id, slot);
     }
@@ -162,81 +149,53 @@ impl PlainTasks {
         }
     }
 
-    /// The outcome of a finished task, which frees its slot, if `pred`
-    /// accepts it (otherwise the task keeps it). `None` if the task is
-    /// unknown or not finished.
-    pub(crate) fn take_if(
-        &self,
-        lua: &Lua,
-        id: TaskId,
-        pred: impl FnOnce(&Outcome<LuaOutput>) -> bool,
-    ) -> Option<Outcome<LuaOutput>> {
-        if let Some(res) = self.fresh(id)? {
-            self.settle(lua, id, res)?;
-        }
-        self.take_settled(id, pred)
-    }
-
-    /// The result of a finished task if it is one value other than nil,
-    /// which frees its slot: one string (up to
-    /// [`strings::MAX_OUTBOX_STRING`] bytes) as its bytes, not yet a Lua
-    /// string (see `strings::outbox_put`). Otherwise the task keeps its outcome for
-    /// [`PlainTasks::take_if`].
-    pub(crate) fn take_single(&self, lua: &Lua, id: TaskId) -> Option<Single> {
-        match self.fresh(id)? {
-            Some(Ok(Sendable::Bytes(bytes))) if bytes.len() <= strings::MAX_OUTBOX_STRING => {
-                let slot = self.slots.borrow_mut().remove(&id);
-                if let Some(slot) = slot {
-                    self.retire(slot.kind);
-                }
-                return Some(Single::Bytes(bytes));
+    /// The result of a finished task, as its job made it, which frees its
+    /// slot; one that only mlua can convert stays for
+    /// [`PlainTasks::take_lua`].
+    pub(crate) fn take_raw(&self, id: TaskId) -> Taken {
+        let res = {
+            let mut slots = self.slots.borrow_mut();
+            let Some(slot) = slots.get_mut(&id) else {
+                return Taken::Unknown;
+            };
+            let res = match (slot.held.take(), &slot.kind) {
+                (Some(res), _) => res,
+                (None, Kind::Job(job)) => match job.try_take() {
+                    Some(res) => res,
+                    None => return Taken::Pending,
+                },
+                (None, Kind::Sleep(_)) if slot.done => Ok(Sendable::Boolean(true)),
+                (None, Kind::Sleep(_)) => return Taken::Pending,
+            };
+            if let Ok(Sendable::Other(_)) = res {
+                slot.held = Some(res);
+                return Taken::NeedsLua;
             }
-            Some(res) => self.settle(lua, id, res)?,
-            None => {}
+            res
+        };
+        if let Some(slot) = self.slots.borrow_mut().remove(&id) {
+            self.retire(slot.kind);
         }
-        Single::of(self.take_settled(id, Single::fits)?)
+        Taken::Raw(res)
     }
 
-    /// A finished task's result, taken from its job the first time
-    /// (`Some(Some)`); `Some(None)` once it was settled; `None` if the task
-    /// is unknown or not finished.
-    fn fresh(&self, id: TaskId) -> Option<Option<Result<Sendable, PoolError>>> {
-        let slots = self.slots.borrow();
-        let slot = slots.get(&id)?;
-        Some(match (&slot.out, &slot.kind) {
-            (Some(_), _) => None,
-            (None, Kind::Job(job)) => Some(job.try_take()?),
-            (None, Kind::Sleep(_)) if slot.done => Some(Ok(Sendable::Boolean(true))),
-            (None, Kind::Sleep(_)) => return None,
-        })
-    }
-
-    /// Keeps `res` in task `id`'s slot as Lua values. `None` if the task
-    /// is gone.
-    fn settle(&self, lua: &Lua, id: TaskId, res: Result<Sendable, PoolError>) -> Option<()> {
-        // Made without a borrow of the slots: making a Lua string may run a
-        // garbage collection step, whose finalizers may call back into this
-        // runtime.
-        let out = outcome(lua, res);
-        let mut slots = self.slots.borrow_mut();
-        // (Gone if such a finalizer cancelled the task: so is its result.)
-        slots.get_mut(&id)?.out = Some(out);
-        Some(())
-    }
-
-    fn take_settled(
-        &self,
-        id: TaskId,
-        pred: impl FnOnce(&Outcome<LuaOutput>) -> bool,
-    ) -> Option<Outcome<LuaOutput>> {
-        let mut slots = self.slots.borrow_mut();
-        if !pred(slots.get(&id)?.out.as_ref()?) {
-            return None;
-        }
-        let slot = slots.remove(&id)?;
-        drop(slots);
-        self.retire(slot.kind);
-        slot.out
+    /// The outcome of a finished task as Lua values, which frees its
+    /// slot. `None` if the task is unknown or not finished.
+    pub(crate) fn take_lua(&self, lua: &Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
+        let res = match self.take_raw(id) {
+            Taken::Raw(res) => res,
+            Taken::NeedsLua => {
+                let slot = self.slots.borrow_mut().remove(&id)?;
+                let res = slot.held?;
+                self.retire(slot.kind);
+                res
+            }
+            Taken::Unknown | Taken::Pending => return None,
+        };
+        // (Converted without a borrow of the slots: making Lua values may
+        // run a garbage collection step, whose finalizers may call back
+        // into this runtime.)
+        Some(outcome(lua, res))
     }
 
     /// Frees a task whose result was taken. A job's cell is kept among
@@ -308,12 +267,12 @@ impl PlainTasks {
 /// task's, the pool's other errors as `nil, message`.
 ///
 /// The conversion runs the result type's `IntoLuaMulti`, user code: a
-/// panic in it is the task's panic, as it is in a future's poll, and does
-/// not escape the driver's poll (which would lose the other results it
-/// took).
-fn outcome(lua: &Lua, res: Result<Sendable, PoolError>) -> Outcome<LuaOutput> {
+/// panic in it is the task's panic, as it is in a future's poll.
+pub(crate) fn outcome(lua: &Lua, res: Result<Sendable, PoolError>) -> Outcome<LuaOutput> {
     match res {
-        Ok(values) => catch_unwind(AssertUnwindSafe(|| values.into_lua(lua))).map_err(Panicked::from_payload),
+        Ok(values) => {
+            crate::panic::catch(AssertUnwindSafe(|| values.into_lua(lua))).map_err(Panicked::from_payload)
+        }
         Err(PoolError::Panicked(p)) => Err(p),
         Err(e) => Ok(Err(mlua::Error::RuntimeError(e.to_string()))),
     }

@@ -45,14 +45,17 @@
 #[macro_use]
 mod sys;
 
+mod batch;
 mod builtins;
 mod class;
 mod config;
 mod control;
 mod executor;
+mod ffi;
 mod futureless;
 mod mlua_async;
 mod module;
+mod panic;
 mod pool;
 mod raw;
 mod runtime;
@@ -64,6 +67,7 @@ mod timer;
 pub mod tokio;
 mod values;
 mod vm;
+mod waiters;
 mod yieldable;
 
 #[cfg(test)]

@@ -20,11 +20,13 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Table, UserData};
+use std::ffi::c_void;
+
+use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, LightUserData, Lua, MultiValue, Table, UserData};
 
 use crate::control::control_table;
 use crate::executor::{Panicked, Spawned};
@@ -71,6 +73,12 @@ impl Module {
         raw.raw_set("__rt", control_table(lua, &vm)?)?;
         raw.raw_set("__id", raw::library_id())?;
         raw.raw_set("__abi", ABI)?;
+        // The FFI entry points and this VM's runtime handle (see ffi.rs).
+        raw.raw_set(
+            "__api",
+            LightUserData(&crate::ffi::API as *const _ as *mut c_void),
+        )?;
+        raw.raw_set("__vm", LightUserData(vm.as_ptr() as *mut c_void))?;
         Ok(Module {
             lua: lua.clone(),
             vm,
@@ -137,7 +145,7 @@ impl Module {
                 Ok(a) => a,
                 Err(e) => return misuse(lua, &error_message(&e)),
             };
-            let out = catch_unwind(AssertUnwindSafe(|| {
+            let out = crate::panic::catch(AssertUnwindSafe(|| {
                 f(lua, args).and_then(|r| values::convert(lua, r))
             }))
             .map_err(Panicked::from_payload);

@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -285,7 +285,7 @@ where
             }
         };
         counters.running.fetch_add(1, Ordering::Relaxed);
-        let res = catch_unwind(AssertUnwindSafe(f)).map_err(Panicked::from_payload);
+        let res = crate::panic::catch(AssertUnwindSafe(f)).map_err(Panicked::from_payload);
         counters.running.fetch_sub(1, Ordering::Relaxed);
         counters.done.fetch_add(1, Ordering::Relaxed);
         let (tell, unwanted) = {
@@ -686,7 +686,7 @@ fn worker(shared: &Arc<Shared>) {
             // what runs after it (the drop of a result nobody waits for,
             // the caller's waker), which would otherwise end the thread
             // while the pool still counts it.
-            let _ = catch_unwind(AssertUnwindSafe(|| job.run(shared)));
+            let _ = crate::panic::catch(AssertUnwindSafe(|| job.run(shared)));
             if let Some(nice) = lower_to {
                 if started.elapsed() >= NICE_AFTER {
                     lower_to = None;

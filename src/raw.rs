@@ -105,10 +105,6 @@ pub(crate) fn id_value(id: TaskId) -> f64 {
 /// instead of misreading results.
 pub const ABI: u32 = 4;
 
-/// Most values `rt.poll` returns on the Lua stack (pairs of finished
-/// tasks), beyond which they come in a table.
-pub(crate) const MAX_POLL_VALUES: usize = 1024;
-
 /// What a raw function returns: its first value (`true`, a task id or
 /// `nil`) and the rest. A tuple, so that mlua pushes the results of a finished
 /// task as they are, without copying them behind the first value.

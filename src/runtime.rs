@@ -7,21 +7,24 @@
 //! is abandoned and a fresh one is made.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::batch::WakeBatch;
 use crate::config::Config;
 use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
-use crate::futureless::{PlainTasks, Single};
+use crate::futureless::{PlainTasks, Taken};
 use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::sendable::Sendable;
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
 use crate::timer::{Sleep, Timers, TIMER_SLACK};
 use crate::values::LuaValues;
+use crate::waiters::Waiters;
 
 /// The task output the Lua layer uses: values for Lua, or an error message.
 pub(crate) type LuaOutput = mlua::Result<LuaValues>;
@@ -45,6 +48,8 @@ pub struct Stats {
     pub rejected_peers: u64,
     /// Whether a driver is connected.
     pub connected: bool,
+    /// Callers waiting for tasks (see `waiters.rs`).
+    pub waiting: usize,
 }
 
 /// The runtime of one worker process. See the module docs.
@@ -61,19 +66,23 @@ pub struct Runtime {
     rendezvous: RefCell<Option<Rendezvous>>,
     polls: Cell<u64>,
     rejected: Cell<u64>,
-    /// Pool jobs queued now wake a thread later, in one go (see
-    /// [`Runtime::batch`]).
-    defer_wakes: Cell<bool>,
-    /// Pool jobs were queued without a wake-up: [`Runtime::flush`] owes one.
-    wake_owed: Cell<bool>,
-    /// A driver is connected (and will poll, which flushes).
-    driven: Cell<bool>,
-    /// A pool job queued since the last driver poll woke a thread itself.
-    cycle_woken: Cell<bool>,
+    batch: WakeBatch,
+    /// The callers waiting for tasks (see `waiters.rs`).
+    pub(crate) waiters: Waiters,
+    /// Tasks found finished by a poll, not yet handed to Lua.
+    done: RefCell<VecDeque<TaskId>>,
 }
 
 thread_local! {
     static CONFIG: RefCell<Config> = RefCell::new(Config::default());
+}
+
+/// What [`Runtime::poll`] found.
+pub(crate) struct Polled {
+    /// Time until the next deadline.
+    pub next: Option<Duration>,
+    /// Tasks are ready to run: see [`Runtime::run_tasks`].
+    pub tasks_ready: bool,
 }
 
 /// Most tasks run by one driver poll before nginx gets the thread back.
@@ -96,10 +105,9 @@ impl Runtime {
             rendezvous: RefCell::new(None),
             polls: Cell::new(0),
             rejected: Cell::new(0),
-            defer_wakes: Cell::new(false),
-            wake_owed: Cell::new(false),
-            driven: Cell::new(false),
-            cycle_woken: Cell::new(false),
+            batch: WakeBatch::default(),
+            waiters: Waiters::default(),
+            done: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -157,12 +165,8 @@ impl Runtime {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        match self.wake_up() {
-            WakeUp::Deferred => {
-                let task = self.pool.spawn_deferred(f)?;
-                self.wake_owed.set(true);
-                Ok(task)
-            }
+        match self.batch.wake_up() {
+            WakeUp::Deferred => self.pool.spawn_deferred(f),
             WakeUp::Now => self.pool.spawn(f),
         }
     }
@@ -171,18 +175,23 @@ impl Runtime {
     /// without a future (see `plain.rs`); its result becomes Lua values when
     /// taken. A full queue is a failure at once.
     pub(crate) fn spawn_job(&self, job: impl FnOnce() -> Sendable + Send + 'static) -> Spawned<LuaOutput> {
+        match self.spawn_job_raw(job) {
+            Ok(id) => Spawned::Pending(id),
+            Err(e) => Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(e.to_string())))),
+        }
+    }
+
+    /// [`Runtime::spawn_job`], its id or the pool's refusal.
+    pub(crate) fn spawn_job_raw(
+        &self,
+        job: impl FnOnce() -> Sendable + Send + 'static,
+    ) -> Result<TaskId, PoolError> {
         let id = self.executor.next_id();
-        let wake = self.wake_up();
-        match self.plain.spawn_job(&self.pool, id, job, wake) {
-            Ok(()) => {
-                if wake == WakeUp::Deferred {
-                    self.wake_owed.set(true);
-                }
-                Spawned::Pending(id)
-            }
+        match self.plain.spawn_job(&self.pool, id, job, self.batch.wake_up()) {
+            Ok(()) => Ok(id),
             Err(e) => {
                 self.plain.count_ready();
-                Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(e.to_string()))))
+                Err(e)
             }
         }
     }
@@ -199,64 +208,21 @@ impl Runtime {
         Spawned::Pending(id)
     }
 
-    /// When a pool job queued now should wake a thread (see
-    /// [`Runtime::batch`]).
-    fn wake_up(&self) -> WakeUp {
-        if self.defer_wakes.get() && self.cycle_woken.get() {
-            WakeUp::Deferred
-        } else {
-            self.cycle_woken.set(true);
-            WakeUp::Now
-        }
-    }
-
-    /// Runs `f` (a call from Lua that may queue pool jobs) with wake-ups of
-    /// the pool deferred when other tasks are in flight: under load, many
-    /// requests queue jobs in one cycle of nginx's event loop. The first job
-    /// after a driver poll wakes a thread at once (it starts working while
-    /// nginx goes on); the others are taken by a thread already awake, or
-    /// share one wake-up at [`Runtime::flush`], when the driver runs at the
-    /// end of the cycle. This saves a `futex` call per job. A call made
-    /// while no other task is in flight (pending, or finished and not yet
-    /// collected) wakes a thread at once: deferring would only add latency.
-    /// So does a call made while no driver is connected (it may be waiting
-    /// out a restart delay).
-    ///
-    /// The caller must make the driver run soon when [`Runtime::wake_owed`]
-    /// says so (the raw calling convention's `rearm`); the driver's idle
-    /// poll (every 0.1 s) is the safety net.
+    /// Runs `f`, a call from Lua that may queue pool jobs, with their
+    /// wake-ups batched (see `batch.rs`).
     pub(crate) fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
-        let busy = self.driven.get() && self.in_flight() > 0;
-        self.pool.set_caller_busy(busy);
-        self.deferring(busy, f)
+        self.batch.call(&self.pool, self.in_flight() > 0, f)
     }
 
-    /// Runs `f` with deferred pool wake-ups on or off; restored after, even
-    /// if `f` unwinds.
-    fn deferring<R>(&self, on: bool, f: impl FnOnce() -> R) -> R {
-        struct Restore<'a>(&'a Cell<bool>, bool);
-        impl Drop for Restore<'_> {
-            fn drop(&mut self) {
-                self.0.set(self.1);
-            }
-        }
-        let _restore = Restore(&self.defer_wakes, self.defer_wakes.replace(on));
-        f()
-    }
-
-    /// Whether a pool wake-up is owed: the driver must run (and call
-    /// [`Runtime::poll`], which flushes) before nginx sleeps.
+    /// Whether a pool wake-up is owed: the driver must run (and poll,
+    /// which flushes) before nginx sleeps.
     pub(crate) fn wake_owed(&self) -> bool {
-        self.wake_owed.get()
+        self.batch.owed()
     }
 
     /// Wakes the pool for the jobs queued by [`Runtime::batch`] calls.
     pub(crate) fn flush(&self) {
-        if self.wake_owed.replace(false) {
-            // A failure to start a thread was reported when the first job
-            // was queued (spawn_deferred starts the first thread at once).
-            let _ = self.pool.wake();
-        }
+        self.batch.flush(&self.pool);
     }
 
     /// A timer of this runtime.
@@ -264,39 +230,77 @@ impl Runtime {
         self.timers.sleep(dur)
     }
 
-    /// One driver poll: fires due timers and runs ready tasks (within a
-    /// budget), hands the finished task ids to `done`, and returns the time
-    /// until the next deadline. `arm`: the caller will sleep until then (see
-    /// [`Runtime::take_rearm`]).
-    pub fn poll(&self, arm: bool, mut done: impl FnMut(TaskId)) -> Option<Duration> {
+    /// The part of a driver poll that runs no Lua code: fires due timers
+    /// (waking the tasks that wait for them), collects the finished tasks
+    /// (for [`Runtime::next_done`]), and returns the time until the next
+    /// deadline. `arm`: the caller will sleep until then (see
+    /// [`Runtime::take_rearm`]). `Polled::tasks_ready`: tasks are ready to
+    /// run, which needs Lua: call [`Runtime::run_tasks`], then poll again.
+    pub(crate) fn poll(&self, arm: bool) -> Polled {
         self.polls.set(self.polls.get() + 1);
-        self.flush();
-        // A new batch: its first job wakes a thread at once again.
-        self.cycle_woken.set(false);
+        self.batch.new_cycle(&self.pool);
         self.notifier.hold();
+        self.timers.fire(Instant::now() + TIMER_SLACK);
+        self.collect_done();
+        let tasks_ready = self.executor.has_ready();
+        if !tasks_ready {
+            // Jobs the pool finishes from now on ask for another poll.
+            self.notifier.release(|| self.executor.has_ready());
+            self.collect_done();
+        }
+        let next = if arm {
+            self.timers.arm()
+        } else {
+            self.timers.next_deadline()
+        };
+        Polled {
+            next: next.map(|d| d.saturating_duration_since(Instant::now())),
+            tasks_ready,
+        }
+    }
+
+    /// Runs the ready tasks (within a budget) and the timers that come due
+    /// meanwhile. Their polls may use Lua: call it from a Lua C function.
+    pub(crate) fn run_tasks(&self) {
         // Jobs that tasks queue while they run here share one wake-up.
-        self.deferring(true, || {
+        self.batch.deferring(true, || {
             let mut ran = 0;
             loop {
-                let fired = self.timers.fire(Instant::now() + TIMER_SLACK);
                 let n = self.executor.run_ready(POLL_BUDGET - ran);
                 ran += n;
+                let fired = self.timers.fire(Instant::now() + TIMER_SLACK);
                 if (n == 0 && fired == 0) || ran >= POLL_BUDGET {
                     break;
                 }
             }
         });
         self.flush();
+        // Work left over asks for another poll, after nginx's other events.
         self.notifier.release(|| self.executor.has_ready());
-        // Jobs the pool finishes from now on ask for another poll.
-        self.executor.take_completed(&mut done);
-        self.plain.take_completed(&mut done);
-        let next = if arm {
-            self.timers.arm()
-        } else {
-            self.timers.next_deadline()
+        self.collect_done();
+    }
+
+    /// Collects the finished tasks: posts the callers that wait for them,
+    /// keeps the others for Lua ([`Runtime::next_done`]).
+    fn collect_done(&self) {
+        let mut done = self.done.borrow_mut();
+        let mut found = |id| {
+            if !self.waiters.post(id) {
+                done.push_back(id);
+            }
         };
-        next.map(|d| d.saturating_duration_since(Instant::now()))
+        self.executor.take_completed(&mut found);
+        self.plain.take_completed(&mut found);
+    }
+
+    /// A task a poll found finished, not yet handed to Lua.
+    pub(crate) fn next_done(&self) -> Option<TaskId> {
+        self.done.borrow_mut().pop_front()
+    }
+
+    /// Whether finished tasks wait to be handed to Lua.
+    pub(crate) fn has_done(&self) -> bool {
+        !self.done.borrow().is_empty()
     }
 
     /// Whether a timer earlier than the one the driver sleeps towards was
@@ -332,7 +336,7 @@ impl Runtime {
             Some(stream) => {
                 *slot = None; // removes the file and the directory
                 self.notifier.set_writer(Some(stream));
-                self.driven.set(true);
+                self.batch.set_driven(true);
                 Ok(true)
             }
             None => Ok(false),
@@ -342,45 +346,53 @@ impl Runtime {
     /// Forgets the driver's connection (the driver exited or died); the
     /// next driver makes a new socket.
     pub fn disconnect_driver(&self) {
-        self.driven.set(false);
+        self.batch.set_driven(false);
         self.flush();
         self.notifier.set_writer(None);
         self.rendezvous.borrow_mut().take();
     }
 
-    /// The outcome of a finished task (frees its slot).
+    /// The outcome of a finished task as Lua values (frees its slot).
     pub(crate) fn take(&self, lua: &mlua::Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
-        self.take_if(lua, id, |_| true)
-    }
-
-    /// The result of a finished task if it is one value other than nil
-    /// (frees its slot); otherwise the task keeps its outcome for
-    /// [`Runtime::take`]. One string of a plain task comes as its bytes.
-    pub(crate) fn take_single(&self, lua: &mlua::Lua, id: TaskId) -> Option<Single> {
+        self.waiters.release(id);
         if self.executor.contains(id) {
-            Single::of(self.executor.take_if(id, Single::fits)?)
+            self.executor.take(id)
         } else {
-            self.plain.take_single(lua, id)
+            self.plain.take_lua(lua, id)
         }
     }
 
-    fn take_if(
-        &self,
-        lua: &mlua::Lua,
-        id: TaskId,
-        pred: impl Fn(&Outcome<LuaOutput>) -> bool,
-    ) -> Option<Outcome<LuaOutput>> {
+    /// The result of a finished task without Lua: a plain task's as its
+    /// job made it (frees its slot); a task with a future has Lua values
+    /// ([`Taken::NeedsLua`]: see [`Runtime::take`]).
+    pub(crate) fn take_raw(&self, id: TaskId) -> Taken {
         if self.executor.contains(id) {
-            self.executor.take_if(id, pred)
-        } else {
-            self.plain.take_if(lua, id, pred)
+            return Taken::NeedsLua;
         }
+        self.waiters.release(id);
+        self.plain.take_raw(id)
+    }
+
+    /// Whether cancelling task `id` drops a future (which may use Lua).
+    pub(crate) fn has_future(&self, id: TaskId) -> bool {
+        self.executor.contains(id)
     }
 
     /// Cancels a task: its future is dropped before this returns (a pool
     /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
+        self.waiters.release(id);
         self.executor.cancel(id) || self.plain.cancel(id)
+    }
+
+    /// Cancels the tasks whose callers ngx_lua killed while they waited
+    /// (see [`Waiters::sweep`]).
+    pub(crate) fn sweep_waiters(&self) {
+        let mut dead = Vec::new();
+        self.waiters.sweep(|id| dead.push(id));
+        for id in dead {
+            self.cancel(id);
+        }
     }
 
     /// Whether no task is in flight and no timer is pending.
@@ -407,6 +419,7 @@ impl Runtime {
             polls: self.polls.get(),
             rejected_peers: self.rejected.get(),
             connected: self.notifier.connected(),
+            waiting: self.waiters.len(),
         }
     }
 }

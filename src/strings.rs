@@ -6,16 +6,12 @@
 //! call's result handling, on every string result. Here one C function,
 //! made once per Lua state and kept in the registry, pushes the string
 //! under a plain `lua_pcall`: the same protection (a memory error becomes
-//! an `Err`, it never unwinds through Rust frames), for much less. The
-//! driver takes the short string results of a poll through an outbox, in
-//! one call ([`push_outbox`]).
+//! an `Err`, it never unwinds through Rust frames), for much less.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 
 use mlua::{ffi, Lua, LuaString};
-
-use crate::sendable::Bytes;
 
 // Its address is the registry key of the pushing function. Each library
 // that embeds this crate has its own copy, hence its own key.
@@ -30,70 +26,6 @@ thread_local! {
     // otherwise. Not an argument: Lua code can reach the function through
     // debug.getregistry(), and must not make it read arbitrary memory.
     static PENDING: Cell<Option<(*const u8, usize)>> = const { Cell::new(None) };
-    // One-string results of plain tasks that the driver's last poll took,
-    // with their task ids, for `push_outbox`.
-    static OUTBOX: RefCell<Vec<(f64, Bytes)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Most `id, string` pairs one call of [`push_outbox`] pushes.
-pub(crate) const MAX_OUTBOX_PAIRS: usize = 512;
-
-/// Longest string that goes through the outbox. A longer one is made by
-/// [`create`], under a protected call: a memory error then fails that one
-/// call (`nil, message`) instead of the batch of [`push_outbox`].
-pub(crate) const MAX_OUTBOX_STRING: usize = 64 * 1024;
-
-/// Leaves the one-string result of task `id` for [`push_outbox`], which the
-/// driver calls right after its poll.
-pub(crate) fn outbox_put(id: f64, bytes: Bytes) {
-    OUTBOX.with(|o| o.borrow_mut().push((id, bytes)));
-}
-
-/// Results waiting in the outbox: this poll's, and any an earlier one left
-/// (its driver died before it took them).
-pub(crate) fn outbox_len() -> usize {
-    OUTBOX.with(|o| o.borrow().len())
-}
-
-/// The control function `strings()`: pushes the results [`outbox_put`]
-/// left, as `id, string` pairs (at most [`MAX_OUTBOX_PAIRS`]; the driver
-/// calls it again for the rest), and returns how many values it pushed.
-/// Only strings of at most [`MAX_OUTBOX_STRING`] bytes come here, so only
-/// running out of memory can raise in it; the pairs popped by then are
-/// lost (their callers wait out their timeouts).
-///
-/// The strings are made right here, by `lua_pushlstring`, instead of
-/// through mlua: a Lua string mlua makes (see [`create`]) needs a protected
-/// call and a reference slot, several times this.
-/// This function is called from Lua code only (the driver's), never from
-/// Rust, so a memory error raised by `lua_checkstack` or `lua_pushlstring`
-/// is an ordinary Lua error: it unwinds through this frame (a `C-unwind`
-/// function: allowed; no `catch_unwind` is on the way) to the driver's
-/// `pcall`. The results not popped yet stay for the next poll.
-pub(crate) unsafe extern "C-unwind" fn push_outbox(state: *mut ffi::lua_State) -> c_int {
-    let n = OUTBOX.with(|o| o.borrow().len()).min(MAX_OUTBOX_PAIRS);
-    // SAFETY: `state` is the running state (lua_CFunction protocol). A
-    // memory error unwinds as described above; nothing is borrowed.
-    if n == 0 || unsafe { ffi::lua_checkstack(state, 2 * n as c_int) } == 0 {
-        return 0;
-    }
-    let mut pushed = 0;
-    while pushed < 2 * n {
-        // Taken one at a time: no borrow is held while Lua runs (a garbage
-        // collection step may run finalizers that call back into Rust).
-        let Some((id, bytes)) = OUTBOX.with(|o| o.borrow_mut().pop()) else {
-            break;
-        };
-        // SAFETY: the stack has room for 2 * n values (checked above).
-        // `bytes` outlives the call, which copies it; a memory error drops
-        // it on the way out.
-        unsafe {
-            ffi::lua_pushnumber(state, id);
-            ffi::lua_pushlstring(state, bytes.as_ptr() as *const c_char, bytes.len());
-        }
-        pushed += 2;
-    }
-    pushed as c_int
 }
 
 /// Pushes the bytes `create` left in PENDING (nothing if none).

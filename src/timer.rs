@@ -189,6 +189,7 @@ impl Timers {
     /// Fires (and forgets) every timer due at `now`: wakes the tasks of
     /// [`Sleep`]s, records the ids of task entries. Returns how many.
     pub fn fire(&self, now: Instant) -> usize {
+        // (Vec::new allocates nothing until a waker is pushed)
         let mut wakers = Vec::new();
         let n = {
             let mut q = self.queue.borrow_mut();
@@ -230,9 +231,14 @@ impl Timers {
 
     /// Hands the ids of the task entries fired since the last call to `f`.
     pub fn take_fired(&self, mut f: impl FnMut(u64)) {
-        let fired = std::mem::take(&mut self.queue.borrow_mut().fired);
-        for id in fired {
+        let mut fired = std::mem::take(&mut self.queue.borrow_mut().fired);
+        for id in fired.drain(..) {
             f(id);
+        }
+        // (the buffer goes back, to keep its capacity)
+        let mut q = self.queue.borrow_mut();
+        if q.fired.is_empty() {
+            q.fired = fired;
         }
     }
 

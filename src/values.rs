@@ -19,22 +19,6 @@ pub(crate) enum LuaValues {
 }
 
 impl LuaValues {
-    /// Whether this is exactly one value, not nil.
-    pub(crate) fn is_single(&self) -> bool {
-        match self {
-            LuaValues::One(v) => !v.is_nil(),
-            LuaValues::Many(m) => m.len() == 1 && !m[0].is_nil(),
-        }
-    }
-
-    /// The first value (nil if none).
-    pub(crate) fn into_first(self) -> Value {
-        match self {
-            LuaValues::One(v) => v,
-            LuaValues::Many(mut m) => m.pop_front().unwrap_or(Value::Nil),
-        }
-    }
-
     /// All the values.
     pub(crate) fn into_multi(self) -> MultiValue {
         match self {

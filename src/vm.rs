@@ -22,6 +22,8 @@ use crate::runtime::Runtime;
 use crate::sys;
 
 thread_local! {
+    /// The handles of the open VMs (see [`VmRuntime::from_ffi`]).
+    static LIVE: RefCell<Vec<Rc<VmRuntime>>> = const { RefCell::new(Vec::new()) };
     /// The runtime of the call or task running now on this thread.
     static CURRENT: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
     /// The runtime of code that runs outside any call from Lua (tests, the
@@ -79,7 +81,40 @@ impl VmRuntime {
         let closer: AnyUserData = lua.create_userdata(Closer(Rc::clone(&handle)))?;
         lua.set_named_registry_value(&registry_key(), closer)?;
         lua.set_app_data(Rc::clone(&handle));
+        LIVE.with(|l| l.borrow_mut().push(Rc::clone(&handle)));
         Ok(handle)
+    }
+
+    /// Runs `f` with the runtime behind a pointer the Lua side got from
+    /// [`VmRuntime::as_ptr`], if it is one of this library's handles and
+    /// its VM is open (Lua code can pass any pointer through the FFI);
+    /// `None` otherwise.
+    pub(crate) fn with_ffi<R>(ptr: *const std::ffi::c_void, f: impl FnOnce(&Runtime) -> R) -> Option<R> {
+        let live = LIVE.with(|l| {
+            l.borrow()
+                .iter()
+                .any(|h| std::ptr::eq(Rc::as_ptr(h) as *const std::ffi::c_void, ptr))
+        });
+        if !live {
+            return None;
+        }
+        // SAFETY: `ptr` is the address of a VmRuntime that LIVE holds an Rc
+        // of. Only the VM's close removes it, and no Lua code (hence no
+        // garbage collection, which closes VMs) runs during an FFI call.
+        let handle = unsafe { &*(ptr as *const VmRuntime) };
+        // The common case borrows; making the runtime needs `get`.
+        if let Ok(slot) = handle.runtime.try_borrow() {
+            if let Some(rt) = slot.as_ref().filter(|rt| rt.is_ours()) {
+                return Some(f(rt));
+            }
+        }
+        let rt = handle.get();
+        Some(f(&rt))
+    }
+
+    /// The pointer the Lua side passes to the FFI functions.
+    pub(crate) fn as_ptr(self: &Rc<VmRuntime>) -> *const std::ffi::c_void {
+        Rc::as_ptr(self) as *const std::ffi::c_void
     }
 
     /// The runtime, made now if this process has none yet.
@@ -112,6 +147,7 @@ impl VmRuntime {
     fn close(&self) {
         self.closed.set(true);
         VMS_CLOSED.fetch_add(1, Ordering::Relaxed);
+        let _ = LIVE.try_with(|l| l.borrow_mut().retain(|h| !std::ptr::eq(Rc::as_ptr(h), self)));
         let rt = self.runtime.borrow_mut().take();
         if let Some(rt) = rt {
             if rt.is_ours() {

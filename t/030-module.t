@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 5);
+plan tests => repeat_each() * (blocks() * 5 + 1);
 
 run_tests();
 
@@ -295,3 +295,26 @@ false 2 -8 1
 --- response_body
 false resty.async: module old_module was built against another version of resty-async (calling convention nil, this resty/async.lua speaks 4): rebuild it against the resty-async whose lualib/ is on lua_package_path
 false resty.async: module old_module was built against another version of resty-async (calling convention 1, this resty/async.lua speaks 4): rebuild it against the resty-async whose lualib/ is on lua_package_path
+
+
+
+=== TEST 11: caught panics do not flood the error log
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_example"
+            local n = 0
+            for i = 1, 100 do
+                local a = select(2, ex.blocking_panic("boom " .. i))
+                local b = select(2, ex.panic_after(0))
+                local c = select(2, ex.sync_panic())
+                if a and b and c then n = n + 1 end
+            end
+            ngx.say(n, " calls returned their panic as a string")
+        }
+    }
+--- response_body
+100 calls returned their panic as a string
+--- grep_error_log eval: qr/panicked at/
+--- grep_error_log_out
+panicked at

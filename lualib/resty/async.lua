@@ -32,6 +32,8 @@ local make_async = wait_mod.make_async
 local make_sync = wait_mod.make_sync
 local wrapped = wait_mod.wrapped
 local start_task = task.start
+local take = runtime.take
+local wait = wait_mod.wait
 
 
 local _M = {
@@ -189,7 +191,6 @@ function _M.stats()
     local out = {
         runtimes = runtime.nstates,
         drivers = 0,
-        waiting = 0,
         timeout = config.timeout,
     }
     for _, st in pairs(states) do
@@ -203,18 +204,186 @@ function _M.stats()
         if st.running then
             out.drivers = out.drivers + 1
         end
-        out.waiting = out.waiting + st.nwaiting
-        -- results handed to Lua and not yet taken are in flight too
-        out.in_flight = out.in_flight + st.nheld
     end
     return out
 end
 
 
-local builtins = _M.register(core)
-for name, f in pairs(builtins) do
-    _M[name] = f
+-- The built-ins: called through the FFI (src/ffi.rs).
+
+_M.register(core)
+local core_st = runtime.get(core, core.__name)
+local api = core_st.api
+local vm = core_st.vm
+local NAN = 0 / 0
+
+
+-- A string argument, as Lua's own functions take one: a number is
+-- converted. Returns it, or nil and the message of a misuse.
+local function string_arg(v, pos, fname)
+    local t = type(v)
+    if t == "string" then
+        return v
+    end
+    if t == "number" then
+        return tostring(v)
+    end
+    return nil, "bad argument #" .. pos .. " to '" .. fname
+                .. "' (string expected, got " .. t .. ")"
 end
+
+
+-- Each built-in's start: checks the types of its arguments (the Rust side
+-- checks their values) and calls its FFI entry point. Returns what the
+-- entry point returns (src/ffi.rs: a task id, 0 when it finished at once,
+-- NaN on misuse), and the message of a misuse found here.
+
+local function start_sleep(secs)
+    if type(secs) ~= "number" then
+        return NAN, "bad argument #1 to 'sleep' (number expected, got "
+                    .. type(secs) .. ")"
+    end
+    local r = api.sleep(vm, secs)  -- (no tail calls: see runtime.lua)
+    return r
+end
+
+
+local function start_sha256(data)
+    local s, err = string_arg(data, 1, "sha256")
+    if not s then
+        return NAN, err
+    end
+    local r = api.sha256(vm, s, #s)
+    return r
+end
+
+
+local function start_read_file(path)
+    local p, err = string_arg(path, 1, "read_file")
+    if not p then
+        return NAN, err
+    end
+    local r = api.read_file(vm, p, #p)
+    return r
+end
+
+
+local function start_write_file(path, data, mode)
+    local p, err = string_arg(path, 1, "write_file")
+    if not p then
+        return NAN, err
+    end
+    local d
+    d, err = string_arg(data, 2, "write_file")
+    if not d then
+        return NAN, err
+    end
+    local append
+    if mode == nil or mode == "w" then
+        append = 0
+    elseif mode == "a" then
+        append = 1
+    else
+        return NAN, "bad argument #3 to 'write_file' (mode must be \"w\" "
+                    .. "or \"a\")"
+    end
+    local r = api.write_file(vm, p, #p, d, #d, append)
+    return r
+end
+
+
+-- The caller's results of a built-in's start `r` (see above): its value,
+-- or nil and a message. (`level`: the caller's level for error().)
+local function finish_builtin(r, msg, level)
+    if r ~= r then
+        error(msg or runtime.error_message(core_st), level)
+    end
+    local v, err
+    if r == 0 then
+        v, err = take(core_st, 0)
+    else
+        v, err = wait(core_st, r, config.timeout, level + 1)
+    end
+    return v, err
+end
+
+
+-- The raw function (see register()) of a built-in, for with_timeout and
+-- spawn; `at_once`: its result when it finishes at once.
+local function raw_builtin(start, at_once)
+    return function(...)
+        local r, msg = start(...)
+        if r == 0 then
+            if at_once ~= nil then
+                return true, at_once
+            end
+            return true, runtime.take(core_st, 0)
+        end
+        if r ~= r then
+            return nil, msg or runtime.error_message(core_st)
+        end
+        return r
+    end
+end
+
+
+-- (The built-ins return one value, or nil and a message.)
+
+function _M.sleep(secs)
+    check_phase("sleep")
+    local r, msg = start_sleep(secs)
+    if r == 0 then
+        return true
+    end
+    local v, err = finish_builtin(r, msg, 3)
+    if v == nil then
+        return nil, err
+    end
+    return v
+end
+
+
+function _M.sha256(data)
+    check_phase("sha256")
+    local r, msg = start_sha256(data)
+    local v, err = finish_builtin(r, msg, 3)
+    if v == nil then
+        return nil, err
+    end
+    return v
+end
+
+
+function _M.read_file(path)
+    check_phase("read_file")
+    local r, msg = start_read_file(path)
+    local v, err = finish_builtin(r, msg, 3)
+    if v == nil then
+        return nil, err
+    end
+    return v
+end
+
+
+function _M.write_file(path, data, mode)
+    check_phase("write_file")
+    local r, msg = start_write_file(path, data, mode)
+    local v, err = finish_builtin(r, msg, 3)
+    if v == nil then
+        return nil, err
+    end
+    return v
+end
+
+
+wrapped[_M.sleep] = { st = core_st, name = "sleep",
+                      raw = raw_builtin(start_sleep, true) }
+wrapped[_M.sha256] = { st = core_st, name = "sha256",
+                       raw = raw_builtin(start_sha256) }
+wrapped[_M.read_file] = { st = core_st, name = "read_file",
+                          raw = raw_builtin(start_read_file) }
+wrapped[_M.write_file] = { st = core_st, name = "write_file",
+                           raw = raw_builtin(start_write_file) }
 
 
 return _M

@@ -5,11 +5,11 @@
 
 local semaphore = require "ngx.semaphore"
 local runtime = require "resty.async.runtime"
+local ffi = require "ffi"
+local bit = require "bit"
 
 local ngx = ngx
-local pairs = pairs
 local pcall = pcall
-local select = select
 local tostring = tostring
 local next = next
 local math_ceil = math.ceil
@@ -24,9 +24,11 @@ local ngx_now = ngx.now
 local worker_pid = ngx.worker.pid
 local tcp = ngx.socket.tcp
 local sema_new = semaphore.new
+local ffi_new = ffi.new
+local band = bit.band
+local error = error
 local finished = runtime.finished
 local forget = runtime.forget
-local POSTED = runtime.POSTED
 
 
 local _M = {}
@@ -74,53 +76,51 @@ end
 
 
 
--- Hands over the `n` values of `t`, `id, value` pairs.
-local function dispatch_table(st, t, n)
-    for i = 1, n, 2 do
-        finished(st, t[i], t[i + 1])
-    end
-end
+-- Finished task ids of a poll, written by the FFI poll; and its other
+-- results.
+local MAX_IDS = 256
+local ids = ffi_new("double[?]", MAX_IDS)
+local poll_out = ffi_new("resty_async_poll_out[1]")
+local POLL_REARM = 1
+local POLL_TASKS = 2
+local POLL_MORE = 4
 
 
--- Hands over the `id, value` pairs in `...`; returns how many values.
-local function dispatch_pairs(st, ...)
-    local n = select("#", ...)
-    if n == 2 then
-        finished(st, ...)
-    elseif n > 0 then
-        -- one copy of the values (select(i, ...) in a loop would copy the
-        -- rest of them for each pair)
-        dispatch_table(st, { ... }, n)
+-- One poll of the runtime: hands over the finished tasks nobody waits for
+-- (the runtime posts the waiters itself). Returns the poll's flags.
+local function poll_once(st, armed)
+    local out = poll_out[0]
+    local n = st.api.poll(st.vm, armed, ids, MAX_IDS, out)
+    if n < 0 then
+        error("the runtime of " .. st.name .. " is gone")
     end
-    return n
-end
-
-
-local function dispatch(st, next_ms, rearm, nstr, n, ...)
-    if n >= 0 then
-        dispatch_pairs(st, ...)
-    else
-        dispatch_table(st, (...), -n)
+    for i = 0, n - 1 do
+        finished(st, ids[i])
     end
-    -- the results that are one string, made into Lua strings by
-    -- rt.strings() (a C function: no protected call per string)
-    if nstr > 0 then
-        local strings = st.rt.strings
-        repeat
-            local got = dispatch_pairs(st, strings())
-            nstr = nstr - got / 2
-        until got == 0 or nstr <= 0
-    end
-    st.polls = st.polls + 1
-    return next_ms, rearm
+    return out.flags
 end
 
 
 -- Runs ready tasks and due timers; posts the waiters of finished tasks.
 -- Returns the time to the next Rust timer (ms, -1: none) and whether the
--- driver must re-arm for an earlier one.
+-- driver must re-arm for an earlier one. (The loop below seldom runs: a
+-- loop that LuaJIT sees leave after one turn cannot be compiled.)
 local function run_poll(st, arm)
-    return dispatch(st, st.rt.poll(arm))
+    local armed = arm and 1 or 0
+    local flags = poll_once(st, armed)
+    local rearm = band(flags, POLL_REARM) ~= 0
+    while band(flags, POLL_TASKS + POLL_MORE) ~= 0 do
+        if band(flags, POLL_TASKS) ~= 0 then
+            -- tasks with futures: polled from a Lua C function
+            st.rt.run()
+        end
+        flags = poll_once(st, armed)
+        rearm = rearm or band(flags, POLL_REARM) ~= 0
+    end
+    local out = poll_out[0]
+    st.polls = st.polls + 1
+    st.waiting = out.waiting
+    return out.next_ms, rearm
 end
 
 
@@ -152,29 +152,12 @@ local function reader(st, sock)
 end
 
 
--- Cancels the tasks nobody can collect any more.
+-- Cancels the tasks nobody can collect any more: those of callers ngx_lua
+-- killed while they waited (client abort, ngx.thread.kill, ngx.exit from
+-- another thread; the runtime finds them), and those of task handles the
+-- GC collected.
 local function sweep(st)
-    local waiters = st.waiters
-    local stale = st.stale
-    for id, sema in pairs(waiters) do
-        local dead
-        if sema == POSTED then
-            -- a posted waiter resumes in the same event loop cycle: posted
-            -- a sweep ago and still here means it was killed meanwhile
-            dead = stale[id]
-            stale[id] = true
-        else
-            -- ngx_lua's cleanup of a killed waiter leaves the semaphore
-            -- with nobody waiting (count -1 while someone waits)
-            dead = sema:count() >= 0
-        end
-        if dead then
-            waiters[id] = nil
-            stale[id] = nil
-            st.nwaiting = st.nwaiting - 1
-            forget(st, id)
-        end
-    end
+    st.rt.sweep()
 
     local collected = st.collected
     local owned = st.owned
@@ -192,8 +175,7 @@ end
 -- Whether the driver of `st` has nothing to do: nobody waits, no task
 -- handle is kept, no result is held and no Rust task is in flight.
 local function idle(st)
-    return st.nwaiting == 0 and st.nheld == 0 and next(st.owned) == nil
-           and st.rt.idle()
+    return st.waiting == 0 and next(st.owned) == nil and st.rt.idle()
 end
 
 
@@ -251,7 +233,7 @@ local function drive(st)
             return nil, st.reader_err
         end
 
-        if st.nwaiting == 0 and exiting() then
+        if st.waiting == 0 and exiting() then
             return true
         end
 

@@ -1,8 +1,52 @@
 -- resty.async.runtime: the Lua side of each Rust runtime (one per
--- resty-async library and Lua VM): its control functions, the callers that
--- wait for its tasks, and the results it handed over and nobody took yet.
+-- resty-async library and Lua VM): its entry points, the callers that
+-- wait for its tasks, and how a finished task's results are taken.
+--
+-- The calls that need no Lua values go through LuaJIT's FFI (the
+-- library's `struct resty_async_api`, see src/ffi.rs), which the JIT
+-- compiles; the others through the library's Lua C functions (`rt`).
 
+local ffi = require "ffi"
+
+local ngx = ngx
+local type = type
+local error = error
 local pairs = pairs
+local ffi_cast = ffi.cast
+local ffi_new = ffi.new
+local ffi_string = ffi.string
+
+
+ffi.cdef[[
+typedef struct {
+    double next_ms;
+    int n;
+    int flags;
+    int waiting;
+} resty_async_poll_out;
+
+typedef struct {
+    int kind;
+    double num;
+    const char *ptr;
+    size_t len;
+} resty_async_value;
+
+struct resty_async_api {
+    uint32_t abi;
+    uint32_t size;
+    double (*sleep)(const void *vm, double secs);
+    double (*sha256)(const void *vm, const char *p, size_t n);
+    double (*read_file)(const void *vm, const char *p, size_t n);
+    double (*write_file)(const void *vm, const char *p, size_t n,
+                         const char *d, size_t dn, int append);
+    int (*take)(const void *vm, double id, resty_async_value *out);
+    int (*cancel)(const void *vm, double id);
+    size_t (*error)(char *buf, size_t cap);
+    int (*poll)(const void *vm, int arm, double *ids, int cap,
+                resty_async_poll_out *out);
+};
+]]
 
 
 local _M = {
@@ -13,29 +57,65 @@ local _M = {
     config = {
         timeout = 60,
     },
-    -- waiters[id] once the driver has posted the waiter's semaphore.
-    POSTED = true,
+    -- The version of `struct resty_async_api` (src/ffi.rs FFI_ABI).
+    FFI_ABI = 1,
+    -- resty_async_value.kind
+    KIND_NONE = 0,
+    KIND_PENDING = 1,
+    KIND_BOOLEAN = 2,
+    KIND_NUMBER = 3,
+    KIND_STRING = 4,
+    KIND_ERROR = 5,
+    KIND_LUA = 6,
+    -- what api.cancel returns when dropping the task needs Lua
+    CANCEL_NEEDS_LUA = 2,
 }
 
-local POSTED = _M.POSTED
+local KIND_BOOLEAN = _M.KIND_BOOLEAN
+local KIND_NUMBER = _M.KIND_NUMBER
+local KIND_STRING = _M.KIND_STRING
+local KIND_ERROR = _M.KIND_ERROR
+local KIND_LUA = _M.KIND_LUA
+local CANCEL_NEEDS_LUA = _M.CANCEL_NEEDS_LUA
+
+-- Out-parameters of the FFI calls, allocated once.
+local value = ffi_new("resty_async_value[1]")
+local ERRBUF_SIZE = 512
+local errbuf = ffi_new("char[?]", ERRBUF_SIZE)
 
 
--- The state of the runtime of raw module table `raw` (made on first use).
+-- The state of the runtime of raw module table `raw` (made on first use),
+-- and whether it is new. Raises if the library's FFI entry points do not
+-- match this file's declarations.
 function _M.get(raw, name)
     local id = raw.__id
     local st = _M.states[id]
     if st then
         return st, false
     end
+    local api = ffi_cast("const struct resty_async_api *", raw.__api)
+    if api.abi ~= _M.FFI_ABI
+       or api.size ~= ffi.sizeof("struct resty_async_api")
+    then
+        error("resty.async: module " .. name .. " has FFI entry points of "
+              .. "another version (" .. tostring(api.abi) .. ", this "
+              .. "resty/async.lua declares " .. _M.FFI_ABI .. "): rebuild "
+              .. "it against the resty-async whose lualib/ is on "
+              .. "lua_package_path", 3)
+    end
+    if type(raw.__rt.wait) ~= "function" then
+        error("resty.async: ngx_lua's semaphore functions (those of "
+              .. "lua-resty-core) or OpenResty's LuaJIT (lua_getexdata) "
+              .. "were not found in this nginx", 3)
+    end
     st = {
         name = name,
         rt = raw.__rt,
-        waiters = {},     -- task id -> semaphore (or POSTED)
-        nwaiting = 0,
-        stale = {},       -- posted ids seen by the last sweep
+        api = api,
+        vm = ffi_cast("const void *", raw.__vm),
+        wait = raw.__rt.wait,
+        waiting = 0,      -- callers waiting, as of the last poll
         owned = {},       -- task id -> "pending"|"done", for handles
-        results = {},     -- task id -> its one result, until taken
-        nheld = 0,        -- entries in results
         collected = {},   -- ids of handles the GC collected
         swept = 0,
         running = false,
@@ -50,54 +130,61 @@ function _M.get(raw, name)
 end
 
 
--- Hands a finished task to whoever waits for it. id > 0: `v` is its one
--- result, already out of Rust; id < 0: task -id keeps its results for
--- rt.take().
-local function finished(st, id, v)
-    local taken = id > 0
-    if not taken then
-        id = -id
-    end
-    local sema = st.waiters[id]
-    if sema and sema ~= POSTED then
-        sema:post(1)
-        st.waiters[id] = POSTED
-    elseif st.owned[id] then
-        st.owned[id] = "done"  -- a task handle collects it later
+-- The message of the last misuse an FFI call of `st` reported.
+function _M.error_message(st)
+    local n = st.api.error(errbuf, ERRBUF_SIZE)
+    return ffi_string(errbuf, n)
+end
+
+
+-- Hands a finished task that no caller waits for (the runtime posts the
+-- waiters itself) to its task handle, or frees its results.
+local function finished(st, id)
+    if st.owned[id] then
+        st.owned[id] = "done"  -- the handle collects it later
     else
-        -- nobody waits for it any more: free its results (a taken one is
-        -- dropped with `v`)
-        if not taken then
-            st.rt.cancel(id)
-        end
-        return
-    end
-    if taken then
-        st.results[id] = v
-        st.nheld = st.nheld + 1
+        _M.forget(st, id)
     end
 end
 
 
--- Removes and returns the one result the driver got for task `id` (nil if
--- it got none): the counterpart of finished() storing it.
-local function unhold(st, id)
-    local results = st.results
-    local v = results[id]
-    if v ~= nil then
-        results[id] = nil
-        st.nheld = st.nheld - 1
+-- The results of finished task `id` (0: the result of a call that
+-- finished at once).
+--
+-- The functions on the path of a call make no tail calls: LuaJIT aborts a
+-- trace that leaves the function it started in that way, and after a few
+-- aborts it stops trying, and the function runs in the interpreter.
+--
+-- Returns how many results there are, 1 (`a`) or 2 (`a, b`), or 0 when
+-- they are Lua values that only `st.rt.take(id)` returns.
+local function take_ffi(st, id)
+    local kind = st.api.take(st.vm, id, value)
+    local v = value[0]
+    if kind == KIND_STRING then
+        local s = ffi_string(v.ptr, v.len)
+        return 1, s
+    elseif kind == KIND_BOOLEAN then
+        return 1, v.num ~= 0
+    elseif kind == KIND_NUMBER then
+        local n = v.num
+        return 1, n
+    elseif kind == KIND_ERROR then
+        local msg = ffi_string(v.ptr, v.len)
+        return 2, nil, msg
+    elseif kind == KIND_LUA then
+        return 0
     end
-    return v
+    return 2, nil, "no result for this task (cancelled?)"
 end
 
 
--- The results of finished task `id`: the one value the driver got for it,
--- or what rt.take() returns.
+-- The results of finished task `id`, any number of them.
 local function take(st, id)
-    local v = unhold(st, id)
-    if v ~= nil then
-        return v
+    local n, a, b = take_ffi(st, id)
+    if n == 1 then
+        return a
+    elseif n == 2 then
+        return a, b
     end
     return st.rt.take(id)
 end
@@ -105,15 +192,15 @@ end
 
 -- Forgets task `id`: drops its Rust future, or its results.
 local function forget(st, id)
-    unhold(st, id)
-    st.rt.cancel(id)
+    if st.api.cancel(st.vm, id) == CANCEL_NEEDS_LUA then
+        st.rt.cancel(id)
+    end
 end
 
 
-
 _M.finished = finished
-_M.unhold = unhold
 _M.take = take
+_M.take_ffi = take_ffi
 _M.forget = forget
 
 

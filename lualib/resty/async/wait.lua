@@ -1,10 +1,10 @@
 -- resty.async.wait: how a caller of a resty.async function waits for its
--- task, on an `ngx.semaphore` that the driver posts (only the caller's own
--- light thread yields), and how raw functions are wrapped to do so.
+-- task, on an ngx_lua semaphore that the driver's poll posts (only the
+-- caller's own light thread yields), and how raw functions are wrapped to
+-- do so.
 
 local driver = require "resty.async.driver"
 local runtime = require "resty.async.runtime"
-local semaphore = require "ngx.semaphore"
 
 local ngx = ngx
 local type = type
@@ -13,16 +13,14 @@ local pcall = pcall
 local setmetatable = setmetatable
 local math_huge = math.huge
 local get_phase = ngx.get_phase
-local sema_new = semaphore.new
 local debug_getinfo = debug.getinfo
 local kick = driver.kick
 local need_driver = driver.need
-local take = runtime.take
+local take_ffi = runtime.take_ffi
 local forget = runtime.forget
 local config = runtime.config
 -- C functions a yield passes through (LuaJIT runs them as fast functions).
 local YIELD_THROUGH = { [pcall] = true, [xpcall] = true }
-local rt_can_wait = require("resty_async_core").__rt.can_wait
 
 
 local _M = {
@@ -44,33 +42,6 @@ local YIELDABLE = {
     preread = true,
 }
 
--- Most semaphores kept for reuse.
-local MAX_SPARE_SEMAS = 1024
-
-local spare_semas = {}
-local nspare = 0
-
-
-local function get_sema()
-    if nspare > 0 then
-        local s = spare_semas[nspare]
-        spare_semas[nspare] = nil
-        nspare = nspare - 1
-        return s
-    end
-    return sema_new(0)
-end
-
-
-local function put_sema(s)
-    if nspare < MAX_SPARE_SEMAS and s:count() == 0 then
-        nspare = nspare + 1
-        spare_semas[nspare] = s
-    end
-end
-
-
-
 -- the driver must run in this cycle (then it is kicked).
 local function pending_id(st, id)
     if id < 0 then
@@ -81,20 +52,10 @@ local function pending_id(st, id)
 end
 
 
--- Waits for the task of a pending raw call's result `id` (see pending_id)
--- to finish; returns its results. (pending_id is called here, not by the
--- caller: a trace that LuaJIT starts in it must not return to the vararg
--- frame of finish(), which it cannot compile.)
--- Whether the caller of a resty.async function may yield: not inside a C
--- function that calls Lua (a table.sort comparator, a string.gsub
--- callback), where ngx.semaphore would queue a waiter that never waits.
--- Rust reads it off LuaJIT's state (see yieldable.rs); where it cannot,
--- the stack is searched for such a C function.
-local function can_wait()
-    local yes = rt_can_wait()
-    if yes ~= nil then
-        return yes
-    end
+-- Whether the caller of a resty.async function may yield, where the
+-- runtime cannot tell (see yieldable.rs): not inside a C function that
+-- calls Lua (a table.sort comparator, a string.gsub callback).
+local function can_wait_walk()
     local level = 3
     while true do
         local info = debug_getinfo(level, "Sf")
@@ -109,39 +70,50 @@ local function can_wait()
 end
 
 
--- (`level`: the caller's level for error(), as seen from here.)
+local CCALL = "resty.async: cannot wait inside a C function such as a "
+              .. "table.sort comparator or a string.gsub callback (call it "
+              .. "outside, or start it with async.spawn and wait for the "
+              .. "task outside)"
+
+
+-- Waits for the task of a pending raw call's result `id` (see pending_id)
+-- to finish; returns its results. The caller yields in the runtime's
+-- wait() (see waiters.rs): nothing is queued where it may not yield, and
+-- it goes on in compiled code when it resumes. (`level`: the caller's
+-- level for error(), as seen from here.)
 local function wait(st, id, timeout, level)
     id = pending_id(st, id)
-    if not can_wait() then
-        forget(st, id)
-        error("resty.async: cannot wait inside a C function such as a "
-              .. "table.sort comparator or a string.gsub callback (call "
-              .. "it outside, or start it with async.spawn and wait for "
-              .. "the task outside)", level)
-    end
     local ok, err = need_driver(st, id)
     if not ok then
         return nil, err
     end
-
-    local sema = get_sema()
-    local waiters = st.waiters
-    waiters[id] = sema
-    st.nwaiting = st.nwaiting + 1
-
-    ok, err = sema:wait(timeout)
-
-    waiters[id] = nil
-    st.stale[id] = nil
-    st.nwaiting = st.nwaiting - 1
-    put_sema(sema)
-
-    if ok then
-        return take(st, id)
+    local rt_wait = st.wait
+    local no_wait
+    ok, err, no_wait = rt_wait(id, timeout)
+    if no_wait and err == nil then
+        -- the runtime cannot tell whether this caller may yield
+        if can_wait_walk() then
+            ok, err, no_wait = rt_wait(id, timeout, true)
+        else
+            err = CCALL
+        end
     end
-
-    -- timeout: drop the Rust future now (its destructors run)
+    if ok then
+        -- (no tail call on the common paths: see runtime.lua)
+        local n, a, b = take_ffi(st, id)
+        if n == 1 then
+            return a
+        elseif n == 2 then
+            return a, b
+        end
+        return st.rt.take(id)
+    end
+    -- a timeout, or no wait at all: drop the Rust future now (its
+    -- destructors run)
     forget(st, id)
+    if no_wait then
+        error(err, level)
+    end
     return nil, err
 end
 

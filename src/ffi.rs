@@ -1,0 +1,387 @@
+//! The hot path through LuaJIT's FFI.
+//!
+//! Calls into Rust through the Lua C API (mlua's functions) cannot be
+//! compiled by LuaJIT's JIT, and each costs a protected call. The per-call
+//! and per-driver-turn entry points that need no Lua values are plain C
+//! functions instead, which `resty/async.lua` calls through `ffi.cdef`
+//! declarations: the built-ins (`sleep`, `sha256`, `read_file`,
+//! `write_file`), taking a finished task's result, cancelling a task, and
+//! the driver's poll. Results come back through structs and buffers the Lua
+//! side allocated once. What needs Lua values (the futures of module
+//! functions, their results, the conversion of other results) stays with
+//! the Lua C functions of `control.rs`.
+//!
+//! Each library that embeds this crate hands Lua its [`Api`] (a table of
+//! function pointers, so that no symbol needs to be looked up by name) and
+//! the handle of its runtime in the VM ([`VmRuntime`]) as light userdata.
+//!
+//! These functions are called by Lua code that any handler can reach, so
+//! they trust nothing: the runtime handle must be one this library made
+//! and is still alive, lengths and pointers are checked, a panic is caught
+//! and reported (nothing unwinds into LuaJIT), and no Lua C API function is
+//! called (none may run inside an FFI call).
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_double, c_int, c_void};
+use std::panic::AssertUnwindSafe;
+
+use crate::executor::{Spawned, TaskId};
+use crate::futureless::Taken;
+use crate::pool::PoolError;
+use crate::runtime::{LuaOutput, Runtime};
+use crate::sendable::{Bytes, Sendable};
+use crate::vm::VmRuntime;
+
+/// The version of [`Api`] and of the conventions below; `resty/async.lua`
+/// declares the same.
+pub(crate) const FFI_ABI: u32 = 1;
+
+/// What [`Api::poll`] fills in.
+#[repr(C)]
+pub struct PollOut {
+    /// Milliseconds to the next timer; -1: none.
+    pub next_ms: c_double,
+    /// Ids written to the buffer.
+    pub n: c_int,
+    /// [`POLL_REARM`], [`POLL_TASKS`], [`POLL_MORE`].
+    pub flags: c_int,
+    /// Callers waiting for tasks.
+    pub waiting: c_int,
+}
+
+/// A timer earlier than the one the driver sleeps towards was added.
+pub const POLL_REARM: c_int = 1;
+/// Tasks are ready to run: call the Lua C function `run()`, then poll
+/// again.
+pub const POLL_TASKS: c_int = 2;
+/// More finished tasks than fitted in the buffer: poll again.
+pub const POLL_MORE: c_int = 4;
+
+/// A result, as [`Api::take`] fills it in.
+#[repr(C)]
+pub struct ValueOut {
+    /// One of the `KIND_*` constants.
+    pub kind: c_int,
+    /// A number or boolean (0/1).
+    pub num: c_double,
+    /// A string's or an error message's bytes, valid until the next call
+    /// into this library's FFI.
+    pub ptr: *const c_char,
+    pub len: usize,
+}
+
+/// No result: the task is unknown (cancelled, taken already).
+pub const KIND_NONE: c_int = 0;
+/// The task has not finished.
+pub const KIND_PENDING: c_int = 1;
+/// A boolean (`num` is 0 or 1).
+pub const KIND_BOOLEAN: c_int = 2;
+/// A number (`num`).
+pub const KIND_NUMBER: c_int = 3;
+/// A string (`ptr`, `len`).
+pub const KIND_STRING: c_int = 4;
+/// `nil, message` (`ptr`, `len`).
+pub const KIND_ERROR: c_int = 5;
+/// Lua values: take them with the Lua C function `take(id)`.
+pub const KIND_LUA: c_int = 6;
+
+/// The entry points, as `resty/async.lua` declares them (`struct
+/// resty_async_api`).
+///
+/// A spawning function returns the task id (> 0) when it is pending, `-id`
+/// when it is pending and the driver must run in this cycle of nginx's
+/// event loop (for an earlier timer, or for pool jobs whose wake-up was
+/// deferred to it), 0 when it finished at once (its result is the one
+/// `take(vm, 0, out)` gives), and NaN on misuse (a bad argument value:
+/// `error()` gives the message to raise).
+#[repr(C)]
+pub struct Api {
+    pub abi: u32,
+    pub size: u32,
+    pub sleep: extern "C" fn(*const c_void, c_double) -> c_double,
+    pub sha256: extern "C" fn(*const c_void, *const c_char, usize) -> c_double,
+    pub read_file: extern "C" fn(*const c_void, *const c_char, usize) -> c_double,
+    pub write_file:
+        extern "C" fn(*const c_void, *const c_char, usize, *const c_char, usize, c_int) -> c_double,
+    pub take: extern "C" fn(*const c_void, c_double, *mut ValueOut) -> c_int,
+    pub cancel: extern "C" fn(*const c_void, c_double) -> c_int,
+    pub error: extern "C" fn(*mut c_char, usize) -> usize,
+    pub poll: extern "C" fn(*const c_void, c_int, *mut c_double, c_int, *mut PollOut) -> c_int,
+}
+
+/// This library's entry points.
+pub(crate) static API: Api = Api {
+    abi: FFI_ABI,
+    size: std::mem::size_of::<Api>() as u32,
+    sleep: ra_sleep,
+    sha256: ra_sha256,
+    read_file: ra_read_file,
+    write_file: ra_write_file,
+    take: ra_take,
+    cancel: ra_cancel,
+    error: ra_error,
+    poll: ra_poll,
+};
+
+thread_local! {
+    /// The message of the last misuse (what `error()` copies out).
+    static ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+    /// A result that was ready at once (what `take(vm, 0, out)` gives).
+    static READY: RefCell<Option<Result<Sendable, PoolError>>> = const { RefCell::new(None) };
+    /// The bytes of the last string result handed out, kept until the next
+    /// call (the caller copies them with `ffi.string`).
+    static HANDED: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Misuse: the message for `error()`, and NaN.
+fn misuse(msg: String) -> c_double {
+    ERROR.with(|e| *e.borrow_mut() = msg);
+    c_double::NAN
+}
+
+/// Runs `f` with the runtime of handle `vm` if this library made that
+/// handle and its VM is open; catches a panic. `fallback` otherwise.
+fn with_runtime<R>(vm: *const c_void, fallback: R, f: impl FnOnce(&Runtime) -> R) -> R {
+    match crate::panic::catch(AssertUnwindSafe(|| VmRuntime::with_ffi(vm, f))) {
+        Ok(Some(r)) => r,
+        Ok(None) => fallback,
+        Err(payload) => {
+            ERROR.with(|e| *e.borrow_mut() = crate::executor::Panicked::from_payload(payload).to_string());
+            fallback
+        }
+    }
+}
+
+/// What a spawning function returns for `spawned` (see [`Api`]).
+fn spawned(rt: &Runtime, spawned: Spawned<LuaOutput>) -> c_double {
+    match spawned {
+        Spawned::Pending(id) => {
+            let id = id as c_double;
+            if rt.take_rearm() | rt.wake_owed() {
+                -id
+            } else {
+                id
+            }
+        }
+        Spawned::Ready(_) => {
+            rt.flush();
+            0.0
+        }
+    }
+}
+
+/// A plain task's result that was ready at once, for `take(vm, 0, ...)`.
+fn ready(res: Result<Sendable, PoolError>) -> c_double {
+    READY.with(|r| *r.borrow_mut() = Some(res));
+    0.0
+}
+
+/// A borrowed byte string from Lua (may be empty; null only when empty).
+///
+/// # Safety
+///
+/// `ptr` must point to `len` readable bytes, as a Lua string passed to an
+/// FFI call does for the duration of the call.
+unsafe fn bytes<'a>(ptr: *const c_char, len: usize) -> Option<&'a [u8]> {
+    if len == 0 {
+        return Some(&[]);
+    }
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    Some(unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
+}
+
+extern "C" fn ra_sleep(vm: *const c_void, secs: c_double) -> c_double {
+    with_runtime(vm, c_double::NAN, |rt| {
+        match crate::builtins::sleep_duration(secs) {
+            Ok(d) => spawned(rt, rt.spawn_sleep(d)),
+            Err(msg) => misuse(msg),
+        }
+    })
+}
+
+extern "C" fn ra_sha256(vm: *const c_void, ptr: *const c_char, len: usize) -> c_double {
+    // SAFETY: a Lua string passed by LuaJIT's FFI: `len` bytes at `ptr`.
+    let Some(data) = (unsafe { bytes(ptr, len) }) else {
+        return misuse("bad argument #1 to 'sha256' (string expected)".to_owned());
+    };
+    with_runtime(vm, c_double::NAN, |rt| {
+        let job = crate::builtins::sha256_job(data);
+        spawn_job(rt, job)
+    })
+}
+
+extern "C" fn ra_read_file(vm: *const c_void, ptr: *const c_char, len: usize) -> c_double {
+    // SAFETY: as in ra_sha256.
+    let Some(path) = (unsafe { bytes(ptr, len) }) else {
+        return misuse("bad argument #1 to 'read_file' (string expected)".to_owned());
+    };
+    with_runtime(vm, c_double::NAN, |rt| {
+        match crate::builtins::read_file_job(path) {
+            Ok(job) => spawn_job(rt, job),
+            Err(msg) => misuse(msg),
+        }
+    })
+}
+
+extern "C" fn ra_write_file(
+    vm: *const c_void,
+    path: *const c_char,
+    path_len: usize,
+    data: *const c_char,
+    data_len: usize,
+    append: c_int,
+) -> c_double {
+    // SAFETY: as in ra_sha256, for both strings.
+    let (Some(path), Some(data)) = (unsafe { bytes(path, path_len) }, unsafe { bytes(data, data_len) })
+    else {
+        return misuse("bad argument to 'write_file' (string expected)".to_owned());
+    };
+    with_runtime(vm, c_double::NAN, |rt| {
+        match crate::builtins::write_file_job(path, data, append != 0) {
+            Ok(job) => spawn_job(rt, job),
+            Err(msg) => misuse(msg),
+        }
+    })
+}
+
+/// Queues a blocking job; a full queue is a result at once.
+fn spawn_job(rt: &Runtime, job: impl FnOnce() -> Sendable + Send + 'static) -> c_double {
+    rt.batch(|| match rt.spawn_job_raw(job) {
+        Ok(id) => spawned(rt, Spawned::Pending(id)),
+        Err(e) => ready(Ok(Sendable::Failed(e.to_string()))),
+    })
+}
+
+extern "C" fn ra_take(vm: *const c_void, id: c_double, out: *mut ValueOut) -> c_int {
+    if out.is_null() {
+        return KIND_NONE;
+    }
+    let res = if id == 0.0 {
+        match READY.with(|r| r.borrow_mut().take()) {
+            Some(res) => Taken::Raw(res),
+            None => Taken::Unknown,
+        }
+    } else if let Some(id) = task_id(id) {
+        with_runtime(vm, Taken::Unknown, |rt| rt.take_raw(id))
+    } else {
+        Taken::Unknown
+    };
+    let (kind, num, text): (c_int, c_double, Option<Bytes>) = match res {
+        Taken::Unknown => (KIND_NONE, 0.0, None),
+        Taken::Pending => (KIND_PENDING, 0.0, None),
+        Taken::NeedsLua => (KIND_LUA, 0.0, None),
+        Taken::Raw(Ok(Sendable::Boolean(b))) => (KIND_BOOLEAN, c_double::from(u8::from(b)), None),
+        Taken::Raw(Ok(Sendable::Number(n))) => (KIND_NUMBER, n, None),
+        Taken::Raw(Ok(Sendable::Bytes(b))) => (KIND_STRING, 0.0, Some(b)),
+        Taken::Raw(Ok(Sendable::Failed(msg))) => (KIND_ERROR, 0.0, Some(Bytes::from_vec(msg.into_bytes()))),
+        Taken::Raw(Err(e)) => (KIND_ERROR, 0.0, Some(Bytes::from_vec(e.to_string().into_bytes()))),
+        // (take_raw keeps those for the Lua C function)
+        Taken::Raw(Ok(Sendable::Other(_))) => (KIND_NONE, 0.0, None),
+    };
+    let (ptr, len) = match text {
+        Some(text) => HANDED.with(|h| {
+            let mut h = h.borrow_mut();
+            let b = h.insert(text);
+            (b.as_ptr(), b.len())
+        }),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: `out` is not null (checked) and points to the ValueOut the
+    // Lua side allocated for these calls.
+    unsafe {
+        *out = ValueOut {
+            kind,
+            num,
+            ptr: ptr as *const c_char,
+            len,
+        };
+    }
+    kind
+}
+
+/// Cancel results: the task was not there, was cancelled, or has a future
+/// (cancel it with the Lua C function `cancel(id)`: dropping the future
+/// may use Lua).
+pub const CANCEL_UNKNOWN: c_int = 0;
+pub const CANCEL_DONE: c_int = 1;
+pub const CANCEL_NEEDS_LUA: c_int = 2;
+
+extern "C" fn ra_cancel(vm: *const c_void, id: c_double) -> c_int {
+    let Some(id) = task_id(id) else {
+        return CANCEL_UNKNOWN;
+    };
+    with_runtime(vm, CANCEL_UNKNOWN, |rt| {
+        if rt.has_future(id) {
+            CANCEL_NEEDS_LUA
+        } else if rt.cancel(id) {
+            CANCEL_DONE
+        } else {
+            CANCEL_UNKNOWN
+        }
+    })
+}
+
+extern "C" fn ra_error(buf: *mut c_char, cap: usize) -> usize {
+    if buf.is_null() || cap == 0 {
+        return 0;
+    }
+    ERROR.with(|e| {
+        let e = e.borrow();
+        let n = e.len().min(cap);
+        // SAFETY: `buf` has `cap` writable bytes (the Lua side's buffer)
+        // and `n <= cap`; the message is a separate allocation.
+        unsafe { std::ptr::copy_nonoverlapping(e.as_ptr(), buf as *mut u8, n) };
+        n
+    })
+}
+
+extern "C" fn ra_poll(
+    vm: *const c_void,
+    arm: c_int,
+    ids: *mut c_double,
+    cap: c_int,
+    out: *mut PollOut,
+) -> c_int {
+    if out.is_null() || ids.is_null() || cap <= 0 {
+        return -1;
+    }
+    with_runtime(vm, -1, |rt| {
+        let polled = rt.poll(arm != 0);
+        let mut n = 0;
+        while n < cap {
+            let Some(id) = rt.next_done() else { break };
+            // SAFETY: `ids` has `cap` slots (the Lua side's buffer) and
+            // `n < cap`.
+            unsafe { *ids.add(n as usize) = id as c_double };
+            n += 1;
+        }
+        let mut flags = 0;
+        if arm == 0 && rt.take_rearm() {
+            flags |= POLL_REARM;
+        }
+        if polled.tasks_ready {
+            flags |= POLL_TASKS;
+        }
+        if rt.has_done() {
+            flags |= POLL_MORE;
+        }
+        // SAFETY: `out` is not null (checked) and is the Lua side's struct.
+        unsafe {
+            *out = PollOut {
+                next_ms: polled.next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
+                n,
+                flags,
+                waiting: rt.waiters.len().min(c_int::MAX as usize) as c_int,
+            };
+        }
+        n
+    })
+}
+
+/// A task id from Lua: a whole number from 1 to 2^53.
+fn task_id(id: c_double) -> Option<TaskId> {
+    ((1.0..=9_007_199_254_740_992.0).contains(&id) && id.fract() == 0.0).then_some(id as TaskId)
+}

@@ -1,0 +1,385 @@
+//! The callers that wait for tasks, on ngx_lua's semaphores, kept in Rust.
+//!
+//! A caller whose task is pending yields on an `ngx.semaphore` that the
+//! driver posts when the task finishes. Done in Lua (lua-resty-core's
+//! `ngx.semaphore`), that costs a semaphore object, a table entry per
+//! waiter and a post per finished task in the driver's Lua code, and the
+//! caller goes on in the interpreter after the yield. Here the waiting
+//! function is a Lua C function that queues the caller on a semaphore of
+//! its own and yields (LuaJIT then resumes the caller's compiled code),
+//! and the driver's poll posts the semaphores of finished tasks itself.
+//!
+//! The semaphores are ngx_lua's (`ngx_http_lua_ffi_sema_*`, the C functions
+//! lua-resty-core calls), found with `dlsym` in the running nginx; the
+//! request is the one ngx_lua keeps for the running coroutine
+//! (`lua_getexdata`, OpenResty's LuaJIT). Where they are missing,
+//! `resty/async.lua` waits on `ngx.semaphore` itself.
+//!
+//! ngx_lua queues a waiter on the semaphore before the yield; a yield that
+//! fails (inside a C function that calls Lua) would leave it queued, so the
+//! wait checks first that the caller may yield (`yieldable.rs`).
+
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::OnceLock;
+
+use mlua::ffi;
+
+use crate::executor::{IdMap, TaskId};
+
+/// `ngx_http_lua_sema_t`, opaque.
+#[repr(C)]
+pub(crate) struct Sema {
+    _opaque: [u8; 0],
+}
+
+type SemaNew = unsafe extern "C" fn(*mut *mut Sema, c_int, *mut *const c_char) -> c_int;
+type SemaPost = unsafe extern "C" fn(*mut Sema, c_int) -> c_int;
+type SemaWait = unsafe extern "C" fn(*mut c_void, *mut Sema, c_int, *mut u8, *mut usize) -> c_int;
+type SemaCount = unsafe extern "C" fn(*mut Sema) -> c_int;
+type SemaGc = unsafe extern "C" fn(*mut Sema);
+type GetExdata = unsafe extern "C" fn(*mut ffi::lua_State) -> *mut c_void;
+
+/// ngx_lua's semaphore functions and LuaJIT's `lua_getexdata`.
+struct Ngx {
+    new: SemaNew,
+    post: SemaPost,
+    wait: SemaWait,
+    count: SemaCount,
+    gc: SemaGc,
+    exdata: GetExdata,
+}
+
+// ngx_lua's return codes (NGX_OK, NGX_ERROR, NGX_AGAIN, NGX_DECLINED).
+const NGX_OK: c_int = 0;
+const NGX_ERROR: c_int = -1;
+const NGX_AGAIN: c_int = -2;
+const NGX_DECLINED: c_int = -5;
+
+/// The functions, looked up once per process; `None` outside nginx or
+/// with another LuaJIT.
+fn ngx() -> Option<&'static Ngx> {
+    static NGX: OnceLock<Option<Ngx>> = OnceLock::new();
+    NGX.get_or_init(|| {
+        // SAFETY: dlsym only reads the loader's tables. Each symbol, when
+        // found, is the function of that name in ngx_lua or LuaJIT, whose
+        // C signature the type it is cast to repeats (lua-resty-core's
+        // ngx/semaphore.lua declares the same ones to the FFI).
+        unsafe {
+            let sym = |name: &CStr| {
+                let p = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+                (!p.is_null()).then_some(p)
+            };
+            Some(Ngx {
+                new: std::mem::transmute::<*mut c_void, SemaNew>(sym(c"ngx_http_lua_ffi_sema_new")?),
+                post: std::mem::transmute::<*mut c_void, SemaPost>(sym(c"ngx_http_lua_ffi_sema_post")?),
+                wait: std::mem::transmute::<*mut c_void, SemaWait>(sym(c"ngx_http_lua_ffi_sema_wait")?),
+                count: std::mem::transmute::<*mut c_void, SemaCount>(sym(c"ngx_http_lua_ffi_sema_count")?),
+                gc: std::mem::transmute::<*mut c_void, SemaGc>(sym(c"ngx_http_lua_ffi_sema_gc")?),
+                exdata: std::mem::transmute::<*mut c_void, GetExdata>(sym(c"lua_getexdata")?),
+            })
+        }
+    })
+    .as_ref()
+}
+
+/// Whether callers can wait here (see the module docs).
+pub(crate) fn available() -> bool {
+    ngx().is_some()
+}
+
+struct Waiter {
+    sema: *mut Sema,
+    /// The driver posted it.
+    posted: bool,
+    /// Posted before the last sweep and still here (see [`Waiters::sweep`]).
+    stale: bool,
+}
+
+/// Most semaphores kept for reuse.
+const MAX_SPARE: usize = 1024;
+
+/// The waiting callers of one runtime.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    waiting: RefCell<IdMap<Waiter>>,
+    spare: RefCell<Vec<*mut Sema>>,
+    posts: Cell<u64>,
+}
+
+/// What [`Waiters::wait`] did.
+pub(crate) enum Waited {
+    /// The caller is queued: yield.
+    Yield,
+    /// Finished without a wait: the task is done (or ngx_lua said no, with
+    /// a message, or timed out at once).
+    Done,
+    Timeout,
+    Failed(String),
+}
+
+impl Waiters {
+    /// Queues the caller running on `state` on a semaphore for task `id`,
+    /// for at most `timeout_ms`. The caller must yield at once when told
+    /// to.
+    ///
+    /// # Safety
+    ///
+    /// `state` is the state of a Lua C function that runs now (its
+    /// coroutine is the caller), which checked that it may yield.
+    pub(crate) unsafe fn wait(&self, state: *mut ffi::lua_State, id: TaskId, timeout_ms: c_int) -> Waited {
+        let Some(ngx) = ngx() else {
+            return Waited::Failed("resty.async: cannot wait here (no ngx_lua semaphores)".to_owned());
+        };
+        // SAFETY: the caller's contract: `state` is the running coroutine,
+        // whose exdata ngx_lua set to its request.
+        let r = unsafe { (ngx.exdata)(state) };
+        if r.is_null() {
+            return Waited::Failed("resty.async: no request found".to_owned());
+        }
+        if self.waiting.borrow().contains_key(&id) {
+            return Waited::Failed("resty.async: this task is waited for already".to_owned());
+        }
+        let sema = match self.take_spare() {
+            Some(s) => s,
+            None => {
+                let mut sema = std::ptr::null_mut();
+                let mut err: *const c_char = std::ptr::null();
+                // SAFETY: ngx_lua's allocator, with out-pointers it fills.
+                if unsafe { (ngx.new)(&mut sema, 0, &mut err) } != NGX_OK || sema.is_null() {
+                    return Waited::Failed(format!(
+                        "resty.async: cannot make a semaphore: {}",
+                        c_message(err)
+                    ));
+                }
+                sema
+            }
+        };
+        let mut buf = [0u8; 128];
+        let mut len = buf.len();
+        // SAFETY: `r` is the caller's request, `sema` a live semaphore of
+        // ngx_lua's, `buf` has `len` bytes for a message.
+        let rc = unsafe { (ngx.wait)(r, sema, timeout_ms, buf.as_mut_ptr(), &mut len) };
+        match rc {
+            NGX_AGAIN => {
+                self.waiting.borrow_mut().insert(
+                    id,
+                    Waiter {
+                        sema,
+                        posted: false,
+                        stale: false,
+                    },
+                );
+                Waited::Yield
+            }
+            other => {
+                self.put_spare(sema);
+                match other {
+                    NGX_OK => Waited::Done,
+                    NGX_DECLINED => Waited::Timeout,
+                    NGX_ERROR => {
+                        Waited::Failed(String::from_utf8_lossy(&buf[..len.min(buf.len())]).into_owned())
+                    }
+                    rc => Waited::Failed(format!("resty.async: the semaphore wait returned {rc}")),
+                }
+            }
+        }
+    }
+
+    /// Posts the waiter of task `id`, if any: whether there was one.
+    pub(crate) fn post(&self, id: TaskId) -> bool {
+        let mut waiting = self.waiting.borrow_mut();
+        let Some(w) = waiting.get_mut(&id) else {
+            return false;
+        };
+        if !w.posted {
+            w.posted = true;
+            if let Some(ngx) = ngx() {
+                // SAFETY: a live semaphore of ngx_lua's with a waiter.
+                unsafe { (ngx.post)(w.sema, 1) };
+                self.posts.set(self.posts.get() + 1);
+            }
+        }
+        true
+    }
+
+    /// Forgets the waiter of task `id` (it resumed, or its task is gone).
+    pub(crate) fn release(&self, id: TaskId) {
+        let w = self.waiting.borrow_mut().remove(&id);
+        if let Some(w) = w {
+            self.put_spare(w.sema);
+        }
+    }
+
+    /// The waiters ngx_lua killed (client abort, `ngx.thread.kill`, ...):
+    /// their tasks are handed to `dead` (and their waiters forgotten). A
+    /// killed waiter leaves its semaphore without anyone waiting; one
+    /// posted a sweep ago and still here was killed after the post.
+    pub(crate) fn sweep(&self, mut dead: impl FnMut(TaskId)) {
+        let Some(ngx) = ngx() else { return };
+        let mut gone = Vec::new();
+        for (&id, w) in self.waiting.borrow_mut().iter_mut() {
+            let is_dead = if w.posted {
+                std::mem::replace(&mut w.stale, true)
+            } else {
+                // SAFETY: a live semaphore of ngx_lua's.
+                (unsafe { (ngx.count)(w.sema) }) >= 0
+            };
+            if is_dead {
+                gone.push(id);
+            }
+        }
+        for id in gone {
+            self.release(id);
+            dead(id);
+        }
+    }
+
+    /// Callers waiting now.
+    pub(crate) fn len(&self) -> usize {
+        self.waiting.borrow().len()
+    }
+
+    fn take_spare(&self) -> Option<*mut Sema> {
+        self.spare.borrow_mut().pop()
+    }
+
+    /// Keeps `sema` for reuse if nothing is left in it, else frees it.
+    fn put_spare(&self, sema: *mut Sema) {
+        let Some(ngx) = ngx() else { return };
+        let mut spare = self.spare.borrow_mut();
+        // SAFETY: a live semaphore of ngx_lua's.
+        if spare.len() < MAX_SPARE && unsafe { (ngx.count)(sema) } == 0 {
+            spare.push(sema);
+        } else {
+            // SAFETY: nobody waits on it or holds it any more.
+            unsafe { (ngx.gc)(sema) };
+        }
+    }
+}
+
+impl Drop for Waiters {
+    /// Frees the semaphores (the Lua VM closes: its coroutines are gone).
+    fn drop(&mut self) {
+        let Some(ngx) = ngx() else { return };
+        for (_, w) in self.waiting.get_mut().drain() {
+            // SAFETY: its coroutine is gone with the VM, and ngx_lua took
+            // it off the semaphore's queue when it cleaned the request up.
+            unsafe { (ngx.gc)(w.sema) };
+        }
+        for sema in self.spare.get_mut().drain(..) {
+            // SAFETY: unused.
+            unsafe { (ngx.gc)(sema) };
+        }
+    }
+}
+
+fn c_message(p: *const c_char) -> String {
+    if p.is_null() {
+        return "unknown error".to_owned();
+    }
+    // SAFETY: ngx_lua's messages are static C strings.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// The Lua C function `wait(id, timeout [, checked])` of a runtime, made
+/// with the runtime's handle as its upvalue (see [`push_wait`]). It
+/// returns, after a yield when the task is pending:
+///
+/// * `true`: the task finished (take its results);
+/// * `false, "timeout"` (as ngx_lua resumes a timed-out waiter), or
+///   `nil, "timeout"`, or `nil, message`;
+/// * `nil, message, true`: the caller cannot yield here (nothing was
+///   queued);
+/// * `nil, nil, true`: it cannot tell whether the caller may yield: check,
+///   then call again with `checked`.
+unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function with its own state; its
+    // upvalue is the light userdata push_wait gave it; the stack has room
+    // for the two results (LUA_MINSTACK).
+    unsafe {
+        let vm = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const c_void;
+        let id = ffi::lua_tonumber(state, 1);
+        let timeout = ffi::lua_tonumber(state, 2);
+        let checked = ffi::lua_toboolean(state, 3) != 0;
+        match crate::yieldable::can_yield(state) {
+            crate::yieldable::Yieldable::No => {
+                ffi::lua_settop(state, 0);
+                ffi::lua_pushnil(state);
+                ffi::lua_pushstring(
+                    state,
+                    c"resty.async: cannot wait inside a C function such as a table.sort comparator or \
+                      a string.gsub callback (call it outside, or start it with async.spawn and wait \
+                      for the task outside)"
+                        .as_ptr(),
+                );
+                ffi::lua_pushboolean(state, 1);
+                return 3;
+            }
+            crate::yieldable::Yieldable::Unknown if !checked => {
+                ffi::lua_settop(state, 0);
+                ffi::lua_pushnil(state);
+                ffi::lua_pushnil(state);
+                ffi::lua_pushboolean(state, 1);
+                return 3;
+            }
+            _ => {}
+        }
+        let ms = if timeout.is_finite() {
+            (timeout * 1000.0).clamp(1.0, c_int::MAX as f64) as c_int
+        } else {
+            c_int::MAX
+        };
+        let waited = crate::panic::catch(std::panic::AssertUnwindSafe(|| {
+            crate::vm::VmRuntime::with_ffi(vm, |rt| {
+                if id >= 1.0 && id.fract() == 0.0 {
+                    rt.waiters.wait(state, id as TaskId, ms)
+                } else {
+                    Waited::Failed("resty.async: bad task id".to_owned())
+                }
+            })
+        }));
+        let waited = match waited {
+            Ok(Some(w)) => w,
+            Ok(None) => Waited::Failed("resty.async: the runtime of this Lua VM is gone".to_owned()),
+            Err(p) => Waited::Failed(crate::executor::Panicked::from_payload(p).to_string()),
+        };
+        ffi::lua_settop(state, 0);
+        match waited {
+            // (the values ngx_lua resumes the caller with are the results)
+            Waited::Yield => ffi::lua_yield(state, 0),
+            Waited::Done => {
+                ffi::lua_pushboolean(state, 1);
+                1
+            }
+            Waited::Timeout => {
+                ffi::lua_pushnil(state);
+                ffi::lua_pushstring(state, c"timeout".as_ptr());
+                2
+            }
+            Waited::Failed(msg) => {
+                ffi::lua_pushnil(state);
+                ffi::lua_pushlstring(state, msg.as_ptr() as *const c_char, msg.len());
+                2
+            }
+        }
+    }
+}
+
+/// The `wait` function of the runtime of handle `vm` (see [`lua_wait`]),
+/// or `nil` where callers cannot wait this way.
+pub(crate) fn push_wait(lua: &mlua::Lua, vm: *const c_void) -> mlua::Result<mlua::Value> {
+    if !available() {
+        return Ok(mlua::Value::Nil);
+    }
+    // SAFETY: exec_raw runs the closure under mlua's protection with room
+    // on the stack; it pushes one value, the C closure, which mlua pops as
+    // the result. lua_pushcclosure may raise a memory error: protected.
+    unsafe {
+        lua.exec_raw::<mlua::Function>((), |state| {
+            ffi::lua_pushlightuserdata(state, vm as *mut c_void);
+            ffi::lua_pushcclosure(state, lua_wait, 1);
+        })
+        .map(mlua::Value::Function)
+    }
+}
