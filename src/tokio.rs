@@ -20,6 +20,7 @@
 //! handshake then stays off the nginx worker); dropping its handle aborts
 //! the task.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -50,8 +51,7 @@ static AT_EXIT: Once = Once::new();
 thread_local! {
     /// The handle of this process's runtime, for this thread's polls (no
     /// lock per poll).
-    static HANDLE: std::cell::RefCell<Option<(u64, Handle)>> =
-        const { std::cell::RefCell::new(None) };
+    static HANDLE: RefCell<Option<(u64, Handle)>> = const { RefCell::new(None) };
 }
 
 /// How long the exiting process lets the runtime's threads finish: its
@@ -208,8 +208,15 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    let mut fut = Box::pin(fut);
+    // Its panics are caught (by tokio, for the handle): they print like
+    // the others resty-async catches (see panic.rs), not one each.
+    let caught = std::future::poll_fn(move |cx| {
+        let _catching = crate::panic::Catching::enter();
+        fut.as_mut().poll(cx)
+    });
     JoinHandle {
-        inner: handle().spawn(fut),
+        inner: handle().spawn(caught),
     }
 }
 
