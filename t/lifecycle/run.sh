@@ -61,6 +61,7 @@ for _ in $(seq 10); do
     [ "$cold" = 0 ] && break
 done
 declare -A fds_before
+sleep 0.5
 for w in $(workers); do fds_before[$w]=$(fds_of "$w"); done
 
 # 1. Load with many requests, fds must not grow.
@@ -72,6 +73,8 @@ say "steady load: $out"
 # blocking ones, and its URLs need no DNS look-up).
 max_threads=$((1 + 2 * $(nproc) + 1))
 for w in "${!fds_before[@]}"; do
+    # (A connection of a fetch that just ended may still be closing.)
+    for _ in $(seq 20); do [ "$(fds_of "$w")" -le "${fds_before[$w]}" ] && break; sleep 0.1; done
     now=$(fds_of "$w")
     threads=$(threads_of "$w")
     tokio=$(named_threads "$w" resty-tokio)
