@@ -20,14 +20,15 @@ DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
 
 SO := build/resty_async_core.so
 EXAMPLE_SO := build/resty_async_example.so
+TOKIO_SO := build/resty_async_tokio.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
 .PHONY: all build deps run test test-rust test-nginx test-nginx-real test-nginx-compat \
-        test-lifecycle clean bench bench-callgrind soak
+        test-lifecycle clean bench bench-fetch bench-callgrind soak
 
 all: build
 
-build: $(SO) $(EXAMPLE_SO)
+build: $(SO) $(EXAMPLE_SO) $(TOKIO_SO)
 
 # Copied with cp + mv, never cp over the old file: a running nginx has it
 # mapped, and rewriting it in place crashes the workers.
@@ -42,6 +43,12 @@ $(EXAMPLE_SO): $(RUST_SRC) $(wildcard examples/hello/src/*.rs) examples/hello/Ca
 	$(CARGO) build $(CARGO_PROFILE) -p resty-async-example
 	@mkdir -p build
 	cp $(TARGET_DIR)/libresty_async_example.so $@.tmp && mv -f $@.tmp $@
+
+# The tokio example (resty-async's `tokio` feature, an HTTP client).
+$(TOKIO_SO): $(RUST_SRC) $(wildcard examples/tokio/src/*.rs) examples/tokio/Cargo.toml
+	$(CARGO) build $(CARGO_PROFILE) -p resty-async-tokio-example
+	@mkdir -p build
+	cp $(TARGET_DIR)/libresty_async_tokio.so $@.tmp && mv -f $@.tmp $@
 
 # Install what is missing, when we may (root with apt); otherwise say what
 # is missing and go on (a later step fails with a clearer message).
@@ -78,6 +85,7 @@ test: deps lint build test-rust test-nginx test-install test-lifecycle fuzz-shor
 # The Rust tests: the runtime's parts without nginx (src/tests/).
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
+	$(CARGO) test $(CARGO_PROFILE) --features tokio --lib tokio
 
 # The t/ suites, under Test::Nginx: the real one (openresty/test-nginx)
 # when TEST_NGINX_LIB names its lib directory (a checkout or an unpacked
@@ -166,7 +174,7 @@ uninstall:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --features core-module -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,tokio
 	$(LUACHECK) lualib t/lib
 
 # `make install` into a temporary DESTDIR (default and OpenResty layouts) and
@@ -221,6 +229,12 @@ bench: deps build $(BENCH_SO)
 	$(call need_tool,wrk,wrk)
 	$(CARGO) bench --no-run -q --features internals --bench roundtrip
 	CARGO="$(CARGO)" BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/run.sh
+
+# `make bench-fetch` (not part of `make test`): an HTTP GET from a handler by
+# the tokio example module and by a Lua client over ngx.socket.tcp.
+bench-fetch: deps build
+	$(call need_tool,wrk,wrk)
+	BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/fetch.sh
 
 # `make bench-callgrind` (not part of `make test`): instructions per request
 # of the same scenarios, counted by callgrind (repeatable, unlike req/s).
