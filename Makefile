@@ -19,18 +19,19 @@ TEST_BASE  ?= /tmp/resty-async-test
 # Debian packages needed to run and test (installed by `make deps` as root).
 DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
                 libtest-base-perl libtext-diff-perl liburi-perl \
-                lua-check luarocks curl openssl
+                lua-check luarocks curl openssl python3
 
 SO := build/resty_async_core.so
 FIXTURES_SO := build/resty_async_fixtures.so
+TOKIO_SO := build/resty_async_tokio.so
 RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
 
 .PHONY: all build deps run test test-rust test-nginx test-nginx-real test-nginx-compat \
-        test-template test-lifecycle clean bench bench-callgrind soak
+        test-template test-lifecycle clean bench bench-fetch bench-callgrind soak
 
 all: build
 
-build: $(SO) $(FIXTURES_SO)
+build: $(SO) $(FIXTURES_SO) $(TOKIO_SO)
 
 # Copied with cp + mv, never cp over the old file: a running nginx has it
 # mapped, and rewriting it in place crashes the workers.
@@ -46,6 +47,12 @@ $(FIXTURES_SO): $(RUST_SRC) $(wildcard t/fixtures/src/*.rs) t/fixtures/Cargo.tom
 	$(CARGO) build $(CARGO_PROFILE) -p resty-async-fixtures
 	@mkdir -p build
 	cp $(TARGET_DIR)/libresty_async_fixtures.so $@.tmp && mv -f $@.tmp $@
+
+# The tokio example (resty-async's `tokio` feature, an HTTP client).
+$(TOKIO_SO): $(RUST_SRC) $(wildcard examples/tokio/src/*.rs) examples/tokio/Cargo.toml
+	$(CARGO) build $(CARGO_PROFILE) -p resty-async-tokio-example
+	@mkdir -p build
+	cp $(TARGET_DIR)/libresty_async_tokio.so $@.tmp && mv -f $@.tmp $@
 
 # Install what is missing, when we may (root with apt); otherwise say what
 # is missing and go on (a later step fails with a clearer message).
@@ -79,14 +86,15 @@ run: deps build
 
 test: deps lint build test-rust test-nginx test-install test-template test-lifecycle fuzz-short
 
-# The Rust tests without nginx: the runtime's parts (src/tests/) and the
-# doctests; then, with the testing harness, its doctest and the fixtures
-# (t/fixtures/src/tests.rs). Those build resty-async with the testing
-# feature, which links LuaJIT: in the debug profile, apart from the
-# release builds of the .so files (cargo gives resty-async's library one
-# file name whatever its features).
+# The Rust tests without nginx: the runtime's parts (src/tests/), the
+# doctests and the tokio runtime's tests (with its feature); then, with the
+# testing harness, its doctest and the fixtures (t/fixtures/src/tests.rs).
+# Those build resty-async with the testing feature, which links LuaJIT: in
+# the debug profile, apart from the release builds of the .so files (cargo
+# gives resty-async's library one file name whatever its features).
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
+	$(CARGO) test $(CARGO_PROFILE) --features tokio --lib tokio
 	$(CARGO) test -p resty-async --features testing --doc
 	$(CARGO) test -p resty-async-fixtures
 
@@ -177,7 +185,7 @@ uninstall:
 lint: lint-template
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --features core-module,testing -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,testing
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,testing,tokio
 	$(LUACHECK) lualib t/lib src/testing
 
 # The template is a workspace of its own (examples/hello/Cargo.toml), with
@@ -251,6 +259,12 @@ bench: deps build $(BENCH_SO)
 	$(call need_tool,wrk,wrk)
 	$(CARGO) bench --no-run -q --features internals --bench roundtrip
 	CARGO="$(CARGO)" BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/run.sh
+
+# `make bench-fetch` (not part of `make test`): an HTTP GET from a handler by
+# the tokio example module and by a Lua client over ngx.socket.tcp.
+bench-fetch: deps build
+	$(call need_tool,wrk,wrk)
+	BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/fetch.sh
 
 # `make bench-callgrind` (not part of `make test`): instructions per request
 # of the same scenarios, counted by callgrind (repeatable, unlike req/s).

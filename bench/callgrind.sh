@@ -118,14 +118,38 @@ report() {
          "$CONNS connections, ${SECONDS_MEASURED} s per scenario; instructions in user space (the kernel's" \
          "are not counted), per request:"
     echo
-    echo "| Scenario | All threads | Worker thread | Other threads | Worker − baseline's |"
-    echo "|---|---|---|---|---|"
-    local name extra
+    echo "| Scenario | All threads | Worker thread | Other threads | Worker − baseline's | Target |"
+    echo "|---|---|---|---|---|---|"
+    local name extra target
     for name in "${NAMES[@]}"; do
         extra="—"
         [ -n "${WORKER[baseline]:-}" ] && extra=$(printf '%+d' $((WORKER[$name] - WORKER[baseline])))
-        printf '| %s | %d | %d | %d | %s |\n' "$name" "${TOTAL[$name]}" "${WORKER[$name]}" "${OTHER[$name]}" "$extra"
+        target=$(target_of "$name")
+        printf '| %s | %d | %d | %d | %s | %s |\n' "$name" "${TOTAL[$name]}" "${WORKER[$name]}" \
+            "${OTHER[$name]}" "$extra" "$target"
     done
+}
+
+# The worker's instructions above the baseline a scenario should stay
+# within, and whether it does ("—": no target).
+target_of() { # name
+    local limit
+    case $1 in
+        fast) limit=600 ;;
+        wake | async_sleep) limit=3000 ;;
+        *) echo "—"; return ;;
+    esac
+    if [ -z "${WORKER[baseline]:-}" ]; then
+        echo "≤ +$limit"
+        return
+    fi
+    local extra=$((WORKER[$1] - WORKER[baseline])) verdict=met
+    ((extra <= limit)) || verdict="not met"
+    if [ "$1" = wake ] && [ -n "${WORKER[peer]:-}" ] \
+        && ((WORKER[wake] >= WORKER[peer])); then
+        verdict="not met (peer's worker: $(printf '%+d' $((WORKER[peer] - WORKER[baseline]))))"
+    fi
+    echo "≤ +$limit: $verdict"
 }
 
 report | tee "$OUT"

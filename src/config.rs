@@ -24,12 +24,18 @@ pub(crate) struct Config {
     /// those of the worker, which starts them). See
     /// [`crate::pool::Pool::with_cpus`]. Sorted, without duplicates.
     pub pool_cpus: Vec<usize>,
+    /// Worker threads of the process's tokio runtime (the `tokio`
+    /// feature; see `tokio.rs`). Every build takes the option, so that
+    /// one `configure` table fits every module of a worker.
+    pub tokio_threads: usize,
 }
 
 /// Most pool threads.
 pub(crate) const MAX_THREADS: usize = 1024;
 /// Most queued pool jobs.
 pub(crate) const MAX_QUEUE: usize = 1 << 20;
+/// Most worker threads of the tokio runtime.
+pub(crate) const MAX_TOKIO_THREADS: usize = 256;
 /// Highest CPU number of `pool_cpus` (glibc's `CPU_SETSIZE` - 1).
 const MAX_CPU: usize = sys::MAX_CPUS - 1;
 /// The default [`Config::pool_nice`]: against a busy worker on the same
@@ -45,6 +51,7 @@ impl Default for Config {
             max_queue: 1024,
             pool_nice: DEFAULT_POOL_NICE,
             pool_cpus: Vec::new(),
+            tokio_threads: 1,
         }
     }
 }
@@ -138,6 +145,14 @@ impl Config {
                     c.pool_nice = integer(expect(&name, &v, "number")?, 0, 19)
                         .ok_or_else(|| misuse("option 'pool_nice' must be an integer from 0 to 19"))?
                         as i32;
+                }
+                "tokio_threads" => {
+                    c.tokio_threads = integer(expect(&name, &v, "number")?, 1, MAX_TOKIO_THREADS as i64)
+                        .ok_or_else(|| {
+                            misuse(format!(
+                                "option 'tokio_threads' must be an integer from 1 to {MAX_TOKIO_THREADS}"
+                            ))
+                        })? as usize;
                 }
                 "base_dir" => {
                     let Value::String(s) = expect(&name, &v, "string")? else {

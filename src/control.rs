@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use mlua::{Function, IntoLuaMulti, Lua, Table, Value};
 
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::executor::TaskId;
 use crate::raw::{failure, lua_async_raw, results};
 use crate::runtime::Runtime;
@@ -131,21 +131,34 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
                 );
                 return (Value::Nil, msg, true).into_lua_multi(lua);
             };
+            // (from the defaults: the Lua side passes every option given
+            // so far in this Lua VM)
             let running = h.existing();
-            let current = running
-                .as_ref()
-                .map_or_else(Runtime::config, |rt| rt.config_in_use().clone());
-            match current.with_options(&opts) {
-                Ok((config, timeout)) => match Runtime::configure(config, running.as_deref()) {
-                    Ok(()) => (true, timeout).into_lua_multi(lua),
-                    Err(e) => failure(lua, &e),
-                },
+            match Config::default().with_options(&opts) {
+                Ok((config, timeout)) => {
+                    match check_tokio(&config).and_then(|()| Runtime::configure(config, running.as_deref())) {
+                        Ok(()) => (true, timeout).into_lua_multi(lua),
+                        Err(e) => failure(lua, &e),
+                    }
+                }
                 Err(ConfigError::Refused(e)) => failure(lua, &e),
                 Err(ConfigError::Misuse(e)) => (Value::Nil, e, true).into_lua_multi(lua),
             }
         })?,
     )?;
     Ok(t)
+}
+
+/// Refuses a change of the tokio runtime's settings once it runs (the
+/// `tokio` feature; it outlives the runtimes of Lua VMs).
+fn check_tokio(config: &Config) -> Result<(), String> {
+    #[cfg(feature = "tokio")]
+    return crate::tokio::check_config(config);
+    #[cfg(not(feature = "tokio"))]
+    {
+        let _ = config;
+        Ok(())
+    }
 }
 
 /// `stats()` -> counters (added up over the runtimes of a worker),
@@ -177,5 +190,13 @@ fn stats_tables(lua: &Lua, vm: &VmRuntime) -> mlua::Result<(Table, Table)> {
     t.raw_set("driver_polls", s.polls)?;
     t.raw_set("rejected_peers", s.rejected_peers)?;
     t.raw_set("connected", u8::from(s.connected))?;
+    // The process's tokio runtime (the `tokio` feature): its threads and
+    // its tasks alive; zero without it.
+    #[cfg(feature = "tokio")]
+    let (tokio_threads, tokio_tasks) = crate::tokio::stats();
+    #[cfg(not(feature = "tokio"))]
+    let (tokio_threads, tokio_tasks) = (0, 0);
+    t.raw_set("tokio_threads", tokio_threads)?;
+    t.raw_set("tokio_tasks", tokio_tasks)?;
     Ok((t, settings))
 }

@@ -47,6 +47,11 @@ fn run(runnable: Runnable) {
     let _depth = Depth;
     // (the task's future runs under catch_unwind: see spawn)
     let _catching = crate::panic::Catching::enter();
+    // Tokio types (timers, sockets, `tokio::spawn`) need the runtime's
+    // context while they are polled.
+    #[cfg(feature = "tokio")]
+    crate::tokio::in_context(|| runnable.run());
+    #[cfg(not(feature = "tokio"))]
     runnable.run();
 }
 

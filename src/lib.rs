@@ -103,6 +103,8 @@ mod sendable;
 mod socket;
 mod strings;
 mod timer;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod values;
 mod vm;
 mod waiters;

@@ -55,6 +55,10 @@ where
     R: IntoLuaMulti + 'static,
 {
     raw(lua, vm, move |lua, rt, args: MultiValue| {
+        // (A closure may make tokio types before its future runs.)
+        #[cfg(feature = "tokio")]
+        let fut = crate::tokio::in_context(|| f(lua, args))?;
+        #[cfg(not(feature = "tokio"))]
         let fut = f(lua, args)?;
         let lua = lua.clone();
         Ok(rt.spawn(async move { fut.await.and_then(|r| values::convert(&lua, r)) }))

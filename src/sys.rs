@@ -261,3 +261,42 @@ fn gettid() -> libc::id_t {
     // SAFETY: gettid has no preconditions and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) as libc::id_t }
 }
+
+/// Blocks, in the calling thread, the signals sent to the process (nginx's
+/// QUIT, HUP, CHLD ...), so that the kernel delivers them to a thread that
+/// waits for them: nginx's. Signals a fault raises in this thread (SEGV,
+/// BUS, ILL, FPE, TRAP, ABRT) stay unblocked.
+#[cfg(feature = "tokio")]
+pub(crate) fn block_async_signals() {
+    // SAFETY: sigset_t is plain data; sigfillset initializes it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t for these calls to fill and edit.
+    unsafe {
+        libc::sigfillset(&mut set);
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+            libc::SIGABRT,
+        ] {
+            libc::sigdelset(&mut set, sig);
+        }
+    }
+    // SAFETY: `set` is initialized; a null old set is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    debug_assert_eq!(rc, 0);
+}
+
+/// Runs `f` when the process calls `exit()` (not when it is killed).
+#[cfg(feature = "tokio")]
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    pin_library();
+    // SAFETY: `f` is a function of this library, which pin_library keeps
+    // mapped until the process ends, so exit() may call it.
+    if unsafe { libc::atexit(f) } != 0 {
+        return Err(io::Error::other("atexit failed"));
+    }
+    Ok(())
+}

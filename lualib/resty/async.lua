@@ -50,6 +50,8 @@ local ABI = 4
 -- The options given to configure() so far, for the runtimes of modules
 -- loaded later.
 local options = {}
+local DEFAULT_TIMEOUT = config.timeout
+local core_st  -- the built-ins' runtime (set below)
 
 
 -- Hands `opts` to the runtime of `st`, which checks them (Rust owns the
@@ -109,44 +111,51 @@ function _M.configure(opts)
         error("bad argument #1 to 'configure' (table expected, got "
               .. type(opts) .. ")", 2)
     end
-    local timeout
-    local first = true
-    for _, st in pairs(states) do
-        local ok, res, misuse = configure_runtime(st, opts)
-        if not ok then
-            if misuse then
-                error(res, 2)
-            end
-            if first then
-                return nil, res
-            end
-            ngx_log(WARN, "resty.async: ", st.name, ": ", res)
-        else
-            timeout = res or timeout
-        end
-        first = false
+    -- Every runtime gets all the options given so far in this Lua VM,
+    -- and takes them from its defaults: an option dropped from the
+    -- configuration goes back to its default after a reload.
+    local merged = {}
+    for k, v in pairs(options) do
+        merged[k] = v
     end
     for k, v in pairs(opts) do
         if type(v) == "table" then
             local copy = {}
-            for i = 1, #v do
-                copy[i] = v[i]
+            for i, x in pairs(v) do
+                copy[i] = x
             end
             v = copy
         end
-        options[k] = v
+        merged[k] = v
     end
-    if timeout then
-        config.timeout = timeout
+    -- the built-ins' runtime first: misuse is raised, before any runtime
+    -- took anything
+    local ok, res, misuse = configure_runtime(core_st, merged)
+    if not ok then
+        if misuse then
+            error(res, 2)
+        end
+        return nil, res
     end
+    local timeout = res
+    for _, st in pairs(states) do
+        if st ~= core_st then
+            ok, res = configure_runtime(st, merged)
+            if not ok then
+                ngx_log(WARN, "resty.async: ", st.name, ": ", res)
+            end
+        end
+    end
+    options = merged
+    config.timeout = timeout or DEFAULT_TIMEOUT
 
     -- In a worker (not in init_by_lua, before fork), start the drivers now.
     local phase = get_phase()
     if phase ~= "init" then
         for _, st in pairs(states) do
             if not st.running then
-                local ok, err = start_driver(st)
-                if not ok then
+                local started, err = start_driver(st)
+                if not started then
                     return nil, err
                 end
             end
@@ -212,7 +221,7 @@ end
 -- The built-ins: called through the FFI (src/ffi.rs).
 
 _M.register(core)
-local core_st = runtime.get(core, core.__name)
+core_st = runtime.get(core, core.__name)
 local api = core_st.api
 local vm = core_st.vm
 local NAN = 0 / 0

@@ -7,6 +7,8 @@ mod pool;
 mod runtime;
 mod socket;
 mod timer;
+#[cfg(feature = "tokio")]
+mod tokio;
 
 // The test binary has no host to take the Lua symbols from.
 #[link(name = "luajit-5.1")]

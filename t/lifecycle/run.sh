@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Process lifecycle under load: 20 reloads, SIGKILL of a worker, a graceful
-# quit while requests wait. Fails on a worker crash, an [alert]/[emerg] line,
-# a failed request, a hang, leaked fds or socket directories.
+# quit while requests wait, with the tokio module (resty_async_tokio) in use.
+# Fails on a worker crash, an [alert]/[emerg] line, a failed request, a hang,
+# a quit slower than 5 s, leaked fds, threads or socket directories.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 nginx=${TEST_NGINX_BINARY:-nginx}
 port=${LIFECYCLE_PORT:-1986}
+# The upstream server of /fetch, in the same nginx.
+upstream=$((port + 1))
 work=$(mktemp -d /tmp/resty-async-lifecycle.XXXXXX)
 base=$work/base
 mkdir -p "$work/logs" "$base"
@@ -38,35 +41,53 @@ trap cleanup EXIT
 
 loads=""
 for m in ${TEST_NGINX_LOAD_MODULES:-}; do loads="$loads load_module $m;"; done
-sed -e "s|@REPO@|$repo|g" -e "s|@PORT@|$port|g" -e "s|@BASE@|$base|g" \
+sed -e "s|@REPO@|$repo|g" -e "s|@PORT@|$port|g" -e "s|@BASE@|$base|g" -e "s|@UPSTREAM@|$upstream|g" \
     -e "s|@LOAD_MODULES@|$loads|" "$repo/t/lifecycle/nginx.conf.in" > "$work/nginx.conf"
 
 "$nginx" -p "$work" -c "$work/nginx.conf" || { bad "nginx did not start"; exit 1; }
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/sleep?s=0" >/dev/null && break; sleep 0.1; done
 
 fds_of() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
+threads_of() { ls "/proc/$1/task" 2>/dev/null | wc -l; }
+# Threads of process $1 named $2.
+named_threads() { cat /proc/"$1"/task/*/comm 2>/dev/null | grep -cx "$2"; }
 
-# Warm up every worker, then remember their fd counts.
-python3 "$repo/t/lifecycle/load.py" "$port" 1 8 "/sleep,/sha,/mixed" >/dev/null || bad "warm-up load failed"
+# Warm up every worker (until each has started its tokio runtime, whose
+# epoll and eventfd count), then remember their fd counts.
+for _ in $(seq 10); do
+    python3 "$repo/t/lifecycle/load.py" "$port" 1 8 "/sleep,/sha,/mixed,/fetch" >/dev/null || bad "warm-up load failed"
+    cold=0
+    for w in $(workers); do [ "$(named_threads "$w" resty-tokio)" -ge 1 ] || cold=1; done
+    [ "$cold" = 0 ] && break
+done
 declare -A fds_before
+sleep 0.5
 for w in $(workers); do fds_before[$w]=$(fds_of "$w"); done
 
 # 1. Load with many requests, fds must not grow.
-out=$(python3 "$repo/t/lifecycle/load.py" "$port" 3 16 "/sleep,/sha,/mixed") || bad "steady load: $out"
+out=$(python3 "$repo/t/lifecycle/load.py" "$port" 3 16 "/sleep,/sha,/mixed,/fetch") || bad "steady load: $out"
 say "steady load: $out"
-# Threads: the worker's own plus at most one pool of nproc threads for each
-# of the two runtimes (built-ins, fixtures module).
-max_threads=$((1 + 2 * $(nproc)))
+# Threads: the worker's own, at most one pool of nproc threads for each of
+# the two runtimes that run blocking calls (built-ins, fixtures module), and
+# the tokio runtime's one worker thread (the tokio module's calls are not
+# blocking ones, and its URLs need no DNS look-up).
+max_threads=$((1 + 2 * $(nproc) + 1))
 for w in "${!fds_before[@]}"; do
+    # (A connection of a fetch that just ended may still be closing.)
+    for _ in $(seq 20); do [ "$(fds_of "$w")" -le "${fds_before[$w]}" ] && break; sleep 0.1; done
     now=$(fds_of "$w")
-    threads=$(ls "/proc/$w/task" | wc -l)
+    threads=$(threads_of "$w")
+    tokio=$(named_threads "$w" resty-tokio)
+    [ "$tokio" -eq 1 ] || bad "worker $w has $tokio tokio threads (want 1)"
     [ "$now" -le "${fds_before[$w]}" ] || bad "worker $w fds grew: ${fds_before[$w]} -> $now"
     [ "$threads" -le "$max_threads" ] || bad "worker $w has $threads threads (max $max_threads)"
     say "worker $w fds: ${fds_before[$w]} -> $now, threads: $threads (max $max_threads)"
 done
 
-# 2. 20 reloads under load.
-python3 "$repo/t/lifecycle/load.py" "$port" 6 16 "/sleep?s=0.2,/sha,/mixed" > "$work/reload-load.out" &
+# 2. 20 reloads under load. (The fetches use new connections: a keepalive
+# connection that an old worker closes as a request goes out on it fails,
+# as with any HTTP client.)
+python3 "$repo/t/lifecycle/load.py" "$port" 6 16 "/sleep?s=0.2,/sha,/mixed,/fetch,/fetch?s=0.1" > "$work/reload-load.out" &
 load_pid=$!
 for i in $(seq 20); do
     "$nginx" -p "$work" -c "$work/nginx.conf" -s reload 2>"$work/reload.err" \
@@ -80,16 +101,29 @@ for _ in $(seq 100); do [ "$(workers | wc -l)" -le 2 ] && break; sleep 0.1; done
 n=$(workers | wc -l)
 [ "$n" -eq 2 ] || bad "$n workers alive 10 s after the last reload (want 2)"
 say "workers after reloads: $n"
+# No thread survives its worker: the master has its one thread, and the
+# new workers start their tokio runtime afresh.
+m=$(master_pid)
+[ "$(threads_of "$m")" -eq 1 ] || bad "the master has $(threads_of "$m") threads after reloads (want 1)"
+python3 "$repo/t/lifecycle/load.py" "$port" 1 8 "/fetch?ka=1" >/dev/null || bad "fetch after reloads failed"
+for w in $(workers); do
+    t=$(threads_of "$w"); tokio=$(named_threads "$w" resty-tokio)
+    [ "$t" -le "$max_threads" ] && [ "$tokio" -le 1 ] \
+        || bad "worker $w after reloads: $t threads, $tokio tokio threads"
+    say "worker $w after reloads: $t threads, $tokio tokio"
+done
 
 # 3. SIGKILL a worker: the master respawns it and the new one works.
 victim=$(workers | head -1)
 kill -9 "$victim"
 for _ in $(seq 50); do [ "$(workers | wc -l)" -eq 2 ] && ! workers | grep -qx "$victim" && break; sleep 0.1; done
-out=$(python3 "$repo/t/lifecycle/load.py" "$port" 1 8 "/sleep,/sha,/mixed") || bad "after SIGKILL: $out"
+out=$(python3 "$repo/t/lifecycle/load.py" "$port" 1 8 "/sleep,/sha,/mixed,/fetch") || bad "after SIGKILL: $out"
 say "after SIGKILL of worker $victim: $out"
+[ "$(threads_of "$(master_pid)")" -eq 1 ] || bad "the master has more than one thread after SIGKILL"
 
-# 4. Graceful quit while requests wait in Rust: they finish, then nginx exits.
-python3 "$repo/t/lifecycle/load.py" "$port" 0.3 10 "/sleep?s=1.5" > "$work/quit-load.out" &
+# 4. Graceful quit while requests wait in Rust (timers, and fetches on the
+# tokio runtime): they finish, then nginx exits, within 5 s.
+python3 "$repo/t/lifecycle/load.py" "$port" 0.3 10 "/sleep?s=1.5,/fetch?s=1.5&ka=1" > "$work/quit-load.out" &
 load_pid=$!
 sleep 0.5
 start=$(date +%s%N)
@@ -97,6 +131,7 @@ start=$(date +%s%N)
 for _ in $(seq 100); do [ -z "$(all_nginx)" ] && break; sleep 0.1; done
 took=$(( ($(date +%s%N) - start) / 1000000 ))
 [ -z "$(all_nginx)" ] || bad "nginx still running 10 s after quit"
+[ "$took" -lt 5000 ] || bad "quit took ${took} ms (want under 5 s)"
 wait "$load_pid" || bad "waiting requests failed on quit: $(cat "$work/quit-load.out")"
 say "quit while 10 requests waited: exited in ${took} ms; $(head -1 "$work/quit-load.out")"
 

@@ -31,14 +31,15 @@ local _M = {
 local wrapped = _M.wrapped
 
 
--- Phases whose handlers run in a coroutine ngx_lua can suspend.
+-- Phases whose handlers run in a coroutine ngx_lua can suspend. (Not
+-- ssl_client_hello and ssl_session_fetch: nginx cannot yield there without
+-- OpenResty's patches.)
 local YIELDABLE = {
     rewrite = true,
     access = true,
     content = true,
     timer = true,
     ssl_cert = true,
-    ssl_session_fetch = true,
     preread = true,
 }
 

@@ -1,0 +1,394 @@
+//! An OpenResty module on tokio crates, written with resty-async's `tokio`
+//! feature: `require "resty_async_tokio"`.
+//!
+//! `fetch(url [, opts])` is an HTTP/1.1 client (hyper-util's client on
+//! tokio, rustls for https). Each request runs as a task on the worker's
+//! tokio runtime (`resty_async::tokio::spawn`): connecting, the TLS
+//! handshake and reading the response happen on the runtime's threads,
+//! and the nginx worker only turns the result into Lua values. A timeout
+//! or an aborted request drops the task's handle, which aborts it.
+//!
+//! The other functions are small fixtures of the test suite (`t/110-tokio.t`):
+//! tokio timers awaited directly, mlua's `create_async_function` as the
+//! tutorials write it, a tokio task that panics, one whose drop is counted.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION};
+use hyper::{Method, Request, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mlua::prelude::*;
+use resty_async::Module;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// How long an idle keepalive connection stays in a client's pool.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Most idle keepalive connections per host and client.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+/// What decides which client (TLS settings, connection pool) serves a
+/// request.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    ssl_verify: bool,
+    ca_file: Option<PathBuf>,
+}
+
+/// A request, checked on the worker thread.
+struct Fetch {
+    key: ClientKey,
+    request: Request<Full<Bytes>>,
+}
+
+/// A response, made on a tokio thread, turned into Lua values on the
+/// worker.
+struct Response {
+    status: u16,
+    headers: Vec<(HeaderName, Bytes)>,
+    body: Bytes,
+}
+
+thread_local! {
+    /// The clients of this process (the pid), by TLS settings; each keeps
+    /// its own keepalive pool. fetch() runs on the worker thread.
+    static CLIENTS: std::cell::RefCell<(u32, HashMap<ClientKey, HttpClient>)> =
+        std::cell::RefCell::new((0, HashMap::new()));
+}
+
+/// rustls on *ring*: it builds in a fraction of aws-lc-rs's time, at the
+/// price of no post-quantum key exchange (hence rustls's deprecation).
+#[allow(deprecated)]
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The system's CA certificates (read once per process), or those of
+/// `ca_file` alone.
+fn roots(ca_file: Option<&PathBuf>) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            let (added, _) = store.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("ca_file {}: no CA certificate found", path.display()));
+            }
+        }
+        None => {
+            store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    Ok(store)
+}
+
+/// `ssl_verify = false`: any certificate is taken, as curl's `-k` does.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn make_client(key: &ClientKey) -> Result<HttpClient, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let tls = if key.ssl_verify {
+        builder
+            .with_root_certificates(roots(key.ca_file.as_ref())?)
+            .with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+            .with_no_client_auth()
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .build(connector))
+}
+
+/// The client for `key`, made on first use in this process.
+fn client(key: &ClientKey) -> Result<HttpClient, String> {
+    CLIENTS.with(|c| {
+        let mut c = c.borrow_mut();
+        let pid = std::process::id();
+        if c.0 != pid {
+            // (Made before fork(): its connections are the parent's.)
+            *c = (pid, HashMap::new());
+        }
+        if let Some(client) = c.1.get(key) {
+            return Ok(client.clone());
+        }
+        let client = make_client(key)?;
+        c.1.insert(key.clone(), client.clone());
+        Ok(client)
+    })
+}
+
+fn opt<T: FromLua>(opts: &Option<LuaTable>, name: &str, want: &str) -> Result<Option<T>, String> {
+    let Some(t) = opts else { return Ok(None) };
+    t.get::<Option<T>>(name)
+        .map_err(|_| format!("bad option '{name}' ({want} expected)"))
+}
+
+/// Checks the URL and the options, and builds the request.
+fn prepare(lua: &Lua, url: &str, opts: &Option<LuaTable>) -> Result<Fetch, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("bad url {url:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("unsupported scheme {other:?} in {url:?} (http or https)")),
+        None => return Err(format!("bad url {url:?}: no scheme (http:// or https://)")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("bad url {url:?}: no host"));
+    }
+    let method: Option<LuaString> = opt(opts, "method", "string")?;
+    let method = match method {
+        Some(m) => {
+            Method::from_bytes(&m.as_bytes()).map_err(|_| format!("bad method {:?}", m.to_string_lossy()))?
+        }
+        None => Method::GET,
+    };
+    let body: Option<LuaString> = opt(opts, "body", "string")?;
+    let body = body.map_or_else(Bytes::new, |b| Bytes::copy_from_slice(&b.as_bytes()));
+    let ssl_verify: Option<bool> = opt(opts, "ssl_verify", "boolean")?;
+    let keepalive: Option<bool> = opt(opts, "keepalive", "boolean")?;
+    let ca_file: Option<String> = opt(opts, "ca_file", "string")?;
+    let headers: Option<LuaTable> = opt(opts, "headers", "table")?;
+
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(headers) = headers {
+        for pair in headers.pairs::<LuaString, LuaValue>() {
+            let (name, value) =
+                pair.map_err(|_| "bad option 'headers' (names must be strings)".to_string())?;
+            let name = HeaderName::from_bytes(&name.as_bytes())
+                .map_err(|_| format!("bad header name {:?}", name.to_string_lossy()))?;
+            let values = match value {
+                LuaValue::Table(list) => list.sequence_values::<LuaString>().collect::<LuaResult<Vec<_>>>(),
+                other => LuaString::from_lua(other, lua).map(|s| vec![s]),
+            }
+            .map_err(|_| format!("bad value of header {name} (a string or a list of strings expected)"))?;
+            for v in values {
+                let v = HeaderValue::from_bytes(&v.as_bytes())
+                    .map_err(|_| format!("bad value of header {name}"))?;
+                request = request.header(name.clone(), v);
+            }
+        }
+    }
+    if keepalive == Some(false) {
+        request = request.header(CONNECTION, HeaderValue::from_static("close"));
+    }
+    let request = request
+        .body(Full::new(body))
+        .map_err(|e| format!("bad request: {e}"))?;
+    Ok(Fetch {
+        key: ClientKey {
+            ssl_verify: ssl_verify.unwrap_or(true),
+            ca_file: ca_file.map(PathBuf::from),
+        },
+        request,
+    })
+}
+
+/// An error and its causes, as one line ("client error (Connect): tcp
+/// connect error: Connection refused (os error 111)").
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !msg.ends_with(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cause = c.source();
+    }
+    msg
+}
+
+/// Sends the request and reads the whole response (on a tokio thread).
+async fn send(client: HttpClient, request: Request<Full<Bytes>>) -> Result<Response, String> {
+    let res = client.request(request).await.map_err(|e| describe(&e))?;
+    let status = res.status().as_u16();
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.clone(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the body: {}", describe(&e)))?
+        .to_bytes();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// `{ status = ..., headers = {...}, body = "..." }`. A header that came
+/// several times is a list of its values.
+fn response_table(lua: &Lua, res: Response) -> LuaResult<LuaTable> {
+    let headers = lua.create_table()?;
+    for (name, value) in res.headers {
+        let value = lua.create_string(&value)?;
+        match headers.raw_get::<LuaValue>(name.as_str())? {
+            LuaValue::Nil => headers.raw_set(name.as_str(), value)?,
+            LuaValue::Table(list) => list.raw_push(value)?,
+            first => headers.raw_set(
+                name.as_str(),
+                lua.create_sequence_from([first, LuaValue::String(value)])?,
+            )?,
+        }
+    }
+    let t = lua.create_table_with_capacity(0, 3)?;
+    t.raw_set("status", res.status)?;
+    t.raw_set("headers", headers)?;
+    t.raw_set("body", lua.create_string(&res.body)?)?;
+    Ok(t)
+}
+
+// --- test fixtures -------------------------------------------------------
+
+/// Futures of `guarded_sleep` dropped so far (finished or aborted).
+static DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+struct DropGuard;
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Writes a line to stderr (nginx's error log) when dropped.
+struct LogOnDrop(String);
+
+impl Drop for LogOnDrop {
+    fn drop(&mut self) {
+        eprintln!("{}", self.0);
+    }
+}
+
+#[mlua::lua_module]
+fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
+    let mut m = Module::new(lua, "resty_async_tokio")?;
+
+    m.add_async("fetch", |lua, (url, opts): (String, Option<LuaTable>)| {
+        let prepared = prepare(&lua, &url, &opts).and_then(|f| Ok((client(&f.key)?, f.request)));
+        async move {
+            let (client, request) = prepared.map_err(LuaError::RuntimeError)?;
+            let res = resty_async::tokio::spawn(send(client, request))
+                .await
+                .map_err(LuaError::RuntimeError)?;
+            response_table(&lua, res)
+        }
+    })?;
+
+    // A tokio timer awaited by the resty-async task itself.
+    m.add_async("sleep", |_lua, ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(true)
+    })?;
+
+    // The pattern of mlua's tutorials, as it stands.
+    let mlua_sleep = lua.create_async_function(|_lua, ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(format!("slept {ms} ms"))
+    })?;
+    m.add_lua_async("mlua_sleep", mlua_sleep)?;
+
+    // A tokio task that holds a drop counter while it sleeps.
+    m.add_async("guarded_sleep", |_lua, ms: u64| async move {
+        resty_async::tokio::spawn(async move {
+            let _guard = DropGuard;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        })
+        .await;
+        Ok(true)
+    })?;
+    m.add_function("dropped", |_, ()| Ok(DROPPED.load(Ordering::SeqCst)))?;
+
+    // A tokio task nobody awaits, which never ends: the runtime's shutdown
+    // at exit drops it (it logs `msg` then).
+    m.add_function("detached", |_, msg: String| {
+        resty_async::tokio::handle().spawn(async move {
+            let _log = LogOnDrop(msg);
+            std::future::pending::<()>().await
+        });
+        Ok(true)
+    })?;
+
+    m.add_async("panic_after", |_lua, ms: u64| async move {
+        resty_async::tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            panic!("tokio task panic after {ms} ms");
+        })
+        .await;
+        Ok(())
+    })?;
+
+    m.build()
+}

@@ -1,0 +1,477 @@
+use lib '.';
+use t::TestAsync;
+use File::Temp qw(tempdir);
+
+# resty-async's `tokio` feature, through the example module
+# build/resty_async_tokio.so: an HTTP client on hyper and rustls, tokio
+# timers awaited by resty-async tasks, tokio tasks that panic or are
+# aborted. The upstreams are servers of the same nginx, on two more ports.
+
+my $base = $ENV{TEST_NGINX_TOKIO_PORT} || (($ENV{TEST_NGINX_SERVER_PORT} || 1984) + 10);
+$ENV{TEST_NGINX_TOKIO_HTTP} = "127.0.0.1:$base";
+$ENV{TEST_NGINX_TOKIO_HTTPS} = "127.0.0.1:" . ($base + 1);
+
+# A CA made now, a server certificate it signs (for 127.0.0.1), and a
+# second CA that signed nothing.
+my $tls = tempdir("resty-async-tls.XXXXXX", TMPDIR => 1, CLEANUP => 1);
+$ENV{TEST_NGINX_TLS} = $tls;
+{
+    my $q = "2>/dev/null";
+    my $ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    open my $ext, ">", "$tls/ext.cnf" or die;
+    print $ext "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        . "basicConstraints=CA:FALSE\n";
+    close $ext;
+    for my $cmd (
+        "openssl req -x509 $ec -keyout $tls/ca.key -out $tls/ca.crt -days 2 -subj '/CN=resty-async test CA'",
+        "openssl req -x509 $ec -keyout $tls/other.key -out $tls/other.crt -days 2 -subj '/CN=another CA'",
+        "openssl req $ec -keyout $tls/server.key -out $tls/server.csr -subj '/CN=127.0.0.1'",
+        "openssl x509 -req -in $tls/server.csr -CA $tls/ca.crt -CAkey $tls/ca.key -CAcreateserial -out $tls/server.crt -days 2 -extfile $tls/ext.cnf",
+    ) {
+        system("$cmd $q") == 0 or die "failed: $cmd";
+    }
+}
+
+my $upstreams = <<'_EOC_';
+    server {
+        listen $TEST_NGINX_TOKIO_HTTP;
+        location = /hello {
+            add_header X-Test yes;
+            add_header X-Twice 1;
+            add_header X-Twice 2;
+            return 200 "hello";
+        }
+        location = /echo {
+            content_by_lua_block {
+                ngx.req.read_body()
+                ngx.say(ngx.req.get_method(), " ", ngx.var.http_x_a, " ",
+                        ngx.var.http_connection, " ",
+                        ngx.req.get_body_data())
+            }
+        }
+        location / {
+            return 404;
+        }
+        location = /slow {
+            # a fetch that timed out closes its connection: stop at once
+            lua_check_client_abort on;
+            content_by_lua_block {
+                ngx.sleep(tonumber(ngx.var.arg_s))
+                ngx.print("slow")
+            }
+        }
+    }
+    server {
+        listen $TEST_NGINX_TOKIO_HTTPS ssl;
+        ssl_certificate $TEST_NGINX_TLS/server.crt;
+        ssl_certificate_key $TEST_NGINX_TLS/server.key;
+        location / {
+            return 200 "secure";
+        }
+    }
+_EOC_
+
+add_block_preprocessor(sub {
+    my $block = shift;
+    $block->set_value("http_config", ($block->http_config // '') . $upstreams);
+});
+
+# 100 fetches at once: 200 connections, client and server side.
+worker_connections(1024);
+
+# (TEST 12 checks the log after shutdown: one more; TEST 14 checks no
+# response: one less.)
+plan tests => repeat_each() * (blocks() * 5);
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: fetch from a handler: status, lowercase headers, body, options
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            local base = "http://$TEST_NGINX_TOKIO_HTTP"
+            local res = assert(http.fetch(base .. "/hello"))
+            ngx.say(res.status, " ", res.headers["x-test"], " ",
+                    table.concat(res.headers["x-twice"], ","), " ",
+                    res.headers["content-length"], " ", res.body)
+            res = assert(http.fetch(base .. "/echo", {
+                method = "POST", body = "data", headers = { ["X-A"] = "b" },
+            }))
+            ngx.print(res.status, " ", res.headers["transfer-encoding"], " ",
+                      res.body)
+            res = assert(http.fetch(base .. "/echo", { keepalive = false }))
+            ngx.print(res.body)
+            res = assert(http.fetch(base .. "/none"))
+            ngx.say(res.status)
+        }
+    }
+--- response_body
+200 yes 1,2 5 hello
+200 chunked POST b nil data
+GET nil close nil
+404
+
+
+
+=== TEST 2: fetch from ngx.timer.at and from ngx.thread light threads
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            local url = "http://$TEST_NGINX_TOKIO_HTTP/hello"
+            local done = require("ngx.semaphore").new()
+            local out
+            assert(ngx.timer.at(0, function()
+                local res, err = http.fetch(url)
+                out = res and res.body or err
+                done:post()
+            end))
+            local t = ngx.thread.spawn(function()
+                local res, err = http.fetch(url)
+                return res and res.body or err
+            end)
+            assert(done:wait(5))
+            local _, s = ngx.thread.wait(t)
+            ngx.say("timer ", out)
+            ngx.say("thread ", s)
+        }
+    }
+--- response_body
+timer hello
+thread hello
+
+
+
+=== TEST 3: 100 concurrent fetches of a 0.2 s upstream run side by side
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            local url = "http://$TEST_NGINX_TOKIO_HTTP/slow?s=0.2"
+            ngx.update_time()
+            local t0 = ngx.now()
+            local threads = {}
+            for i = 1, 100 do
+                threads[i] = ngx.thread.spawn(http.fetch, url)
+            end
+            local good, err = 0
+            for i = 1, 100 do
+                local _, res, e = ngx.thread.wait(threads[i])
+                if res and res.status == 200 and res.body == "slow" then
+                    good = good + 1
+                else
+                    err = err or e
+                end
+            end
+            if err then
+                ngx.say(err)
+            end
+            ngx.update_time()
+            local took = ngx.now() - t0
+            ngx.say(good, " ok, in under 1.5 s: ", took < 1.5)
+        }
+    }
+--- response_body
+100 ok, in under 1.5 s: true
+--- timeout: 10
+
+
+
+=== TEST 4: a timeout aborts the tokio task; its destructors run
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local t = require "resty_async_tokio"
+            local before = t.dropped()
+            ngx.say(async.with_timeout(0.05, t.guarded_sleep, 10000))
+            for _ = 1, 100 do
+                if t.dropped() > before then break end
+                ngx.sleep(0.01)
+            end
+            ngx.say("dropped: ", t.dropped() - before)
+            ngx.say(async.with_timeout(0.1, t.fetch,
+                    "http://$TEST_NGINX_TOKIO_HTTP/slow?s=5"))
+            for _ = 1, 100 do
+                if async.stats().tokio_tasks == 0 then break end
+                ngx.sleep(0.01)
+            end
+            ngx.say("tokio tasks left: ", async.stats().tokio_tasks)
+        }
+    }
+--- response_body
+niltimeout
+dropped: 1
+niltimeout
+tokio tasks left: 0
+
+
+
+=== TEST 5: a light thread killed while it waits aborts its tokio task
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            local before = t.dropped()
+            local th = ngx.thread.spawn(t.guarded_sleep, 10000)
+            ngx.sleep(0.05)
+            ngx.thread.kill(th)
+            for _ = 1, 100 do
+                if t.dropped() > before then break end
+                ngx.sleep(0.01)
+            end
+            ngx.say("dropped: ", t.dropped() - before)
+            ngx.say(t.guarded_sleep(10), " ", t.dropped() - before)
+        }
+    }
+--- response_body
+dropped: 1
+true 2
+
+
+
+=== TEST 6: a panic in a tokio task is an error string
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            ngx.say(t.panic_after(10))
+            ngx.say(t.sleep(1))
+        }
+    }
+--- response_body
+nilrust function panicked: tokio task panic after 10 ms
+true
+
+
+
+=== TEST 7: mlua's create_async_function awaiting tokio::time::sleep waits without spinning
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            -- the worker's CPU time (user + system, in clock ticks)
+            local function cpu()
+                local f = assert(io.open("/proc/self/stat"))
+                local s = f:read("*a")
+                f:close()
+                local rest = s:match("%) (.*)")
+                local fields = {}
+                for v in rest:gmatch("%S+") do fields[#fields + 1] = v end
+                return tonumber(fields[12]) + tonumber(fields[13])
+            end
+            local c0 = cpu()
+            ngx.update_time()
+            local t0 = ngx.now()
+            ngx.say(t.mlua_sleep(300))
+            ngx.update_time()
+            local took = ngx.now() - t0
+            ngx.say("waited: ", took >= 0.29 and took < 1)
+            -- a spinning worker would burn ~30 ticks of 10 ms
+            ngx.say("cpu ticks under 10: ", cpu() - c0 < 10)
+        }
+    }
+--- response_body
+slept 300 ms
+waited: true
+cpu ticks under 10: true
+
+
+
+=== TEST 8: the module required in init_by_lua: the master keeps one thread
+--- init_by_lua_block
+    require "resty_async_tokio"
+    async.configure{ tokio_threads = 2 }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_tokio"
+            local function status(pid, key)
+                local f = assert(io.open("/proc/" .. pid .. "/status"))
+                local s = f:read("*a")
+                f:close()
+                return tonumber(s:match(key .. ":%s*(%d+)"))
+            end
+            local master = status("self", "PPid")
+            ngx.say("tokio threads before: ", async.stats().tokio_threads)
+            ngx.say(http.fetch("http://$TEST_NGINX_TOKIO_HTTP/hello").body)
+            ngx.say("tokio threads: ", async.stats().tokio_threads)
+            ngx.say("master threads: ", status(master, "Threads"))
+        }
+    }
+--- response_body
+tokio threads before: 0
+hello
+tokio threads: 2
+master threads: 1
+
+
+
+=== TEST 9: https: a CA given as ca_file is trusted; others are not
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            local url = "https://$TEST_NGINX_TOKIO_HTTPS/x"
+            local res, err = http.fetch(url, {
+                ca_file = "$TEST_NGINX_TLS/ca.crt" })
+            ngx.say(res and res.body or err)
+            res, err = http.fetch(url)
+            ngx.say(res, " ", type(err), " ", err:match("certificate") ~= nil)
+            res, err = http.fetch(url, { ca_file = "$TEST_NGINX_TLS/other.crt" })
+            ngx.say(res, " ", err:match("UnknownIssuer") ~= nil)
+            res, err = http.fetch(url, { ssl_verify = false })
+            ngx.say(res and res.body or err)
+            res, err = http.fetch(url, { ca_file = "$TEST_NGINX_TLS/none.crt" })
+            ngx.say(res, " ", err:match("^cannot read ca_file") ~= nil)
+        }
+    }
+--- response_body
+secure
+nil string true
+nil true
+secure
+nil true
+
+
+
+=== TEST 10: bad URLs and unreachable servers are error strings
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            for _, url in ipairs{ "not a url", "ftp://127.0.0.1/x",
+                                  "http://", "/relative",
+                                  "http://127.0.0.1:1/" } do
+                local res, err = http.fetch(url)
+                ngx.say(res, " ", type(err))
+            end
+            local res, err = http.fetch("ftp://127.0.0.1/x")
+            ngx.say(err)
+            res, err = http.fetch("http://$TEST_NGINX_TOKIO_HTTP/hello",
+                                  { method = {} })
+            ngx.say(err)
+            ngx.say(pcall(http.fetch))
+        }
+    }
+--- response_body
+nil string
+nil string
+nil string
+nil string
+nil string
+unsupported scheme "ftp" in "ftp://127.0.0.1/x" (http or https)
+bad option 'method' (string expected)
+falsebad argument #1 to `fetch`: error converting Lua nil to String (expected string or number)
+
+
+
+=== TEST 11: lua_code_cache off: Lua VMs come and go, the tokio runtime stays
+--- config
+    location = /fetch {
+        lua_code_cache off;
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            local res, err = http.fetch("http://$TEST_NGINX_TOKIO_HTTP/hello")
+            local n = 0
+            local cmd = "cat /proc/" .. ngx.worker.pid() .. "/task/*/comm"
+            for name in io.popen(cmd):lines() do
+                if name == "resty-tokio" then n = n + 1 end
+            end
+            ngx.say(res and res.body or err, " ", n)
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local h = require "t_http"
+            for _ = 1, 5 do
+                local status, body = h.get("/fetch")
+                ngx.print(status, " ", body)
+            end
+        }
+    }
+--- response_body
+200 hello 1
+200 hello 1
+200 hello 1
+200 hello 1
+200 hello 1
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+
+
+
+=== TEST 12: the worker's exit shuts the tokio runtime down: its tasks are dropped
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            ngx.say(t.detached("detached tokio task dropped"))
+        }
+    }
+--- response_body
+true
+--- shutdown_error_log
+detached tokio task dropped
+
+
+
+=== TEST 13: tokio_threads is checked, and cannot change once the runtime runs
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local t = require "resty_async_tokio"
+            ngx.say(pcall(async.configure, { tokio_threads = 0 }))
+            ngx.say(pcall(async.configure, { tokio_threads = true }))
+            ngx.say(async.configure{ tokio_threads = 1 })
+            ngx.say(t.sleep(1), " ", async.stats().tokio_threads)
+            -- refused by the tokio module's runtime (returned, or logged
+            -- when another module answers first)
+            async.configure{ tokio_threads = 3 }
+            ngx.say(async.stats().tokio_threads)
+        }
+    }
+--- response_body
+falsebad argument #1 to 'configure' (option 'tokio_threads' must be an integer from 1 to 256)
+falsebad argument #1 to 'configure' (option 'tokio_threads': number expected, got boolean)
+true
+true 1
+1
+
+
+
+=== TEST 14: a client abort aborts the tokio task
+--- http_config
+    lua_check_client_abort on;
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            -- upvalues of a killed coroutine are not safe: pass arguments
+            ngx.timer.at(0.8, function(_, before)
+                local async = require "resty.async"
+                local t = require "resty_async_tokio"
+                local st = async.stats()
+                ngx.log(ngx.WARN, "after abort: dropped=", t.dropped() - before,
+                        " tokio_tasks=", st.tokio_tasks,
+                        " in_flight=", st.in_flight)
+            end, t.dropped())
+            t.guarded_sleep(5000)
+            ngx.log(ngx.ERR, "must not get here")
+        }
+    }
+--- abort
+--- timeout: 0.2
+--- ignore_response
+--- wait: 1
+--- error_log
+after abort: dropped=1 tokio_tasks=0 in_flight=0
+--- no_error_log
+must not get here
+[alert]
+exited on signal
