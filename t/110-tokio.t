@@ -81,7 +81,7 @@ worker_connections(1024);
 
 # (TEST 12 checks the log after shutdown: one more; TEST 14 checks no
 # response: one less.)
-plan tests => repeat_each() * (blocks() * 5);
+plan tests => repeat_each() * (blocks() * 7);
 
 run_tests();
 
