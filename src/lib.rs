@@ -55,6 +55,7 @@ mod mlua_async;
 mod module;
 mod pool;
 mod raw;
+mod record;
 mod runtime;
 mod sendable;
 mod socket;
@@ -80,6 +81,7 @@ pub mod internals {
 pub use crate::mlua_async::create_async_function;
 pub use crate::module::Module;
 pub use crate::pool::PoolError;
+pub use crate::record::{Field, Key, Record};
 pub use crate::runtime::{sleep, unblock};
 pub use crate::timer::Sleep;
 pub use mlua;
