@@ -4,10 +4,10 @@ use std::rc::Rc;
 
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
 
+use crate::config::ConfigError;
 use crate::executor::TaskId;
 use crate::futureless::Single;
 use crate::raw::{failure, id_value, lua_async_raw, results, MAX_POLL_VALUES};
-use crate::config::ConfigError;
 use crate::runtime::Runtime;
 use crate::strings;
 use crate::vm::{self, VmRuntime};
@@ -73,6 +73,10 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
                 Some(Single::Bytes(b)) => strings::outbox_put(id_value(id), b),
                 None => out.extend([Value::Number(-id_value(id)), Value::Nil]),
             });
+            // resty_async::net: `-id, false`, tasks that queued socket ops
+            // for their waiters.
+            rt.net()
+                .take_ready(|id| out.extend([Value::Number(-id_value(id)), Value::Boolean(false)]));
             let nstr = strings::outbox_len();
             let n = out.len() - 4;
             out[0] = Value::Number(next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0));
@@ -134,18 +138,29 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
         lua.create_function(move |lua, (name, f): (String, Function)| lua_async_raw(lua, &h, &name, f))?,
     )?;
     let h = Rc::clone(vm);
-    t.raw_set("stats", lua.create_function(move |lua, ()| stats_tables(lua, &h))?)?;
+    t.raw_set(
+        "stats",
+        lua.create_function(move |lua, ()| stats_tables(lua, &h))?,
+    )?;
+    // net_step, net_resolve: see crate::net.
+    crate::net::lua::install(lua, vm, &t)?;
     // configure(opts) -> true, timeout | nil, message [, true: misuse]
     let h = Rc::clone(vm);
     t.raw_set(
         "configure",
         lua.create_function(move |lua, opts: Value| {
             let Value::Table(opts) = opts else {
-                let msg = format!("bad argument #1 to 'configure' (table expected, got {})", opts.type_name());
+                let msg = format!(
+                    "bad argument #1 to 'configure' (table expected, got {})",
+                    opts.type_name()
+                );
                 return (Value::Nil, msg, true).into_lua_multi(lua);
             };
             let running = h.existing();
-            let current = running.as_ref().map_or_else(Runtime::config, |rt| rt.config_in_use().clone());
+            let mut current = running
+                .as_ref()
+                .map_or_else(Runtime::config, |rt| rt.config_in_use().clone());
+            current.net = Runtime::net_config();
             match current.with_options(&opts) {
                 Ok((config, timeout)) => match Runtime::configure(config, running.as_deref()) {
                     Ok(()) => (true, timeout).into_lua_multi(lua),
@@ -187,5 +202,6 @@ fn stats_tables(lua: &Lua, vm: &VmRuntime) -> mlua::Result<(Table, Table)> {
     t.raw_set("driver_polls", s.polls)?;
     t.raw_set("rejected_peers", s.rejected_peers)?;
     t.raw_set("connected", u8::from(s.connected))?;
+    t.raw_set("streams", s.streams)?;
     Ok((t, settings))
 }

@@ -24,7 +24,7 @@ use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Value
 
 use crate::executor::{Outcome, Spawned, TaskId};
 use crate::mlua_async::guard_lua_async;
-use crate::runtime::{LuaOutput, Runtime};
+use crate::runtime::{LuaOutput, Runtime, Settled};
 use crate::values;
 use crate::vm::{self, VmRuntime};
 
@@ -125,9 +125,23 @@ pub(crate) fn spawned_results(
         // the pool's deferred wake-up. (No second value: an empty
         // MultiValue allocates nothing.)
         Spawned::Pending(id) => {
-            let rearm = rt.take_rearm() | rt.wake_owed();
+            // resty_async::net: the children the first poll started run
+            // now; `true` after the id: socket ops wait for the caller.
+            let (rearm, ops) = match rt.settle(id) {
+                None => (rt.take_rearm() | rt.wake_owed(), false),
+                Some(Settled::Finished(out)) => {
+                    rt.flush();
+                    return finished(lua, out);
+                }
+                Some(Settled::Pending { ops }) => (rt.driver_owed(id), ops),
+            };
             let id = id_value(id);
-            Ok((Value::Number(if rearm { -id } else { id }), MultiValue::new()))
+            let more = if ops {
+                MultiValue::from_vec(vec![Value::Boolean(true)])
+            } else {
+                MultiValue::new()
+            };
+            Ok((Value::Number(if rearm { -id } else { id }), more))
         }
     }
 }

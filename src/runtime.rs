@@ -13,15 +13,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, NetConfig};
 use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
 use crate::futureless::{PlainTasks, Single};
+use crate::net::Net;
 use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::sendable::Sendable;
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
 use crate::timer::{Sleep, Timers, TIMER_SLACK};
 use crate::values::LuaValues;
+
+/// What [`Runtime::settle`] found.
+pub(crate) enum Settled {
+    Finished(Outcome<LuaOutput>),
+    /// `ops`: socket ops wait for the caller.
+    Pending {
+        ops: bool,
+    },
+}
 
 /// The task output the Lua layer uses: values for Lua, or an error message.
 pub(crate) type LuaOutput = mlua::Result<LuaValues>;
@@ -45,6 +55,8 @@ pub struct Stats {
     pub rejected_peers: u64,
     /// Whether a driver is connected.
     pub connected: bool,
+    /// Open network streams ([`crate::net`]).
+    pub streams: usize,
 }
 
 /// The runtime of one worker process. See the module docs.
@@ -58,6 +70,8 @@ pub struct Runtime {
     pool: Pool,
     /// Blocking calls and `async.sleep`: tasks without a future.
     plain: PlainTasks,
+    /// The sockets of tasks and the ops their waiters carry out.
+    net: Net,
     rendezvous: RefCell<Option<Rendezvous>>,
     polls: Cell<u64>,
     rejected: Cell<u64>,
@@ -82,8 +96,8 @@ const POLL_BUDGET: usize = 256;
 impl Runtime {
     pub(crate) fn new(config: Config) -> Runtime {
         let notifier = Arc::new(Notifier::default());
-        let pool = Pool::with_nice(config.threads, config.max_queue, config.pool_nice)
-        .with_cpus(&config.pool_cpus);
+        let pool =
+            Pool::with_nice(config.threads, config.max_queue, config.pool_nice).with_cpus(&config.pool_cpus);
         let timers = Timers::new();
         Runtime {
             forked: sys::watch_forks(),
@@ -91,6 +105,7 @@ impl Runtime {
             pool,
             config,
             executor: Executor::new(Arc::clone(&notifier)),
+            net: Net::default(),
             notifier,
             timers,
             rendezvous: RefCell::new(None),
@@ -112,6 +127,7 @@ impl Runtime {
     /// driver; called when the runtime's Lua VM closes.
     pub(crate) fn shutdown(&self) {
         self.executor.shutdown();
+        self.net.clear();
         self.plain.shutdown();
         self.disconnect_driver();
     }
@@ -121,7 +137,12 @@ impl Runtime {
     /// configuration is accepted.
     pub fn configure(config: Config, running: Option<&Runtime>) -> Result<(), String> {
         if let Some(rt) = running {
-            if rt.config != config {
+            // The network defaults may change at any time.
+            let unchanged = Config {
+                net: rt.config.net,
+                ..config.clone()
+            };
+            if rt.config != unchanged {
                 return Err(format!(
                     "the runtime of this worker is already running with {:?}; \
                      configure threads, max_queue, base_dir, pool_nice and pool_cpus before the first call",
@@ -138,6 +159,11 @@ impl Runtime {
         CONFIG.with(|c| c.borrow().clone())
     }
 
+    /// The network defaults in force (see [`crate::config::NetConfig`]).
+    pub(crate) fn net_config() -> NetConfig {
+        CONFIG.with(|c| c.borrow().net)
+    }
+
     /// The configuration this runtime was made with.
     pub fn config_in_use(&self) -> &Config {
         &self.config
@@ -149,6 +175,83 @@ impl Runtime {
         F: Future<Output = LuaOutput> + 'static,
     {
         self.executor.spawn(fut)
+    }
+
+    /// Starts a child of root task `root` (see `spawn.rs`).
+    pub(crate) fn spawn_child(&self, root: TaskId, fut: impl Future<Output = ()> + 'static) {
+        self.executor.spawn_child(root, fut);
+    }
+
+    /// The sockets of tasks (see [`crate::net`]).
+    pub(crate) fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// Calls `wake` (which hands results to tasks, waking them), then runs
+    /// the tasks that are ready, here, between driver polls: the children a
+    /// first poll started, the tasks a socket result woke. Their wake-ups
+    /// write nothing to the completion socket meanwhile. (Nested in a poll,
+    /// it leaves them to that poll.)
+    pub(crate) fn run_inline(&self, wake: impl FnOnce()) {
+        if crate::executor::in_poll() {
+            wake();
+            return;
+        }
+        self.notifier.hold();
+        wake();
+        let mut ran = 0;
+        loop {
+            let n = self.executor.run_ready(POLL_BUDGET - ran);
+            ran += n;
+            if n == 0 || ran >= POLL_BUDGET {
+                break;
+            }
+        }
+        self.notifier.release(|| self.executor.has_ready());
+    }
+
+    /// After the first poll of task `id` (a raw call): runs the children
+    /// it started, so that the socket ops of the whole task reach its
+    /// caller at once. `None` for a task without sockets or children.
+    pub(crate) fn settle(&self, id: TaskId) -> Option<Settled> {
+        if !self.net.contains(id) && !self.executor.has_children(id) {
+            return None;
+        }
+        self.run_inline(|| {});
+        Some(match self.executor.take_now(id) {
+            Some(out) => {
+                // Its sockets never reached Lua: nothing to close.
+                self.net.remove(id);
+                Settled::Finished(out)
+            }
+            None => Settled::Pending {
+                ops: self.net.claim(id),
+            },
+        })
+    }
+
+    /// Whether the driver must run in this cycle of the event loop after
+    /// a call from Lua for task `id` ran tasks inline: an earlier timer to
+    /// arm, pool jobs to wake, other tasks that finished or queued socket
+    /// ops.
+    pub(crate) fn driver_owed(&self, id: TaskId) -> bool {
+        self.take_rearm()
+            | self.wake_owed()
+            | self.executor.has_completed_except(id)
+            | self.net.others_ready(id)
+    }
+
+    /// The outcome of task `id` if it finished, taken now by its waiter
+    /// (it gave up its socket ops already).
+    pub(crate) fn take_finished(&self, id: TaskId) -> Option<Outcome<LuaOutput>> {
+        let out = self.executor.take_now(id)?;
+        self.net.remove(id);
+        Some(out)
+    }
+
+    /// Whether task `id` exists (pending, or finished and not taken).
+    pub(crate) fn has_task(&self, id: TaskId) -> bool {
+        self.executor.contains(id)
     }
 
     /// Queues a job on the blocking pool.
@@ -350,13 +453,19 @@ impl Runtime {
 
     /// The outcome of a finished task (frees its slot).
     pub(crate) fn take(&self, lua: &mlua::Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
-        self.take_if(lua, id, |_| true)
+        let out = self.take_if(lua, id, |_| true);
+        self.net.remove(id);
+        out
     }
 
     /// The result of a finished task if it is one value other than nil
     /// (frees its slot); otherwise the task keeps its outcome for
     /// [`Runtime::take`]. One string of a plain task comes as its bytes.
     pub(crate) fn take_single(&self, lua: &mlua::Lua, id: TaskId) -> Option<Single> {
+        if self.net.contains(id) {
+            // Its waiter takes the results with the task's last socket ops.
+            return None;
+        }
         if self.executor.contains(id) {
             Single::of(self.executor.take_if(id, Single::fits)?)
         } else {
@@ -380,7 +489,9 @@ impl Runtime {
     /// Cancels a task: its future is dropped before this returns (a pool
     /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
-        self.executor.cancel(id) || self.plain.cancel(id)
+        let found = self.executor.cancel(id) || self.plain.cancel(id);
+        self.net.remove(id);
+        found
     }
 
     /// Whether no task is in flight and no timer is pending.
@@ -407,6 +518,7 @@ impl Runtime {
             polls: self.polls.get(),
             rejected_peers: self.rejected.get(),
             connected: self.notifier.connected(),
+            streams: self.net.streams(),
         }
     }
 }
