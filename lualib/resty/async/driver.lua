@@ -27,6 +27,7 @@ local sema_new = semaphore.new
 local finished = runtime.finished
 local forget = runtime.forget
 local POSTED = runtime.POSTED
+local NET = runtime.NET
 
 
 local _M = {}
@@ -163,6 +164,17 @@ local function sweep(st)
             -- a sweep ago and still here means it was killed meanwhile
             dead = stale[id]
             stale[id] = true
+        elseif sema == NET then
+            -- [net] a waiter that carries out socket ops: killed while it
+            -- waited on its semaphore, or collected (killed in a socket op)
+            local ctx = st.nets[id]
+            dead = not ctx or ctx:dead()
+            if dead then
+                st.nets[id] = nil
+                if ctx then
+                    ctx:abandon()
+                end
+            end
         else
             -- ngx_lua's cleanup of a killed waiter leaves the semaphore
             -- with nobody waiting (count -1 while someone waits)

@@ -3,6 +3,7 @@
 -- wait for its tasks, and the results it handed over and nobody took yet.
 
 local pairs = pairs
+local setmetatable = setmetatable
 
 
 local _M = {
@@ -15,9 +16,13 @@ local _M = {
     },
     -- waiters[id] once the driver has posted the waiter's semaphore.
     POSTED = true,
+    -- waiters[id] of a waiter that carries out its task's socket ops
+    -- (resty.async.net); its state is nets[id].
+    NET = {},
 }
 
 local POSTED = _M.POSTED
+local NET = _M.NET
 
 
 -- The state of the runtime of raw module table `raw` (made on first use).
@@ -37,6 +42,11 @@ function _M.get(raw, name)
         results = {},     -- task id -> its one result, until taken
         nheld = 0,        -- entries in results
         collected = {},   -- ids of handles the GC collected
+        -- resty.async.net: the states of waiters that carry out socket ops
+        -- (weak: a killed waiter's goes with it), and tasks with socket
+        -- ops queued before their caller became such a waiter
+        nets = setmetatable({}, { __mode = "v" }),
+        netops = {},
         swept = 0,
         running = false,
         failures = 0,
@@ -50,15 +60,42 @@ function _M.get(raw, name)
 end
 
 
+-- resty.async.net: news of task `id` whose caller carries out its socket
+-- ops (or will): `-id, false` from the driver means ops were queued.
+local function net_event(st, id, sema, taken, v)
+    if sema == NET then
+        local ctx = st.nets[id]
+        if ctx then
+            ctx:event(taken, v)
+        end
+        return
+    end
+    if v == false and not taken then
+        -- the waiter (or task:wait) switches to carrying out ops
+        st.netops[id] = true
+        if sema and sema ~= POSTED then
+            sema:post(1)
+            st.waiters[id] = POSTED
+        end
+    elseif st.owned[id] then
+        st.owned[id] = "done"
+    end
+    -- else: a posted waiter takes the results when it carries out the ops
+end
+
+
 -- Hands a finished task to whoever waits for it. id > 0: `v` is its one
 -- result, already out of Rust; id < 0: task -id keeps its results for
--- rt.take().
+-- rt.take(). (id < 0 with `v == false`: see net_event.)
 local function finished(st, id, v)
     local taken = id > 0
     if not taken then
         id = -id
     end
     local sema = st.waiters[id]
+    if sema == NET or v == false and not taken or st.netops[id] then
+        return net_event(st, id, sema, taken, v)
+    end
     if sema and sema ~= POSTED then
         sema:post(1)
         st.waiters[id] = POSTED
@@ -99,6 +136,7 @@ local function take(st, id)
     if v ~= nil then
         return v
     end
+    st.netops[id] = nil
     return st.rt.take(id)
 end
 
@@ -106,6 +144,7 @@ end
 -- Forgets task `id`: drops its Rust future, or its results.
 local function forget(st, id)
     unhold(st, id)
+    st.netops[id] = nil
     st.rt.cancel(id)
 end
 

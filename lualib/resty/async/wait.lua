@@ -4,6 +4,7 @@
 
 local driver = require "resty.async.driver"
 local runtime = require "resty.async.runtime"
+local net = require "resty.async.net"
 local semaphore = require "ngx.semaphore"
 
 local ngx = ngx
@@ -13,6 +14,8 @@ local pcall = pcall
 local setmetatable = setmetatable
 local math_huge = math.huge
 local get_phase = ngx.get_phase
+local ngx_now = ngx.now
+local net_wait = net.wait
 local sema_new = semaphore.new
 local debug_getinfo = debug.getinfo
 local kick = driver.kick
@@ -109,8 +112,9 @@ local function can_wait()
 end
 
 
--- (`level`: the caller's level for error(), as seen from here.)
-local function wait(st, id, timeout, level)
+-- (`level`: the caller's level for error(), as seen from here. `ops`: the
+-- raw call left socket ops for the caller, see resty.async.net.)
+local function wait(st, id, timeout, level, ops)
     id = pending_id(st, id)
     if not can_wait() then
         forget(st, id)
@@ -124,10 +128,17 @@ local function wait(st, id, timeout, level)
         return nil, err
     end
 
+    local netops = st.netops
+    if ops or netops[id] then  -- [net] the caller carries out socket ops
+        netops[id] = nil
+        return net_wait(st, id, timeout)
+    end
+
     local sema = get_sema()
     local waiters = st.waiters
     waiters[id] = sema
     st.nwaiting = st.nwaiting + 1
+    local t0 = ngx_now()
 
     ok, err = sema:wait(timeout)
 
@@ -137,6 +148,10 @@ local function wait(st, id, timeout, level)
     put_sema(sema)
 
     if ok then
+        if netops[id] then  -- [net] socket ops queued meanwhile
+            netops[id] = nil
+            return net_wait(st, id, timeout - (ngx_now() - t0))
+        end
         return take(st, id)
     end
 
@@ -158,7 +173,8 @@ local function finish(st, timeout, ok, ...)
         -- tail-called, so the wrapper's frame is gone)
         error((...), 2)
     end
-    return wait(st, ok, timeout, 2)  -- tail calls: level 2 is the caller
+    -- tail calls: level 2 is the caller ([net] `...`: socket ops queued)
+    return wait(st, ok, timeout, 2, ...)
 end
 
 
@@ -210,6 +226,16 @@ end
 
 
 -- mlua's async functions (and the async methods of userdata types) yield
+
+
+-- [net] getaddrinfo on the pool, for a host name where nginx has no
+-- resolver: rt.net_resolve is a raw function of the task's runtime.
+net.resolve = function(st, host, timeout)
+    if timeout <= 0 then
+        return nil, "timeout"
+    end
+    return finish(st, timeout, st.rt.net_resolve(host))
+end
 
 
 _M.pending_id = pending_id
