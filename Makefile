@@ -20,13 +20,14 @@ DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
 
 SO := build/resty_async_core.so
 EXAMPLE_SO := build/resty_async_example.so
-RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
+HTTP_SO := build/resty_async_http.so
+RUST_SRC := $(wildcard src/*.rs src/*/*.rs) Cargo.toml build.rs
 
 .PHONY: all build deps run test test-rust test-nginx test-lifecycle clean bench bench-callgrind soak
 
 all: build
 
-build: $(SO) $(EXAMPLE_SO)
+build: $(SO) $(EXAMPLE_SO) $(HTTP_SO)
 
 # Copied with cp + mv, never cp over the old file: a running nginx has it
 # mapped, and rewriting it in place crashes the workers.
@@ -41,6 +42,12 @@ $(EXAMPLE_SO): $(RUST_SRC) $(wildcard examples/hello/src/*.rs) examples/hello/Ca
 	$(CARGO) build $(CARGO_PROFILE) -p resty-async-example
 	@mkdir -p build
 	cp $(TARGET_DIR)/libresty_async_example.so $@.tmp && mv -f $@.tmp $@
+
+# The HTTP client example (hyper over resty_async::net streams).
+$(HTTP_SO): $(RUST_SRC) $(wildcard examples/http/src/*.rs) examples/http/Cargo.toml
+	$(CARGO) build $(CARGO_PROFILE) -p resty-async-http
+	@mkdir -p build
+	cp $(TARGET_DIR)/libresty_async_http.so $@.tmp && mv -f $@.tmp $@
 
 # Install what is missing, when we may (root with apt); otherwise say what
 # is missing and go on (a later step fails with a clearer message).
@@ -132,8 +139,8 @@ uninstall:
 # Formatting, clippy, rustdoc and luacheck, all warnings as errors.
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --features core-module -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module
+	$(CARGO) clippy --workspace --all-targets --features core-module,tokio -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,hyper,tokio
 	$(LUACHECK) lualib t/lib
 
 # `make install` into a temporary DESTDIR (default and OpenResty layouts) and
