@@ -139,8 +139,8 @@ uninstall:
 # Formatting, clippy, rustdoc and luacheck, all warnings as errors.
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --features core-module,tokio -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,hyper,tokio
+	$(CARGO) clippy --workspace --all-targets --features core-module,tokio-io -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,hyper,tokio-io
 	$(LUACHECK) lualib t/lib
 
 # `make install` into a temporary DESTDIR (default and OpenResty layouts) and

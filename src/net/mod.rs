@@ -4,7 +4,7 @@
 //! goes back to nginx's keepalive pool through ngx_lua cosockets: nginx's
 //! event loop (epoll) waits for the socket, and the worker gets no thread,
 //! no epoll instance and no second reactor. It implements the I/O traits
-//! of `futures` (and, with the `tokio` and `hyper` features, tokio's and
+//! of `futures` (and, with the `tokio-io` and `hyper` features, tokio's and
 //! hyper's), so runtime-agnostic clients run on it unchanged: hyper's
 //! HTTP/1.1 and HTTP/2 clients (HTTP/2 with [`HyperExecutor`] and
 //! [`HyperTimer`]), `h2`, tokio-postgres's `Config::connect_raw`.

@@ -231,7 +231,7 @@ fn parse_addr(addr: &str) -> io::Result<(String, Option<u16>)> {
 /// the [module docs](crate::net).
 ///
 /// It implements `futures::io::AsyncRead` and `AsyncWrite`; with the
-/// crate's `tokio` feature `tokio::io::AsyncRead` and `AsyncWrite`, with
+/// crate's `tokio-io` feature `tokio::io::AsyncRead` and `AsyncWrite`, with
 /// its `hyper` feature `hyper::rt::Read` and `Write`. Writes are taken at
 /// once (up to a window of unconfirmed bytes) and sent in order; flushing
 /// has nothing to wait for.
@@ -377,7 +377,7 @@ impl futures::io::AsyncWrite for TcpStream {
     }
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(feature = "tokio-io")]
 impl tokio::io::AsyncRead for TcpStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -394,7 +394,7 @@ impl tokio::io::AsyncRead for TcpStream {
     }
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(feature = "tokio-io")]
 impl tokio::io::AsyncWrite for TcpStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.poll_write_buf(cx, buf)
