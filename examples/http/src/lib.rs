@@ -15,7 +15,8 @@
 //! strings, or of lists of strings), `ssl_verify` (true), `keepalive`
 //! (true: the connection goes back to nginx's pool), `version` (1.1, or 2
 //! for HTTP/2 with prior knowledge, over `http://` only: cosockets do not
-//! negotiate ALPN). Timeouts are the call's (`async.with_timeout`,
+//! negotiate ALPN), `unix_socket` (a path: connect there; the URL still
+//! names the host and the path). Timeouts are the call's (`async.with_timeout`,
 //! `configure{ timeout }`) and the sockets' (`configure{ connect_timeout,
 //! send_timeout, read_timeout }`). Failures return `nil, "message"`.
 
@@ -38,6 +39,16 @@ struct Fetch {
     verify: bool,
     keepalive: bool,
     http2: bool,
+    /// Connect to this unix socket instead of the URL's host and port.
+    unix: Option<String>,
+}
+
+/// A Lua value's type as Lua names it (mlua tells integers apart).
+fn type_name(v: &LuaValue) -> &'static str {
+    match v {
+        LuaValue::Integer(_) => "number",
+        other => other.type_name(),
+    }
 }
 
 fn bad(msg: impl std::fmt::Display) -> LuaError {
@@ -50,7 +61,7 @@ fn string_opt(opts: &LuaTable, key: &str) -> LuaResult<Option<LuaString>> {
         LuaValue::String(s) => Ok(Some(s)),
         other => Err(bad(format!(
             "opts.{key} must be a string, not {}",
-            other.type_name()
+            type_name(&other)
         ))),
     }
 }
@@ -61,7 +72,7 @@ fn bool_opt(opts: &LuaTable, key: &str, default: bool) -> LuaResult<bool> {
         LuaValue::Boolean(b) => Ok(b),
         other => Err(bad(format!(
             "opts.{key} must be a boolean, not {}",
-            other.type_name()
+            type_name(&other)
         ))),
     }
 }
@@ -79,7 +90,7 @@ fn header_value(name: &str, v: LuaValue, out: &mut Vec<(String, Vec<u8>)>) -> Lu
         other => {
             return Err(bad(format!(
                 "header {name}: a string expected, not {}",
-                other.type_name()
+                type_name(&other)
             )))
         }
     }
@@ -118,6 +129,7 @@ impl Fetch {
             verify: true,
             keepalive: true,
             http2: false,
+            unix: None,
         };
         let Some(opts) = opts else { return Ok(f) };
         if let Some(m) = string_opt(&opts, "method")? {
@@ -137,9 +149,13 @@ impl Fetch {
             other => {
                 return Err(bad(format!(
                     "opts.headers must be a table, not {}",
-                    other.type_name()
+                    type_name(&other)
                 )))
             }
+        }
+        if let Some(path) = string_opt(&opts, "unix_socket")? {
+            let path = path.to_str().map_err(|_| bad("opts.unix_socket: not UTF-8"))?;
+            f.unix = Some(format!("unix:{}", &*path));
         }
         f.verify = bool_opt(&opts, "ssl_verify", true)?;
         f.keepalive = bool_opt(&opts, "keepalive", true)?;
@@ -165,7 +181,7 @@ impl Fetch {
             other => {
                 return Err(bad(format!(
                     "opts.version must be a number, not {}",
-                    other.type_name()
+                    type_name(&other)
                 )))
             }
         }
@@ -189,6 +205,9 @@ impl Fetch {
     }
 
     fn addr(&self) -> String {
+        if let Some(unix) = &self.unix {
+            return unix.clone();
+        }
         if self.host.contains(':') && !self.host.starts_with('[') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -245,10 +264,19 @@ fn collect_headers(h: &hyper::HeaderMap) -> Record {
     out
 }
 
+/// The stream's options: TLS by the URL, the URL's host as the server
+/// name (an IP address sends none).
+fn options(f: &Fetch) -> Options {
+    let o = Options::new().tls(f.https).verify(f.verify);
+    if f.https && f.host.parse::<std::net::IpAddr>().is_err() && !f.host.starts_with('[') {
+        o.server_name(f.host.as_str())
+    } else {
+        o
+    }
+}
+
 async fn fetch_http1(f: &Fetch) -> Result<Response, String> {
-    let stream = Options::new()
-        .tls(f.https)
-        .verify(f.verify)
+    let stream = options(f)
         // Request, then response: the body is known in full.
         .half_duplex(true)
         .open(&f.addr())
@@ -283,7 +311,7 @@ async fn fetch_http1(f: &Fetch) -> Result<Response, String> {
 }
 
 async fn fetch_http2(f: &Fetch) -> Result<Response, String> {
-    let stream = Options::new().open(&f.addr()).map_err(|e| e.to_string())?;
+    let stream = options(f).open(&f.addr()).map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(HyperExecutor)
         .timer(HyperTimer)
         .handshake::<TcpStream, Full<Bytes>>(stream)

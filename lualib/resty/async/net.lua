@@ -79,10 +79,22 @@ function Ctx:wake()
 end
 
 
--- Whether ngx_lua killed the waiter while it waited on its semaphore (the
--- driver's sweep asks).
+-- Whether ngx_lua killed the waiter (or ended its request): the driver's
+-- sweep asks. Waiting on its semaphore, a killed waiter leaves it with
+-- nobody waiting. In a socket op, nginx closes that socket when it kills
+-- the waiter; close() called from another handler returns "closed" for
+-- such a socket, and raises "bad request" for a live one before touching
+-- it.
 function Ctx:dead()
-    return self.waiting and self.sema:count() >= 0
+    if self.waiting then
+        return self.sema:count() >= 0
+    end
+    local sock = self.busy
+    if sock then
+        local ok, _, err = pcall(sock.close, sock)
+        return ok and err == "closed"
+    end
+    return false
 end
 
 
@@ -223,13 +235,16 @@ local function connect(ctx, i, spec)
     ctx.specs[i] = spec
     set_timeouts(ctx, i, sock, true)
     local ok, err
+    ctx.busy = sock
     if port then
         ok, err = sock:connect(host, port, opts)
         if not ok and str_find(err, "no resolver defined", 1, true) then
             -- no `resolver` in this location: getaddrinfo on the pool
             local addr
+            ctx.busy = nil
             addr, err = _M.resolve(ctx.st, host, ctx.deadline - ngx_now())
             if addr then
+                ctx.busy = sock
                 ok, err = sock:connect(addr, port, opts)
             end
         end
@@ -243,6 +258,7 @@ local function connect(ctx, i, spec)
             sock:close()
         end
     end
+    ctx.busy = nil
     if not ok then
         ctx.socks[i] = false
         add_result(ctx, -i, CONNECT, err)
@@ -256,7 +272,9 @@ end
 -- Reads on socket `i` here, with the timeouts cut to the call's deadline.
 local function read_inline(ctx, i, sock, max)
     set_timeouts(ctx, i, sock, true)
+    ctx.busy = sock
     local data, err = sock:receiveany(max)
+    ctx.busy = nil
     if data then
         add_result(ctx, i, RECV, data)
     else
@@ -301,7 +319,9 @@ local function run_ops(ctx)
             elseif sock then
                 if kind == SEND then
                     set_timeouts(ctx, i, sock, true)
+                    ctx.busy = sock
                     local ok, err = sock:send(q[h + 2])
+                    ctx.busy = nil
                     if not ok then
                         add_result(ctx, -i, SEND, err)
                     elseif q[h + 3] then
@@ -556,6 +576,7 @@ function _M.wait(st, id, timeout)
     ctx.qh, ctx.qt, ctx.nres, ctx.nreading = 1, 0, 0, 0
     ctx.waiting, ctx.over, ctx.finished, ctx.ops_ready = false, false, false,
                                                          false
+    ctx.busy = nil
     st.waiters[id] = NET
     st.nets[id] = ctx
     st.nwaiting = st.nwaiting + 1
