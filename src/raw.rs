@@ -126,7 +126,8 @@ pub(crate) fn spawned_results(
         // MultiValue allocates nothing.)
         Spawned::Pending(id) => {
             // resty_async::net: the children the first poll started run
-            // now; `true` after the id: socket ops wait for the caller.
+            // now; after the id, `k` and the k values of the socket ops
+            // queued for the caller (see net/lua.rs).
             let (rearm, ops) = match rt.settle(id) {
                 None => (rt.take_rearm() | rt.wake_owed(), false),
                 Some(Settled::Finished(out)) => {
@@ -135,12 +136,12 @@ pub(crate) fn spawned_results(
                 }
                 Some(Settled::Pending { ops }) => (rt.driver_owed(id), ops),
             };
-            let id = id_value(id);
             let more = if ops {
-                MultiValue::from_vec(vec![Value::Boolean(true)])
+                crate::net::lua::ops_values(lua, rt, id)?
             } else {
                 MultiValue::new()
             };
+            let id = id_value(id);
             Ok((Value::Number(if rearm { -id } else { id }), more))
         }
     }

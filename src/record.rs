@@ -160,6 +160,13 @@ impl Record {
         }
     }
 
+    /// Makes room for `n` more bytes of keys and strings (they are kept
+    /// in one buffer, which otherwise grows as they come).
+    pub fn reserve_bytes(&mut self, n: usize) -> &mut Record {
+        self.bytes.reserve(n);
+        self
+    }
+
     fn put(&mut self, s: &[u8]) -> (usize, usize) {
         let at = self.bytes.len();
         self.bytes.extend_from_slice(s);

@@ -465,7 +465,9 @@ must not get here
                 ngx.sleep(0.01)
             end
             ngx.say("upstream: ", ngx.shared.seen:get("kill"))
-            ngx.sleep(0.25)  -- the driver's sweep cancels the task
+            -- two sweeps of the driver see it blocked in the same socket op,
+            -- and cancel the task
+            ngx.sleep(0.4)
             local st = require("resty.async").stats()
             ngx.say("in_flight=", st.in_flight, " streams=", st.streams)
         }

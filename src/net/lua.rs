@@ -1,6 +1,8 @@
 //! The control functions of the network streams, which
 //! `resty/async/net.lua` calls: `net_step` and `net_resolve`.
 //!
+//! A raw call whose task is pending with socket ops queued returns, after
+//! the task id, `k` and the k values of the ops (below). Then
 //! `net_step(id, ...)` hands the results of socket ops to task `id`, runs
 //! the tasks they woke, and returns the task's new ops and, if it finished,
 //! its results:
@@ -31,8 +33,9 @@
 //!              server_name (nil: no TLS; false: TLS without SNI), verify
 //! ```
 //!
-//! A SPEC comes before the first CONNECT that names it; the waiter keeps
-//! it for the runtime's later connects (spec 0 is never kept).
+//! A SPEC comes before each CONNECT that names it until the result of one
+//! such connect came back (the waiter keeps it for the runtime's later
+//! connects; spec 0 is never kept).
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -42,6 +45,7 @@ use mlua::{Lua, MultiValue, Table, Value};
 use crate::executor::TaskId;
 use crate::net::task::{Op, OpResult, SockId, CLOSE, CONNECT, KEEPALIVE, RECV, SEND, SPEC};
 use crate::raw::{self, results};
+use crate::runtime::Runtime;
 use crate::sendable::Sendable;
 use crate::strings;
 use crate::vm::{self, VmRuntime};
@@ -99,23 +103,25 @@ fn number(v: &Value) -> Option<f64> {
 }
 
 /// A result triplet, as `OpResult`; `None` if malformed.
-fn op_result(sock: &Value, kind: &Value, value: Value) -> Option<(SockId, OpResult)> {
-    let sock = number(sock)?;
-    let kind = number(kind)? as u8;
+fn with_result(sock: &Value, kind: &Value, value: &Value, f: impl FnOnce(SockId, OpResult<'_>)) {
+    let (Some(sock), Some(kind)) = (number(sock), number(kind)) else {
+        return;
+    };
+    let kind = kind as u8;
     if sock < 0.0 {
-        let msg = match &value {
+        let msg = match value {
             Value::String(s) => s.to_string_lossy(),
             _ => "failed".to_owned(),
         };
-        return Some(((-sock) as SockId, OpResult::Failed(kind, msg)));
+        return f((-sock) as SockId, OpResult::Failed(kind, msg));
     }
-    let result = match (kind, value) {
-        (CONNECT, v) => OpResult::Connected(number(&v).unwrap_or(0.0) as u32),
-        (SEND, _) => OpResult::Sent,
-        (RECV, Value::String(s)) => OpResult::Received(s.as_bytes().to_vec()),
-        _ => return None,
-    };
-    Some((sock as SockId, result))
+    let sock = sock as SockId;
+    match (kind, value) {
+        (CONNECT, v) => f(sock, OpResult::Connected(number(v).unwrap_or(0.0) as u32)),
+        (SEND, _) => f(sock, OpResult::Sent),
+        (RECV, Value::String(s)) => f(sock, OpResult::Received(&s.as_bytes())),
+        _ => {}
+    }
 }
 
 fn string(lua: &Lua, bytes: &[u8]) -> mlua::Result<Value> {
@@ -140,7 +146,6 @@ fn push_op(lua: &Lua, out: &mut Vec<Value>, op: Op) -> mlua::Result<()> {
                     Some(Some(name)) => string(lua, name.as_bytes())?,
                 });
                 out.push(Value::Boolean(c.verify));
-                spec.sent.set(spec.id != 0);
             }
             out.extend([Value::Number(f64::from(CONNECT)), n(sock), n(spec.id)]);
         }
@@ -174,6 +179,18 @@ fn push_op(lua: &Lua, out: &mut Vec<Value>, op: Op) -> mlua::Result<()> {
     Ok(())
 }
 
+/// `k` and the k values of the ops queued for task `id` (for a raw
+/// call's pending result).
+pub(crate) fn ops_values(lua: &Lua, rt: &Runtime, id: TaskId) -> mlua::Result<MultiValue> {
+    let mut out = Vec::with_capacity(16);
+    out.push(Value::Nil);
+    if let Some(task) = rt.net().get(id) {
+        task.drain_ops(|op| push_op(lua, &mut out, op))?;
+    }
+    out[0] = Value::Number((out.len() - 1) as f64);
+    Ok(MultiValue::from_vec(out))
+}
+
 fn step(lua: &Lua, vm: &VmRuntime, args: MultiValue) -> mlua::Result<MultiValue> {
     let rt = vm.get();
     let _enter = vm::enter(&rt);
@@ -183,20 +200,18 @@ fn step(lua: &Lua, vm: &VmRuntime, args: MultiValue) -> mlua::Result<MultiValue>
     rt.run_inline(|| {
         let Some(task) = &task else { return };
         while let (Some(sock), Some(kind), Some(value)) = (args.next(), args.next(), args.next()) {
-            if let Some((sock, result)) = op_result(&sock, &kind, value) {
-                task.deliver(sock, result);
-            }
+            with_result(&sock, &kind, &value, |sock, result| task.deliver(sock, result));
         }
     });
     // The ops first: taking the finished task forgets its sockets.
-    let ops = task.map(|t| t.take_ops()).unwrap_or_default();
-    let done = rt.take_finished(id);
-    let kick = rt.driver_owed(id);
-    let mut out = Vec::with_capacity(4 + ops.len() * 4);
-    out.extend([Value::Boolean(kick), Value::Nil]);
-    for op in ops {
-        push_op(lua, &mut out, op)?;
+    let mut out = Vec::with_capacity(16);
+    out.extend([Value::Nil, Value::Nil]);
+    if let Some(task) = &task {
+        task.drain_ops(|op| push_op(lua, &mut out, op))?;
     }
+    drop(task);
+    let done = rt.take_finished(id);
+    out[0] = Value::Boolean(rt.driver_owed(id));
     out[1] = Value::Number((out.len() - 2) as f64);
     match done {
         Some(outcome) => {

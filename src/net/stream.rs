@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::config::{MAX_POOL_SIZE, MAX_SOCKET_MS};
+use crate::config::{NetConfig, MAX_POOL_SIZE, MAX_SOCKET_MS};
 use crate::executor::current_root;
 use crate::net::task::{ConnectSpec, NetTask, SockId};
 use crate::runtime::Runtime;
@@ -23,7 +23,7 @@ const READ_SIZE: u32 = 64 * 1024;
 /// defaults come from `async.configure` (`connect_timeout`,
 /// `send_timeout`, `read_timeout`, `keepalive_timeout`,
 /// `keepalive_pool`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Options {
     tls: bool,
     server_name: Option<String>,
@@ -131,7 +131,6 @@ impl Options {
     /// Fails on a malformed address, or outside a task of resty-async's
     /// executor.
     pub fn open(&self, addr: &str) -> io::Result<TcpStream> {
-        let (host, port) = parse_addr(addr)?;
         let root = current_root().ok_or_else(|| {
             io::Error::other(
                 "a resty_async::net stream can only be opened by a task of resty-async's executor",
@@ -139,11 +138,30 @@ impl Options {
         })?;
         let rt = Runtime::current();
         let defaults = Runtime::net_config();
-        let ms = |d: Option<Duration>, default: u32| {
-            d.map_or(default, |d| {
-                d.as_millis().clamp(1, u128::from(MAX_SOCKET_MS)) as u32
-            })
+        // The same address and options as a stream opened lately: its spec,
+        // without building one.
+        let spec = match rt.net().recent_spec(addr, self, defaults) {
+            Some(spec) => spec,
+            None => {
+                let spec = rt.net().spec(self.spec(addr, defaults)?);
+                rt.net()
+                    .remember_spec((addr.to_owned(), self.clone(), defaults), &spec);
+                spec
+            }
         };
+        let keepalive = (ms(self.keepalive, defaults.keepalive_ms), spec.conn.pool_size);
+        let task = rt.net().task(root);
+        let sock = task.open(spec, READ_SIZE, self.half_duplex)?;
+        Ok(TcpStream {
+            task,
+            sock,
+            keepalive,
+        })
+    }
+
+    /// The connect spec of a stream to `addr` with these options.
+    fn spec(&self, addr: &str, defaults: NetConfig) -> io::Result<ConnectSpec> {
+        let (host, port) = parse_addr(addr)?;
         let tls = self.tls.then(|| {
             self.server_name.clone().or_else(|| match &port {
                 Some(_) if host.parse::<IpAddr>().is_err() && !host.starts_with('[') => Some(host.clone()),
@@ -160,7 +178,7 @@ impl Options {
             pool.push_str(name.as_deref().unwrap_or(""));
             pool.push_str(if verify { "|1" } else { "|0" });
         }
-        let spec = ConnectSpec {
+        Ok(ConnectSpec {
             host,
             port,
             pool,
@@ -170,15 +188,6 @@ impl Options {
             read_ms: ms(self.read_timeout, defaults.read_ms),
             tls,
             verify,
-        };
-        let keepalive = (ms(self.keepalive, defaults.keepalive_ms), spec.pool_size);
-        let spec = rt.net().spec(spec);
-        let task = rt.net().task(root);
-        let sock = task.open(spec, READ_SIZE, self.half_duplex)?;
-        Ok(TcpStream {
-            task,
-            sock,
-            keepalive,
         })
     }
 
@@ -189,6 +198,14 @@ impl Options {
         stream.ready().await?;
         Ok(stream)
     }
+}
+
+/// A duration as whole milliseconds of a socket timeout (`default` if
+/// none).
+fn ms(d: Option<Duration>, default: u32) -> u32 {
+    d.map_or(default, |d| {
+        d.as_millis().clamp(1, u128::from(MAX_SOCKET_MS)) as u32
+    })
 }
 
 /// `host:port`, `[v6]:port` or `unix:/path`, split for a cosocket connect.

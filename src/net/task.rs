@@ -50,8 +50,9 @@ pub(crate) struct ConnectSpec {
     pub verify: bool,
 }
 
-/// A [`ConnectSpec`] as the runtime keeps it: the waiter is sent its
-/// strings once (`sent`), then only its id.
+/// A [`ConnectSpec`] as the runtime keeps it: its strings go to Lua with
+/// each connect until a connect's result shows that Lua keeps them
+/// (`sent`); then only its id.
 #[derive(Debug)]
 pub(crate) struct Spec {
     pub conn: ConnectSpec,
@@ -62,6 +63,14 @@ pub(crate) struct Spec {
 
 /// Most connect specs a runtime keeps (a worker talks to a few peers).
 const MAX_SPECS: usize = 1024;
+/// Streams' specs remembered by address and options.
+const RECENT_SPECS: usize = 8;
+/// Most ended tasks' states kept for reuse.
+const MAX_SPARE_TASKS: usize = 256;
+
+/// What a stream's spec follows from: its address, its options and the
+/// defaults in force.
+pub(crate) type SpecKey = (String, crate::net::Options, crate::config::NetConfig);
 
 /// An operation for the waiter to carry out, in queue order.
 #[derive(Debug)]
@@ -98,14 +107,14 @@ impl Op {
 
 /// The result of an op, as the waiter reports it.
 #[derive(Debug)]
-pub(crate) enum OpResult {
+pub(crate) enum OpResult<'a> {
     /// Connected (and the handshake done); how many times nginx's pool
     /// had handed this connection out before.
     Connected(u32),
     /// The sends up to the one that asked for it are done.
     Sent,
     /// Data arrived.
-    Received(Vec<u8>),
+    Received(&'a [u8]),
     /// The op failed with ngx_lua's message.
     Failed(u8, String),
 }
@@ -202,6 +211,10 @@ pub(crate) struct Net {
 #[derive(Default)]
 struct NetShared {
     tasks: RefCell<IdMap<Rc<NetTask>>>,
+    /// Ended tasks' states no stream holds, for reuse.
+    spare: RefCell<Vec<Rc<NetTask>>>,
+    /// Recently opened streams' specs, by address and options.
+    recent: RefCell<VecDeque<(SpecKey, Rc<Spec>)>>,
     specs: RefCell<std::collections::HashMap<ConnectSpec, Rc<Spec>>>,
     /// Tasks with ops that their waiter has not been told of.
     ready: RefCell<Vec<TaskId>>,
@@ -233,20 +246,55 @@ impl Net {
         spec
     }
 
+    /// The spec of a stream opened with `key` lately (no allocation when
+    /// a task opens the same stream again).
+    pub(crate) fn recent_spec(
+        &self,
+        addr: &str,
+        opts: &crate::net::Options,
+        defaults: crate::config::NetConfig,
+    ) -> Option<Rc<Spec>> {
+        let recent = self.inner.recent.borrow();
+        recent
+            .iter()
+            .find(|(k, _)| k.0 == addr && k.1 == *opts && k.2 == defaults)
+            .map(|(_, s)| Rc::clone(s))
+    }
+
+    /// Remembers `spec` for [`Net::recent_spec`].
+    pub(crate) fn remember_spec(&self, key: SpecKey, spec: &Rc<Spec>) {
+        let mut recent = self.inner.recent.borrow_mut();
+        if recent.len() >= RECENT_SPECS {
+            recent.pop_back();
+        }
+        recent.push_front((key, Rc::clone(spec)));
+    }
+
     /// The socket state of root task `id`, made on first use.
     pub(crate) fn task(&self, id: TaskId) -> Rc<NetTask> {
         let mut tasks = self.inner.tasks.borrow_mut();
-        Rc::clone(tasks.entry(id).or_insert_with(|| {
-            Rc::new(NetTask {
-                id,
-                net: Rc::downgrade(&self.inner),
-                socks: RefCell::new(IdMap::default()),
-                next_sock: Cell::new(1),
-                ops: RefCell::new(Vec::new()),
-                flagged: Cell::new(false),
-                ended: Cell::new(false),
-            })
-        }))
+        Rc::clone(
+            tasks
+                .entry(id)
+                .or_insert_with(|| match self.inner.spare.borrow_mut().pop() {
+                    Some(t) => {
+                        t.id.set(id);
+                        t.ended.set(false);
+                        t.flagged.set(false);
+                        t.next_sock.set(1);
+                        t
+                    }
+                    None => Rc::new(NetTask {
+                        id: Cell::new(id),
+                        net: Rc::downgrade(&self.inner),
+                        socks: RefCell::new(IdMap::default()),
+                        next_sock: Cell::new(1),
+                        ops: RefCell::new(Vec::new()),
+                        flagged: Cell::new(false),
+                        ended: Cell::new(false),
+                    }),
+                }),
+        )
     }
 
     /// The socket state of task `id`, if it opened a stream.
@@ -266,6 +314,10 @@ impl Net {
         if let Some(task) = task {
             task.end();
             self.unready(id);
+            let mut spare = self.inner.spare.borrow_mut();
+            if Rc::strong_count(&task) == 1 && spare.len() < MAX_SPARE_TASKS {
+                spare.push(task);
+            }
         }
     }
 
@@ -317,7 +369,7 @@ impl Net {
 
 /// The sockets of one root task and the ops queued for its waiter.
 pub(crate) struct NetTask {
-    id: TaskId,
+    id: Cell<TaskId>,
     net: Weak<NetShared>,
     socks: RefCell<IdMap<Sock>>,
     next_sock: Cell<SockId>,
@@ -344,49 +396,76 @@ fn error_of(e: &(io::ErrorKind, String)) -> io::Error {
 impl NetTask {
     /// The root task.
     pub(crate) fn id(&self) -> TaskId {
-        self.id
+        self.id.get()
     }
 
     fn end(&self) {
         self.ended.set(true);
         self.ops.borrow_mut().clear();
-        let socks = std::mem::take(&mut *self.socks.borrow_mut());
+        // (Wakers only queue tasks: nothing runs under the borrow.)
+        let mut socks = self.socks.borrow_mut();
         if let Some(net) = self.net.upgrade() {
             net.streams.set(net.streams.get().saturating_sub(socks.len()));
         }
-        for mut s in socks.into_values() {
+        for s in socks.values_mut() {
             s.wake_all();
         }
+        socks.clear();
     }
 
     fn push(&self, op: Op) {
         self.ops.borrow_mut().push(op);
         if !self.flagged.replace(true) {
             if let Some(net) = self.net.upgrade() {
-                net.ready.borrow_mut().push(self.id);
+                net.ready.borrow_mut().push(self.id());
             }
         }
     }
 
-    /// The queued ops, for the waiter.
-    pub(crate) fn take_ops(&self) -> Vec<Op> {
+    /// Hands the queued ops to `f`, in order, for the waiter.
+    pub(crate) fn drain_ops<E>(&self, mut f: impl FnMut(Op) -> Result<(), E>) -> Result<(), E> {
         self.flagged.set(false);
         if let Some(net) = self.net.upgrade() {
-            net.ready.borrow_mut().retain(|&t| t != self.id);
+            let id = self.id();
+            net.ready.borrow_mut().retain(|&t| t != id);
         }
-        let ops = std::mem::take(&mut *self.ops.borrow_mut());
-        let mut socks = self.socks.borrow_mut();
-        for op in &ops {
-            let Some(s) = socks.get_mut(&u64::from(op.sock())) else {
-                continue;
-            };
-            match op {
-                Op::Connect { .. } => s.known = true,
-                Op::Recv { .. } => s.recv = Recv::Taken,
-                _ => {}
+        let mut ops = std::mem::take(&mut *self.ops.borrow_mut());
+        {
+            let mut socks = self.socks.borrow_mut();
+            for op in &ops {
+                let Some(s) = socks.get_mut(&u64::from(op.sock())) else {
+                    continue;
+                };
+                match op {
+                    Op::Connect { .. } => s.known = true,
+                    Op::Recv { .. } => s.recv = Recv::Taken,
+                    _ => {}
+                }
             }
         }
-        ops
+        let mut res = Ok(());
+        for op in ops.drain(..) {
+            if res.is_ok() {
+                res = f(op);
+            }
+        }
+        // The emptied queue keeps its room.
+        let mut cur = self.ops.borrow_mut();
+        if cur.is_empty() {
+            *cur = ops;
+        }
+        res
+    }
+
+    /// The queued ops, for the waiter.
+    #[cfg(test)]
+    pub(crate) fn take_ops(&self) -> Vec<Op> {
+        let mut out = Vec::new();
+        let _ = self.drain_ops(|op| {
+            out.push(op);
+            Ok::<(), ()>(())
+        });
+        out
     }
 
     /// Opens a socket: queues its connect. Fails once the waiter is gone.
@@ -661,7 +740,7 @@ impl NetTask {
 
     /// A result from the waiter: updates the socket and wakes whoever
     /// waits for it. Results for a socket that was closed are dropped.
-    pub(crate) fn deliver(&self, sock: SockId, result: OpResult) {
+    pub(crate) fn deliver(&self, sock: SockId, result: OpResult<'_>) {
         let mut socks = self.socks.borrow_mut();
         let Some(s) = socks.get_mut(&u64::from(sock)) else {
             return;
@@ -669,6 +748,7 @@ impl NetTask {
         let mut drop_ops = false;
         match result {
             OpResult::Connected(reused) => {
+                s.spec.sent.set(s.spec.id != 0);
                 if s.phase == Phase::Connecting {
                     s.phase = Phase::Open;
                 }
@@ -691,16 +771,18 @@ impl NetTask {
                 }
                 s.recv = Recv::Idle;
                 if s.rpos == s.rbuf.len() {
-                    s.rbuf = data;
+                    s.rbuf.clear();
                     s.rpos = 0;
-                } else {
-                    s.rbuf.extend_from_slice(&data);
                 }
+                s.rbuf.extend_from_slice(data);
                 if let Some(w) = s.read_waker.take() {
                     w.wake();
                 }
             }
             OpResult::Failed(kind, msg) => {
+                if kind == CONNECT {
+                    s.spec.sent.set(s.spec.id != 0);
+                }
                 let (what, fatal) = match kind {
                     CONNECT => ("connect to", true),
                     SEND => ("send to", true),

@@ -49,7 +49,7 @@ fn take(rt: &Runtime, id: TaskId) -> (Rc<NetTask>, Vec<Op>) {
 /// Hands results to the task and runs what they woke, as `net_step` does;
 /// returns the ops queued, and whether the task finished (and its outcome
 /// was fine).
-fn step(rt: &Runtime, task: &NetTask, results: Vec<(SockId, OpResult)>) -> (Vec<Op>, Option<bool>) {
+fn step(rt: &Runtime, task: &NetTask, results: Vec<(SockId, OpResult<'_>)>) -> (Vec<Op>, Option<bool>) {
     rt.run_inline(|| {
         for (sock, r) in results {
             task.deliver(sock, r);
@@ -116,13 +116,10 @@ fn connect_send_and_first_read_go_out_in_one_batch_then_keepalive() {
     let (ops, done) = step(
         &rt,
         &task,
-        vec![
-            (1, OpResult::Connected(3)),
-            (1, OpResult::Received(b"po".to_vec())),
-        ],
+        vec![(1, OpResult::Connected(3)), (1, OpResult::Received(b"po"))],
     );
     assert_eq!((kinds(&ops), done), (vec!["recv"], None));
-    let (ops, done) = step(&rt, &task, vec![(1, OpResult::Received(b"ng".to_vec()))]);
+    let (ops, done) = step(&rt, &task, vec![(1, OpResult::Received(b"ng"))]);
     assert_eq!(done, Some(true));
     assert!(
         matches!(ops[..], [Op::Keepalive { sock: 1, .. }]),

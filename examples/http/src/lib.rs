@@ -204,14 +204,21 @@ impl Fetch {
             .map_err(|e| format!("bad request: {e}"))
     }
 
-    fn addr(&self) -> String {
+    /// The address to connect to: the URL's authority as it is when it
+    /// names a port (no copy), else host and default port.
+    fn addr(&self) -> std::borrow::Cow<'_, str> {
         if let Some(unix) = &self.unix {
-            return unix.clone();
+            return unix.as_str().into();
+        }
+        if let Some(a) = self.uri.authority() {
+            if a.port().is_some() && !a.as_str().contains('@') {
+                return a.as_str().into();
+            }
         }
         if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
+            format!("[{}]:{}", self.host, self.port).into()
         } else {
-            format!("{}:{}", self.host, self.port)
+            format!("{}:{}", self.host, self.port).into()
         }
     }
 }
@@ -242,6 +249,8 @@ struct Response {
 /// a repeated header joined by ", ".
 fn collect_headers(h: &hyper::HeaderMap) -> Record {
     let mut out = Record::with_capacity(h.keys_len());
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 2).sum();
+    out.reserve_bytes(bytes);
     let mut joined = Vec::new();
     for name in h.keys() {
         let mut values = h.get_all(name).iter();
@@ -281,7 +290,11 @@ async fn fetch_http1(f: &Fetch) -> Result<Response, String> {
         .half_duplex(true)
         .open(&f.addr())
         .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<TcpStream, Full<Bytes>>(stream)
+    // ngx_lua hands over at most lua_socket_buffer_size bytes a read: a
+    // read buffer of fixed size saves hyper's adaptive growth.
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(16 * 1024))
+        .handshake::<TcpStream, Full<Bytes>>(stream)
         .await
         .map_err(|e| message(&e))?;
     let conn = resty_async::spawn_local(conn.without_shutdown());

@@ -16,9 +16,9 @@ local runtime = require "resty.async.runtime"
 local driver = require "resty.async.driver"
 
 local ngx = ngx
-local type = type
 local select = select
 local pairs = pairs
+local next = next
 local pcall = pcall
 local unpack = unpack
 local tostring = tostring
@@ -90,11 +90,26 @@ function Ctx:dead()
         return self.sema:count() >= 0
     end
     local sock = self.busy
-    if sock then
-        local ok, _, err = pcall(sock.close, sock)
-        return ok and err == "closed"
+    if not sock then
+        return false
     end
-    return false
+    -- (raising costs: only an op already seen by the last sweep is asked)
+    local op = self.nbusy
+    if self.seen ~= op then
+        self.seen = op
+        return false
+    end
+    local ok, _, err = pcall(sock.close, sock)
+    return ok and err == "closed"
+end
+
+
+-- Marks the waiter as blocked in an op on `sock` (nil: no longer).
+local function busy(ctx, sock)
+    ctx.busy = sock
+    if sock then
+        ctx.nbusy = ctx.nbusy + 1
+    end
 end
 
 
@@ -235,16 +250,16 @@ local function connect(ctx, i, spec)
     ctx.specs[i] = spec
     set_timeouts(ctx, i, sock, true)
     local ok, err
-    ctx.busy = sock
+    busy(ctx, sock)
     if port then
         ok, err = sock:connect(host, port, opts)
         if not ok and str_find(err, "no resolver defined", 1, true) then
             -- no `resolver` in this location: getaddrinfo on the pool
             local addr
-            ctx.busy = nil
+            busy(ctx, nil)
             addr, err = _M.resolve(ctx.st, host, ctx.deadline - ngx_now())
             if addr then
-                ctx.busy = sock
+                busy(ctx, sock)
                 ok, err = sock:connect(addr, port, opts)
             end
         end
@@ -258,7 +273,7 @@ local function connect(ctx, i, spec)
             sock:close()
         end
     end
-    ctx.busy = nil
+    busy(ctx, nil)
     if not ok then
         ctx.socks[i] = false
         add_result(ctx, -i, CONNECT, err)
@@ -272,9 +287,9 @@ end
 -- Reads on socket `i` here, with the timeouts cut to the call's deadline.
 local function read_inline(ctx, i, sock, max)
     set_timeouts(ctx, i, sock, true)
-    ctx.busy = sock
+    busy(ctx, sock)
     local data, err = sock:receiveany(max)
-    ctx.busy = nil
+    busy(ctx, nil)
     if data then
         add_result(ctx, i, RECV, data)
     else
@@ -319,9 +334,9 @@ local function run_ops(ctx)
             elseif sock then
                 if kind == SEND then
                     set_timeouts(ctx, i, sock, true)
-                    ctx.busy = sock
+                    busy(ctx, sock)
                     local ok, err = sock:send(q[h + 2])
-                    ctx.busy = nil
+                    busy(ctx, nil)
                     if not ok then
                         add_result(ctx, -i, SEND, err)
                     elseif q[h + 3] then
@@ -361,16 +376,21 @@ end
 local function cleanup(ctx)
     ctx.over = true
     local threads = ctx.threads
-    for k = 1, #threads do
+    local nthreads = #threads
+    for k = 1, nthreads do
         -- a finished reader is a zombie until its parent waits for it or
         -- kills it: either way it goes
         thread_kill(threads[k])
     end
     ctx.nreading = 0
-    for _, sock in pairs(ctx.socks) do
-        if sock then
-            sock:close()
+    local socks = ctx.socks
+    if next(socks) then
+        for _, sock in pairs(socks) do
+            if sock then
+                sock:close()
+            end
         end
+        clear_tab(socks)
     end
     local st, id = ctx.st, ctx.id
     if st.waiters[id] == NET then
@@ -384,16 +404,21 @@ local function cleanup(ctx)
         spare[nspare] = sema
     end
     -- Reused: no reader is left to hold it. Its tables, cleared, keep
-    -- their room.
+    -- their room. (The queue and the results are emptied as they go.)
     if nspare_ctx < MAX_SPARE then
-        clear_tab(ctx.q)
-        clear_tab(ctx.res)
-        clear_tab(ctx.socks)
+        if ctx.qt > 0 then
+            clear_tab(ctx.q)
+        end
+        if ctx.nres > 0 then
+            clear_tab(ctx.res)
+        end
         clear_tab(ctx.specs)
         clear_tab(ctx.tmo)
-        clear_tab(ctx.reading)
-        clear_tab(ctx.readers)
-        clear_tab(ctx.threads)
+        if nthreads > 0 then
+            clear_tab(ctx.reading)
+            clear_tab(ctx.readers)
+            clear_tab(threads)
+        end
         ctx.results = nil
         ctx.failed = nil
         ctx.sema = nil
@@ -418,7 +443,7 @@ local function done(ctx, ...)
 end
 
 
-local run
+local run, ended
 
 
 -- What a step of the waiter returned: the ops, then the task's state.
@@ -554,10 +579,30 @@ end
 _M.resolve = nil
 
 
+local function first_step(ctx)
+    return stepped(ctx, deliver(ctx))
+end
+
+
+-- What the wait returned; after a Lua error (a bug, a cosocket misuse),
+-- the task is cancelled and its sockets closed before the error goes on.
+ended = function(ctx, ok, ...)
+    if ok then
+        return ...
+    end
+    if not ctx.over then
+        forget(ctx.st, ctx.id)
+        cleanup(ctx)
+    end
+    error((...), 0)
+end
+
+
 -- Carries out the socket ops of task `id` of runtime `st` until it
 -- finishes; returns its results (or nil, "timeout" after `timeout`
--- seconds).
-function _M.wait(st, id, timeout)
+-- seconds). `k, ...`: the ops its raw call returned, if any; the waiter
+-- asks for them otherwise.
+function _M.wait(st, id, timeout, k, ...)
     local ctx
     if nspare_ctx > 0 then
         ctx = spare_ctx[nspare_ctx]
@@ -576,16 +621,16 @@ function _M.wait(st, id, timeout)
     ctx.qh, ctx.qt, ctx.nres, ctx.nreading = 1, 0, 0, 0
     ctx.waiting, ctx.over, ctx.finished, ctx.ops_ready = false, false, false,
                                                          false
-    ctx.busy = nil
+    ctx.busy, ctx.nbusy, ctx.seen = nil, 0, nil
     st.waiters[id] = NET
     st.nets[id] = ctx
     st.nwaiting = st.nwaiting + 1
-    return stepped(ctx, deliver(ctx))
+    if k then
+        enqueue(ctx, nil, k, ...)
+        return ended(ctx, pcall(run, ctx))
+    end
+    return ended(ctx, pcall(first_step, ctx))
 end
-
-
-_M.Ctx = Ctx
-_M.type = type
 
 
 return _M

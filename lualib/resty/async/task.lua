@@ -44,7 +44,7 @@ local function start_task(st, ok, ...)
 
     local id = pending_id(st, ok)
     if ... then
-        st.netops[id] = true  -- [net] socket ops wait for task:wait()
+        st.netops[id] = pack(...)  -- [net] socket ops wait for task:wait()
     end
     local started, err = need_driver(st, id)
     if not started then

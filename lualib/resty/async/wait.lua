@@ -9,6 +9,7 @@ local semaphore = require "ngx.semaphore"
 
 local ngx = ngx
 local type = type
+local unpack = unpack
 local error = error
 local pcall = pcall
 local setmetatable = setmetatable
@@ -112,9 +113,10 @@ local function can_wait()
 end
 
 
--- (`level`: the caller's level for error(), as seen from here. `ops`: the
--- raw call left socket ops for the caller, see resty.async.net.)
-local function wait(st, id, timeout, level, ops)
+-- (`level`: the caller's level for error(), as seen from here. `k, ...`:
+-- the socket ops a raw call returned for the caller, see
+-- resty.async.net.)
+local function wait(st, id, timeout, level, k, ...)
     id = pending_id(st, id)
     if not can_wait() then
         forget(st, id)
@@ -129,9 +131,13 @@ local function wait(st, id, timeout, level, ops)
     end
 
     local netops = st.netops
-    if ops or netops[id] then  -- [net] the caller carries out socket ops
+    if k or netops[id] then  -- [net] the caller carries out socket ops
+        local ops = netops[id]
         netops[id] = nil
-        return net_wait(st, id, timeout)
+        if type(ops) == "table" then  -- kept by async.spawn
+            return net_wait(st, id, timeout, unpack(ops, 1, ops.n))
+        end
+        return net_wait(st, id, timeout, k, ...)
     end
 
     local sema = get_sema()
