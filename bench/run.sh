@@ -222,6 +222,7 @@ group ngxsleep50:/ngx_sleep:50 asleep50:/async_sleep:50
 group base1000:/baseline:1000 ngxsleep1000:/ngx_sleep:1000 asleep1000:/async_sleep:1000
 # 9. HTTP: a GET to a `return 200` location of the same nginx
 group luafetch50:/lua_fetch:50 fetch50:/fetch:50 capture50:/capture:50
+group luafetch1:/lua_fetch:1 fetch1:/fetch:1 capture1:/capture:1
 stop_nginx
 
 # Isolation: CPU jobs on every core would leave none to nginx (and wrk);
@@ -339,6 +340,9 @@ table() {
     row "9. HTTP GET: Lua client over \`ngx.socket.tcp\`" 1 50 luafetch50 base50 ""
     row "9. HTTP GET: \`http.fetch\` (hyper over \`resty_async::net\`)" 1 50 fetch50 base50 "$(have luafetch50 && echo "$(ratio fetch50 luafetch50) Lua client")"
     row "9. HTTP GET: \`ngx.location.capture\` + \`proxy_pass\`, upstream keepalive" 1 50 capture50 base50 "$(have luafetch50 && echo "$(ratio capture50 luafetch50) Lua client")"
+    row "9. HTTP GET: Lua client over \`ngx.socket.tcp\`" 1 1 luafetch1 base1 ""
+    row "9. HTTP GET: \`http.fetch\`" 1 1 fetch1 base1 "$(have luafetch1 && echo "$(ratio fetch1 luafetch1) Lua client; $(added fetch1 luafetch1) µs/req")"
+    row "9. HTTP GET: \`ngx.location.capture\` + \`proxy_pass\`" 1 1 capture1 base1 "$(have luafetch1 && echo "$(ratio capture1 luafetch1) Lua client")"
 }
 
 targets() {
