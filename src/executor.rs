@@ -355,7 +355,7 @@ impl<T: 'static> Executor<T> {
 
     /// The outcome of a finished task, which frees its slot. `None` if the
     /// task is unknown or not finished.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "internals"))]
     pub fn take(&self, id: TaskId) -> Option<Outcome<T>> {
         self.take_if(id, |_| true)
     }
