@@ -40,11 +40,15 @@
 use std::net::{IpAddr, ToSocketAddrs};
 use std::rc::Rc;
 
-use mlua::{Lua, MultiValue, Table, Value};
+use std::ffi::{c_char, c_int};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use mlua::{ffi, Lua, MultiValue, Table, Value};
+
+use crate::executor::Panicked;
 use crate::executor::TaskId;
 use crate::net::task::{Op, OpResult, SockId, CLOSE, CONNECT, KEEPALIVE, RECV, SEND, SPEC};
-use crate::raw::{self, results};
+use crate::raw::{self, error_message, failure, results};
 use crate::runtime::Runtime;
 use crate::sendable::Sendable;
 use crate::strings;
@@ -52,11 +56,17 @@ use crate::vm::{self, VmRuntime};
 
 /// Adds `net_step` and `net_resolve` to a runtime's control table.
 pub(crate) fn install(lua: &Lua, vm: &Rc<VmRuntime>, t: &Table) -> mlua::Result<()> {
-    let h = Rc::clone(vm);
-    t.raw_set(
-        "net_step",
-        lua.create_function(move |lua, args: MultiValue| step(lua, &h, args))?,
-    )?;
+    // SAFETY: net_step follows the lua_CFunction protocol (see there); its
+    // upvalue points to the VmRuntime `vm` holds, which the Lua VM keeps
+    // (app data) as long as the function can be called.
+    let f = unsafe {
+        let ptr = Rc::as_ptr(vm) as *mut std::ffi::c_void;
+        lua.exec_raw::<mlua::Function>((), |state| {
+            ffi::lua_pushlightuserdata(state, ptr);
+            ffi::lua_pushcclosure(state, net_step, 1);
+        })?
+    };
+    t.raw_set("net_step", f)?;
     // net_resolve(host) -> (raw convention) the host's address, from
     // getaddrinfo on the blocking pool: where nginx has no `resolver`.
     t.raw_set(
@@ -94,89 +104,86 @@ fn resolve(host: &str) -> Result<String, String> {
     })
 }
 
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Integer(i) => Some(*i as f64),
-        Value::Number(n) => Some(*n),
-        _ => None,
-    }
-}
-
-/// A result triplet, as `OpResult`; `None` if malformed.
-fn with_result(sock: &Value, kind: &Value, value: &Value, f: impl FnOnce(SockId, OpResult<'_>)) {
-    let (Some(sock), Some(kind)) = (number(sock), number(kind)) else {
-        return;
-    };
-    let kind = kind as u8;
-    if sock < 0.0 {
-        let msg = match value {
-            Value::String(s) => s.to_string_lossy(),
-            _ => "failed".to_owned(),
-        };
-        return f((-sock) as SockId, OpResult::Failed(kind, msg));
-    }
-    let sock = sock as SockId;
-    match (kind, value) {
-        (CONNECT, v) => f(sock, OpResult::Connected(number(v).unwrap_or(0.0) as u32)),
-        (SEND, _) => f(sock, OpResult::Sent),
-        (RECV, Value::String(s)) => f(sock, OpResult::Received(&s.as_bytes())),
-        _ => {}
-    }
-}
-
 fn string(lua: &Lua, bytes: &[u8]) -> mlua::Result<Value> {
     strings::create(lua, bytes).map(Value::String)
 }
 
 /// Appends the values of `op` (see the module docs).
-fn push_op(lua: &Lua, out: &mut Vec<Value>, op: Op) -> mlua::Result<()> {
-    let n = |x: u32| Value::Number(f64::from(x));
+/// One value of an op, as Lua gets it.
+enum OpVal<'a> {
+    Num(f64),
+    Str(&'a [u8]),
+    Bool(bool),
+    Nil,
+}
+
+/// Hands the values of `op` (see the module docs) to `f`, in order.
+fn op_values<E>(op: &Op, mut f: impl FnMut(OpVal<'_>) -> Result<(), E>) -> Result<(), E> {
+    let n = |x: u32| OpVal::Num(f64::from(x));
+    let kind = |k: u8| OpVal::Num(f64::from(k));
     match op {
         Op::Connect { sock, spec } => {
             if !spec.sent.get() {
                 let c = &spec.conn;
-                out.extend([Value::Number(f64::from(SPEC)), n(spec.id)]);
-                out.push(string(lua, c.host.as_bytes())?);
-                out.push(c.port.map_or(Value::Nil, |p| n(u32::from(p))));
-                out.push(string(lua, c.pool.as_bytes())?);
-                out.extend([n(c.pool_size), n(c.connect_ms), n(c.send_ms), n(c.read_ms)]);
-                out.push(match &c.tls {
-                    None => Value::Nil,
-                    Some(None) => Value::Boolean(false),
-                    Some(Some(name)) => string(lua, name.as_bytes())?,
-                });
-                out.push(Value::Boolean(c.verify));
+                f(kind(SPEC))?;
+                f(n(spec.id))?;
+                f(OpVal::Str(c.host.as_bytes()))?;
+                f(c.port.map_or(OpVal::Nil, |p| n(u32::from(p))))?;
+                f(OpVal::Str(c.pool.as_bytes()))?;
+                for x in [c.pool_size, c.connect_ms, c.send_ms, c.read_ms] {
+                    f(n(x))?;
+                }
+                f(match &c.tls {
+                    None => OpVal::Nil,
+                    Some(None) => OpVal::Bool(false),
+                    Some(Some(name)) => OpVal::Str(name.as_bytes()),
+                })?;
+                f(OpVal::Bool(c.verify))?;
             }
-            out.extend([Value::Number(f64::from(CONNECT)), n(sock), n(spec.id)]);
+            f(kind(CONNECT))?;
+            f(n(*sock))?;
+            f(n(spec.id))
         }
         Op::Send { sock, data, ack } => {
-            out.extend([Value::Number(f64::from(SEND)), n(sock)]);
-            out.push(string(lua, &data)?);
-            out.push(Value::Boolean(ack));
+            f(kind(SEND))?;
+            f(n(*sock))?;
+            f(OpVal::Str(data))?;
+            f(OpVal::Bool(*ack))
         }
         Op::Recv { sock, max, inline } => {
-            out.extend([
-                Value::Number(f64::from(RECV)),
-                n(sock),
-                n(max),
-                Value::Boolean(inline),
-            ]);
+            f(kind(RECV))?;
+            f(n(*sock))?;
+            f(n(*max))?;
+            f(OpVal::Bool(*inline))
         }
         Op::Keepalive {
             sock,
             idle_ms,
             pool_size,
         } => {
-            out.extend([
-                Value::Number(f64::from(KEEPALIVE)),
-                n(sock),
-                n(idle_ms),
-                n(pool_size),
-            ]);
+            f(kind(KEEPALIVE))?;
+            f(n(*sock))?;
+            f(n(*idle_ms))?;
+            f(n(*pool_size))
         }
-        Op::Close { sock } => out.extend([Value::Number(f64::from(CLOSE)), n(sock)]),
+        Op::Close { sock } => {
+            f(kind(CLOSE))?;
+            f(n(*sock))
+        }
     }
-    Ok(())
+}
+
+/// Appends the values of `op` as mlua values.
+fn push_op(lua: &Lua, out: &mut Vec<Value>, op: Op) -> mlua::Result<()> {
+    op_values(&op, |v| {
+        out.push(match v {
+            OpVal::Num(x) => Value::Number(x),
+            OpVal::Str(b) => string(lua, b)?,
+            OpVal::Bool(b) => Value::Boolean(b),
+            OpVal::Nil => Value::Nil,
+        });
+        Ok(())
+    })
 }
 
 /// `k` and the k values of the ops queued for task `id` (for a raw
@@ -191,38 +198,193 @@ pub(crate) fn ops_values(lua: &Lua, rt: &Runtime, id: TaskId) -> mlua::Result<Mu
     Ok(MultiValue::from_vec(out))
 }
 
-fn step(lua: &Lua, vm: &VmRuntime, args: MultiValue) -> mlua::Result<MultiValue> {
+/// What a step found, for `net_step` to push.
+struct Stepped {
+    kick: bool,
+    ops: Vec<Op>,
+    /// The task's results if it finished; `None` if pending; the error
+    /// message if the task is gone.
+    state: Result<Option<MultiValue>, &'static str>,
+}
+
+/// A result of the arguments of `net_step`: a socket (negative: failed),
+/// an op kind, and the value (a number, or a string on the Lua stack).
+struct Arg {
+    sock: f64,
+    kind: f64,
+    num: f64,
+    bytes: Option<(*const u8, usize)>,
+}
+
+impl Arg {
+    /// The string value.
+    fn bytes(&self) -> Option<&[u8]> {
+        // SAFETY: `bytes` points into a string on the Lua stack of the
+        // running `net_step` call, which stays there until `step`, which
+        // alone reads it, has returned.
+        self.bytes
+            .map(|(p, n)| unsafe { std::slice::from_raw_parts(p, n) })
+    }
+}
+
+/// The Rust part of `net_step`: hands the results to the task, runs what
+/// they woke, takes the ops and the outcome.
+fn step(lua: &Lua, vm: &VmRuntime, id: TaskId, args: &[Arg]) -> mlua::Result<Stepped> {
     let rt = vm.get();
     let _enter = vm::enter(&rt);
-    let mut args = args.into_iter();
-    let id = args.next().as_ref().and_then(number).unwrap_or(0.0) as TaskId;
     let task = rt.net().get(id);
     rt.run_inline(|| {
         let Some(task) = &task else { return };
-        while let (Some(sock), Some(kind), Some(value)) = (args.next(), args.next(), args.next()) {
-            with_result(&sock, &kind, &value, |sock, result| task.deliver(sock, result));
+        for a in args {
+            let kind = a.kind as u8;
+            if a.sock < 0.0 {
+                let msg = a.bytes().map_or_else(
+                    || "failed".to_owned(),
+                    |b| String::from_utf8_lossy(b).into_owned(),
+                );
+                task.deliver((-a.sock) as SockId, OpResult::Failed(kind, msg));
+                continue;
+            }
+            let sock = a.sock as SockId;
+            match (kind, a.bytes()) {
+                (CONNECT, _) => task.deliver(sock, OpResult::Connected(a.num as u32)),
+                (SEND, _) => task.deliver(sock, OpResult::Sent),
+                (RECV, Some(data)) => task.deliver(sock, OpResult::Received(data)),
+                _ => {}
+            }
         }
     });
     // The ops first: taking the finished task forgets its sockets.
-    let mut out = Vec::with_capacity(16);
-    out.extend([Value::Nil, Value::Nil]);
+    let mut ops = Vec::new();
     if let Some(task) = &task {
-        task.drain_ops(|op| push_op(lua, &mut out, op))?;
+        task.drain_ops(|op| {
+            ops.push(op);
+            Ok::<(), ()>(())
+        })
+        .ok();
     }
     drop(task);
     let done = rt.take_finished(id);
-    out[0] = Value::Boolean(rt.driver_owed(id));
-    out[1] = Value::Number((out.len() - 2) as f64);
-    match done {
-        Some(outcome) => {
-            out.push(Value::Boolean(true));
-            out.extend(results(lua, outcome)?);
+    let kick = rt.driver_owed(id);
+    let state = match done {
+        Some(outcome) => Ok(Some(results(lua, outcome)?)),
+        None if rt.has_task(id) => Ok(None),
+        None => Err("cancelled"),
+    };
+    Ok(Stepped { kick, ops, state })
+}
+
+/// `net_step` (see the module docs): a C function, with the VM's
+/// runtime as its upvalue. Its arguments are read off the stack and its
+/// results pushed onto it without mlua's conversions, which would cost
+/// more than the step.
+///
+/// The Rust part runs under `catch_unwind` and makes Lua values only
+/// under protected calls; pushing the results may raise a memory error,
+/// which unwinds through this frame (a `C-unwind` function) to the
+/// caller's protected call, dropping what is owned here.
+unsafe extern "C-unwind" fn net_step(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: (for the whole function) `state` is the running Lua state
+    // (lua_CFunction protocol); the upvalue is the VmRuntime that `install`
+    // made this function for, which lives as long as the Lua VM.
+    unsafe {
+        let vm = &*(ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const VmRuntime);
+        let lua = Lua::get_or_init_from_ptr(state);
+        let top = ffi::lua_gettop(state);
+        let id = ffi::lua_tonumber(state, 1) as TaskId;
+        let mut args = Vec::with_capacity(((top - 1) / 3).max(0) as usize);
+        let mut i = 2;
+        while i + 2 <= top {
+            let (mut num, mut bytes) = (0.0, None);
+            match ffi::lua_type(state, i + 2) {
+                // Only a string: lua_tolstring converts (and allocates)
+                // nothing then.
+                ffi::LUA_TSTRING => {
+                    let mut len = 0;
+                    let p = ffi::lua_tolstring(state, i + 2, &mut len);
+                    bytes = Some((p as *const u8, len));
+                }
+                ffi::LUA_TNUMBER => num = ffi::lua_tonumber(state, i + 2),
+                _ => {}
+            }
+            args.push(Arg {
+                sock: ffi::lua_tonumber(state, i),
+                kind: ffi::lua_tonumber(state, i + 1),
+                num,
+                bytes,
+            });
+            i += 3;
         }
-        None if rt.has_task(id) => out.push(Value::Boolean(false)),
-        None => {
-            out.push(Value::Nil);
-            out.push(string(lua, b"cancelled")?);
+        let stepped = match catch_unwind(AssertUnwindSafe(|| step(lua, vm, id, &args))) {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => Stepped {
+                kick: false,
+                ops: Vec::new(),
+                state: Ok(Some(failure(lua, &error_message(&e)).unwrap_or_default())),
+            },
+            Err(p) => Stepped {
+                kick: false,
+                ops: Vec::new(),
+                state: Ok(Some(
+                    failure(lua, &Panicked::from_payload(p).to_string()).unwrap_or_default(),
+                )),
+            },
+        };
+        drop(args);
+        ffi::lua_settop(state, 0);
+        let mut k = 0;
+        for op in &stepped.ops {
+            let _ = op_values(op, |_| {
+                k += 1;
+                Ok::<(), ()>(())
+            });
         }
+        let nres = match &stepped.state {
+            Ok(Some(r)) => r.len() as c_int + 1,
+            _ => 2,
+        };
+        ffi::luaL_checkstack(state, 2 + k + nres, c"resty-async: too many results".as_ptr());
+        ffi::lua_pushboolean(state, c_int::from(stepped.kick));
+        ffi::lua_pushnumber(state, f64::from(k));
+        for op in &stepped.ops {
+            let _ = op_values(op, |v| {
+                match v {
+                    OpVal::Num(x) => ffi::lua_pushnumber(state, x),
+                    OpVal::Str(b) => {
+                        ffi::lua_pushlstring(state, b.as_ptr() as *const c_char, b.len());
+                    }
+                    OpVal::Bool(b) => ffi::lua_pushboolean(state, c_int::from(b)),
+                    OpVal::Nil => ffi::lua_pushnil(state),
+                }
+                Ok::<(), ()>(())
+            });
+        }
+        match &stepped.state {
+            Ok(Some(values)) => {
+                ffi::lua_pushboolean(state, 1);
+                // mlua pushes onto its own current state: moved from there.
+                lua.exec_raw_lua(|raw| {
+                    let from = raw.state();
+                    for v in values.iter() {
+                        if ffi::lua_checkstack(from, 2) == 0 || raw.push_value(v).is_err() {
+                            ffi::lua_pushnil(state);
+                            continue;
+                        }
+                        if from != state {
+                            ffi::lua_xmove(from, state, 1);
+                        }
+                    }
+                });
+            }
+            Ok(None) => {
+                ffi::lua_pushboolean(state, 0);
+                ffi::lua_pushnil(state);
+            }
+            Err(msg) => {
+                ffi::lua_pushnil(state);
+                ffi::lua_pushlstring(state, msg.as_ptr() as *const c_char, msg.len());
+            }
+        }
+        ffi::lua_gettop(state)
     }
-    Ok(MultiValue::from_vec(out))
 }
