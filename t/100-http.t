@@ -123,7 +123,7 @@ add_block_preprocessor(sub {
     $block->set_value("config", ($block->config // '') . $Upstream);
 });
 
-plan tests => repeat_each() * (blocks() * 5 + 2);
+plan tests => repeat_each() * (blocks() * 5 + 5);
 
 run_tests();
 
@@ -600,3 +600,22 @@ in_flight=0 streams=0 waiting=0
 ["GET /t", "GET /t", "GET /t"]
 --- response_body eval
 ["hello 1\n", "hello 2\n", "hello 3\n"]
+
+
+
+=== TEST 20: lua_code_cache off: each request's Lua VM has its own runtime and sockets
+--- config
+    location = /t {
+        lua_code_cache off;
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/up")
+            ngx.print(res and res.status .. " " .. res.body or err)
+        }
+    }
+--- request eval
+["GET /t", "GET /t"]
+--- response_body_like eval
+[qr/^200 hello \d+\n$/, qr/^200 hello \d+\n$/]
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/]
