@@ -24,14 +24,15 @@ DEB_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core libluajit2-5.1-dev \
 SO := build/resty_async_core.so
 FIXTURES_SO := build/resty_async_fixtures.so
 TOKIO_SO := build/resty_async_tokio.so
-RUST_SRC := $(wildcard src/*.rs) Cargo.toml build.rs
+HTTP_SO := build/resty_async_http.so
+RUST_SRC := $(wildcard src/*.rs src/*/*.rs) Cargo.toml build.rs
 
 .PHONY: all build deps run test test-rust test-nginx test-nginx-real test-nginx-compat \
         test-template test-lifecycle clean bench bench-fetch bench-callgrind soak
 
 all: build
 
-build: $(SO) $(FIXTURES_SO) $(TOKIO_SO)
+build: $(SO) $(FIXTURES_SO) $(TOKIO_SO) $(HTTP_SO)
 
 # Copied with cp + mv, never cp over the old file: a running nginx has it
 # mapped, and rewriting it in place crashes the workers.
@@ -53,6 +54,12 @@ $(TOKIO_SO): $(RUST_SRC) $(wildcard examples/tokio/src/*.rs) examples/tokio/Carg
 	$(CARGO) build $(CARGO_PROFILE) -p resty-async-tokio-example
 	@mkdir -p build
 	cp $(TARGET_DIR)/libresty_async_tokio.so $@.tmp && mv -f $@.tmp $@
+
+# The HTTP client example (hyper over resty_async::net streams).
+$(HTTP_SO): $(RUST_SRC) $(wildcard examples/http/src/*.rs) examples/http/Cargo.toml
+	$(CARGO) build $(CARGO_PROFILE) -p resty-async-http
+	@mkdir -p build
+	cp $(TARGET_DIR)/libresty_async_http.so $@.tmp && mv -f $@.tmp $@
 
 # Install what is missing, when we may (root with apt); otherwise say what
 # is missing and go on (a later step fails with a clearer message).
@@ -184,8 +191,8 @@ uninstall:
 # Formatting, clippy, rustdoc and luacheck, all warnings as errors.
 lint: lint-template
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --features core-module,testing -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,testing,tokio
+	$(CARGO) clippy --workspace --all-targets --features core-module,testing,tokio-io -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p resty-async --features core-module,testing,tokio,hyper,tokio-io
 	$(LUACHECK) lualib t/lib src/testing
 
 # The template is a workspace of its own (examples/hello/Cargo.toml), with

@@ -19,13 +19,13 @@ fi
 # instances that the run starts later.
 bench_prefix() { # prefix
     local f
-    for f in build/resty_async_core.so build/resty_async_bench.so; do
+    for f in build/resty_async_core.so build/resty_async_bench.so build/resty_async_http.so; do
         [ -e "$f" ] || { echo "bench: $f is missing (run 'make bench')" >&2; return 1; }
     done
     rm -rf "$1"
     mkdir -p "$1/logs" "$1/sock" "$1/wrk" "$1/lib"
     cp -R lualib "$1/lualib"
-    cp build/resty_async_core.so build/resty_async_bench.so "$1/lib/"
+    cp build/resty_async_core.so build/resty_async_bench.so build/resty_async_http.so "$1/lib/"
 }
 
 # nginx/bench.conf with its @...@ values filled in, as <prefix>/nginx.conf.
@@ -41,7 +41,7 @@ render_conf() { # prefix port workers threads [pool_cpus]
     fi
     sed -e "s|@LUALIB@|$1/lualib|g" -e "s|@CLIB@|$1/lib|g" \
         -e "s|@LOAD_MODULES@|$load|" -e "s|@USER@|$user|" \
-        -e "s|@WORKERS@|$3|" -e "s|@THREADS@|$4|g" -e "s|@PORT@|$2|" \
+        -e "s|@WORKERS@|$3|" -e "s|@THREADS@|$4|g" -e "s|@PORT@|$2|g" \
         -e "s|@AFFINITY@|$affinity|" -e "s|@POOL_CPUS@|$cpus|" \
         -e "s|@BASE@|$1/sock|" nginx/bench.conf > "$1/nginx.conf"
 }

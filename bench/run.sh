@@ -72,7 +72,8 @@ start_nginx() { # workers threads [pool_cpus]
         sleep 0.1
     done
     NGINX_PID=$(cat "$PREFIX/logs/nginx.pid")
-    for p in /baseline /fast /wake /handoff /peer /async_sleep /ngx_sleep /cpu_async /cpu_sync; do
+    for p in /baseline /fast /wake /handoff /peer /async_sleep /ngx_sleep /cpu_async /cpu_sync \
+             /fetch /lua_fetch /capture; do
         local s
         s=$(http_status "$PORT" "$p")
         if [ "$s" != 200 ]; then
@@ -219,6 +220,9 @@ group base1:/baseline:1 fast1:/fast:1 wake1:/wake:1 handoff1:/handoff:1 peer1:/p
 group base50:/baseline:50 fast50:/fast:50 wake50:/wake:50 handoff50:/handoff:50 peer50:/peer:50
 group ngxsleep50:/ngx_sleep:50 asleep50:/async_sleep:50
 group base1000:/baseline:1000 ngxsleep1000:/ngx_sleep:1000 asleep1000:/async_sleep:1000
+# 9. HTTP: a GET to a `return 200` location of the same nginx
+group luafetch50:/lua_fetch:50 fetch50:/fetch:50 capture50:/capture:50
+group luafetch1:/lua_fetch:1 fetch1:/fetch:1 capture1:/capture:1
 stop_nginx
 
 # Isolation: CPU jobs on every core would leave none to nginx (and wrk);
@@ -333,6 +337,12 @@ table() {
     row "7. baseline \`ngx.say\`" 2 50 base50w2 base50 ""
     row "7. wake path \`async.sha256(\"x\")\`" 2 50 wake50w2 base50 "$(have base50w2 && have wake50w2 && echo "$(ratio wake50w2 base50w2) 2-worker baseline; $(ratio wake50w2 wake50) 1 worker")"
     row "7. wake path \`async.sha256(\"x\")\`" 2 1 wake1w2 base1 "$(adds wake1w2 base1)"
+    row "9. HTTP GET: Lua client over \`ngx.socket.tcp\`" 1 50 luafetch50 base50 ""
+    row "9. HTTP GET: \`http.fetch\` (hyper over \`resty_async::net\`)" 1 50 fetch50 base50 "$(have luafetch50 && echo "$(ratio fetch50 luafetch50) Lua client")"
+    row "9. HTTP GET: \`ngx.location.capture\` + \`proxy_pass\`, upstream keepalive" 1 50 capture50 base50 "$(have luafetch50 && echo "$(ratio capture50 luafetch50) Lua client")"
+    row "9. HTTP GET: Lua client over \`ngx.socket.tcp\`" 1 1 luafetch1 base1 ""
+    row "9. HTTP GET: \`http.fetch\`" 1 1 fetch1 base1 "$(have luafetch1 && echo "$(ratio fetch1 luafetch1) Lua client; $(added fetch1 luafetch1) µs/req")"
+    row "9. HTTP GET: \`ngx.location.capture\` + \`proxy_pass\`" 1 1 capture1 base1 "$(have luafetch1 && echo "$(ratio capture1 luafetch1) Lua client")"
 }
 
 targets() {
@@ -352,6 +362,9 @@ targets() {
     fi
     if have asleep1000 && have ngxsleep1000; then
         echo "| \`async.sleep\` ≥ 0.9 × \`ngx.sleep\` req/s, 1000 conns | $(ratio3 asleep1000 ngxsleep1000) | $(verdict "$(compare ratio asleep1000 ngxsleep1000) >= 0.9") |"
+    fi
+    if have fetch50 && have luafetch50; then
+        echo "| \`http.fetch\` ≥ 0.8 × the Lua cosocket client's req/s (50 conns) | $(ratio3 fetch50 luafetch50) | $(verdict "$(compare ratio fetch50 luafetch50) >= 0.8") |"
     fi
     isolation_targets ping "isolation: \`/ping\` p99 with pool jobs" "isolation: synchronous variant's p99"
     isolation_targets pin "… pinned (worker on CPU 0, \`pool_cpus\` the others): \`/ping\` p99 with pool jobs" \

@@ -28,6 +28,41 @@ pub(crate) struct Config {
     /// feature; see `tokio.rs`). Every build takes the option, so that
     /// one `configure` table fits every module of a worker.
     pub tokio_threads: usize,
+    /// Defaults of the network streams ([`crate::net`]). Unlike the other
+    /// settings, they may change while the runtime runs: a stream reads
+    /// them when it is opened.
+    pub net: NetConfig,
+}
+
+/// The defaults of [`crate::net::TcpStream`]: timeouts of its socket
+/// operations and of nginx's keepalive pool, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NetConfig {
+    /// `connect_timeout`: connecting (and the TLS handshake).
+    pub connect_ms: u32,
+    /// `send_timeout`: one send.
+    pub send_ms: u32,
+    /// `read_timeout`: one read.
+    pub read_ms: u32,
+    /// `keepalive_timeout`: how long an idle connection stays in nginx's
+    /// pool.
+    pub keepalive_ms: u32,
+    /// `keepalive_pool`: most idle connections per pool name.
+    pub pool_size: u32,
+}
+
+impl Default for NetConfig {
+    fn default() -> NetConfig {
+        // ngx_lua's own defaults (lua_socket_connect_timeout and friends,
+        // lua_socket_keepalive_timeout, lua_socket_pool_size).
+        NetConfig {
+            connect_ms: 60_000,
+            send_ms: 60_000,
+            read_ms: 60_000,
+            keepalive_ms: 60_000,
+            pool_size: 30,
+        }
+    }
 }
 
 /// Most pool threads.
@@ -36,6 +71,10 @@ pub(crate) const MAX_THREADS: usize = 1024;
 pub(crate) const MAX_QUEUE: usize = 1 << 20;
 /// Most worker threads of the tokio runtime.
 pub(crate) const MAX_TOKIO_THREADS: usize = 256;
+/// Longest socket timeout: nginx's timers take at most 2^31 - 1 ms.
+pub(crate) const MAX_SOCKET_MS: u32 = i32::MAX as u32;
+/// Most idle connections of one keepalive pool.
+pub(crate) const MAX_POOL_SIZE: u32 = 1 << 20;
 /// Highest CPU number of `pool_cpus` (glibc's `CPU_SETSIZE` - 1).
 const MAX_CPU: usize = sys::MAX_CPUS - 1;
 /// The default [`Config::pool_nice`]: against a busy worker on the same
@@ -52,6 +91,7 @@ impl Default for Config {
             pool_nice: DEFAULT_POOL_NICE,
             pool_cpus: Vec::new(),
             tokio_threads: 1,
+            net: NetConfig::default(),
         }
     }
 }
@@ -66,6 +106,23 @@ pub(crate) enum ConfigError {
 
 fn misuse(what: impl std::fmt::Display) -> ConfigError {
     ConfigError::Misuse(format!("bad argument #1 to 'configure' ({what})"))
+}
+
+/// A Lua number of seconds above 0, as whole milliseconds (at least 1) no
+/// more than [`MAX_SOCKET_MS`].
+fn socket_ms(k: &str, v: &Value) -> Result<u32, ConfigError> {
+    let secs = match expect(k, v, "number")? {
+        Value::Integer(i) => *i as f64,
+        Value::Number(n) => *n,
+        _ => unreachable!(),
+    };
+    let max = f64::from(MAX_SOCKET_MS) / 1000.0;
+    if !(secs > 0.0 && secs <= max) {
+        return Err(misuse(format!(
+            "option '{k}' must be a number of seconds above 0 and at most {max}"
+        )));
+    }
+    Ok(((secs * 1000.0).round() as u32).clamp(1, MAX_SOCKET_MS))
 }
 
 /// A Lua number that is an integer from `lo` to `hi`.
@@ -173,6 +230,18 @@ impl Config {
                             "option 'pool_cpus' must be a list of CPU numbers from 0 to {MAX_CPU}"
                         ))
                     })?;
+                }
+                "connect_timeout" => c.net.connect_ms = socket_ms(&name, &v)?,
+                "send_timeout" => c.net.send_ms = socket_ms(&name, &v)?,
+                "read_timeout" => c.net.read_ms = socket_ms(&name, &v)?,
+                "keepalive_timeout" => c.net.keepalive_ms = socket_ms(&name, &v)?,
+                "keepalive_pool" => {
+                    c.net.pool_size = integer(expect(&name, &v, "number")?, 1, i64::from(MAX_POOL_SIZE))
+                        .ok_or_else(|| {
+                            misuse(format!(
+                                "option 'keepalive_pool' must be an integer from 1 to {MAX_POOL_SIZE}"
+                            ))
+                        })? as u32;
                 }
                 other => return Err(misuse(format!("unknown option '{other}'"))),
             }

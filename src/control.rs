@@ -119,6 +119,8 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
         "stats",
         lua.create_function(move |lua, ()| stats_tables(lua, &h))?,
     )?;
+    // net_step, net_resolve: see crate::net.
+    crate::net::lua::install(lua, vm, &t)?;
     // configure(opts) -> true, timeout | nil, message [, true: misuse]
     let h = Rc::clone(vm);
     t.raw_set(
@@ -198,5 +200,6 @@ fn stats_tables(lua: &Lua, vm: &VmRuntime) -> mlua::Result<(Table, Table)> {
     let (tokio_threads, tokio_tasks) = (0, 0);
     t.raw_set("tokio_threads", tokio_threads)?;
     t.raw_set("tokio_tasks", tokio_tasks)?;
+    t.raw_set("streams", s.streams)?;
     Ok((t, settings))
 }

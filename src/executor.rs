@@ -9,6 +9,11 @@
 //!
 //! A task's output stays in its slot until [`Executor::take`] fetches it or
 //! [`Executor::cancel`] throws the task away.
+//!
+//! A task may start child tasks ([`Executor::spawn_child`], behind
+//! `resty_async::spawn_local`). A child belongs to the task that started it
+//! (its *root*, the task a Lua caller waits for): it is polled with the
+//! root's id as the current root, and it is cancelled when the root ends.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -28,6 +33,9 @@ use crate::socket::Notifier;
 
 thread_local! {
     static POLLING: Cell<usize> = const { Cell::new(0) };
+    /// The root task whose task (itself or a child) is being polled now;
+    /// 0: none.
+    static ROOT: Cell<TaskId> = const { Cell::new(0) };
 }
 
 /// Whether this thread is inside a task's poll right now (used to tell a
@@ -36,15 +44,25 @@ pub fn in_poll() -> bool {
     POLLING.with(|p| p.get() > 0)
 }
 
-fn run(runnable: Runnable) {
-    struct Depth;
+/// The root task being polled now: the task a Lua caller waits for, whose
+/// future or child task runs. `None` outside a poll.
+pub fn current_root() -> Option<TaskId> {
+    match ROOT.with(Cell::get) {
+        0 => None,
+        id => Some(id),
+    }
+}
+
+fn run(runnable: Runnable<TaskId>) {
+    struct Depth(TaskId);
     impl Drop for Depth {
         fn drop(&mut self) {
             POLLING.with(|p| p.set(p.get() - 1));
+            ROOT.with(|r| r.set(self.0));
         }
     }
     POLLING.with(|p| p.set(p.get() + 1));
-    let _depth = Depth;
+    let _depth = Depth(ROOT.with(|r| r.replace(*runnable.metadata())));
     // (the task's future runs under catch_unwind: see spawn)
     let _catching = crate::panic::Catching::enter();
     // Tokio types (timers, sockets, `tokio::spawn`) need the runtime's
@@ -110,13 +128,25 @@ pub struct ExecutorStats {
 
 /// What the schedule function needs, shared with every waker.
 struct Shared {
-    queue: Sender<Runnable>,
+    queue: Sender<Runnable<TaskId>>,
     notifier: Arc<Notifier>,
+}
+
+/// The schedule function of every task: queue the runnable, ask for a
+/// driver poll.
+fn scheduler(shared: Arc<Shared>) -> impl Fn(Runnable<TaskId>) + Send + Sync + 'static {
+    move |runnable| {
+        // The receiver lives as long as the executor; after teardown a
+        // late wake-up has nothing to run.
+        if shared.queue.send(runnable).is_ok() {
+            shared.notifier.notify();
+        }
+    }
 }
 
 struct Slot<T> {
     // Kept until the slot goes: dropping a Task cancels it.
-    _task: Task<()>,
+    _task: Task<(), TaskId>,
     done: Option<Outcome<T>>,
 }
 
@@ -149,8 +179,10 @@ type SlotMap<T> = IdMap<Slot<T>>;
 
 struct Inner<T> {
     shared: Arc<Shared>,
-    queue: Receiver<Runnable>,
+    queue: Receiver<Runnable<TaskId>>,
     slots: RefCell<SlotMap<T>>,
+    /// The child tasks of each root task (dropping them cancels them).
+    children: RefCell<IdMap<Vec<Task<(), TaskId>>>>,
     // The task being polled for the first time inside `spawn` (0: none) and
     // its output if it finished then: a ready-at-once task never gets a slot.
     spawning: Cell<TaskId>,
@@ -169,6 +201,14 @@ impl<T> Inner<T> {
             *self.first_out.borrow_mut() = Some(out);
         }
         self.bump(|s| s.completed += 1);
+        self.drop_children(id);
+    }
+
+    /// Cancels the children of root task `id`. An idle child is scheduled
+    /// once more, to drop its future when it runs.
+    fn drop_children(&self, id: TaskId) {
+        let children = self.children.borrow_mut().remove(&id);
+        drop(children);
     }
 
     fn bump(&self, f: impl FnOnce(&mut ExecutorStats)) {
@@ -192,6 +232,7 @@ impl<T: 'static> Executor<T> {
                 shared: Arc::new(Shared { queue: tx, notifier }),
                 queue: rx,
                 slots: RefCell::new(SlotMap::default()),
+                children: RefCell::new(IdMap::default()),
                 spawning: Cell::new(0),
                 first_out: RefCell::new(None),
                 completed: RefCell::new(Vec::new()),
@@ -225,15 +266,10 @@ impl<T: 'static> Executor<T> {
                 inner.finish(id, out);
             }
         };
-        let shared = Arc::clone(&self.inner.shared);
-        let schedule = move |runnable: Runnable| {
-            // The receiver lives as long as the executor; after teardown a
-            // late wake-up has nothing to run.
-            if shared.queue.send(runnable).is_ok() {
-                shared.notifier.notify();
-            }
-        };
-        let (runnable, task) = async_task::spawn_local(wrapped, schedule);
+        let schedule = scheduler(Arc::clone(&self.inner.shared));
+        let (runnable, task) = async_task::Builder::new()
+            .metadata(id)
+            .spawn_local(move |_| wrapped, schedule);
         self.inner.bump(|s| s.polls += 1);
         // First poll before the task has a slot. A wake-up during it only
         // queues the runnable after the poll returns, so nothing can run the
@@ -253,6 +289,46 @@ impl<T: 'static> Executor<T> {
             },
         );
         Spawned::Pending(id)
+    }
+
+    /// Starts `fut` as a child of root task `root` (see the module docs):
+    /// it is queued, and first polled by the next run of the queue. It is
+    /// started from inside a poll, and whatever runs polls (the driver, a
+    /// call from Lua that runs its task's children: see
+    /// `Runtime::settle`) runs the queue until it is empty: no wake-up is
+    /// written for it.
+    pub fn spawn_child<F>(&self, root: TaskId, fut: F)
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        let schedule = scheduler(Arc::clone(&self.inner.shared));
+        let (runnable, task) = async_task::Builder::new()
+            .metadata(root)
+            .spawn_local(move |_| fut, schedule);
+        {
+            let mut children = self.inner.children.borrow_mut();
+            let list = children.entry(root).or_default();
+            // Finished children are forgotten as new ones come.
+            list.retain(|t| !t.is_finished());
+            list.push(task);
+        }
+        // (The receiver lives as long as the executor.)
+        let _ = self.inner.shared.queue.send(runnable);
+    }
+
+    /// Whether root task `id` has children that have not finished.
+    pub fn has_children(&self, id: TaskId) -> bool {
+        self.inner
+            .children
+            .borrow()
+            .get(&id)
+            .is_some_and(|list| list.iter().any(|t| !t.is_finished()))
+    }
+
+    /// Whether tasks finished since the last [`Executor::take_completed`],
+    /// other than `except`.
+    pub fn has_completed_except(&self, except: TaskId) -> bool {
+        self.inner.completed.borrow().iter().any(|&id| id != except)
     }
 
     /// Runs up to `budget` ready tasks; returns how many ran.
@@ -303,6 +379,14 @@ impl<T: 'static> Executor<T> {
         slot.done
     }
 
+    /// The outcome of finished task `id`, taken by its waiter between
+    /// driver polls: the next poll does not report it.
+    pub fn take_now(&self, id: TaskId) -> Option<Outcome<T>> {
+        let out = self.take_if(id, |_| true)?;
+        self.inner.completed.borrow_mut().retain(|&c| c != id);
+        Some(out)
+    }
+
     /// Throws a task away: its future is dropped before this returns (its
     /// destructors run), or its unclaimed output is freed. Returns whether
     /// the task existed.
@@ -312,6 +396,7 @@ impl<T: 'static> Executor<T> {
         if slot.done.is_none() {
             self.inner.bump(|s| s.cancelled += 1);
         }
+        self.inner.drop_children(id);
         // Dropping the Task of an idle task schedules it once more so that
         // running it drops the future: run the queue now so that happens
         // before we return. (The Task of a running task - cancel called from
@@ -324,6 +409,15 @@ impl<T: 'static> Executor<T> {
     /// Whether a task is known (pending or finished but not taken).
     pub fn contains(&self, id: TaskId) -> bool {
         self.inner.slots.borrow().contains_key(&id)
+    }
+
+    /// Whether task `id` has finished (and its outcome waits to be taken).
+    pub fn is_finished(&self, id: TaskId) -> bool {
+        self.inner
+            .slots
+            .borrow()
+            .get(&id)
+            .is_some_and(|s| s.done.is_some())
     }
 
     /// Tasks pending, or finished but not taken.
@@ -344,6 +438,8 @@ impl<T> Executor<T> {
     pub fn shutdown(&self) {
         let slots = std::mem::take(&mut *self.inner.slots.borrow_mut());
         drop(slots);
+        let children = std::mem::take(&mut *self.inner.children.borrow_mut());
+        drop(children);
         self.inner.completed.borrow_mut().clear();
         while let Ok(runnable) = self.inner.queue.try_recv() {
             // Cancelled tasks drop their future when run.

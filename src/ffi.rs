@@ -28,7 +28,7 @@ use std::panic::AssertUnwindSafe;
 use crate::executor::{Spawned, TaskId};
 use crate::futureless::Taken;
 use crate::pool::PoolError;
-use crate::runtime::{LuaOutput, Runtime};
+use crate::runtime::{Done, LuaOutput, Runtime};
 use crate::sendable::{Bytes, Sendable};
 use crate::vm::VmRuntime;
 
@@ -352,10 +352,15 @@ extern "C" fn ra_poll(
         let polled = rt.poll(arm != 0);
         let mut n = 0;
         while n < cap {
-            let Some(id) = rt.next_done() else { break };
+            // (negative: the task queued socket ops)
+            let id = match rt.next_done() {
+                Some(Done::Finished(id)) => id as c_double,
+                Some(Done::Ops(id)) => -(id as c_double),
+                None => break,
+            };
             // SAFETY: `ids` has `cap` slots (the Lua side's buffer) and
             // `n < cap`.
-            unsafe { *ids.add(n as usize) = id as c_double };
+            unsafe { *ids.add(n as usize) = id };
             n += 1;
         }
         let mut flags = 0;

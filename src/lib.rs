@@ -95,12 +95,15 @@ mod ffi;
 mod futureless;
 mod mlua_async;
 mod module;
+pub mod net;
 mod panic;
 mod pool;
 mod raw;
+mod record;
 mod runtime;
 mod sendable;
 mod socket;
+mod spawn;
 mod strings;
 mod timer;
 #[cfg(feature = "tokio")]
@@ -129,6 +132,8 @@ pub mod internals {
 pub use crate::mlua_async::create_async_function;
 pub use crate::module::Module;
 pub use crate::pool::PoolError;
+pub use crate::record::{Field, Key, Record};
 pub use crate::runtime::{sleep, unblock};
+pub use crate::spawn::{spawn_local, JoinError, JoinHandle};
 pub use crate::timer::Sleep;
 pub use mlua;

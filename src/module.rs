@@ -63,6 +63,7 @@ impl Module {
 
     fn with_name(lua: &Lua, name: &str) -> mlua::Result<Module> {
         strings::install(lua)?;
+        crate::record::install(lua)?;
         crate::sys::pin_library();
         pin_mlua_state(lua)?;
         let vm = VmRuntime::of(lua)?;

@@ -24,7 +24,7 @@ use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Value
 
 use crate::executor::{Outcome, Spawned, TaskId};
 use crate::mlua_async::guard_lua_async;
-use crate::runtime::{LuaOutput, Runtime};
+use crate::runtime::{LuaOutput, Runtime, Settled};
 use crate::values;
 use crate::vm::{self, VmRuntime};
 
@@ -125,9 +125,24 @@ pub(crate) fn spawned_results(
         // the pool's deferred wake-up. (No second value: an empty
         // MultiValue allocates nothing.)
         Spawned::Pending(id) => {
-            let rearm = rt.take_rearm() | rt.wake_owed();
+            // resty_async::net: the children the first poll started run
+            // now; after the id, `k` and the k values of the socket ops
+            // queued for the caller (see net/lua.rs).
+            let (rearm, ops) = match rt.settle(id) {
+                None => (rt.take_rearm() | rt.wake_owed(), false),
+                Some(Settled::Finished(out)) => {
+                    rt.flush();
+                    return finished(lua, out);
+                }
+                Some(Settled::Pending { ops }) => (rt.driver_owed(id), ops),
+            };
+            let more = if ops {
+                crate::net::lua::ops_values(lua, rt, id)?
+            } else {
+                MultiValue::new()
+            };
             let id = id_value(id);
-            Ok((Value::Number(if rearm { -id } else { id }), MultiValue::new()))
+            Ok((Value::Number(if rearm { -id } else { id }), more))
         }
     }
 }

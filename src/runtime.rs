@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::WakeBatch;
-use crate::config::Config;
+use crate::config::{Config, NetConfig};
 use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
 use crate::futureless::{PlainTasks, Taken};
+use crate::net::Net;
 use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::sendable::Sendable;
 use crate::socket::{Notifier, Rendezvous};
@@ -25,6 +26,15 @@ use crate::sys;
 use crate::timer::{Sleep, Timers, TIMER_SLACK};
 use crate::values::LuaValues;
 use crate::waiters::Waiters;
+
+/// What [`Runtime::settle`] found.
+pub(crate) enum Settled {
+    Finished(Outcome<LuaOutput>),
+    /// `ops`: socket ops wait for the caller.
+    Pending {
+        ops: bool,
+    },
+}
 
 /// The task output the Lua layer uses: values for Lua, or an error message.
 pub(crate) type LuaOutput = mlua::Result<LuaValues>;
@@ -50,6 +60,8 @@ pub struct Stats {
     pub connected: bool,
     /// Callers waiting for tasks (see `waiters.rs`).
     pub waiting: usize,
+    /// Open network streams ([`crate::net`]).
+    pub streams: usize,
 }
 
 /// The runtime of one worker process. See the module docs.
@@ -63,14 +75,26 @@ pub struct Runtime {
     pool: Pool,
     /// Blocking calls and `async.sleep`: tasks without a future.
     plain: PlainTasks,
+    /// The sockets of tasks and the ops their waiters carry out.
+    net: Net,
     rendezvous: RefCell<Option<Rendezvous>>,
     polls: Cell<u64>,
     rejected: Cell<u64>,
     batch: WakeBatch,
     /// The callers waiting for tasks (see `waiters.rs`).
     pub(crate) waiters: Waiters,
-    /// Tasks found finished by a poll, not yet handed to Lua.
-    done: RefCell<VecDeque<TaskId>>,
+    /// Tasks found finished by a poll, or with socket ops for their
+    /// callers, not yet handed to Lua.
+    done: RefCell<VecDeque<Done>>,
+}
+
+/// What a poll found of a task nobody waits for in this runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Done {
+    /// It finished.
+    Finished(TaskId),
+    /// It queued socket ops (see [`crate::net`]).
+    Ops(TaskId),
 }
 
 thread_local! {
@@ -100,6 +124,7 @@ impl Runtime {
             pool,
             config,
             executor: Executor::new(Arc::clone(&notifier)),
+            net: Net::default(),
             notifier,
             timers,
             rendezvous: RefCell::new(None),
@@ -120,6 +145,7 @@ impl Runtime {
     /// driver; called when the runtime's Lua VM closes.
     pub(crate) fn shutdown(&self) {
         self.executor.shutdown();
+        self.net.clear();
         self.plain.shutdown();
         self.disconnect_driver();
     }
@@ -129,7 +155,12 @@ impl Runtime {
     /// configuration is accepted.
     pub fn configure(config: Config, running: Option<&Runtime>) -> Result<(), String> {
         if let Some(rt) = running {
-            if rt.config != config {
+            // The network defaults may change at any time.
+            let unchanged = Config {
+                net: rt.config.net,
+                ..config.clone()
+            };
+            if rt.config != unchanged {
                 return Err(format!(
                     "the runtime of this worker is already running with {:?}; \
                      configure threads, max_queue, base_dir, pool_nice and pool_cpus before the first call",
@@ -146,6 +177,11 @@ impl Runtime {
         CONFIG.with(|c| c.borrow().clone())
     }
 
+    /// The network defaults in force (see [`crate::config::NetConfig`]).
+    pub(crate) fn net_config() -> NetConfig {
+        CONFIG.with(|c| c.borrow().net)
+    }
+
     /// The configuration this runtime was made with.
     pub fn config_in_use(&self) -> &Config {
         &self.config
@@ -157,6 +193,83 @@ impl Runtime {
         F: Future<Output = LuaOutput> + 'static,
     {
         self.executor.spawn(fut)
+    }
+
+    /// Starts a child of root task `root` (see `spawn.rs`).
+    pub(crate) fn spawn_child(&self, root: TaskId, fut: impl Future<Output = ()> + 'static) {
+        self.executor.spawn_child(root, fut);
+    }
+
+    /// The sockets of tasks (see [`crate::net`]).
+    pub(crate) fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// Calls `wake` (which hands results to tasks, waking them), then runs
+    /// the tasks that are ready, here, between driver polls: the children a
+    /// first poll started, the tasks a socket result woke. Their wake-ups
+    /// write nothing to the completion socket meanwhile. (Nested in a poll,
+    /// it leaves them to that poll.)
+    pub(crate) fn run_inline(&self, wake: impl FnOnce()) {
+        if crate::executor::in_poll() {
+            wake();
+            return;
+        }
+        self.notifier.hold();
+        wake();
+        let mut ran = 0;
+        loop {
+            let n = self.executor.run_ready(POLL_BUDGET - ran);
+            ran += n;
+            if n == 0 || ran >= POLL_BUDGET {
+                break;
+            }
+        }
+        self.notifier.release(|| self.executor.has_ready());
+    }
+
+    /// After the first poll of task `id` (a raw call): runs the children
+    /// it started, so that the socket ops of the whole task reach its
+    /// caller at once. `None` for a task without sockets or children.
+    pub(crate) fn settle(&self, id: TaskId) -> Option<Settled> {
+        if !self.net.contains(id) && !self.executor.has_children(id) {
+            return None;
+        }
+        self.run_inline(|| {});
+        Some(match self.executor.take_now(id) {
+            Some(out) => {
+                // Its sockets never reached Lua: nothing to close.
+                self.net.remove(id);
+                Settled::Finished(out)
+            }
+            None => Settled::Pending {
+                ops: self.net.claim(id),
+            },
+        })
+    }
+
+    /// Whether the driver must run in this cycle of the event loop after
+    /// a call from Lua for task `id` ran tasks inline: an earlier timer to
+    /// arm, pool jobs to wake, other tasks that finished or queued socket
+    /// ops.
+    pub(crate) fn driver_owed(&self, id: TaskId) -> bool {
+        self.take_rearm()
+            | self.wake_owed()
+            | self.executor.has_completed_except(id)
+            | self.net.others_ready(id)
+    }
+
+    /// The outcome of task `id` if it finished, taken now by its waiter
+    /// (it gave up its socket ops already).
+    pub(crate) fn take_finished(&self, id: TaskId) -> Option<Outcome<LuaOutput>> {
+        let out = self.executor.take_now(id)?;
+        self.net.remove(id);
+        Some(out)
+    }
+
+    /// Whether task `id` exists (pending, or finished and not taken).
+    pub(crate) fn has_task(&self, id: TaskId) -> bool {
+        self.executor.contains(id)
     }
 
     /// Queues a job on the blocking pool.
@@ -280,21 +393,28 @@ impl Runtime {
         self.collect_done();
     }
 
-    /// Collects the finished tasks: posts the callers that wait for them,
-    /// keeps the others for Lua ([`Runtime::next_done`]).
+    /// Collects the finished tasks, and those that queued socket ops for
+    /// their callers: posts the callers that wait for them, keeps the
+    /// others for Lua ([`Runtime::next_done`]).
     fn collect_done(&self) {
         let mut done = self.done.borrow_mut();
         let mut found = |id| {
             if !self.waiters.post(id) {
-                done.push_back(id);
+                done.push_back(Done::Finished(id));
             }
         };
         self.executor.take_completed(&mut found);
         self.plain.take_completed(&mut found);
+        self.net.take_ready(|id| {
+            if !self.waiters.post(id) {
+                done.push_back(Done::Ops(id));
+            }
+        });
     }
 
-    /// A task a poll found finished, not yet handed to Lua.
-    pub(crate) fn next_done(&self) -> Option<TaskId> {
+    /// A task a poll found finished (or with socket ops), not yet handed
+    /// to Lua.
+    pub(crate) fn next_done(&self) -> Option<Done> {
         self.done.borrow_mut().pop_front()
     }
 
@@ -355,19 +475,28 @@ impl Runtime {
     /// The outcome of a finished task as Lua values (frees its slot).
     pub(crate) fn take(&self, lua: &mlua::Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
         self.waiters.release(id);
-        if self.executor.contains(id) {
+        let out = if self.executor.contains(id) {
             self.executor.take(id)
         } else {
             self.plain.take_lua(lua, id)
-        }
+        };
+        self.net.remove(id);
+        out
     }
 
     /// The result of a finished task without Lua: a plain task's as its
     /// job made it (frees its slot); a task with a future has Lua values
-    /// ([`Taken::NeedsLua`]: see [`Runtime::take`]).
+    /// ([`Taken::NeedsLua`]: see [`Runtime::take`]). A task with a future
+    /// that has not finished woke its caller for socket ops (see
+    /// [`crate::net`]): [`Taken::Pending`], and the caller waits no more
+    /// here.
     pub(crate) fn take_raw(&self, id: TaskId) -> Taken {
         if self.executor.contains(id) {
-            return Taken::NeedsLua;
+            if self.executor.is_finished(id) {
+                return Taken::NeedsLua;
+            }
+            self.waiters.release(id);
+            return Taken::Pending;
         }
         self.waiters.release(id);
         self.plain.take_raw(id)
@@ -382,7 +511,9 @@ impl Runtime {
     /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
         self.waiters.release(id);
-        self.executor.cancel(id) || self.plain.cancel(id)
+        let found = self.executor.cancel(id) || self.plain.cancel(id);
+        self.net.remove(id);
+        found
     }
 
     /// Cancels the tasks whose callers ngx_lua killed while they waited
@@ -420,6 +551,7 @@ impl Runtime {
             rejected_peers: self.rejected.get(),
             connected: self.notifier.connected(),
             waiting: self.waiters.len(),
+            streams: self.net.streams(),
         }
     }
 }

@@ -333,6 +333,11 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
         let waited = crate::panic::catch(std::panic::AssertUnwindSafe(|| {
             crate::vm::VmRuntime::with_ffi(vm, |rt| {
                 if id >= 1.0 && id.fract() == 0.0 {
+                    if rt.net().claim(id as TaskId) {
+                        // socket ops wait for the caller: no wait here
+                        // (it takes the task as pending, see take_raw)
+                        return Waited::Done;
+                    }
                     rt.waiters.wait(state, id as TaskId, ms)
                 } else {
                     Waited::Failed("resty.async: bad task id".to_owned())

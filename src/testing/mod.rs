@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use mlua::{Function, Lua, Table};
 
 use crate::executor::TaskId;
-use crate::runtime::Runtime;
+use crate::runtime::{Done, Runtime};
 use crate::vm::{self, VmRuntime};
 
 // Outside nginx nothing else provides the Lua symbols.
@@ -164,12 +164,20 @@ fn drive(lua: &Lua, link: &mut Option<UnixStream>, id: TaskId, timeout: f64) -> 
                 rt.run_tasks();
             }
             let mut done = false;
-            while let Some(finished) = rt.next_done() {
-                if finished == id {
-                    done = true;
-                } else {
+            while let Some(found) = rt.next_done() {
+                match found {
+                    Done::Finished(finished) if finished == id => done = true,
+                    Done::Ops(task) if task == id => {
+                        rt.cancel(id);
+                        return Err(io::Error::other(
+                            "the task uses network streams, whose socket ops nginx carries out: \
+                             test it under Test::Nginx",
+                        ));
+                    }
                     // a task of an earlier call that nobody waits for
-                    rt.cancel(finished);
+                    Done::Finished(other) | Done::Ops(other) => {
+                        rt.cancel(other);
+                    }
                 }
             }
             if done {

@@ -3,6 +3,7 @@
 
 mod executor;
 mod fork;
+mod net;
 mod pool;
 mod runtime;
 mod socket;

@@ -10,6 +10,7 @@ local bit = require "bit"
 
 local ngx = ngx
 local pcall = pcall
+local pairs = pairs
 local tostring = tostring
 local next = next
 local math_ceil = math.ceil
@@ -159,6 +160,24 @@ end
 local function sweep(st)
     st.rt.sweep()
 
+    -- callers that carry out socket ops (resty.async.net): killed while
+    -- waiting on their semaphore or in a socket op, or collected
+    if st.nnet > 0 then
+        local nets = st.nets
+        for id in pairs(st.netids) do
+            local ctx = nets[id]
+            if not ctx or ctx:dead() then
+                st.netids[id] = nil
+                nets[id] = nil
+                st.nnet = st.nnet - 1
+                if ctx then
+                    ctx:abandon()
+                end
+                forget(st, id)
+            end
+        end
+    end
+
     local collected = st.collected
     local owned = st.owned
     for i = #collected, 1, -1 do
@@ -175,7 +194,8 @@ end
 -- Whether the driver of `st` has nothing to do: nobody waits, no task
 -- handle is kept, no result is held and no Rust task is in flight.
 local function idle(st)
-    return st.waiting == 0 and next(st.owned) == nil and st.rt.idle()
+    return st.waiting == 0 and st.nnet == 0 and next(st.owned) == nil
+           and st.rt.idle()
 end
 
 
@@ -233,7 +253,7 @@ local function drive(st)
             return nil, st.reader_err
         end
 
-        if st.waiting == 0 and exiting() then
+        if st.waiting == 0 and st.nnet == 0 and exiting() then
             return true
         end
 

@@ -12,6 +12,7 @@ local ngx = ngx
 local type = type
 local error = error
 local pairs = pairs
+local setmetatable = setmetatable
 local ffi_cast = ffi.cast
 local ffi_new = ffi.new
 local ffi_string = ffi.string
@@ -71,6 +72,7 @@ local _M = {
     CANCEL_NEEDS_LUA = 2,
 }
 
+local KIND_PENDING = _M.KIND_PENDING
 local KIND_BOOLEAN = _M.KIND_BOOLEAN
 local KIND_NUMBER = _M.KIND_NUMBER
 local KIND_STRING = _M.KIND_STRING
@@ -116,6 +118,13 @@ function _M.get(raw, name)
         wait = raw.__rt.wait,
         waiting = 0,      -- callers waiting, as of the last poll
         owned = {},       -- task id -> "pending"|"done", for handles
+        -- resty.async.net: the callers that carry out their tasks' socket
+        -- ops (id -> true), their states (weak: a killed caller's goes
+        -- with it), how many, and the ops a spawn's raw call returned
+        netids = {},
+        nets = setmetatable({}, { __mode = "v" }),
+        nnet = 0,
+        netops = {},
         collected = {},   -- ids of handles the GC collected
         swept = 0,
         running = false,
@@ -137,10 +146,22 @@ function _M.error_message(st)
 end
 
 
--- Hands a finished task that no caller waits for (the runtime posts the
--- waiters itself) to its task handle, or frees its results.
+-- Hands a finished task that no caller waits for in the runtime (which
+-- posts those itself) to the caller that carries out its socket ops
+-- (resty.async.net), or to its task handle; or frees its results. A
+-- negative id: task -id queued socket ops and nobody waits for it in the
+-- runtime (a handle's wait learns of them from the runtime).
 local function finished(st, id)
-    if st.owned[id] then
+    local ops = id < 0
+    if ops then
+        id = -id
+    end
+    local ctx = st.nets[id]
+    if ctx then
+        ctx:event(ops)
+    elseif ops then
+        return
+    elseif st.owned[id] then
         st.owned[id] = "done"  -- the handle collects it later
     else
         _M.forget(st, id)
@@ -156,7 +177,8 @@ end
 -- aborts it stops trying, and the function runs in the interpreter.
 --
 -- Returns how many results there are, 1 (`a`) or 2 (`a, b`), or 0 when
--- they are Lua values that only `st.rt.take(id)` returns.
+-- they are Lua values that only `st.rt.take(id)` returns; -1 when the
+-- task is pending: it woke its caller for socket ops (resty.async.net).
 local function take_ffi(st, id)
     local kind = st.api.take(st.vm, id, value)
     local v = value[0]
@@ -173,6 +195,8 @@ local function take_ffi(st, id)
         return 2, nil, msg
     elseif kind == KIND_LUA then
         return 0
+    elseif kind == KIND_PENDING then
+        return -1
     end
     return 2, nil, "no result for this task (cancelled?)"
 end
@@ -180,6 +204,7 @@ end
 
 -- The results of finished task `id`, any number of them.
 local function take(st, id)
+    st.netops[id] = nil
     local n, a, b = take_ffi(st, id)
     if n == 1 then
         return a
@@ -192,6 +217,7 @@ end
 
 -- Forgets task `id`: drops its Rust future, or its results.
 local function forget(st, id)
+    st.netops[id] = nil
     if st.api.cancel(st.vm, id) == CANCEL_NEEDS_LUA then
         st.rt.cancel(id)
     end

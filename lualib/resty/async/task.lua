@@ -43,6 +43,9 @@ local function start_task(st, ok, ...)
     end
 
     local id = pending_id(st, ok)
+    if ... then
+        st.netops[id] = pack(...)  -- [net] socket ops wait for task:wait()
+    end
     local started, err = need_driver(st, id)
     if not started then
         task.results = pack(nil, err)

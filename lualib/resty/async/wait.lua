@@ -5,6 +5,7 @@
 
 local driver = require "resty.async.driver"
 local runtime = require "resty.async.runtime"
+local net = require "resty.async.net"
 
 local ngx = ngx
 local type = type
@@ -13,6 +14,9 @@ local pcall = pcall
 local setmetatable = setmetatable
 local math_huge = math.huge
 local get_phase = ngx.get_phase
+local ngx_now = ngx.now
+local unpack = unpack
+local net_wait = net.wait
 local debug_getinfo = debug.getinfo
 local kick = driver.kick
 local need_driver = driver.need
@@ -77,19 +81,52 @@ local CCALL = "resty.async: cannot wait inside a C function such as a "
               .. "task outside)"
 
 
+-- Whether the caller may yield (see can_wait_walk).
+local function can_wait(st)
+    local can = st.rt.can_wait()
+    if can == nil then
+        return can_wait_walk()
+    end
+    return can
+end
+
+
+-- The caller carries out the socket ops `k, ...` of task `id` and those
+-- that follow until the task finishes (resty.async.net). (Tail-called by
+-- wait(): `level` is as seen from there.)
+local function carry_out(st, id, timeout, level, k, ...)
+    if not can_wait(st) then
+        forget(st, id)
+        error(CCALL, level)
+    end
+    return net_wait(st, id, timeout, k, ...)
+end
+
+
 -- Waits for the task of a pending raw call's result `id` (see pending_id)
 -- to finish; returns its results. The caller yields in the runtime's
 -- wait() (see waiters.rs): nothing is queued where it may not yield, and
--- it goes on in compiled code when it resumes. (`level`: the caller's
--- level for error(), as seen from here.)
-local function wait(st, id, timeout, level)
+-- it goes on in compiled code when it resumes. A task that queues socket
+-- ops has its caller carry them out (resty.async.net): `k, ...`, the ops
+-- its raw call returned, or those the runtime wakes the caller for.
+-- (`level`: the caller's level for error(), as seen from here.)
+local function wait(st, id, timeout, level, k, ...)
     id = pending_id(st, id)
     local ok, err = need_driver(st, id)
     if not ok then
         return nil, err
     end
+    if k then
+        return carry_out(st, id, timeout, level, k, ...)
+    end
+    local ops = st.netops[id]  -- kept by async.spawn
+    if ops then
+        st.netops[id] = nil
+        return carry_out(st, id, timeout, level, unpack(ops, 1, ops.n))
+    end
     local rt_wait = st.wait
     local no_wait
+    local t0 = ngx_now()
     ok, err, no_wait = rt_wait(id, timeout)
     if no_wait and err == nil then
         -- the runtime cannot tell whether this caller may yield
@@ -106,6 +143,9 @@ local function wait(st, id, timeout, level)
             return a
         elseif n == 2 then
             return a, b
+        elseif n == -1 then
+            -- the task queued socket ops: the caller carries them out
+            return net_wait(st, id, timeout - (ngx_now() - t0))
         end
         return st.rt.take(id)
     end
@@ -131,7 +171,8 @@ local function finish(st, timeout, ok, ...)
         -- tail-called, so the wrapper's frame is gone)
         error((...), 2)
     end
-    return wait(st, ok, timeout, 2)  -- tail calls: level 2 is the caller
+    -- tail calls: level 2 is the caller (`...`: socket ops, see wait())
+    return wait(st, ok, timeout, 2, ...)
 end
 
 
@@ -183,6 +224,16 @@ end
 
 
 -- mlua's async functions (and the async methods of userdata types) yield
+
+
+-- getaddrinfo on the pool, for a host name where nginx has no resolver:
+-- rt.net_resolve is a raw function of the task's runtime.
+net.resolve = function(st, host, timeout)
+    if timeout <= 0 then
+        return nil, "timeout"
+    end
+    return finish(st, timeout, st.rt.net_resolve(host))
+end
 
 
 _M.pending_id = pending_id

@@ -1,0 +1,621 @@
+# vim:set ft= ts=4 sw=4 et fdm=marker:
+#
+# resty_async_http (examples/http): hyper over resty_async::net streams,
+# whose sockets are the waiting light thread's cosockets. The upstreams are
+# server blocks of the same nginx: plain HTTP on the main port, TLS on
+# TEST_NGINX_TLS_PORT (certificates made by openssl when this file loads),
+# HTTP/2 on a unix socket.
+use lib '.';
+use t::TestAsync;
+use File::Temp qw(tempdir);
+
+# TLS port: one above the main port unless set.
+$ENV{TEST_NGINX_TLS_PORT} ||= (server_port() + 1);
+
+# A CA, a certificate it signed for "localhost", and a self-signed one.
+our $Certs = tempdir("resty-async-certs-XXXXXX", TMPDIR => 1, CLEANUP => 1);
+$ENV{TEST_NGINX_CERTS} = $Certs;
+{
+    my @ec = ('-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+              '-nodes');
+    open my $ext, '>', "$Certs/san.ext" or die $!;
+    print $ext "subjectAltName=DNS:localhost\n";
+    close $ext;
+    for my $cmd (
+        [qw(req -x509 -days 2), @ec, '-keyout', "$Certs/ca.key",
+         '-out', "$Certs/ca.crt", '-subj', '/CN=resty-async test CA'],
+        [qw(req), @ec, '-keyout', "$Certs/server.key",
+         '-out', "$Certs/server.csr", '-subj', '/CN=localhost'],
+        [qw(x509 -req -days 2), '-in', "$Certs/server.csr",
+         '-CA', "$Certs/ca.crt", '-CAkey', "$Certs/ca.key", '-CAcreateserial',
+         '-out', "$Certs/server.crt", '-extfile', "$Certs/san.ext"],
+        [qw(req -x509 -days 2), @ec, '-keyout', "$Certs/other.key",
+         '-out', "$Certs/other.crt", '-subj', '/CN=untrusted'],
+    ) {
+        my $line = join ' ', map { "'$_'" } 'openssl', @$cmd;
+        system("$line >/dev/null 2>&1") == 0 or die "failed: $line\n";
+    }
+}
+
+worker_connections(1024);
+
+our $Servers = <<'_EOC_';
+    lua_ssl_trusted_certificate $TEST_NGINX_CERTS/ca.crt;
+    lua_ssl_verify_depth 2;
+    lua_check_client_abort on;
+    lua_shared_dict seen 1m;
+
+    # TLS: "localhost" gets the certificate the CA signed; no name (an IP
+    # address) or another one gets the self-signed one.
+    server {
+        listen 127.0.0.1:$TEST_NGINX_TLS_PORT ssl default_server;
+        ssl_certificate $TEST_NGINX_CERTS/other.crt;
+        ssl_certificate_key $TEST_NGINX_CERTS/other.key;
+        location / { return 200 "untrusted $connection_requests\n"; }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_TLS_PORT ssl;
+        server_name localhost;
+        ssl_certificate $TEST_NGINX_CERTS/server.crt;
+        ssl_certificate_key $TEST_NGINX_CERTS/server.key;
+        location / { return 200 "tls $connection_requests\n"; }
+    }
+    # HTTP/2 with prior knowledge
+    server {
+        listen unix:$TEST_NGINX_SERVER_ROOT/html/h2.sock http2;
+        location / { return 200 "h2 $server_protocol\n"; }
+        location = /slow {
+            content_by_lua_block { ngx.sleep(1) ngx.say("late") }
+        }
+    }
+_EOC_
+
+our $Upstream = <<'_EOC_';
+    location = /up {
+        add_header X-Test yes;
+        return 200 "hello $connection_requests\n";
+    }
+    location = /echo {
+        content_by_lua_block {
+            ngx.req.read_body()
+            local two = ngx.req.get_headers()["x-two"]
+            if type(two) == "table" then
+                two = table.concat(two, ", ")
+            end
+            ngx.say(ngx.req.get_method(), " ", ngx.var.http_x_one, " ",
+                    two, " ", ngx.req.get_body_data())
+        }
+    }
+    location = /delay {
+        content_by_lua_block {
+            ngx.sleep(tonumber(ngx.var.arg_s))
+            ngx.say("late")
+        }
+    }
+    # tells, through the shared dict, when its client went away
+    location = /hold {
+        content_by_lua_block {
+            local key = ngx.var.arg_key
+            ngx.on_abort(function()
+                ngx.shared.seen:set(key, "closed")
+                ngx.log(ngx.WARN, "upstream saw ", key, " closed")
+                ngx.exit(499)
+            end)
+            ngx.shared.seen:set(key, "open")
+            ngx.sleep(5)
+            ngx.say("held")
+        }
+    }
+    location = /big {
+        content_by_lua_block {
+            local chunk = string.rep("0123456789abcdef", 4096)  -- 64 KB
+            for i = 1, 64 do
+                ngx.print(chunk)
+                ngx.flush(true)
+            end
+        }
+    }
+_EOC_
+
+add_block_preprocessor(sub {
+    my $block = shift;
+    $block->set_value("http_config", $Servers . ($block->http_config // ''));
+    $block->set_value("config", ($block->config // '') . $Upstream);
+});
+
+plan tests => repeat_each() * (blocks() * 7 + 14);
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: GET: status, headers with lowercase names, body
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/up")
+            if not res then
+                return ngx.say("failed: ", err)
+            end
+            ngx.print(res.status, " ", res.headers["x-test"], " ",
+                      res.headers["content-type"], " ", res.body)
+        }
+    }
+--- response_body
+200 yes text/plain hello 1
+
+
+
+=== TEST 2: POST with a body and request headers
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/echo", {
+                method = "POST",
+                body = "a body",
+                headers = { ["X-One"] = "1", ["x-two"] = { "2a", "2b" } },
+            })
+            ngx.print(res and res.body or err)
+        }
+    }
+--- response_body
+POST 1 2a, 2b a body
+
+
+
+=== TEST 3: keepalive: later calls reuse the connection; keepalive = false closes it
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/up"
+            for _, ka in ipairs{ true, true, false, true } do
+                local res, err = http.fetch(url, { keepalive = ka })
+                ngx.print(res and res.body or err)
+            end
+            -- Lua code with the same pool name takes it too
+            local sock = ngx.socket.tcp()
+            assert(sock:connect("127.0.0.1", ngx.var.server_port))
+            ngx.say("reused by a cosocket: ", sock:getreusedtimes())
+            sock:close()
+        }
+    }
+--- response_body
+hello 1
+hello 2
+hello 3
+hello 1
+reused by a cosocket: 1
+
+
+
+=== TEST 4: https, verified against lua_ssl_trusted_certificate (a host name: getaddrinfo on the pool)
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "https://localhost:" .. $TEST_NGINX_TLS_PORT .. "/"
+            for i = 1, 2 do
+                local res, err = http.fetch(url)
+                ngx.print(res and res.body or err)
+            end
+        }
+    }
+--- response_body
+tls 1
+tls 2
+
+
+
+=== TEST 5: a certificate that does not verify: an error naming the cause; ssl_verify = false takes it
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "https://127.0.0.1:" .. $TEST_NGINX_TLS_PORT .. "/"
+            local res, err = http.fetch(url)
+            ngx.say(res and res.body or err)
+            res, err = http.fetch(url, { ssl_verify = false })
+            ngx.print(res and res.body or err)
+        }
+    }
+--- response_body_like chop
+^.*connect to 127\.0\.0\.1:\d+ failed: TLS handshake failed: 18: self[- ]signed certificate
+untrusted 1$
+--- error_log
+certificate verify error
+--- no_error_log
+[alert]
+
+
+
+=== TEST 6: a connection made with ssl_verify = false never serves a verified request
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "https://localhost:" .. $TEST_NGINX_TLS_PORT .. "/"
+            local res, err = http.fetch(url, { ssl_verify = false })
+            ngx.print(res and res.body or err)
+            res, err = http.fetch(url, { ssl_verify = false })
+            ngx.print(res and res.body or err)
+            -- verified: a connection of its own
+            res, err = http.fetch(url)
+            ngx.print(res and res.body or err)
+            -- and the untrusted server's unverified connection is not reused
+            -- for a verified call either: that one fails its handshake
+            url = "https://127.0.0.1:" .. $TEST_NGINX_TLS_PORT .. "/"
+            res, err = http.fetch(url, { ssl_verify = false })
+            ngx.print(res and res.body or err)
+            res, err = http.fetch(url)
+            ngx.say(res and res.body or err:match("self.signed certificate"))
+        }
+    }
+--- response_body
+tls 1
+tls 2
+tls 1
+untrusted 1
+self-signed certificate
+--- error_log
+certificate verify error
+--- no_error_log
+[alert]
+
+
+
+=== TEST 7: a refused connection and malformed URLs are error strings
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            for _, url in ipairs{ "http://127.0.0.1:1/", "ftp://x/", "http://",
+                                  "not a url", "http://[zz]:80/", "//x/y" } do
+                local res, err = http.fetch(url)
+                ngx.say(url, ": ", res and res.status or err)
+            end
+            local ok, err = pcall(http.fetch, {})
+            ngx.say("table: ", ok, " ", type(err))
+            local res
+            res, err = http.fetch("http://127.0.0.1:1/", { method = 3 })
+            ngx.say(res, " ", err)
+        }
+    }
+--- response_body_like
+http://127.0.0.1:1/: .*connect to 127\.0\.0\.1:1 failed: connection refused
+ftp://x/: unsupported scheme "ftp" in "ftp://x/" \(http or https\)
+http://: bad url "http://": .+
+not a url: bad url "not a url": .+
+http://\[zz\]:80/: bad .+
+//x/y: bad url "//x/y": http:// or https:// expected
+table: false string
+nil opts.method must be a string, not number
+--- error_log
+Connection refused
+--- no_error_log
+[alert]
+
+
+
+=== TEST 8: 200 concurrent fetches in one worker overlap
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/delay?s=0.1"
+            ngx.update_time()
+            local t0 = ngx.now()
+            local threads = {}
+            for i = 1, 200 do
+                threads[i] = ngx.thread.spawn(http.fetch, url)
+            end
+            local ok = 0
+            for i = 1, 200 do
+                local _, res = ngx.thread.wait(threads[i])
+                if res and res.body == "late\n" then
+                    ok = ok + 1
+                end
+            end
+            ngx.update_time()
+            local took = ngx.now() - t0
+            ngx.say(ok, " ok; overlapped: ", took < 2, " (", took, " s)")
+        }
+    }
+--- response_body_like chomp
+^200 ok; overlapped: true
+--- timeout: 10
+
+
+
+=== TEST 9: with_timeout against a slow upstream: nil, "timeout" at once, nothing left
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/delay?s=1"
+            ngx.update_time()
+            local t0 = ngx.now()
+            local res, err = async.with_timeout(0.1, http.fetch, url)
+            ngx.update_time()
+            local took = ngx.now() - t0
+            ngx.say(res, " ", err, " ", took >= 0.09 and took < 0.3)
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams,
+                    " waiting=", st.waiting)
+        }
+    }
+--- response_body
+nil timeout true
+in_flight=0 streams=0 waiting=0
+--- error_log
+lua tcp socket read timed out
+--- no_error_log
+[alert]
+
+
+
+=== TEST 10: a 4 MB chunked body arrives intact
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/big")
+            if not res then
+                return ngx.say(err)
+            end
+            local want = string.rep(string.rep("0123456789abcdef", 4096), 64)
+            ngx.say(res.headers["transfer-encoding"], " ", #res.body, " ",
+                    res.body == want)
+        }
+    }
+--- response_body
+chunked 4194304 true
+--- timeout: 10
+
+
+
+=== TEST 11: in an ngx.timer.at callback
+--- config
+    location = /t {
+        content_by_lua_block {
+            local function fetch(premature, url)
+                local http = require "resty_async_http"
+                local res, err = http.fetch(url)
+                ngx.shared.seen:set("timer", res and res.body or err)
+            end
+            assert(ngx.timer.at(0, fetch, "http://127.0.0.1:"
+                                .. ngx.var.server_port .. "/up"))
+            for _ = 1, 100 do
+                local v = ngx.shared.seen:get("timer")
+                if v then
+                    return ngx.print("timer: ", v)
+                end
+                ngx.sleep(0.01)
+            end
+            ngx.say("no result")
+        }
+    }
+--- response_body_like
+^timer: hello \d+
+
+
+
+=== TEST 12: in rewrite_by_lua and access_by_lua
+--- config
+    location = /t {
+        rewrite_by_lua_block {
+            local http = require "resty_async_http"
+            local res = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/up")
+            ngx.ctx.rewrite = res.status
+        }
+        access_by_lua_block {
+            local http = require "resty_async_http"
+            local res = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/echo",
+                                   { method = "PUT", body = "b" })
+            ngx.ctx.access = res.body
+        }
+        content_by_lua_block {
+            ngx.print(ngx.ctx.rewrite, " ", ngx.ctx.access)
+        }
+    }
+--- response_body
+200 PUT nil nil b
+
+
+
+=== TEST 13: a client abort mid-fetch closes the upstream connection
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/hold?key=abort")
+            ngx.log(ngx.ERR, "must not get here")
+        }
+    }
+--- abort
+--- timeout: 0.3
+--- ignore_response
+--- wait: 0.5
+--- error_log
+upstream saw abort closed
+--- no_error_log
+must not get here
+[alert]
+
+
+
+=== TEST 14: killing the waiting light thread closes its socket at once
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/hold?key=kill"
+            local th = ngx.thread.spawn(http.fetch, url)
+            repeat
+                ngx.sleep(0.01)
+            until ngx.shared.seen:get("kill") == "open"
+            ngx.thread.kill(th)
+            for _ = 1, 50 do
+                if ngx.shared.seen:get("kill") == "closed" then
+                    break
+                end
+                ngx.sleep(0.01)
+            end
+            ngx.say("upstream: ", ngx.shared.seen:get("kill"))
+            -- two sweeps of the driver see it blocked in the same socket op,
+            -- and cancel the task
+            ngx.sleep(0.4)
+            local st = require("resty.async").stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams)
+        }
+    }
+--- response_body
+upstream: closed
+in_flight=0 streams=0
+--- error_log
+upstream saw kill closed
+
+
+
+=== TEST 15: an IP address starts no thread and no epoll instance in the worker
+--- config
+    location = /t {
+        content_by_lua_block {
+            -- (the worker's own /proc entry: `ls` runs in a child process)
+            local pid = ngx.worker.pid()
+            local function counts()
+                local threads
+                for line in io.lines("/proc/" .. pid .. "/status") do
+                    threads = threads or line:match("^Threads:%s*(%d+)")
+                end
+                local epolls = 0
+                local p = io.popen("ls -l /proc/" .. pid .. "/fd/ 2>/dev/null")
+                for line in p:lines() do
+                    if line:find("eventpoll", 1, true) then
+                        epolls = epolls + 1
+                    end
+                end
+                p:close()
+                return tonumber(threads), epolls
+            end
+            local t0, e0 = counts()
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/up")
+            local t1, e1 = counts()
+            ngx.say(res and res.status or err, ": threads ", t0, " -> ", t1,
+                    ", epoll instances ", e0, " -> ", e1)
+        }
+    }
+--- response_body_like
+^200: threads (\d+) -> \1, epoll instances (\d+) -> \2$
+
+
+
+=== TEST 16: HTTP/2 with prior knowledge (hyper's http2 with resty-async as its executor and timer), over a unix socket
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local opts = { version = 2, unix_socket = "$TEST_NGINX_SERVER_ROOT/html/h2.sock" }
+            for i = 1, 2 do
+                local res, err = http.fetch("http://localhost/", opts)
+                ngx.print(res and res.status .. " " .. res.body or err)
+            end
+            local st = require("resty.async").stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams)
+        }
+    }
+--- response_body
+200 h2 HTTP/2.0
+200 h2 HTTP/2.0
+in_flight=0 streams=0
+
+
+
+=== TEST 17: async.spawn: the socket ops wait for task:wait(), in the light thread that waits
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_http"
+            local base = "http://127.0.0.1:" .. ngx.var.server_port
+            local a = async.spawn(http.fetch, base .. "/up")
+            local b = async.spawn(http.fetch, base .. "/echo", { method = "PATCH" })
+            local th = ngx.thread.spawn(function() return b:wait() end)
+            local ra = a:wait()
+            local _, rb = ngx.thread.wait(th)
+            ngx.print(ra.status, " ", rb.body)
+            -- a task handle dropped unawaited leaves nothing
+            async.spawn(http.fetch, base .. "/up")
+            collectgarbage()
+            collectgarbage()
+            ngx.sleep(0.2)
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams)
+        }
+    }
+--- response_body
+200 PATCH nil nil nil
+in_flight=0 streams=0
+
+
+
+=== TEST 18: with_timeout on an HTTP/2 stream (reads in a reader light thread): nil, "timeout", silently
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_http"
+            local opts = { version = 2, unix_socket = "$TEST_NGINX_SERVER_ROOT/html/h2.sock" }
+            ngx.update_time()
+            local t0 = ngx.now()
+            local res, err = async.with_timeout(0.1, http.fetch, "http://localhost/slow", opts)
+            ngx.update_time()
+            local took = ngx.now() - t0
+            ngx.say(res, " ", err, " ", took >= 0.09 and took < 0.3)
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams,
+                    " waiting=", st.waiting)
+        }
+    }
+--- response_body
+nil timeout true
+in_flight=0 streams=0 waiting=0
+
+
+
+=== TEST 19: the keepalive pool serves later requests of the worker
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/up")
+            ngx.print(res and res.body or err)
+        }
+    }
+--- request eval
+["GET /t", "GET /t", "GET /t"]
+--- response_body eval
+["hello 1\n", "hello 2\n", "hello 3\n"]
+
+
+
+=== TEST 20: lua_code_cache off: each request's Lua VM has its own runtime and sockets
+--- config
+    location = /t {
+        lua_code_cache off;
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/up")
+            ngx.print(res and res.status .. " " .. res.body or err)
+        }
+    }
+--- request eval
+["GET /t", "GET /t"]
+--- response_body_like eval
+[qr/^200 hello \d+\n$/, qr/^200 hello \d+\n$/]
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/]
