@@ -487,12 +487,12 @@ impl Runtime {
     /// The result of a finished task without Lua: a plain task's as its
     /// job made it (frees its slot); a task with a future has Lua values
     /// ([`Taken::NeedsLua`]: see [`Runtime::take`]). A task with a future
-    /// that has not finished woke its caller for socket ops (see
-    /// [`crate::net`]): [`Taken::Pending`], and the caller waits no more
-    /// here.
+    /// that has not finished, or has socket ops queued, woke its caller
+    /// for them (see [`crate::net`]): [`Taken::Pending`], and the caller
+    /// carries them out, then takes the results with the last ones.
     pub(crate) fn take_raw(&self, id: TaskId) -> Taken {
         if self.executor.contains(id) {
-            if self.executor.is_finished(id) {
+            if self.executor.is_finished(id) && !self.net.has_ops(id) {
                 return Taken::NeedsLua;
             }
             self.waiters.release(id);

@@ -333,7 +333,7 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
         let waited = crate::panic::catch(std::panic::AssertUnwindSafe(|| {
             crate::vm::VmRuntime::with_ffi(vm, |rt| {
                 if id >= 1.0 && id.fract() == 0.0 {
-                    if rt.net().claim(id as TaskId) {
+                    if rt.net().contains(id as TaskId) && rt.net().claim(id as TaskId) {
                         // socket ops wait for the caller: no wait here
                         // (it takes the task as pending, see take_raw)
                         return Waited::Done;

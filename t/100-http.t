@@ -619,3 +619,65 @@ in_flight=0 streams=0 waiting=0
 [qr/^200 hello \d+\n$/, qr/^200 hello \d+\n$/]
 --- no_error_log eval
 ["[error]", qr/\[alert\](?!.* lua_code_cache is off)/]
+
+
+
+=== TEST 21: a stream opened after a wait in the runtime: the waiting caller carries out its ops
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local fx = require "resty_async_fixtures"
+            local addr = "127.0.0.1:" .. ngx.var.server_port
+            local function status(r, err)
+                return r and r:match("^HTTP/1%.%d (%d+)") or err
+            end
+            -- the caller waits in the runtime, then is woken for the ops
+            ngx.say("call: ", status(fx.get_after(addr, "/up", 20)))
+            -- a handle waited for at once, and one waited for after its
+            -- ops were queued
+            local a = async.spawn(fx.get_after, addr, "/up", 50)
+            local b = async.spawn(fx.get_after, addr, "/up", 10)
+            ngx.say("a: ", status(a:wait()))
+            ngx.sleep(0.1)
+            ngx.say("b: ", status(b:wait()))
+            -- a timeout while the caller carries out the ops
+            ngx.say("timeout: ", select(2, async.with_timeout(0.1, fx.get_after,
+                                                             addr, "/delay?s=1", 10)))
+            ngx.sleep(0.05)
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams,
+                    " waiting=", st.waiting)
+        }
+    }
+--- response_body
+call: 200
+a: 200
+b: 200
+timeout: timeout
+in_flight=0 streams=0 waiting=0
+
+
+
+=== TEST 22: woken for socket ops inside a table.sort comparator: a clear error, nothing left
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local fx = require "resty_async_fixtures"
+            local addr = "127.0.0.1:" .. ngx.var.server_port
+            local t = async.spawn(fx.get_after, addr, "/up", 1)
+            ngx.sleep(0.05)  -- its ops are queued: waiting means carrying them out
+            local ok, err = pcall(table.sort, { 2, 1 }, function(x, y)
+                t:wait()
+                return x < y
+            end)
+            ngx.say(ok, " ", err)
+            ngx.sleep(0.05)
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams)
+        }
+    }
+--- response_body_like
+^false .*cannot wait inside a C function such as a table.sort comparator.*
+in_flight=0 streams=0

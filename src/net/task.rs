@@ -334,6 +334,12 @@ impl Net {
         self.inner.ready.borrow_mut().retain(|&t| t != id);
     }
 
+    /// Whether task `id` has ops queued for its waiter.
+    pub(crate) fn has_ops(&self, id: TaskId) -> bool {
+        let tasks = self.inner.tasks.borrow();
+        !tasks.is_empty() && tasks.get(&id).is_some_and(|t| !t.ops.borrow().is_empty())
+    }
+
     /// Whether task `id` has ops queued; they are its waiter's now (it
     /// learns of them from the call it made, not from the driver).
     pub(crate) fn claim(&self, id: TaskId) -> bool {

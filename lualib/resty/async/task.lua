@@ -11,11 +11,11 @@ local setmetatable = setmetatable
 local getmetatable = getmetatable
 local newproxy = newproxy
 local need_driver = driver.need
-local take = runtime.take
 local forget = runtime.forget
 local config = runtime.config
 local pending_id = wait_mod.pending_id
 local wait = wait_mod.wait
+local take_done = wait_mod.take_done
 local check_timeout = wait_mod.check_timeout
 
 
@@ -92,7 +92,7 @@ function Task.wait(self, timeout)
         st.owned[id] = nil
         self.id = nil
         if state == "done" then
-            results = pack(take(st, id))
+            results = pack(take_done(st, id, timeout, 3))
         elseif state == "pending" then
             results = pack(wait(st, id, timeout, 3))
         else

@@ -159,6 +159,26 @@ local function wait(st, id, timeout, level, k, ...)
 end
 
 
+-- The results of task `id`, which finished (a task handle's), after its
+-- last socket ops if it has any (see wait()).
+local function take_done(st, id, timeout, level)
+    local ops = st.netops[id]
+    if ops then
+        st.netops[id] = nil
+        return carry_out(st, id, timeout, level, unpack(ops, 1, ops.n))
+    end
+    local n, a, b = take_ffi(st, id)
+    if n == 1 then
+        return a
+    elseif n == 2 then
+        return a, b
+    elseif n == -1 then
+        return carry_out(st, id, timeout, level)
+    end
+    return st.rt.take(id)
+end
+
+
 -- Turns what a raw function returned into the caller's results: `true,
 -- ...` (finished), `nil, message` (misuse) or a task id (pending; negative
 -- when the driver must run in this cycle).
@@ -238,6 +258,7 @@ end
 
 _M.pending_id = pending_id
 _M.wait = wait
+_M.take_done = take_done
 _M.finish = finish
 _M.check_phase = check_phase
 _M.make_async = make_async
