@@ -91,12 +91,13 @@ local function plain_fn(...)
 end
 
 -- The argument values; 1 (nil), 12 (a fresh table) and 13 (a function)
--- are made by value().
-local NVALUES = 17
+-- are made by value(). 18 and 19: this nginx's address and a path it
+-- serves, for the functions that open network streams (set by load()).
+local NVALUES = 19
 local CONST = {
     [2] = true, [3] = false, [4] = 0, [5] = -1, [6] = 0.0001, [7] = 1e308,
     [8] = 0 / 0, [9] = "", [10] = "x", [11] = BIG, [14] = ngx.null,
-    [15] = 2 ^ 53, [16] = -0.0, [17] = 3,
+    [15] = 2 ^ 53, [16] = -0.0, [17] = 3, [19] = "/ping",
 }
 
 
@@ -522,6 +523,7 @@ local function load()
         return
     end
     fixtures = require "resty_async_fixtures"
+    CONST[18] = "127.0.0.1:" .. ngx.var.server_port
     local list = {}
     add_funcs(list, async)
     add_funcs(list, fixtures)
