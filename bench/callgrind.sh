@@ -32,7 +32,7 @@ PREFIX=$PWD/build/callgrind
 # name:path, in the order of bench/run.sh
 SCENARIOS="baseline:/baseline fast:/fast wake:/wake handoff:/handoff peer:/peer
            ngx_sleep:/ngx_sleep async_sleep:/async_sleep
-           lua_fetch:/lua_fetch fetch:/fetch capture:/capture"
+           lua_fetch:/lua_fetch fetch:/fetch tokio_fetch:/tokio_fetch capture:/capture"
 
 for tool in valgrind callgrind_control "$WRK"; do
     command -v "$tool" >/dev/null || { echo "bench: $tool not found (apt-get install valgrind wrk)" >&2; exit 1; }

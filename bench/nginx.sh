@@ -19,13 +19,13 @@ fi
 # instances that the run starts later.
 bench_prefix() { # prefix
     local f
-    for f in build/resty_async_core.so build/resty_async_bench.so build/resty_async_http.so; do
+    for f in build/resty_async_core.so build/resty_async_bench.so build/resty_async_http.so build/resty_async_tokio.so; do
         [ -e "$f" ] || { echo "bench: $f is missing (run 'make bench')" >&2; return 1; }
     done
     rm -rf "$1"
     mkdir -p "$1/logs" "$1/sock" "$1/wrk" "$1/lib"
     cp -R lualib "$1/lualib"
-    cp build/resty_async_core.so build/resty_async_bench.so build/resty_async_http.so "$1/lib/"
+    cp build/resty_async_core.so build/resty_async_bench.so build/resty_async_http.so build/resty_async_tokio.so "$1/lib/"
 }
 
 # nginx/bench.conf with its @...@ values filled in, as <prefix>/nginx.conf.

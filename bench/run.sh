@@ -73,7 +73,7 @@ start_nginx() { # workers threads [pool_cpus]
     done
     NGINX_PID=$(cat "$PREFIX/logs/nginx.pid")
     for p in /baseline /fast /wake /handoff /peer /async_sleep /ngx_sleep /cpu_async /cpu_sync \
-             /fetch /lua_fetch /capture; do
+             /fetch /tokio_fetch /lua_fetch /capture; do
         local s
         s=$(http_status "$PORT" "$p")
         if [ "$s" != 200 ]; then
@@ -221,8 +221,8 @@ group base50:/baseline:50 fast50:/fast:50 wake50:/wake:50 handoff50:/handoff:50 
 group ngxsleep50:/ngx_sleep:50 asleep50:/async_sleep:50
 group base1000:/baseline:1000 ngxsleep1000:/ngx_sleep:1000 asleep1000:/async_sleep:1000
 # 9. HTTP: a GET to a `return 200` location of the same nginx
-group luafetch50:/lua_fetch:50 fetch50:/fetch:50 capture50:/capture:50
-group luafetch1:/lua_fetch:1 fetch1:/fetch:1 capture1:/capture:1
+group luafetch50:/lua_fetch:50 fetch50:/fetch:50 tokiofetch50:/tokio_fetch:50 capture50:/capture:50
+group luafetch1:/lua_fetch:1 fetch1:/fetch:1 tokiofetch1:/tokio_fetch:1 capture1:/capture:1
 stop_nginx
 
 # Isolation: CPU jobs on every core would leave none to nginx (and wrk);
@@ -339,9 +339,11 @@ table() {
     row "7. wake path \`async.sha256(\"x\")\`" 2 1 wake1w2 base1 "$(adds wake1w2 base1)"
     row "9. HTTP GET: Lua client over \`ngx.socket.tcp\`" 1 50 luafetch50 base50 ""
     row "9. HTTP GET: \`http.fetch\` (hyper over \`resty_async::net\`)" 1 50 fetch50 base50 "$(have luafetch50 && echo "$(ratio fetch50 luafetch50) Lua client")"
+    row "9. HTTP GET: \`resty_async_tokio.fetch\` (hyper on a tokio runtime)" 1 50 tokiofetch50 base50 "$(have luafetch50 && echo "$(ratio tokiofetch50 luafetch50) Lua client")"
     row "9. HTTP GET: \`ngx.location.capture\` + \`proxy_pass\`, upstream keepalive" 1 50 capture50 base50 "$(have luafetch50 && echo "$(ratio capture50 luafetch50) Lua client")"
     row "9. HTTP GET: Lua client over \`ngx.socket.tcp\`" 1 1 luafetch1 base1 ""
     row "9. HTTP GET: \`http.fetch\`" 1 1 fetch1 base1 "$(have luafetch1 && echo "$(ratio fetch1 luafetch1) Lua client; $(added fetch1 luafetch1) µs/req")"
+    row "9. HTTP GET: \`resty_async_tokio.fetch\`" 1 1 tokiofetch1 base1 "$(have luafetch1 && echo "$(ratio tokiofetch1 luafetch1) Lua client; $(added tokiofetch1 luafetch1) µs/req")"
     row "9. HTTP GET: \`ngx.location.capture\` + \`proxy_pass\`" 1 1 capture1 base1 "$(have luafetch1 && echo "$(ratio capture1 luafetch1) Lua client")"
 }
 
