@@ -60,9 +60,29 @@ where
         let fut = crate::tokio::in_context(|| f(lua, args))?;
         #[cfg(not(feature = "tokio"))]
         let fut = f(lua, args)?;
-        let lua = lua.clone();
-        Ok(rt.spawn(async move { fut.await.and_then(|r| values::convert(&lua, r)) }))
+        // A large future goes to the heap first: the wrappers around it
+        // and the task's allocation each move what they are given, and a
+        // pointer moves for less than kilobytes of state (a client's
+        // connection, say).
+        if std::mem::size_of::<Fut>() > BOX_FUTURES_ABOVE {
+            Ok(spawn_converted(lua, rt, Box::pin(fut)))
+        } else {
+            Ok(spawn_converted(lua, rt, fut))
+        }
     })
+}
+
+/// Futures of more bytes than this are boxed before they are spawned.
+const BOX_FUTURES_ABOVE: usize = 512;
+
+/// Spawns `fut`, whose output becomes Lua values.
+fn spawn_converted<Fut, R>(lua: &Lua, rt: &Runtime, fut: Fut) -> Spawned<LuaOutput>
+where
+    Fut: Future<Output = mlua::Result<R>> + 'static,
+    R: IntoLuaMulti + 'static,
+{
+    let lua = lua.clone();
+    rt.spawn(async move { fut.await.and_then(|r| values::convert(&lua, r)) })
 }
 
 /// The raw function that runs `f`, made by `Lua::create_async_function`
