@@ -103,12 +103,17 @@ impl Harness {
                     .map_err(|e| mlua::Error::RuntimeError(format!("resty_async::testing: {e}")))
             })?,
         )?;
+        let preload: Table = lua.globals().get::<Table>("package")?.get("preload")?;
+        let methods: Function = lua
+            .load(include_str!("../../lualib/resty/async/methods.lua"))
+            .set_name("=resty.async.methods")
+            .into_function()?;
+        preload.raw_set("resty.async.methods", methods)?;
         let lib: Function = lua
             .load(include_str!("resty_async.lua"))
             .set_name("=resty.async (testing)")
             .into_function()?;
         let lib: Table = lib.call(sys)?;
-        let preload: Table = lua.globals().get::<Table>("package")?.get("preload")?;
         preload.raw_set("resty.async", lua.create_function(move |_, ()| Ok(lib.clone()))?)?;
         Ok(Harness { lua, config })
     }

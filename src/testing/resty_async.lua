@@ -11,6 +11,8 @@
 
 local sys = ...
 
+local methods = require "resty.async.methods"
+
 local type = type
 local error = error
 local pairs = pairs
@@ -18,8 +20,6 @@ local ipairs = ipairs
 local rawget = rawget
 local rawset = rawset
 local tostring = tostring
-local debug_getinfo = debug.getinfo
-local debug_getupvalue = debug.getupvalue
 local debug_getmetatable = debug.getmetatable
 local drive = sys.drive
 local config = sys.config
@@ -138,48 +138,6 @@ function _M.guard_mlua(marker, in_poll)
 end
 
 
-local function mlua_source(f)
-    if type(f) == "function" then
-        return debug_getinfo(f, "S").source
-    end
-end
-
-
--- The async functions (mlua's) in userdata metatable `mt`, as `{ table,
--- key, function }` (as lualib/resty/async/mlua.lua finds them).
-local function async_methods(mt)
-    local out, seen = {}, {}
-    local function scan(t)
-        if type(t) ~= "table" or seen[t] then
-            return
-        end
-        seen[t] = true
-        for k, v in pairs(t) do
-            if type(k) == "string" and mlua_source(v) == "=__mlua_async_poll"
-            then
-                out[#out + 1] = { t, k, v }
-            end
-        end
-    end
-    scan(mt)
-    local index = rawget(mt, "__index")
-    if type(index) == "table" then
-        scan(index)
-    elseif mlua_source(index) == "=__mlua_index" then
-        for i = 1, 255 do
-            local name, v = debug_getupvalue(index, i)
-            if name == nil then
-                break
-            end
-            if name == "__index" or name == "methods" then
-                scan(v)
-            end
-        end
-    end
-    return out
-end
-
-
 local CLASS_MARK = "__resty_async_class"
 
 -- Takes over the async methods of the type of `ud` (Module::add_class).
@@ -192,7 +150,7 @@ function _M.adopt(id, ud, type_name)
     if rawget(mt, CLASS_MARK) then
         return true
     end
-    for _, m in ipairs(async_methods(mt)) do
+    for _, m in ipairs(methods.async_methods(mt)) do
         local name = type_name .. ":" .. m[2]
         m[1][m[2]] = make_async(st, st.rt.lua_async(name, m[3]))
     end

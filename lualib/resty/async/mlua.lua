@@ -3,15 +3,13 @@
 
 local runtime = require "resty.async.runtime"
 local wait_mod = require "resty.async.wait"
+local methods = require "resty.async.methods"
 
 local type = type
 local error = error
-local pairs = pairs
 local ipairs = ipairs
 local rawget = rawget
 local rawset = rawset
-local debug_getinfo = debug.getinfo
-local debug_getupvalue = debug.getupvalue
 local debug_getmetatable = debug.getmetatable
 local states = runtime.states
 local make_async = wait_mod.make_async
@@ -34,13 +32,6 @@ local mlua_markers = {}  -- pending marker -> its library's in_poll()
 local co = coroutine
 local ngx_yield = co.yield
 local raw_yield = co._yield or ngx_yield  -- luacheck: ignore 143
-
--- The chunk name of function `f` (nil if not a function).
-local function mlua_source(f)
-    if type(f) == "function" then
-        return debug_getinfo(f, "S").source
-    end
-end
 
 
 local function guarded_yield(...)
@@ -79,42 +70,6 @@ end
 -- Wraps the functions of a resty-async Rust module (the table its luaopen
 
 
--- The async functions (mlua's) in userdata metatable `mt`, as `{ table,
--- key, function }`: its async metamethods, and the async methods in its
--- __index table, or in the tables mlua's own __index function looks in.
-local function async_methods(mt)
-    local out, seen = {}, {}
-    local function scan(t)
-        if type(t) ~= "table" or seen[t] then
-            return
-        end
-        seen[t] = true
-        for k, v in pairs(t) do
-            if type(k) == "string" and mlua_source(v) == "=__mlua_async_poll"
-            then
-                out[#out + 1] = { t, k, v }
-            end
-        end
-    end
-    scan(mt)
-    local index = rawget(mt, "__index")
-    if type(index) == "table" then
-        scan(index)
-    elseif mlua_source(index) == "=__mlua_index" then
-        for i = 1, 255 do
-            local name, v = debug_getupvalue(index, i)
-            if name == nil then
-                break
-            end
-            if name == "__index" or name == "methods" then
-                scan(v)
-            end
-        end
-    end
-    return out
-end
-
-
 -- Takes over the async methods of the type of `ud`, a value of a type the
 -- resty-async library `id` registered (Module::add_class): each becomes a
 -- function that waits like the library's own. Returns whether it did (or
@@ -128,7 +83,7 @@ function _M.adopt(id, ud, type_name)
     if rawget(mt, CLASS_MARK) then
         return true
     end
-    for _, m in ipairs(async_methods(mt)) do
+    for _, m in ipairs(methods.async_methods(mt)) do
         local name = type_name .. ":" .. m[2]
         m[1][m[2]] = make_async(st, name, st.rt.lua_async(name, m[3]))
     end

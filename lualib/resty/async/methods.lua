@@ -1,0 +1,59 @@
+-- resty.async.methods: where mlua keeps the async functions of a userdata
+-- type. Shared by resty.async.mlua and the resty.async of the testing
+-- harness (src/testing), which loads it without nginx: no ngx.* here.
+
+local type = type
+local pairs = pairs
+local rawget = rawget
+local debug_getinfo = debug.getinfo
+local debug_getupvalue = debug.getupvalue
+
+
+local _M = {}
+
+
+-- The chunk name of function `f` (nil if not a function).
+local function mlua_source(f)
+    if type(f) == "function" then
+        return debug_getinfo(f, "S").source
+    end
+end
+
+
+-- The async functions (mlua's) in userdata metatable `mt`, as `{ table,
+-- key, function }`: its async metamethods, and the async methods in its
+-- __index table, or in the tables mlua's own __index function looks in.
+function _M.async_methods(mt)
+    local out, seen = {}, {}
+    local function scan(t)
+        if type(t) ~= "table" or seen[t] then
+            return
+        end
+        seen[t] = true
+        for k, v in pairs(t) do
+            if type(k) == "string" and mlua_source(v) == "=__mlua_async_poll"
+            then
+                out[#out + 1] = { t, k, v }
+            end
+        end
+    end
+    scan(mt)
+    local index = rawget(mt, "__index")
+    if type(index) == "table" then
+        scan(index)
+    elseif mlua_source(index) == "=__mlua_index" then
+        for i = 1, 255 do
+            local name, v = debug_getupvalue(index, i)
+            if name == nil then
+                break
+            end
+            if name == "__index" or name == "methods" then
+                scan(v)
+            end
+        end
+    end
+    return out
+end
+
+
+return _M
