@@ -457,6 +457,7 @@ must not get here
             repeat
                 ngx.sleep(0.01)
             until ngx.shared.seen:get("kill") == "open"
+            ngx.say("waiting=", require("resty.async").stats().waiting)
             ngx.thread.kill(th)
             for _ = 1, 50 do
                 if ngx.shared.seen:get("kill") == "closed" then
@@ -473,6 +474,7 @@ must not get here
         }
     }
 --- response_body
+waiting=1
 upstream: closed
 in_flight=0 streams=0
 --- error_log

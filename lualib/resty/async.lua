@@ -210,6 +210,8 @@ function _M.stats()
         for k, v in pairs(settings) do
             out[k] = v
         end
+        -- (callers carrying out socket ops wait in Lua, not in the runtime)
+        out.waiting = (out.waiting or 0) + st.nnet
         if st.running then
             out.drivers = out.drivers + 1
         end
