@@ -78,8 +78,8 @@ pub(crate) const MAX_POOL_SIZE: u32 = 1 << 20;
 /// Highest CPU number of `pool_cpus` (glibc's `CPU_SETSIZE` - 1).
 const MAX_CPU: usize = sys::MAX_CPUS - 1;
 /// The default [`Config::pool_nice`]: against a busy worker on the same
-/// core, a pool thread gets about a tenth of the CPU; on an idle core, all
-/// of it.
+/// core, a pool thread gets a small share of the CPU (the scheduler's
+/// weights for nice 0 against 10); on an idle core, all of it.
 pub(crate) const DEFAULT_POOL_NICE: i32 = 10;
 
 impl Default for Config {

@@ -3,7 +3,7 @@
 //! A blocking call (`Module::add_blocking`, the built-ins `sha256`,
 //! `read_file` and `write_file`) needs no future: its job runs on the pool,
 //! and its result becomes Lua values on the worker. Nor does `async.sleep`:
-//! it is a deadline. Run as a future (awaiting a [`crate::BlockingTask`] or
+//! it is a deadline. Run as a future (awaiting a [`crate::pool::BlockingTask`] or
 //! a [`crate::Sleep`]), each would cost a task allocation (larger than what
 //! glibc keeps per thread under load), two polls, a waker and a
 //! run-queue entry. Here the pool reports a job's task id (its tag, see
@@ -273,7 +273,7 @@ pub(crate) fn outcome(lua: &Lua, res: Result<Sendable, PoolError>) -> Outcome<Lu
         Ok(values) => {
             crate::panic::catch(AssertUnwindSafe(|| values.into_lua(lua))).map_err(Panicked::from_payload)
         }
-        Err(PoolError::Panicked(p)) => Err(p),
+        Err(PoolError::Panicked(msg)) => Err(Panicked(msg)),
         Err(e) => Ok(Err(mlua::Error::RuntimeError(e.to_string()))),
     }
 }

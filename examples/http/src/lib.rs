@@ -20,9 +20,9 @@
 //! `configure{ timeout }`) and the sockets' (`configure{ connect_timeout,
 //! send_timeout, read_timeout }`). Failures return `nil, "message"`.
 
-// A fetch makes some forty small allocations (hyper's channels, buffers
-// and header maps, two tasks); mimalloc serves them for about a third of
-// what glibc's malloc costs (bench/README.md). A module crate may pick its
+// A fetch makes many small allocations (hyper's channels, buffers and
+// header maps, two tasks), which mimalloc serves for less than glibc's
+// malloc (bench/README.md has the figures). A module crate may pick its
 // allocator: its Rust code is its own, and Lua gets copies of its data.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
