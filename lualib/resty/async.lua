@@ -186,7 +186,7 @@ function _M.with_timeout(timeout, f, ...)
 end
 
 
-
+-- Starts resty.async function `f` without waiting; returns a task with
 -- task:wait(timeout?) and task:cancel().
 function _M.spawn(f, ...)
     local w = check_async_fn(f, 1, "spawn")

@@ -16,9 +16,6 @@ local methods = require "resty.async.methods"
 local type = type
 local error = error
 local pairs = pairs
-local ipairs = ipairs
-local rawget = rawget
-local rawset = rawset
 local tostring = tostring
 local debug_getmetatable = debug.getmetatable
 local drive = sys.drive
@@ -118,10 +115,7 @@ local plain_yield = co.yield
 local function guarded_yield(...)
     local in_poll = markers[(...)]
     if in_poll ~= nil and not in_poll() then
-        error("this async Rust function or method must be registered "
-              .. "through resty-async (Module::add_class::<T>() for the "
-              .. "methods of a userdata type, Module::add_lua_async for a "
-              .. "function)", 2)
+        error(methods.UNREGISTERED, 2)
     end
     return plain_yield(...)
 end
@@ -138,8 +132,6 @@ function _M.guard_mlua(marker, in_poll)
 end
 
 
-local CLASS_MARK = "__resty_async_class"
-
 -- Takes over the async methods of the type of `ud` (Module::add_class).
 function _M.adopt(id, ud, type_name)
     local st = states[id]
@@ -147,14 +139,9 @@ function _M.adopt(id, ud, type_name)
     if not st or type(mt) ~= "table" then
         return false
     end
-    if rawget(mt, CLASS_MARK) then
-        return true
-    end
-    for _, m in ipairs(methods.async_methods(mt)) do
-        local name = type_name .. ":" .. m[2]
-        m[1][m[2]] = make_async(st, st.rt.lua_async(name, m[3]))
-    end
-    rawset(mt, CLASS_MARK, true)
+    methods.adopt(mt, type_name, st.rt, function(_, raw)
+        return make_async(st, raw)
+    end)
     return true
 end
 

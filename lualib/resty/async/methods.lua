@@ -1,10 +1,13 @@
 -- resty.async.methods: where mlua keeps the async functions of a userdata
--- type. Shared by resty.async.mlua and the resty.async of the testing
--- harness (src/testing), which loads it without nginx: no ngx.* here.
+-- type, and how a resty-async library takes them over. Shared by
+-- resty.async.mlua and the resty.async of the testing harness
+-- (src/testing), which loads it without nginx: no ngx.* here.
 
 local type = type
 local pairs = pairs
+local ipairs = ipairs
 local rawget = rawget
+local rawset = rawset
 local debug_getinfo = debug.getinfo
 local debug_getupvalue = debug.getupvalue
 
@@ -53,6 +56,31 @@ function _M.async_methods(mt)
         end
     end
     return out
+end
+
+
+-- Marks a userdata metatable whose async methods _M.adopt() took over.
+local CLASS_MARK = "__resty_async_class"
+
+-- What an mlua async function that no resty-async library drives raises.
+_M.UNREGISTERED = "this async Rust function or method must be registered "
+                  .. "through resty-async (Module::add_class::<T>() for the "
+                  .. "methods of a userdata type, Module::add_lua_async for "
+                  .. "a function)"
+
+
+-- Replaces the async methods of userdata metatable `mt`, of the type
+-- `type_name`, with `make(name, raw)`: `raw` is the raw function that
+-- runtime `rt` makes of the method (`rt.lua_async`). Once per metatable.
+function _M.adopt(mt, type_name, rt, make)
+    if rawget(mt, CLASS_MARK) then
+        return
+    end
+    for _, m in ipairs(_M.async_methods(mt)) do
+        local name = type_name .. ":" .. m[2]
+        m[1][m[2]] = make(name, rt.lua_async(name, m[3]))
+    end
+    rawset(mt, CLASS_MARK, true)
 end
 
 

@@ -7,21 +7,19 @@ local methods = require "resty.async.methods"
 
 local type = type
 local error = error
-local ipairs = ipairs
-local rawget = rawget
-local rawset = rawset
 local debug_getmetatable = debug.getmetatable
 local states = runtime.states
 local make_async = wait_mod.make_async
+local UNREGISTERED = methods.UNREGISTERED
+                     .. ": called directly in OpenResty it would spin the "
+                     .. "worker"
 
 
 local _M = {}
 
 
--- Marks a userdata metatable whose async methods _M.adopt() took over.
-local CLASS_MARK = "__resty_async_class"
-
--- `coroutine.yield` they captured when they were made. ngx_lua's
+-- mlua's async functions (and the async methods of userdata types) yield
+-- through the `coroutine.yield` they captured when they were made. ngx_lua's
 -- coroutine.yield would resume them at once, in a busy loop: the worker
 -- spins. Functions a resty-async module registers (Module::add_lua_async,
 -- Module::add_class) are driven by its executor, through LuaJIT's own
@@ -40,11 +38,7 @@ local function guarded_yield(...)
         if in_poll() then
             return raw_yield(...)
         end
-        error("this async Rust function or method must be registered "
-              .. "through resty-async (Module::add_class::<T>() for the "
-              .. "methods of a userdata type, Module::add_lua_async for a "
-              .. "function): called directly in OpenResty it would spin "
-              .. "the worker", 2)
+        error(UNREGISTERED, 2)
     end
     return ngx_yield(...)
 end
@@ -67,9 +61,6 @@ function _M.guard_mlua(marker, in_poll)
 end
 
 
--- Wraps the functions of a resty-async Rust module (the table its luaopen
-
-
 -- Takes over the async methods of the type of `ud`, a value of a type the
 -- resty-async library `id` registered (Module::add_class): each becomes a
 -- function that waits like the library's own. Returns whether it did (or
@@ -80,17 +71,11 @@ function _M.adopt(id, ud, type_name)
     if not st or type(mt) ~= "table" then
         return false
     end
-    if rawget(mt, CLASS_MARK) then
-        return true
-    end
-    for _, m in ipairs(methods.async_methods(mt)) do
-        local name = type_name .. ":" .. m[2]
-        m[1][m[2]] = make_async(st, name, st.rt.lua_async(name, m[3]))
-    end
-    rawset(mt, CLASS_MARK, true)
+    methods.adopt(mt, type_name, st.rt, function(name, raw)
+        return make_async(st, name, raw)
+    end)
     return true
 end
-
 
 
 return _M

@@ -66,10 +66,6 @@ local function start_task(st, ok, ...)
 end
 
 
--- Starts resty.async function `f` without waiting; returns a task with
-
-
-
 local function check_task(self, method)
     if getmetatable(self) ~= Task then
         error("bad argument #1 to '" .. method .. "' (a task expected: use "

@@ -243,9 +243,6 @@ local function check_timeout(v, pos, fname)
 end
 
 
--- mlua's async functions (and the async methods of userdata types) yield
-
-
 -- getaddrinfo on the pool, for a host name where nginx has no resolver:
 -- rt.net_resolve is a raw function of the task's runtime.
 net.resolve = function(st, host, timeout)
