@@ -98,6 +98,7 @@ mod module;
 pub mod net;
 mod panic;
 mod pool;
+mod protected;
 mod raw;
 mod record;
 mod runtime;

@@ -3,15 +3,17 @@
 //!
 //! mlua (module mode, LuaJIT) protects every table write and every string
 //! it makes with a protected call of its own, which builds C closures
-//! each time; a table of a dozen strings costs tens of thousands of
-//! instructions that way. A `Record` is built in Rust and made into a Lua
-//! table by one C function under one `lua_pcall`, as `strings.rs` makes a
-//! string: a memory error still becomes an `Err`.
+//! each time, so a table of many fields costs one protected call per
+//! write. A `Record` is built in Rust and made into a Lua table by one C
+//! function under one `lua_pcall`, as `strings.rs` makes a string: a
+//! memory error still becomes an `Err`.
 
 use std::cell::Cell;
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int};
 
 use mlua::{ffi, IntoLua, Lua, Table, Value};
+
+use crate::protected;
 
 /// A key of a [`Record`]: a string, or an integer (1, 2, ... make a list).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -219,47 +221,10 @@ impl Record {
 
     /// The Lua table, made under one protected call.
     pub fn to_table(&self, lua: &Lua) -> mlua::Result<Table> {
-        lua.exec_raw_lua(|raw| {
-            let state = raw.state();
-            // SAFETY: as strings::create: 3 free slots first (the function,
-            // the result or an error message, one spare); reading the
-            // registry with a light userdata key never allocates; inside
-            // lua_pcall a memory error is caught (LUA_ERRMEM with the
-            // message on the stack). The stack is left as found.
-            unsafe {
-                if ffi::lua_checkstack(state, 3) == 0 {
-                    return Err(mlua::Error::StackError);
-                }
-                let top = ffi::lua_gettop(state);
-                if ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, builder_key()) != ffi::LUA_TFUNCTION {
-                    ffi::lua_settop(state, top);
-                    return Err(mlua::Error::RuntimeError(
-                        "resty-async: the record builder is not installed in this Lua state".to_owned(),
-                    ));
-                }
-                PENDING.with(|p| p.set(self as *const Record));
-                let code = ffi::lua_pcall(state, 0, 1, 0);
-                PENDING.with(|p| p.set(std::ptr::null()));
-                if code == ffi::LUA_OK {
-                    let t = raw.pop::<Table>();
-                    ffi::lua_settop(state, top);
-                    return t;
-                }
-                let mut len = 0;
-                let p = ffi::lua_tolstring(state, -1, &mut len);
-                let msg = if p.is_null() {
-                    "unknown error".to_owned()
-                } else {
-                    String::from_utf8_lossy(std::slice::from_raw_parts(p as *const u8, len)).into_owned()
-                };
-                ffi::lua_settop(state, top);
-                Err(if code == ffi::LUA_ERRMEM {
-                    mlua::Error::MemoryError(msg)
-                } else {
-                    mlua::Error::RuntimeError(msg)
-                })
-            }
-        })
+        PENDING.with(|p| p.set(self as *const Record));
+        let t = protected::call(lua, &BUILDER_KEY, "record builder");
+        PENDING.with(|p| p.set(std::ptr::null()));
+        t
     }
 }
 
@@ -269,13 +234,9 @@ impl IntoLua for Record {
     }
 }
 
-// Its address is the registry key of the building function (per library
-// that embeds this crate, as in strings.rs).
+// Its address is the registry key of the building function (see
+// protected.rs).
 static BUILDER_KEY: u8 = 0;
-
-fn builder_key() -> *const c_void {
-    &BUILDER_KEY as *const u8 as *const c_void
-}
 
 thread_local! {
     // The record `to_table` is making a table of; null otherwise. Not an
@@ -338,13 +299,5 @@ unsafe extern "C-unwind" fn build(state: *mut ffi::lua_State) -> c_int {
 /// library; again is harmless). `Module::new` calls it.
 pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
     // SAFETY: `build` follows the lua_CFunction protocol (see above).
-    let f = unsafe { lua.create_c_function(build)? };
-    // SAFETY: exec_raw runs the closure under mlua's protection, with the
-    // function as the only value on the stack: lua_rawsetp pops it into the
-    // registry (a table resize may raise a memory error: protected).
-    unsafe {
-        lua.exec_raw::<()>(f, |state| {
-            ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, builder_key());
-        })
-    }
+    unsafe { protected::install(lua, &BUILDER_KEY, build) }
 }
