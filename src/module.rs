@@ -264,7 +264,7 @@ impl Module {
     }
 
     /// The raw table (for `resty/async.lua` itself).
-    pub fn into_raw(self) -> Table {
+    pub(crate) fn into_raw(self) -> Table {
         self.raw
     }
 

@@ -37,8 +37,8 @@ pub enum PoolError {
         /// The configured queue size.
         max_queue: usize,
     },
-    /// The job panicked.
-    Panicked(Panicked),
+    /// The job panicked; the message of the panic.
+    Panicked(String),
     /// The pool dropped the job without running it (it cannot start threads).
     Lost(String),
 }
@@ -49,7 +49,7 @@ impl fmt::Display for PoolError {
             PoolError::Busy { max_queue } => {
                 write!(f, "busy (blocking pool queue full: max_queue = {max_queue})")
             }
-            PoolError::Panicked(p) => p.fmt(f),
+            PoolError::Panicked(msg) => Panicked(msg.clone()).fmt(f),
             PoolError::Lost(why) => write!(f, "blocking job lost: {why}"),
         }
     }
@@ -374,7 +374,7 @@ impl<F, T> CellState<F, T> {
     fn take_result(&mut self) -> Option<Result<T, PoolError>> {
         match std::mem::replace(&mut self.stage, Stage::Closed) {
             Stage::Done(Ok(v)) => Some(Ok(v)),
-            Stage::Done(Err(p)) => Some(Err(PoolError::Panicked(p))),
+            Stage::Done(Err(p)) => Some(Err(PoolError::Panicked(p.0))),
             Stage::Lost => Some(Err(PoolError::Lost("the pool dropped the job".into()))),
             Stage::Closed => panic!("the result of a pool job taken twice"),
             pending => {

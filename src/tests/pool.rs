@@ -56,7 +56,7 @@ fn panicking_job_reports_and_thread_survives() {
     let r = block_on(pool.spawn(|| -> u32 { panic!("job failed") }).unwrap());
     std::panic::set_hook(prev);
     match r {
-        Err(PoolError::Panicked(p)) => assert_eq!(p.0, "job failed"),
+        Err(PoolError::Panicked(msg)) => assert_eq!(msg, "job failed"),
         other => panic!("{other:?}"),
     }
     assert_eq!(block_on(pool.spawn(|| 5).unwrap()).unwrap(), 5);
@@ -184,7 +184,7 @@ fn a_tagged_job_is_not_ready_before_its_tag_and_panics_are_results() {
     std::panic::set_hook(prev);
     assert_eq!(queued.try_take().unwrap().unwrap(), 1);
     match panics.try_take() {
-        Some(Err(PoolError::Panicked(p))) => assert_eq!(p.0, "tagged job failed"),
+        Some(Err(PoolError::Panicked(msg))) => assert_eq!(msg, "tagged job failed"),
         other => panic!("{other:?}"),
     }
 }
