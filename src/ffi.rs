@@ -99,14 +99,14 @@ pub struct Api {
     pub abi: u32,
     pub size: u32,
     pub sleep: extern "C" fn(*const c_void, c_double) -> c_double,
-    pub sha256: extern "C" fn(*const c_void, *const c_char, usize) -> c_double,
-    pub read_file: extern "C" fn(*const c_void, *const c_char, usize) -> c_double,
+    pub sha256: unsafe extern "C" fn(*const c_void, *const c_char, usize) -> c_double,
+    pub read_file: unsafe extern "C" fn(*const c_void, *const c_char, usize) -> c_double,
     pub write_file:
-        extern "C" fn(*const c_void, *const c_char, usize, *const c_char, usize, c_int) -> c_double,
-    pub take: extern "C" fn(*const c_void, c_double, *mut ValueOut) -> c_int,
+        unsafe extern "C" fn(*const c_void, *const c_char, usize, *const c_char, usize, c_int) -> c_double,
+    pub take: unsafe extern "C" fn(*const c_void, c_double, *mut ValueOut) -> c_int,
     pub cancel: extern "C" fn(*const c_void, c_double) -> c_int,
-    pub error: extern "C" fn(*mut c_char, usize) -> usize,
-    pub poll: extern "C" fn(*const c_void, c_int, *mut c_double, c_int, *mut PollOut) -> c_int,
+    pub error: unsafe extern "C" fn(*mut c_char, usize) -> usize,
+    pub poll: unsafe extern "C" fn(*const c_void, c_int, *mut c_double, c_int, *mut PollOut) -> c_int,
 }
 
 /// This library's entry points.
@@ -202,7 +202,11 @@ extern "C" fn ra_sleep(vm: *const c_void, secs: c_double) -> c_double {
     })
 }
 
-extern "C" fn ra_sha256(vm: *const c_void, ptr: *const c_char, len: usize) -> c_double {
+/// # Safety
+///
+/// `ptr` points to `len` readable bytes (or `len` is 0), as a Lua string
+/// passed by LuaJIT's FFI does for the duration of the call.
+unsafe extern "C" fn ra_sha256(vm: *const c_void, ptr: *const c_char, len: usize) -> c_double {
     // SAFETY: a Lua string passed by LuaJIT's FFI: `len` bytes at `ptr`.
     let Some(data) = (unsafe { bytes(ptr, len) }) else {
         return misuse("bad argument #1 to 'sha256' (string expected)".to_owned());
@@ -213,7 +217,10 @@ extern "C" fn ra_sha256(vm: *const c_void, ptr: *const c_char, len: usize) -> c_
     })
 }
 
-extern "C" fn ra_read_file(vm: *const c_void, ptr: *const c_char, len: usize) -> c_double {
+/// # Safety
+///
+/// As [`ra_sha256`].
+unsafe extern "C" fn ra_read_file(vm: *const c_void, ptr: *const c_char, len: usize) -> c_double {
     // SAFETY: as in ra_sha256.
     let Some(path) = (unsafe { bytes(ptr, len) }) else {
         return misuse("bad argument #1 to 'read_file' (string expected)".to_owned());
@@ -226,7 +233,10 @@ extern "C" fn ra_read_file(vm: *const c_void, ptr: *const c_char, len: usize) ->
     })
 }
 
-extern "C" fn ra_write_file(
+/// # Safety
+///
+/// As [`ra_sha256`], for both strings.
+unsafe extern "C" fn ra_write_file(
     vm: *const c_void,
     path: *const c_char,
     path_len: usize,
@@ -255,7 +265,10 @@ fn spawn_job(rt: &Runtime, job: impl FnOnce() -> Sendable + Send + 'static) -> c
     })
 }
 
-extern "C" fn ra_take(vm: *const c_void, id: c_double, out: *mut ValueOut) -> c_int {
+/// # Safety
+///
+/// `out` is null or points to a writable [`ValueOut`].
+unsafe extern "C" fn ra_take(vm: *const c_void, id: c_double, out: *mut ValueOut) -> c_int {
     if out.is_null() {
         return KIND_NONE;
     }
@@ -324,7 +337,10 @@ extern "C" fn ra_cancel(vm: *const c_void, id: c_double) -> c_int {
     })
 }
 
-extern "C" fn ra_error(buf: *mut c_char, cap: usize) -> usize {
+/// # Safety
+///
+/// `buf` is null or points to `cap` writable bytes.
+unsafe extern "C" fn ra_error(buf: *mut c_char, cap: usize) -> usize {
     if buf.is_null() || cap == 0 {
         return 0;
     }
@@ -338,7 +354,11 @@ extern "C" fn ra_error(buf: *mut c_char, cap: usize) -> usize {
     })
 }
 
-extern "C" fn ra_poll(
+/// # Safety
+///
+/// `ids` is null or points to `cap` writable slots, and `out` is null or
+/// points to a writable [`PollOut`].
+unsafe extern "C" fn ra_poll(
     vm: *const c_void,
     arm: c_int,
     ids: *mut c_double,

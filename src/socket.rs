@@ -9,7 +9,6 @@
 //! wake-ups to the accepted end, and nginx's epoll wakes the driver.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -215,27 +214,16 @@ impl Notifier {
             return;
         };
         loop {
-            // SAFETY: the buffer is one valid byte; the fd stays open while
-            // `guard` is held. MSG_NOSIGNAL: a closed peer gives EPIPE, not a
-            // SIGPIPE that would kill a host that does not ignore it.
-            let res = unsafe {
-                libc::send(
-                    stream.as_raw_fd(),
-                    [1u8].as_ptr().cast(),
-                    1,
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
-            if res == 1 {
-                self.written.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            match io::Error::last_os_error().kind() {
-                io::ErrorKind::Interrupted => continue,
+            match sys::send_byte(stream) {
+                Ok(()) => {
+                    self.written.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // Full buffer: unread bytes are already there, the driver
                 // will wake. Any other error: the driver is gone and polls
                 // when it reconnects.
-                _ => return,
+                Err(_) => return,
             }
         }
     }

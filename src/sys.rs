@@ -73,9 +73,25 @@ pub(crate) fn mkdtemp(base: &Path, prefix: &str) -> io::Result<PathBuf> {
     Ok(PathBuf::from(OsString::from_vec(buf)))
 }
 
+/// Sends one byte on a stream socket without blocking. MSG_NOSIGNAL: a
+/// closed peer gives EPIPE, not a SIGPIPE that would kill a host that does
+/// not ignore it.
+pub(crate) fn send_byte(sock: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: the buffer is one valid byte for the length passed, and the
+    // fd is borrowed for the call.
+    syscall!(send(
+        sock.as_raw_fd(),
+        [1u8].as_ptr().cast(),
+        1,
+        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+    ))?;
+    Ok(())
+}
+
 /// Whether a process with this pid exists (`kill(pid, 0)`; EPERM means it
 /// exists but belongs to someone else).
 pub(crate) fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 sends nothing (only the checks run); no pointers.
     match syscall!(kill(pid as libc::pid_t, 0)) {
         Ok(_) => true,
         Err(e) => e.raw_os_error() == Some(libc::EPERM),

@@ -276,7 +276,7 @@ impl Drop for Waiters {
 
 fn c_message(p: *const c_char) -> String {
     if p.is_null() {
-        return "unknown error".to_owned();
+        return "ngx_lua gave no message".to_owned();
     }
     // SAFETY: ngx_lua's messages are static C strings.
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()

@@ -209,27 +209,18 @@ struct Stepped {
 
 /// A result of the arguments of `net_step`: a socket (negative: failed),
 /// an op kind, and the value (a number, or a string on the Lua stack).
-struct Arg {
+struct Arg<'a> {
     sock: f64,
     kind: f64,
     num: f64,
-    bytes: Option<(*const u8, usize)>,
-}
-
-impl Arg {
-    /// The string value.
-    fn bytes(&self) -> Option<&[u8]> {
-        // SAFETY: `bytes` points into a string on the Lua stack of the
-        // running `net_step` call, which stays there until `step`, which
-        // alone reads it, has returned.
-        self.bytes
-            .map(|(p, n)| unsafe { std::slice::from_raw_parts(p, n) })
-    }
+    /// The string value: the bytes of a string on the Lua stack of the
+    /// running `net_step` call.
+    bytes: Option<&'a [u8]>,
 }
 
 /// The Rust part of `net_step`: hands the results to the task, runs what
 /// they woke, takes the ops and the outcome.
-fn step(lua: &Lua, vm: &VmRuntime, id: TaskId, args: &[Arg]) -> mlua::Result<Stepped> {
+fn step(lua: &Lua, vm: &VmRuntime, id: TaskId, args: &[Arg<'_>]) -> mlua::Result<Stepped> {
     let rt = vm.get();
     let _enter = vm::enter(&rt);
     let task = rt.net().get(id);
@@ -238,15 +229,15 @@ fn step(lua: &Lua, vm: &VmRuntime, id: TaskId, args: &[Arg]) -> mlua::Result<Ste
         for a in args {
             let kind = a.kind as u8;
             if a.sock < 0.0 {
-                let msg = a.bytes().map_or_else(
-                    || "failed".to_owned(),
+                let msg = a.bytes.map_or_else(
+                    || "the cosocket gave no error message".to_owned(),
                     |b| String::from_utf8_lossy(b).into_owned(),
                 );
                 task.deliver((-a.sock) as SockId, OpResult::Failed(kind, msg));
                 continue;
             }
             let sock = a.sock as SockId;
-            match (kind, a.bytes()) {
+            match (kind, a.bytes) {
                 (CONNECT, _) => task.deliver(sock, OpResult::Connected(a.num as u32)),
                 (SEND, _) => task.deliver(sock, OpResult::Sent),
                 (RECV, Some(data)) => task.deliver(sock, OpResult::Received(data)),
@@ -302,7 +293,9 @@ unsafe extern "C-unwind" fn net_step(state: *mut ffi::lua_State) -> c_int {
                 ffi::LUA_TSTRING => {
                     let mut len = 0;
                     let p = ffi::lua_tolstring(state, i + 2, &mut len);
-                    bytes = Some((p as *const u8, len));
+                    // (the string stays on this call's stack until
+                    // `args` is dropped, before the lua_settop below)
+                    bytes = Some(std::slice::from_raw_parts(p as *const u8, len));
                 }
                 ffi::LUA_TNUMBER => num = ffi::lua_tonumber(state, i + 2),
                 _ => {}
