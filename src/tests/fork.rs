@@ -12,7 +12,10 @@ fn child_after_fork_gets_a_fresh_runtime() {
         Rc::ptr_eq(&parent, &Runtime::current()),
         "same process: same runtime"
     );
-    // SAFETY: the child only runs this thread's code and exits.
+    // SAFETY: the child runs only this thread's code, then exits with
+    // _exit. Other test threads may hold locks at the fork; the child takes
+    // none but glibc malloc's, which glibc resets in the child (as nginx's
+    // workers rely on).
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {

@@ -69,7 +69,11 @@ fn executor_tasks_may_await_tokio_timers() {
 #[test]
 fn child_after_fork_starts_a_runtime_of_its_own() {
     assert_eq!(futures::executor::block_on(crate::tokio::spawn(async { 1 })), 1);
-    // SAFETY: the child only runs this thread's code and exits.
+    // SAFETY: the child runs only this thread's code, then exits with
+    // _exit. It allocates (glibc resets malloc's locks in the child, as
+    // nginx's workers rely on) and starts threads of its own for a tokio
+    // runtime: what an nginx worker does after the master forked it, which
+    // is what this tests.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
