@@ -106,3 +106,111 @@ ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb
 in_flight at init_worker: 0
 --- no_error_log
 [error]
+
+
+
+=== TEST 6: the defaults: timeout 60 s, as many pool threads as CPUs, max_queue 1024
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            -- the CPUs nginx may use (nproc: its affinity), fewer under a
+            -- cgroup v2 CPU quota, as Rust's available_parallelism counts
+            local f = assert(io.popen("nproc"))
+            local cpus = f:read("*n")
+            f:close()
+            f = io.open("/sys/fs/cgroup/cpu.max")
+            if f then
+                local quota, period = f:read("*l"):match("^(%d+) (%d+)")
+                f:close()
+                if quota then
+                    cpus = math.min(cpus, math.max(1, math.floor(quota / period)))
+                end
+            end
+            local st = async.stats()
+            ngx.say("timeout=", st.timeout, " max_queue=", st.max_queue,
+                    " pool_nice=", st.pool_nice)
+            ngx.say("pool_max_threads is the CPUs: ", st.pool_max_threads == cpus,
+                    " (", st.pool_max_threads, ")")
+        }
+    }
+--- response_body_like chomp
+^timeout=60 max_queue=1024 pool_nice=10
+pool_max_threads is the CPUs: true \(\d+\)$
+
+
+
+=== TEST 7: stats() adds up the counters of every runtime of the worker
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local st = async.stats()
+            ngx.say("runtimes=", st.runtimes, " connected=", st.connected)
+            assert(async.sha256("x"))
+            local before = async.stats()
+            local ex = require "resty_async_fixtures"
+            ngx.say("with a module: runtimes=", async.stats().runtimes)
+            -- a job on the module's pool, a future on its executor
+            assert(ex.block_ms(1))
+            assert(ex.echo_after("x", 1))
+            for _ = 1, 100 do  -- until both pools' threads have parked
+                if async.stats().pool_idle == 2 then break end
+                ngx.sleep(0.01)
+            end
+            st = async.stats()
+            ngx.say("completed +", st.completed - before.completed,
+                    " task_polls grew: ", st.task_polls > before.task_polls)
+            ngx.say("pool_threads=", st.pool_threads, " pool_idle=",
+                    st.pool_idle, " connected=", st.connected,
+                    " drivers=", st.drivers)
+        }
+    }
+--- response_body
+runtimes=1 connected=0
+with a module: runtimes=2
+completed +2 task_polls grew: true
+pool_threads=2 pool_idle=2 connected=2 drivers=2
+
+
+
+=== TEST 8: the built-ins wait in rewrite_by_lua and access_by_lua
+--- config
+    location = /t {
+        rewrite_by_lua_block {
+            ngx.ctx.rewrite = require("t_builtins").try(
+                "$TEST_NGINX_SERVER_ROOT/html/rewrite.txt")
+        }
+        access_by_lua_block {
+            ngx.ctx.access = require("t_builtins").try(
+                "$TEST_NGINX_SERVER_ROOT/html/access.txt")
+        }
+        content_by_lua_block {
+            ngx.say("rewrite: ", ngx.ctx.rewrite)
+            ngx.say("access: ", ngx.ctx.access)
+        }
+    }
+--- response_body
+rewrite: true ba7816bf 5 12345 timeout ba7816bf true cancelled
+access: true ba7816bf 5 12345 timeout ba7816bf true cancelled
+
+
+
+=== TEST 9: the built-ins wait in an ngx.timer callback
+--- config
+    location = /t {
+        content_by_lua_block {
+            local done = require("ngx.semaphore").new()
+            local line
+            local ok, err = ngx.timer.at(0, function()
+                line = require("t_builtins").try(
+                    "$TEST_NGINX_SERVER_ROOT/html/timer.txt")
+                done:post()
+            end)
+            assert(ok, err)
+            assert(done:wait(5))
+            ngx.say("timer: ", line)
+        }
+    }
+--- response_body
+timer: true ba7816bf 5 12345 timeout ba7816bf true cancelled

@@ -274,3 +274,20 @@ in_flight=0 timers=0 cancelled=1
 true
 false .*bad argument #1 to 'configure' \(timeout must be a finite number > 0\)
 false .*bad argument #1 to 'configure' \(unknown option 'bogus'\)
+
+
+
+=== TEST 11: the longest sleep, 31536000 s (one year), is taken; a longer one raises
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ok, err = async.with_timeout(0.01, async.sleep, 31536000)
+            ngx.say("one year: ", ok, " ", err)
+            ok, err = pcall(async.sleep, 31536000.5)
+            ngx.say("longer: ", ok, " ", (err:gsub("^.-:%d+: ", "")))
+        }
+    }
+--- response_body
+one year: nil timeout
+longer: false bad argument #1 to 'sleep' (seconds must be at most 31536000, got 31536000.5)

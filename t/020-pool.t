@@ -456,3 +456,52 @@ the worker keeps its CPUs: true
 --- response_body_like
 ^nil: pool_cpus: no CPU 1023 on this machine \(its CPUs are numbered 0 to \d+\)
 still runs: true$
+
+
+
+=== TEST 14: write_file's mode "w" truncates a longer file
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local path = "$TEST_NGINX_SERVER_ROOT/html/truncated.txt"
+            ngx.say(async.write_file(path, string.rep("long ", 100)))
+            ngx.say(async.write_file(path, "short"))
+            ngx.say(async.read_file(path))
+            ngx.say(async.write_file(path, "!", "w"))
+            ngx.say(async.read_file(path))
+        }
+    }
+--- response_body
+500
+5
+short
+1
+!
+
+
+
+=== TEST 15: read_file and write_file take numbers as strings; other types raise
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local path = "$TEST_NGINX_SERVER_ROOT/html/number.txt"
+            ngx.say(async.write_file(path, 12.5), " ", async.read_file(path))
+            -- a relative path of that name, which does not exist
+            ngx.say(async.read_file(1234567.5))
+            for _, v in ipairs{ true, {}, ngx.null } do
+                local ok, err = pcall(async.read_file, v)
+                ngx.say(ok, " ", (err:gsub("^.-: bad", "bad")))
+            end
+            local ok, err = pcall(async.write_file, path, false)
+            ngx.say(ok, " ", (err:gsub("^.-: bad", "bad")))
+        }
+    }
+--- response_body
+4 12.5
+nilcannot read 1234567.5: No such file or directory (os error 2)
+false bad argument #1 to 'read_file' (string expected, got boolean)
+false bad argument #1 to 'read_file' (string expected, got table)
+false bad argument #1 to 'read_file' (string expected, got userdata)
+false bad argument #2 to 'write_file' (string expected, got boolean)

@@ -318,3 +318,53 @@ false resty.async: module old_module was built against another version of resty-
 --- grep_error_log eval: qr/panicked at/
 --- grep_error_log_out
 panicked at
+
+
+
+=== TEST 12: resty_async::unblock: an async function awaits a closure run on the pool
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            ngx.update_time()
+            local t0 = ngx.now()
+            -- 50 ms on the pool, then 50 ms on a timer
+            ngx.say(ex.unblock_ms(50))
+            ngx.update_time()
+            ngx.say("after both: ", ngx.now() - t0 >= 0.095)
+            local st = async.stats()
+            ngx.say("pool_done=", st.pool_done, " in_flight=", st.in_flight)
+        }
+    }
+--- response_body
+50
+after both: true
+pool_done=1 in_flight=0
+
+
+
+=== TEST 13: resty_async::unblock with the pool's queue full: "busy" at once
+--- init_by_lua_block
+        assert(async.configure{ threads = 1, max_queue = 1 })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            -- one job runs and one waits, or one waits and one is refused:
+            -- either way the queue of one place is full
+            local a = ngx.thread.spawn(ex.block_ms, 300)
+            local b = ngx.thread.spawn(ex.block_ms, 300)
+            ngx.update_time()
+            local t0 = ngx.now()
+            local v, err = ex.unblock_ms(1)
+            ngx.update_time()
+            ngx.say(v, " ", err, " at once: ", ngx.now() - t0 < 0.05)
+            ngx.thread.wait(a)
+            ngx.thread.wait(b)
+            ngx.say("after: ", ex.unblock_ms(1))
+        }
+    }
+--- response_body
+nil busy (blocking pool queue full: max_queue = 1) at once: true
+after: 1

@@ -222,3 +222,54 @@ kept in_flight=0
 niloops
 false .*bad argument #1 to 'spawn' \(a resty.async function expected\)
 false .*bad argument #1 to 'sleep' \(number expected, got string\)
+
+
+
+=== TEST 8: task:wait(timeout) returns nil, "timeout" and cancels the task
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            local before = ex.dropped()
+            local task = async.spawn(ex.guarded_sleep, 5000)
+            ngx.update_time()
+            local t0 = ngx.now()
+            local ok, err = task:wait(0.05)
+            ngx.update_time()
+            ngx.say(ok, " ", err, " ", ngx.now() - t0 < 0.5)
+            local st = async.stats()
+            ngx.say("dropped=", ex.dropped() - before, " in_flight=",
+                    st.in_flight, " cancelled=", st.cancelled)
+            ok, err = task:wait()
+            ngx.say("again: ", ok, " ", err)
+        }
+    }
+--- response_body
+nil timeout true
+dropped=1 in_flight=0 cancelled=1
+again: nil timeout
+
+
+
+=== TEST 9: task:wait() without a timeout waits the configured one
+--- init_by_lua_block
+        assert(async.configure{ timeout = 0.1 })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            local before = ex.dropped()
+            local task = async.spawn(ex.guarded_sleep, 5000)
+            ngx.update_time()
+            local t0 = ngx.now()
+            local ok, err = task:wait()
+            ngx.update_time()
+            local dt = ngx.now() - t0
+            ngx.say(ok, " ", err, " ", dt >= 0.09 and dt < 0.6,
+                    " dropped=", ex.dropped() - before)
+        }
+    }
+--- response_body
+nil timeout true dropped=1

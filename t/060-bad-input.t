@@ -176,3 +176,65 @@ ready-at-once still works: true
 configure in init_worker: nil cannot create the completion socket: cannot create a directory in /nonexistent/dir: No such file or directory (os error 2)
 --- no_error_log
 [error]
+
+
+
+=== TEST 6: configure after the runtime started refuses changes of max_queue, base_dir, pool_nice, pool_cpus
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            assert(async.sha256("x"))
+            for _, opts in ipairs{ { max_queue = 7 }, { base_dir = "/" },
+                                   { pool_nice = 3 }, { pool_cpus = { 0 } } } do
+                local ok, err = async.configure(opts)
+                ngx.say(next(opts), ": ", ok, " ",
+                        err and err:match("already running") ~= nil)
+            end
+            ngx.say("the same values: ",
+                    async.configure{ max_queue = 1024, pool_nice = 10 })
+            local st = async.stats()
+            ngx.say("in use: max_queue=", st.max_queue, " pool_nice=", st.pool_nice)
+        }
+    }
+--- response_body
+max_queue: nil true
+base_dir: nil true
+pool_nice: nil true
+pool_cpus: nil true
+the same values: true
+in use: max_queue=1024 pool_nice=10
+
+
+
+=== TEST 7: configure checks the network options; they may change while the runtime runs
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local function try(opts)
+                local ok, err = pcall(async.configure, opts)
+                ngx.say(ok, " ", (tostring(err):gsub("^.-:%d+: ", "")))
+            end
+            try{ connect_timeout = 0 }
+            try{ send_timeout = -1 }
+            try{ read_timeout = 0 / 0 }
+            try{ read_timeout = 2147484 }
+            try{ keepalive_timeout = "60" }
+            try{ keepalive_pool = 0 }
+            try{ keepalive_pool = 1.5 }
+            assert(async.sha256("x"))
+            ngx.say("running: ", async.configure{
+                connect_timeout = 1, send_timeout = 2, read_timeout = 2147483,
+                keepalive_timeout = 0.5, keepalive_pool = 1 })
+        }
+    }
+--- response_body
+false bad argument #1 to 'configure' (option 'connect_timeout' must be a number of seconds above 0 and at most 2147483.647)
+false bad argument #1 to 'configure' (option 'send_timeout' must be a number of seconds above 0 and at most 2147483.647)
+false bad argument #1 to 'configure' (option 'read_timeout' must be a number of seconds above 0 and at most 2147483.647)
+false bad argument #1 to 'configure' (option 'read_timeout' must be a number of seconds above 0 and at most 2147483.647)
+false bad argument #1 to 'configure' (option 'keepalive_timeout': number expected, got string)
+false bad argument #1 to 'configure' (option 'keepalive_pool' must be an integer from 1 to 1048576)
+false bad argument #1 to 'configure' (option 'keepalive_pool' must be an integer from 1 to 1048576)
+running: true

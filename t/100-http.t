@@ -86,6 +86,11 @@ our $Upstream = <<'_EOC_';
                     two, " ", ngx.req.get_body_data())
         }
     }
+    location = /twice {
+        add_header X-Twice 1;
+        add_header X-Twice 2;
+        return 200 "twice\n";
+    }
     location = /delay {
         content_by_lua_block {
             ngx.sleep(tonumber(ngx.var.arg_s))
@@ -683,3 +688,66 @@ in_flight=0 streams=0 waiting=0
 --- response_body_like
 ^false .*cannot wait inside a C function such as a table.sort comparator.*
 in_flight=0 streams=0
+
+
+
+=== TEST 23: a repeated response header is joined with ", "
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/twice")
+            if not res then
+                return ngx.say("failed: ", err)
+            end
+            ngx.print(res.status, " [", res.headers["x-twice"], "] ", res.body)
+        }
+    }
+--- response_body
+200 [1, 2] twice
+
+
+
+=== TEST 24: version = 2 takes http:// only: https is refused with a message
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "https://localhost:$TEST_NGINX_TLS_PORT/"
+            ngx.say(http.fetch(url, { version = 2 }))
+            ngx.say(http.fetch(url, { version = 3 }))
+            local res = http.fetch(url, { version = 1.1 })
+            ngx.print("1.1: ", res and res.body)
+        }
+    }
+--- response_body
+nilopts.version 2 needs http:// (cosockets do not negotiate ALPN)
+nilopts.version must be 1.1 or 2
+1.1: tls 1
+
+
+
+=== TEST 25: configure{ read_timeout } bounds each read: a slow upstream fails the fetch
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_http"
+            assert(async.configure{ read_timeout = 0.1 })
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/delay?s=1"
+            ngx.update_time()
+            local t0 = ngx.now()
+            local res, err = http.fetch(url)
+            ngx.update_time()
+            local took = ngx.now() - t0
+            ngx.say(res, " ", err, " ", took >= 0.09 and took < 0.5)
+            ngx.say("streams=", async.stats().streams)
+        }
+    }
+--- response_body_like
+^nil connection error: read from 127\.0\.0\.1:\d+ failed: timed out true
+streams=0$
+--- error_log
+lua tcp socket read timed out
+--- no_error_log
+[alert]

@@ -475,3 +475,43 @@ after abort: dropped=1 tokio_tasks=0 in_flight=0
 must not get here
 [alert]
 exited on signal
+
+
+
+=== TEST 15: tokio_threads changed after the tokio runtime started: not applied, a warning says why
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local t = require "resty_async_tokio"
+            ngx.say(t.sleep(1), " ", async.stats().tokio_threads)
+            -- the built-ins' runtime, not running yet, takes it; the tokio
+            -- module's refuses it and logs why
+            ngx.say(async.configure{ tokio_threads = 3 })
+            ngx.say(async.stats().tokio_threads)
+        }
+    }
+--- response_body
+true 1
+true
+1
+--- error_log
+resty.async: resty_async_tokio: the tokio runtime of this worker is already running with 1 threads
+
+
+
+=== TEST 16: tokio_threads is fixed at a worker's first call, like the pool options
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            assert(async.sha256("x"))
+            local ok, err = async.configure{ tokio_threads = 3 }
+            ngx.say(ok, " ", err and err:match("already running") ~= nil)
+            local t = require "resty_async_tokio"
+            ngx.say(t.sleep(1), " ", async.stats().tokio_threads)
+        }
+    }
+--- response_body
+nil true
+true 1
