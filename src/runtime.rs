@@ -163,7 +163,7 @@ impl Runtime {
             if rt.config != unchanged {
                 return Err(format!(
                     "the runtime of this worker is already running with {:?}; \
-                     configure threads, max_queue, base_dir, pool_nice and pool_cpus before the first call",
+                     configure threads, max_queue, base_dir, pool_nice, pool_cpus and tokio_threads before the first call",
                     rt.config
                 ));
             }

@@ -478,7 +478,7 @@ exited on signal
 
 
 
-=== TEST 15: tokio_threads changed after the tokio runtime started: not applied, a warning says why
+=== TEST 15: tokio_threads changed after the tokio runtime started: not applied, nil and why
 --- config
     location = /t {
         content_by_lua_block {
@@ -486,17 +486,15 @@ exited on signal
             local t = require "resty_async_tokio"
             ngx.say(t.sleep(1), " ", async.stats().tokio_threads)
             -- the built-ins' runtime, not running yet, takes it; the tokio
-            -- module's refuses it and logs why
+            -- module's refuses it
             ngx.say(async.configure{ tokio_threads = 3 })
             ngx.say(async.stats().tokio_threads)
         }
     }
 --- response_body
 true 1
-true
+nilresty.async: resty_async_tokio: the tokio runtime of this worker is already running with 1 threads; configure tokio_threads before its first use
 1
---- error_log
-resty.async: resty_async_tokio: the tokio runtime of this worker is already running with 1 threads
 
 
 

@@ -138,11 +138,14 @@ function _M.configure(opts)
         return nil, res
     end
     local timeout = res
+    -- a module's runtime that refuses them keeps its settings, and the
+    -- caller learns of it
+    local refused
     for _, st in pairs(states) do
         if st ~= core_st then
             ok, res = configure_runtime(st, merged)
-            if not ok then
-                ngx_log(WARN, "resty.async: ", st.name, ": ", res)
+            if not ok and not refused then
+                refused = "resty.async: " .. st.name .. ": " .. res
             end
         end
     end
@@ -160,6 +163,9 @@ function _M.configure(opts)
                 end
             end
         end
+    end
+    if refused then
+        return nil, refused
     end
     return true
 end
