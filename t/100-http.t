@@ -37,6 +37,49 @@ $ENV{TEST_NGINX_CERTS} = $Certs;
     }
 }
 
+# A DNS server of this file's, for nginx's `resolver`: every A query gets
+# 127.0.0.1, any other type an empty answer. It runs in a child process
+# from here until the file's tests end.
+$ENV{TEST_NGINX_DNS_PORT} ||= (server_port() + 2);
+our $DnsPid;
+{
+    use IO::Socket::INET;
+    use POSIX ();
+    my $dns = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                    LocalPort => $ENV{TEST_NGINX_DNS_PORT},
+                                    Proto => 'udp', ReuseAddr => 1)
+        or die "cannot listen on udp port $ENV{TEST_NGINX_DNS_PORT}: $!\n";
+    my $parent = $$;
+    $DnsPid = fork() // die "fork: $!\n";
+    if ($DnsPid == 0) {
+        while (1) {
+            my $q = '';
+            my $peer = $dns->recv($q, 512);
+            next unless defined $peer && length($q) > 12;
+            my $o = 12;  # past the header: the question's name, then type
+            while ($o < length($q)) {
+                my $n = ord(substr($q, $o, 1));
+                $o += $n + 1;
+                last if $n == 0;
+            }
+            next if $o + 4 > length($q);
+            my $qtype = unpack('n', substr($q, $o, 2));
+            my $answer = $qtype == 1
+                ? pack('nnnNnC4', 0xc00c, 1, 1, 60, 4, 127, 0, 0, 1) : '';
+            my $reply = pack('nnnnnn', unpack('n', $q), 0x8180, 1,
+                             $answer ne '' ? 1 : 0, 0, 0)
+                        . substr($q, 12, $o + 4 - 12) . $answer;
+            $dns->send($reply, 0, $peer);
+        }
+        POSIX::_exit(0);
+    }
+    close $dns;
+    # (in the test process only: not in nginx or other forked children;
+    # `local $?` keeps the test's exit status)
+    eval "END { if (\$\$ == $parent) { local \$?; kill 'KILL', \$DnsPid; "
+         . "waitpid(\$DnsPid, 0) } }";
+}
+
 worker_connections(1024);
 
 our $Servers = <<'_EOC_';
@@ -751,3 +794,36 @@ streams=0$
 lua tcp socket read timed out
 --- no_error_log
 [alert]
+
+
+
+=== TEST 26: a host name goes to the location's resolver when it has one
+--- config
+    location = /t {
+        resolver 127.0.0.1:$TEST_NGINX_DNS_PORT ipv6=off;
+        resolver_timeout 2s;
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            -- a name only this file's DNS server knows
+            local url = "http://resolved.test:" .. ngx.var.server_port .. "/up"
+            local res, err = http.fetch(url)
+            ngx.print(res and res.status, " ", res and res.body or err)
+        }
+    }
+--- response_body
+200 hello 1
+
+
+
+=== TEST 27: without a resolver, a host name goes to getaddrinfo on the pool (its error)
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "http://resolved.test:" .. ngx.var.server_port .. "/up"
+            local res, err = http.fetch(url)
+            ngx.say(res, " ", err)
+        }
+    }
+--- response_body_like chomp
+^nil .*cannot resolve "resolved\.test"
