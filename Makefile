@@ -102,6 +102,7 @@ test: deps lint build test-rust test-nginx test-install test-template test-lifec
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
 	$(CARGO) test $(CARGO_PROFILE) --features tokio --lib tokio
+	$(CARGO) test $(CARGO_PROFILE) --features tokio-io --lib net
 	$(CARGO) test -p resty-async --features testing --doc
 	$(CARGO) test -p resty-async-fixtures
 

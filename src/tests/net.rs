@@ -354,3 +354,50 @@ fn tls_keeps_its_settings_in_the_pool_name() {
     );
     rt.cancel(id);
 }
+
+#[cfg(feature = "tokio-io")]
+#[test]
+fn tokio_traits_write_and_read_through_the_same_ops() {
+    use std::future::poll_fn;
+    use std::mem::MaybeUninit;
+    use std::pin::Pin;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    let rt = Runtime::current();
+    let _enter = vm::enter(&rt);
+    let (id, ops) = spawn(&rt, async {
+        let mut s = match Options::new().half_duplex(true).open("127.0.0.1:8080") {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        let n = poll_fn(|cx| Pin::new(&mut s).poll_write(cx, b"ping"))
+            .await
+            .unwrap();
+        assert_eq!(n, 4);
+        // into uninitialized memory, as tokio's readers may pass it
+        let mut mem = [MaybeUninit::<u8>::uninit(); 8];
+        let mut buf = ReadBuf::uninit(&mut mem);
+        while buf.filled().len() < 4 {
+            let before = buf.filled().len();
+            poll_fn(|cx| Pin::new(&mut s).poll_read(cx, &mut buf))
+                .await
+                .unwrap();
+            assert!(buf.filled().len() > before, "a read that returns has data");
+        }
+        assert_eq!(buf.filled(), b"pong");
+        assert_eq!(buf.initialized().len(), 4, "only the bytes read are initialized");
+        ok()
+    });
+    assert!(ops);
+    let (task, ops) = take(&rt, id);
+    assert_eq!(kinds(&ops), ["connect", "send", "recv"]);
+    let (ops, done) = step(
+        &rt,
+        &task,
+        vec![(1, OpResult::Connected(0)), (1, OpResult::Received(b"po"))],
+    );
+    assert_eq!((kinds(&ops), done), (vec!["recv"], None));
+    let (_, done) = step(&rt, &task, vec![(1, OpResult::Received(b"ng"))]);
+    assert_eq!(done, Some(true));
+    assert_eq!(rt.stats().streams, 0);
+}
