@@ -30,51 +30,17 @@ unset PREFIX DESTDIR LUA_LIB_DIR LUA_CLIB_DIR OPENRESTY_PREFIX \
 # nginx reads $NGINX as a list of inherited listening sockets.
 export -n NGINX
 
-NGINX_PID=
 NGINX_DIR=
 T=
 
-fail() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-
-# alive PID: the process exists and is not a zombie (no procps needed).
-alive() {
-    local st
-    st=$(sed -n 's/^.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
-    [ -n "$st" ] && [ "$st" != Z ]
-}
-
-# Stops the nginx started by run_nginx (gracefully; by force after 10 s) and
-# reaps it.
-stop_nginx() {
-    local pid=$NGINX_PID i kids
-    [ -n "$pid" ] || return 0
-    NGINX_PID=
-    kill -QUIT "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if ((i == 100)); then
-        echo "nginx $pid did not stop within 10 s: killing it" >&2
-        kids=$(cat "/proc/$pid/task/$pid/children" 2>/dev/null || true)
-        kill -KILL "$pid" $kids 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
+# fail, stop_nginx, serve_installed, check_logs, print_logs
+. t/lib/installed-nginx.sh
 
 cleanup() {
     local rc=$?
     stop_nginx
-    local f
     if ((rc != 0)) && [ -n "$NGINX_DIR" ]; then
-        for f in "$NGINX_DIR"/logs/*.log; do
-            [ -s "$f" ] || continue
-            echo "--- $f" >&2
-            tail -n 30 "$f" >&2
-        done
+        print_logs "$NGINX_DIR"
     fi
     [ -n "$T" ] && rm -rf "$T"
     exit "$rc"
@@ -96,50 +62,12 @@ T=$(cd "$T" && pwd -P)
 # nginx workers run as nobody: they must reach the installed files.
 chmod 0755 "$T"
 
-free_port() {
-    perl -MIO::Socket::INET -e '
-        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
-                                      LocalPort => 0, ReuseAddr => 1)
-            or die "no free port: $!\n";
-        print $s->sockport, "\n";'
-}
-
 # run_nginx NAME LUA_DIR CLIB_DIR: nginx with LUA_DIR/?.lua and CLIB_DIR/?.so
 # first on the paths; checks the answer of a handler that waits on Rust.
 run_nginx() {
-    local name=$1 ldir=$2 cdir=$3 port body expected i try load=""
-    local m
-    for m in $LUA_MODULES; do
-        load="${load}load_module $m;"$'\n'
-    done
+    local name=$1 ldir=$2 cdir=$3 body expected
     NGINX_DIR=$T/nginx-$name
-    mkdir -p "$NGINX_DIR/conf" "$NGINX_DIR/logs"
-    for ((try = 1; ; try++)); do
-        port=$(free_port)
-        cat > "$NGINX_DIR/conf/nginx.conf" <<EOF
-$load
-worker_processes 1;
-error_log logs/error.log warn;
-pid logs/nginx.pid;
-
-events {
-    worker_connections 64;
-}
-
-http {
-    access_log off;
-    # Only the installed directories, then the defaults (lua-resty-core).
-    lua_package_path "$ldir/?.lua;;";
-    lua_package_cpath "$cdir/?.so;;";
-
-    server {
-        listen 127.0.0.1:$port;
-
-        location = /ready {
-            return 200 "ready\n";
-        }
-
-        location = /t {
+    serve_installed "$NGINX_DIR" "$ldir" "$cdir" '
             content_by_lua_block {
                 local async = require "resty.async"
                 local ok, err = async.sleep(0.01)
@@ -157,40 +85,9 @@ http {
                     end
                 end
                 ngx.say("so: @", so)
-            }
-        }
-    }
-}
-EOF
-        # From the nginx prefix: the default path's ./?.lua and ./?.so must
-        # not find the checkout.
-        (cd "$NGINX_DIR" && exec "$NGINX" -p "$NGINX_DIR/" -c conf/nginx.conf \
-            -e logs/error.log -g 'daemon off;' >logs/stderr.log 2>&1) &
-        NGINX_PID=$!
-        for ((i = 0; i < 100; i++)); do
-            if curl -fsS -o /dev/null --max-time 2 \
-                "http://127.0.0.1:$port/ready" 2>/dev/null
-            then
-                break
-            fi
-            alive "$NGINX_PID" || break
-            sleep 0.1
-        done
-        if ! alive "$NGINX_PID"; then
-            wait "$NGINX_PID" 2>/dev/null || true
-            NGINX_PID=
-            if ((try < 3)) && grep -q "Address already in use" \
-                "$NGINX_DIR"/logs/*.log 2>/dev/null
-            then
-                continue
-            fi
-            fail "$name: nginx did not start"
-        fi
-        ((i < 100)) || fail "$name: nginx does not answer on port $port"
-        break
-    done
+            }'
 
-    body=$(curl -sS --max-time 10 "http://127.0.0.1:$port/t") \
+    body=$(curl -sS --max-time 10 "http://127.0.0.1:$PORT/t") \
         || fail "$name: GET /t failed"
     stop_nginx
 
@@ -206,11 +103,7 @@ so: @$cdir/resty_async_core.so"
         echo "$body" >&2
         fail "$name: unexpected response"
     fi
-    if grep -E '\[(alert|emerg|crit|error)\]|exited on signal' \
-        "$NGINX_DIR/logs/error.log" "$NGINX_DIR/logs/stderr.log"
-    then
-        fail "$name: errors in the nginx log"
-    fi
+    check_logs "$NGINX_DIR"
     echo "ok - $name: nginx loaded resty.async from $ldir" \
          "and resty_async_core.so from $cdir"
 }

@@ -28,47 +28,16 @@ unset PREFIX DESTDIR LUA_LIB_DIR LUA_CLIB_DIR MAKEFLAGS MFLAGS MAKELEVEL
 # nginx reads $NGINX as a list of inherited listening sockets.
 export -n NGINX
 
-NGINX_PID=
 T=
 
-fail() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-
-# alive PID: the process exists and is not a zombie.
-alive() {
-    local st
-    st=$(sed -n 's/^.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
-    [ -n "$st" ] && [ "$st" != Z ]
-}
-
-stop_nginx() {
-    local pid=$NGINX_PID i
-    [ -n "$pid" ] || return 0
-    NGINX_PID=
-    kill -QUIT "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if ((i == 100)); then
-        echo "nginx $pid did not stop within 10 s: killing it" >&2
-        kill -KILL "$pid" $(cat "/proc/$pid/task/$pid/children" 2>/dev/null) \
-            2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
+# fail, stop_nginx, serve_installed, check_logs, print_logs
+. t/lib/installed-nginx.sh
 
 cleanup() {
-    local rc=$? f
+    local rc=$?
     stop_nginx
     if ((rc != 0)) && [ -n "$T" ]; then
-        for f in "$T"/nginx/logs/*.log; do
-            [ -s "$f" ] || continue
-            echo "--- $f" >&2
-            tail -n 30 "$f" >&2
-        done
+        print_logs "$T/nginx"
     fi
     [ -n "$T" ] && rm -rf "$T"
     exit "$rc"
@@ -135,44 +104,8 @@ echo "ok - luarocks make installed hello.so, resty_async_core.so and resty.async
 
 # 4. nginx with only the tree's directories (and the defaults, for
 # lua-resty-core) calls the installed module.
-free_port() {
-    perl -MIO::Socket::INET -e '
-        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
-                                      LocalPort => 0, ReuseAddr => 1)
-            or die "no free port: $!\n";
-        print $s->sockport, "\n";'
-}
 N=$T/nginx
-mkdir -p "$N/conf" "$N/logs"
-load=""
-for m in $LUA_MODULES; do
-    load="${load}load_module $m;"$'\n'
-done
-for ((try = 1; ; try++)); do
-    port=$(free_port)
-    cat > "$N/conf/nginx.conf" <<EOF
-$load
-worker_processes 1;
-error_log logs/error.log warn;
-pid logs/nginx.pid;
-
-events {
-    worker_connections 64;
-}
-
-http {
-    access_log off;
-    lua_package_path "$ldir/?.lua;;";
-    lua_package_cpath "$cdir/?.so;;";
-
-    server {
-        listen 127.0.0.1:$port;
-
-        location = /ready {
-            return 200 "ready\n";
-        }
-
-        location = /t {
+serve_installed "$N" "$ldir" "$cdir" '
             content_by_lua_block {
                 local hello = require "hello"
                 ngx.say("slow_add: ", hello.slow_add(1, 2))
@@ -202,33 +135,8 @@ http {
                         ngx.say("so: ", so)
                     end
                 end
-            }
-        }
-    }
-}
-EOF
-    # From the nginx prefix: the default path's ./?.so must not find the copy.
-    (cd "$N" && exec "$NGINX" -p "$N/" -c conf/nginx.conf -e logs/error.log \
-        -g 'daemon off;' >logs/stderr.log 2>&1) &
-    NGINX_PID=$!
-    for ((i = 0; i < 100; i++)); do
-        curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port/ready" \
-            2>/dev/null && break
-        alive "$NGINX_PID" || break
-        sleep 0.1
-    done
-    if ! alive "$NGINX_PID"; then
-        wait "$NGINX_PID" 2>/dev/null || true
-        NGINX_PID=
-        if ((try < 3)) && grep -q "Address already in use" "$N"/logs/*.log; then
-            continue
-        fi
-        fail "nginx did not start"
-    fi
-    ((i < 100)) || fail "nginx does not answer on port $port"
-    break
-done
-body=$(curl -sS --max-time 10 "http://127.0.0.1:$port/t") || fail "GET /t failed"
+            }'
+body=$(curl -sS --max-time 10 "http://127.0.0.1:$PORT/t") || fail "GET /t failed"
 stop_nginx
 expected="slow_add: 3
 count_primes: 25
@@ -244,11 +152,7 @@ then
     printf -- '--- expected\n%s\n--- got\n%s\n' "$expected" "$body" >&2
     fail "unexpected response"
 fi
-if grep -E '\[(alert|emerg|crit|error)\]|exited on signal' \
-    "$N/logs/error.log" "$N/logs/stderr.log"
-then
-    fail "errors in the nginx log"
-fi
+check_logs "$N"
 echo "ok - nginx called the module installed in $tree"
 
 # 5. luarocks remove leaves nothing.
