@@ -3,9 +3,10 @@
 # uses it. It is copied out of the repository with its one resty-async
 # dependency line pointed at this checkout; then its `make test` (cargo
 # test, then its Test::Nginx suite), `luarocks make` of its rockspec into a
-# temporary tree, and nginx with ONLY that tree on lua_package_path/cpath
-# (plus the defaults, `;;`) calling the installed module; then `luarocks
-# remove`. Everything is removed afterwards.
+# temporary tree (and its `make install` under a DESTDIR, which must
+# install the same files), and nginx with ONLY that tree on
+# lua_package_path/cpath (plus the defaults, `;;`) calling the installed
+# module; then `luarocks remove`. Everything is removed afterwards.
 #
 # Environment (set by the Makefile): CARGO, TEST_NGINX_BINARY, LUA_MODULES
 # (the load_module paths), LUAROCKS, TEST_NGINX_SERVER_PORT (the template's
@@ -101,6 +102,22 @@ for f in lualib/resty/async/*.lua; do
         || fail "$ldir/resty/async/${f##*/} differs from $f"
 done
 echo "ok - luarocks make installed hello.so, resty_async_core.so and resty.async"
+
+# ... and the same files by the template's own `make install` (the
+# README's way without LuaRocks), under a DESTDIR.
+inst=$T/inst
+make --no-print-directory -C "$M" install DESTDIR="$inst" PREFIX=/usr/local \
+    >"$T/install.log" 2>&1 || { cat "$T/install.log" >&2; fail "make install"; }
+for f in hello.so resty_async_core.so; do
+    cmp -s "$inst/usr/local/lib/lua/5.1/$f" "$cdir/$f" \
+        || fail "make install: lib/lua/5.1/$f missing or not the rock's"
+done
+for f in lualib/resty/async.lua lualib/resty/async/*.lua; do
+    f=${f#lualib/}
+    cmp -s "$inst/usr/local/lib/lua/5.1/$f" "$ldir/$f" \
+        || fail "make install: lib/lua/5.1/$f missing or not the rock's"
+done
+echo "ok - make install DESTDIR=... installed the same files"
 
 # 4. nginx with only the tree's directories (and the defaults, for
 # lua-resty-core) calls the installed module.
