@@ -105,31 +105,9 @@ function _M.register(raw)
 end
 
 
--- mlua's async functions yield through the `coroutine.yield` they captured
--- when they were made. As in nginx, one that a module did not register
+-- As in nginx, an mlua async function that a module did not register
 -- (Module::add_lua_async, Module::add_class) raises when called directly.
-local markers = {}  -- pending marker -> its library's in_poll()
-local co = coroutine
-local plain_yield = co.yield
-
-local function guarded_yield(...)
-    local in_poll = markers[(...)]
-    if in_poll ~= nil and not in_poll() then
-        error(methods.UNREGISTERED, 2)
-    end
-    return plain_yield(...)
-end
-
-
-function _M.guard_mlua(marker, in_poll)
-    if type(in_poll) ~= "function" then
-        error("bad argument #2 to 'guard_mlua' (function expected)", 2)
-    end
-    if marker ~= nil then
-        markers[marker] = in_poll
-    end
-    co.yield = guarded_yield  -- luacheck: ignore 122
-end
+_M.guard_mlua = methods.yield_guard(methods.UNREGISTERED)
 
 
 -- Takes over the async methods of the type of `ud` (Module::add_class).

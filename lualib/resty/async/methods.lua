@@ -59,6 +59,42 @@ function _M.async_methods(mt)
 end
 
 
+-- A `guard_mlua(marker, in_poll)` that installs a `coroutine.yield` for
+-- mlua's async functions, which yield through the one they captured when
+-- they were made. A yield of the library whose pending marker is `marker`
+-- goes to `poll_yield` (default: the `coroutine.yield` the guard
+-- replaced) while its executor polls it (`in_poll()`), and raises `msg`
+-- otherwise: called directly, the function is not driven by resty-async.
+-- Any other yield goes to the replaced `coroutine.yield`.
+function _M.yield_guard(msg, poll_yield)
+    local markers = {}  -- pending marker -> its library's in_poll()
+    local co = coroutine
+    local other_yield = co.yield
+    local function guarded_yield(...)
+        local in_poll = markers[(...)]
+        if in_poll ~= nil then
+            if in_poll() then
+                return (poll_yield or other_yield)(...)
+            end
+            error(msg, 2)
+        end
+        return other_yield(...)
+    end
+    return function(marker, in_poll)
+        if type(in_poll) ~= "function" then
+            error("bad argument #2 to 'guard_mlua' (function expected)", 2)
+        end
+        if marker ~= nil then
+            markers[marker] = in_poll
+        end
+        if co.yield ~= guarded_yield then
+            other_yield = co.yield
+            co.yield = guarded_yield  -- luacheck: ignore 122
+        end
+    end
+end
+
+
 -- Marks a userdata metatable whose async methods _M.adopt() took over.
 local CLASS_MARK = "__resty_async_class"
 

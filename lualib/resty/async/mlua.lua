@@ -6,7 +6,6 @@ local wait_mod = require "resty.async.wait"
 local methods = require "resty.async.methods"
 
 local type = type
-local error = error
 local debug_getmetatable = debug.getmetatable
 local states = runtime.states
 local make_async = wait_mod.make_async
@@ -26,39 +25,14 @@ local _M = {}
 -- yield; this `coroutine.yield` lets the others fail at once instead.
 -- Module::new loads this library and calls guard_mlua() before it makes
 -- any function, so that they capture it.
-local mlua_markers = {}  -- pending marker -> its library's in_poll()
 local co = coroutine
-local ngx_yield = co.yield
-local raw_yield = co._yield or ngx_yield  -- luacheck: ignore 143
-
-
-local function guarded_yield(...)
-    local in_poll = mlua_markers[(...)]
-    if in_poll ~= nil then
-        if in_poll() then
-            return raw_yield(...)
-        end
-        error(UNREGISTERED, 2)
-    end
-    return ngx_yield(...)
-end
-
 
 -- Makes the mlua async functions of a library whose pending marker is
 -- `marker` fail instead of spinning when they are not driven by a
--- resty-async executor (`in_poll()` says when one is).
-function _M.guard_mlua(marker, in_poll)
-    if type(in_poll) ~= "function" then
-        error("bad argument #2 to 'guard_mlua' (function expected)", 2)
-    end
-    if marker ~= nil then
-        mlua_markers[marker] = in_poll
-    end
-    if co.yield ~= guarded_yield then
-        ngx_yield = co.yield
-        co.yield = guarded_yield  -- luacheck: ignore 122
-    end
-end
+-- resty-async executor (`in_poll()` says when one is): those it drives
+-- yield through LuaJIT's own yield.
+_M.guard_mlua = methods.yield_guard(UNREGISTERED,
+                                    co._yield)  -- luacheck: ignore 143
 
 
 -- Takes over the async methods of the type of `ud`, a value of a type the
