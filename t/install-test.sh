@@ -30,24 +30,9 @@ unset PREFIX DESTDIR LUA_LIB_DIR LUA_CLIB_DIR OPENRESTY_PREFIX \
 # nginx reads $NGINX as a list of inherited listening sockets.
 export -n NGINX
 
-NGINX_DIR=
-T=
-
-# fail, stop_nginx, serve_installed, check_logs, print_logs
+# fail, stop_nginx, serve_installed, check_logs; T and NGINX_DIR, cleaned
+# up on exit
 . t/lib/installed-nginx.sh
-
-cleanup() {
-    local rc=$?
-    stop_nginx
-    if ((rc != 0)) && [ -n "$NGINX_DIR" ]; then
-        print_logs "$NGINX_DIR"
-    fi
-    [ -n "$T" ] && rm -rf "$T"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 [ -x "$NGINX" ] || fail "nginx not found ($NGINX); run 'make deps'"
 command -v curl >/dev/null || fail "curl not found; run 'make deps'"

@@ -29,23 +29,9 @@ unset PREFIX DESTDIR LUA_LIB_DIR LUA_CLIB_DIR MAKEFLAGS MFLAGS MAKELEVEL
 # nginx reads $NGINX as a list of inherited listening sockets.
 export -n NGINX
 
-T=
-
-# fail, stop_nginx, serve_installed, check_logs, print_logs
+# fail, stop_nginx, serve_installed, check_logs; T and NGINX_DIR, cleaned
+# up on exit
 . t/lib/installed-nginx.sh
-
-cleanup() {
-    local rc=$?
-    stop_nginx
-    if ((rc != 0)) && [ -n "$T" ]; then
-        print_logs "$T/nginx"
-    fi
-    [ -n "$T" ] && rm -rf "$T"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 [ -x "$NGINX" ] || fail "nginx not found ($NGINX); run 'make deps'"
 command -v curl >/dev/null || fail "curl not found; run 'make deps'"
@@ -121,8 +107,8 @@ echo "ok - make install DESTDIR=... installed the same files"
 
 # 4. nginx with only the tree's directories (and the defaults, for
 # lua-resty-core) calls the installed module.
-N=$T/nginx
-serve_installed "$N" "$ldir" "$cdir" '
+NGINX_DIR=$T/nginx
+serve_installed "$NGINX_DIR" "$ldir" "$cdir" '
             content_by_lua_block {
                 local hello = require "hello"
                 ngx.say("slow_add: ", hello.slow_add(1, 2))
@@ -169,7 +155,7 @@ then
     printf -- '--- expected\n%s\n--- got\n%s\n' "$expected" "$body" >&2
     fail "unexpected response"
 fi
-check_logs "$N"
+check_logs "$NGINX_DIR"
 echo "ok - nginx called the module installed in $tree"
 
 # 5. luarocks remove leaves nothing.

@@ -3,9 +3,14 @@
 # `;;`, for lua-resty-core), and the helpers around it.
 #
 # The sourcing script sets NGINX (the binary) and LUA_MODULES (the
-# load_module paths), and runs under `set -euo pipefail`.
+# load_module paths), and runs under `set -euo pipefail`. It keeps its
+# files in the directory T and its nginx's prefix in NGINX_DIR: on exit,
+# the nginx is stopped, its logs are shown if the script failed, and T is
+# removed.
 
 NGINX_PID=
+NGINX_DIR=
+T=
 
 fail() {
     echo "FAIL: $*" >&2
@@ -133,3 +138,16 @@ print_logs() {
         tail -n 30 "$f" >&2
     done
 }
+
+cleanup() {
+    local rc=$?
+    stop_nginx
+    if ((rc != 0)) && [ -n "$NGINX_DIR" ]; then
+        print_logs "$NGINX_DIR"
+    fi
+    [ -n "$T" ] && rm -rf "$T"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
