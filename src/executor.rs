@@ -408,7 +408,10 @@ impl<T: 'static> Executor<T> {
 
     /// Whether a task is known (pending or finished but not taken).
     pub fn contains(&self, id: TaskId) -> bool {
-        self.inner.slots.borrow().contains_key(&id)
+        // (no hashing while no task with a future is in flight, as on the
+        // path of a built-in or blocking call)
+        let slots = self.inner.slots.borrow();
+        !slots.is_empty() && slots.contains_key(&id)
     }
 
     /// Whether task `id` has finished (and its outcome waits to be taken).

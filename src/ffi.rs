@@ -142,7 +142,9 @@ fn misuse(msg: String) -> c_double {
 /// Runs `f` with the runtime of handle `vm` if this library made that
 /// handle and its VM is open; catches a panic. `fallback` otherwise.
 fn with_runtime<R>(vm: *const c_void, fallback: R, f: impl FnOnce(&Runtime) -> R) -> R {
-    match crate::panic::catch(AssertUnwindSafe(|| VmRuntime::with_ffi(vm, f))) {
+    let caught =
+        crate::local::with(|l| crate::panic::catch_in(l, AssertUnwindSafe(|| VmRuntime::with_ffi(l, vm, f))));
+    match caught {
         Ok(Some(r)) => r,
         Ok(None) => fallback,
         Err(payload) => {
@@ -407,6 +409,9 @@ unsafe extern "C" fn ra_poll(
 }
 
 /// A task id from Lua: a whole number from 1 to 2^53.
-fn task_id(id: c_double) -> Option<TaskId> {
-    ((1.0..=9_007_199_254_740_992.0).contains(&id) && id.fract() == 0.0).then_some(id as TaskId)
+pub(crate) fn task_id(id: c_double) -> Option<TaskId> {
+    // (an integer in range converts to itself and back; `fract` would be a
+    // call to a software `trunc` on baseline x86-64)
+    ((1.0..=9_007_199_254_740_992.0).contains(&id) && (id as TaskId) as c_double == id)
+        .then_some(id as TaskId)
 }

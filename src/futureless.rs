@@ -42,7 +42,9 @@ struct Slot {
     done: bool,
     /// A result taken out of its job that only mlua can make into Lua
     /// values ([`Sendable::Other`]), kept for [`PlainTasks::take_lua`].
-    held: Option<Result<Sendable, PoolError>>,
+    /// (Boxed: slots move in and out of the map on every call, and few
+    /// results need mlua.)
+    held: Option<Box<Result<Sendable, PoolError>>>,
 }
 
 /// What [`PlainTasks::take_raw`] found.
@@ -153,29 +155,27 @@ impl PlainTasks {
     /// slot; one that only mlua can convert stays for
     /// [`PlainTasks::take_lua`].
     pub(crate) fn take_raw(&self, id: TaskId) -> Taken {
-        let res = {
-            let mut slots = self.slots.borrow_mut();
-            let Some(slot) = slots.get_mut(&id) else {
-                return Taken::Unknown;
-            };
-            let res = match (slot.held.take(), &slot.kind) {
-                (Some(res), _) => res,
-                (None, Kind::Job(job)) => match job.try_take() {
-                    Some(res) => res,
-                    None => return Taken::Pending,
-                },
-                (None, Kind::Sleep(_)) if slot.done => Ok(Sendable::Boolean(true)),
-                (None, Kind::Sleep(_)) => return Taken::Pending,
-            };
-            if let Ok(Sendable::Other(_)) = res {
-                slot.held = Some(res);
-                return Taken::NeedsLua;
-            }
-            res
+        // (taken out, and put back in the rare case that the result stays:
+        // one lookup on the common path)
+        let Some(mut slot) = self.slots.borrow_mut().remove(&id) else {
+            return Taken::Unknown;
         };
-        if let Some(slot) = self.slots.borrow_mut().remove(&id) {
-            self.retire(slot.kind);
+        let res = match (slot.held.take(), &slot.kind) {
+            (Some(res), _) => Some(*res),
+            (None, Kind::Job(job)) => job.try_take(),
+            (None, Kind::Sleep(_)) if slot.done => Some(Ok(Sendable::Boolean(true))),
+            (None, Kind::Sleep(_)) => None,
+        };
+        let Some(res) = res else {
+            self.slots.borrow_mut().insert(id, slot);
+            return Taken::Pending;
+        };
+        if let Ok(Sendable::Other(_)) = res {
+            slot.held = Some(Box::new(res));
+            self.slots.borrow_mut().insert(id, slot);
+            return Taken::NeedsLua;
         }
+        self.retire(slot.kind);
         Taken::Raw(res)
     }
 
@@ -186,7 +186,7 @@ impl PlainTasks {
             Taken::Raw(res) => res,
             Taken::NeedsLua => {
                 let slot = self.slots.borrow_mut().remove(&id)?;
-                let res = slot.held?;
+                let res = *slot.held?;
                 self.retire(slot.kind);
                 res
             }

@@ -93,6 +93,7 @@ mod control;
 mod executor;
 mod ffi;
 mod futureless;
+mod local;
 mod mlua_async;
 mod module;
 pub mod net;

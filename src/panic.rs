@@ -9,27 +9,35 @@
 //! many it left out); other panics go to the hook that was there before.
 
 use std::any::Any;
-use std::cell::Cell;
 use std::panic::{catch_unwind, UnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::local::{self, Local};
+
 /// At most one caught panic is printed per this many seconds.
 const PRINT_EVERY: u64 = 10;
-
-thread_local! {
-    /// Depth of the code running under [`catch`] on this thread.
-    static CATCHING: Cell<u32> = const { Cell::new(0) };
-}
 
 static LAST_PRINTED: AtomicU64 = AtomicU64::new(0);
 static LEFT_OUT: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `f`, catching a panic (see the module docs).
 pub(crate) fn catch<R>(f: impl FnOnce() -> R + UnwindSafe) -> Result<R, Box<dyn Any + Send>> {
-    let _catching = Catching::enter();
-    catch_unwind(f)
+    local::with(|l| catch_in(l, f))
+}
+
+/// [`catch`], with this thread's state at hand (see [`crate::local`]).
+pub(crate) fn catch_in<R>(
+    local: &Local,
+    f: impl FnOnce() -> R + UnwindSafe,
+) -> Result<R, Box<dyn Any + Send>> {
+    install_hook();
+    local.catching.set(local.catching.get() + 1);
+    // (catch_unwind returns, also after a panic: the depth is restored)
+    let res = catch_unwind(f);
+    local.catching.set(local.catching.get() - 1);
+    res
 }
 
 /// Marks the code that runs while it lives as code whose panics are
@@ -39,14 +47,14 @@ pub(crate) struct Catching(());
 impl Catching {
     pub(crate) fn enter() -> Catching {
         install_hook();
-        CATCHING.with(|c| c.set(c.get() + 1));
+        local::with(|l| l.catching.set(l.catching.get() + 1));
         Catching(())
     }
 }
 
 impl Drop for Catching {
     fn drop(&mut self) {
-        let _ = CATCHING.try_with(|c| c.set(c.get().saturating_sub(1)));
+        local::try_with(|l| l.catching.set(l.catching.get().saturating_sub(1)));
     }
 }
 
@@ -55,7 +63,7 @@ fn install_hook() {
     INSTALLED.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let caught = CATCHING.try_with(|c| c.get() > 0).unwrap_or(false);
+            let caught = local::try_with(|l| l.catching.get() > 0).unwrap_or(false);
             if !caught {
                 return previous(info);
             }

@@ -18,12 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlua::{AnyUserData, Lua, UserData};
 
+use crate::local::{self, Local};
 use crate::runtime::Runtime;
 use crate::sys;
 
 thread_local! {
-    /// The handles of the open VMs (see [`VmRuntime::from_ffi`]).
-    static LIVE: RefCell<Vec<Rc<VmRuntime>>> = const { RefCell::new(Vec::new()) };
     /// The runtime of the call or task running now on this thread.
     static CURRENT: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
     /// The runtime of code that runs outside any call from Lua (tests, the
@@ -81,24 +80,29 @@ impl VmRuntime {
         let closer: AnyUserData = lua.create_userdata(Closer(Rc::clone(&handle)))?;
         lua.set_named_registry_value(&registry_key(), closer)?;
         lua.set_app_data(Rc::clone(&handle));
-        LIVE.with(|l| l.borrow_mut().push(Rc::clone(&handle)));
+        local::with(|l| l.live.borrow_mut().push(Rc::clone(&handle)));
         Ok(handle)
     }
 
     /// Runs `f` with the runtime behind a pointer the Lua side got from
     /// [`VmRuntime::as_ptr`], if it is one of this library's handles and
     /// its VM is open (Lua code can pass any pointer through the FFI);
-    /// `None` otherwise.
-    pub(crate) fn with_ffi<R>(ptr: *const std::ffi::c_void, f: impl FnOnce(&Runtime) -> R) -> Option<R> {
-        let live = LIVE.with(|l| {
-            l.borrow()
-                .iter()
-                .any(|h| std::ptr::eq(Rc::as_ptr(h) as *const std::ffi::c_void, ptr))
-        });
+    /// `None` otherwise. `local`: this thread's state (see
+    /// [`crate::local`]).
+    pub(crate) fn with_ffi<R>(
+        local: &Local,
+        ptr: *const std::ffi::c_void,
+        f: impl FnOnce(&Runtime) -> R,
+    ) -> Option<R> {
+        let live = local
+            .live
+            .borrow()
+            .iter()
+            .any(|h| std::ptr::eq(Rc::as_ptr(h) as *const std::ffi::c_void, ptr));
         if !live {
             return None;
         }
-        // SAFETY: `ptr` is the address of a VmRuntime that LIVE holds an Rc
+        // SAFETY: `ptr` is the address of a VmRuntime that `live` holds an Rc
         // of. Only the VM's close removes it, and no Lua code (hence no
         // garbage collection, which closes VMs) runs during an FFI call.
         let handle = unsafe { &*(ptr as *const VmRuntime) };
@@ -147,7 +151,7 @@ impl VmRuntime {
     fn close(&self) {
         self.closed.set(true);
         VMS_CLOSED.fetch_add(1, Ordering::Relaxed);
-        let _ = LIVE.try_with(|l| l.borrow_mut().retain(|h| !std::ptr::eq(Rc::as_ptr(h), self)));
+        local::try_with(|l| l.live.borrow_mut().retain(|h| !std::ptr::eq(Rc::as_ptr(h), self)));
         let rt = self.runtime.borrow_mut().take();
         if let Some(rt) = rt {
             if rt.is_ours() {

@@ -137,9 +137,10 @@ impl Waiters {
         if r.is_null() {
             return Waited::Failed("resty.async: no request found".to_owned());
         }
-        if self.waiting.borrow().contains_key(&id) {
+        let mut waiting = self.waiting.borrow_mut();
+        let std::collections::hash_map::Entry::Vacant(entry) = waiting.entry(id) else {
             return Waited::Failed("resty.async: this task is waited for already".to_owned());
-        }
+        };
         let sema = match self.take_spare() {
             Some(s) => s,
             None => {
@@ -162,17 +163,15 @@ impl Waiters {
         let rc = unsafe { (ngx.wait)(r, sema, timeout_ms, buf.as_mut_ptr(), &mut len) };
         match rc {
             NGX_AGAIN => {
-                self.waiting.borrow_mut().insert(
-                    id,
-                    Waiter {
-                        sema,
-                        posted: false,
-                        stale: false,
-                    },
-                );
+                entry.insert(Waiter {
+                    sema,
+                    posted: false,
+                    stale: false,
+                });
                 Waited::Yield
             }
             other => {
+                drop(waiting);
                 self.put_spare(sema);
                 match other {
                     NGX_OK => Waited::Done,
@@ -330,20 +329,25 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
         } else {
             c_int::MAX
         };
-        let waited = crate::panic::catch(std::panic::AssertUnwindSafe(|| {
-            crate::vm::VmRuntime::with_ffi(vm, |rt| {
-                if id >= 1.0 && id.fract() == 0.0 {
-                    if rt.net().contains(id as TaskId) && rt.net().claim(id as TaskId) {
-                        // socket ops wait for the caller: no wait here
-                        // (it takes the task as pending, see take_raw)
-                        return Waited::Done;
-                    }
-                    rt.waiters.wait(state, id as TaskId, ms)
-                } else {
-                    Waited::Failed("resty.async: bad task id".to_owned())
-                }
-            })
-        }));
+        let waited = crate::local::with(|l| {
+            crate::panic::catch_in(
+                l,
+                std::panic::AssertUnwindSafe(|| {
+                    crate::vm::VmRuntime::with_ffi(l, vm, |rt| {
+                        if let Some(id) = crate::ffi::task_id(id) {
+                            if rt.net().contains(id) && rt.net().claim(id) {
+                                // socket ops wait for the caller: no wait here
+                                // (it takes the task as pending, see take_raw)
+                                return Waited::Done;
+                            }
+                            rt.waiters.wait(state, id, ms)
+                        } else {
+                            Waited::Failed("resty.async: bad task id".to_owned())
+                        }
+                    })
+                }),
+            )
+        });
         let waited = match waited {
             Ok(Some(w)) => w,
             Ok(None) => Waited::Failed("resty.async: the runtime of this Lua VM is gone".to_owned()),

@@ -1,0 +1,39 @@
+//! The state each thread keeps, in one thread-local.
+//!
+//! This crate is a library that nginx loads with `dlopen`, so each access
+//! to a thread-local is a call (`__tls_get_addr`) and a check that it is
+//! initialized. An FFI entry point needs both the catching depth and the
+//! open VMs: it reads them through one access ([`with`]).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use crate::vm::VmRuntime;
+
+/// See the module docs.
+pub(crate) struct Local {
+    /// Depth of the code running under [`crate::panic::catch`] on this
+    /// thread.
+    pub(crate) catching: Cell<u32>,
+    /// The handles of the open VMs (see [`VmRuntime::with_ffi`]).
+    pub(crate) live: RefCell<Vec<Rc<VmRuntime>>>,
+}
+
+thread_local! {
+    static LOCAL: Local = const {
+        Local {
+            catching: Cell::new(0),
+            live: RefCell::new(Vec::new()),
+        }
+    };
+}
+
+/// Runs `f` with this thread's state.
+pub(crate) fn with<R>(f: impl FnOnce(&Local) -> R) -> R {
+    LOCAL.with(f)
+}
+
+/// As [`with`], or `None` while the thread exits and its state is gone.
+pub(crate) fn try_with<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
+    LOCAL.try_with(f).ok()
+}
