@@ -14,9 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-
-use crossbeam_channel::Receiver;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use mlua::Lua;
@@ -61,7 +59,13 @@ pub(crate) enum Taken {
 
 /// The plain tasks of a runtime. See the module docs.
 pub(crate) struct PlainTasks {
-    done_rx: Receiver<TaskId>,
+    /// The ids of the jobs the pool ran since the last poll. (A vector
+    /// that the poll swaps with [`PlainTasks::taking`] under one lock, not
+    /// a channel: a poll takes them all, and a channel's receive per id
+    /// would cost more than the lock.)
+    done: Arc<Mutex<Vec<TaskId>>>,
+    /// The ids a poll took, with the capacity of earlier polls.
+    taking: RefCell<Vec<TaskId>>,
     timers: Timers,
     slots: RefCell<IdMap<Slot>>,
     /// Jobs whose results were taken, freed one per new job (see
@@ -78,16 +82,19 @@ impl PlainTasks {
     /// Plain tasks on `pool`, whose threads report each job to `notifier`,
     /// and on `timers`.
     pub(crate) fn new(pool: &Pool, timers: &Timers, notifier: Arc<Notifier>) -> PlainTasks {
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let reported = Arc::downgrade(&done);
         let set = pool.set_on_done(move |id| {
-            // The receiver lives as long as the pool's runtime.
-            if done_tx.send(id).is_ok() {
+            // (gone with the runtime: nobody takes the ids any more)
+            if let Some(done) = reported.upgrade() {
+                done.lock().unwrap_or_else(PoisonError::into_inner).push(id);
                 notifier.notify();
             }
         });
         assert!(set, "a pool serves one PlainTasks");
         PlainTasks {
-            done_rx,
+            done,
+            taking: RefCell::new(Vec::new()),
             timers: timers.clone(),
             slots: RefCell::new(IdMap::default()),
             spent: RefCell::new(Vec::with_capacity(MAX_SPENT)),
@@ -146,9 +153,15 @@ impl PlainTasks {
             }
         };
         self.timers.take_fired(&mut done);
-        while let Ok(id) = self.done_rx.try_recv() {
+        let mut taking = self.taking.borrow_mut();
+        std::mem::swap(
+            &mut *self.done.lock().unwrap_or_else(PoisonError::into_inner),
+            &mut *taking,
+        );
+        for &id in taking.iter() {
             done(id);
         }
+        taking.clear();
     }
 
     /// The result of a finished task, as its job made it, which frees its
