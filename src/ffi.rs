@@ -27,6 +27,7 @@ use std::panic::AssertUnwindSafe;
 
 use crate::executor::{Spawned, TaskId};
 use crate::futureless::Taken;
+use crate::local::Local;
 use crate::pool::PoolError;
 use crate::runtime::{Done, LuaOutput, Runtime};
 use crate::sendable::{Bytes, Sendable};
@@ -128,9 +129,6 @@ thread_local! {
     static ERROR: RefCell<String> = const { RefCell::new(String::new()) };
     /// A result that was ready at once (what `take(vm, 0, out)` gives).
     static READY: RefCell<Option<Result<Sendable, PoolError>>> = const { RefCell::new(None) };
-    /// The bytes of the last string result handed out, kept until the next
-    /// call (the caller copies them with `ffi.string`).
-    static HANDED: RefCell<Option<Bytes>> = const { RefCell::new(None) };
 }
 
 /// Misuse: the message for `error()`, and NaN.
@@ -142,9 +140,13 @@ fn misuse(msg: String) -> c_double {
 /// Runs `f` with the runtime of handle `vm` if this library made that
 /// handle and its VM is open; catches a panic. `fallback` otherwise.
 fn with_runtime<R>(vm: *const c_void, fallback: R, f: impl FnOnce(&Runtime) -> R) -> R {
-    let caught =
-        crate::local::with(|l| crate::panic::catch_in(l, AssertUnwindSafe(|| VmRuntime::with_ffi(l, vm, f))));
-    match caught {
+    crate::local::with(|l| with_runtime_in(l, vm, fallback, f))
+}
+
+/// [`with_runtime`], with this thread's state at hand (see
+/// [`crate::local`]).
+fn with_runtime_in<R>(local: &Local, vm: *const c_void, fallback: R, f: impl FnOnce(&Runtime) -> R) -> R {
+    match crate::panic::catch_in(local, AssertUnwindSafe(|| VmRuntime::with_ffi(local, vm, f))) {
         Ok(Some(r)) => r,
         Ok(None) => fallback,
         Err(payload) => {
@@ -274,47 +276,51 @@ unsafe extern "C" fn ra_take(vm: *const c_void, id: c_double, out: *mut ValueOut
     if out.is_null() {
         return KIND_NONE;
     }
-    let res = if id == 0.0 {
-        match READY.with(|r| r.borrow_mut().take()) {
-            Some(res) => Taken::Raw(res),
-            None => Taken::Unknown,
-        }
-    } else if let Some(id) = task_id(id) {
-        with_runtime(vm, Taken::Unknown, |rt| rt.take_raw(id))
-    } else {
-        Taken::Unknown
-    };
-    let (kind, num, text): (c_int, c_double, Option<Bytes>) = match res {
-        Taken::Unknown => (KIND_NONE, 0.0, None),
-        Taken::Pending => (KIND_PENDING, 0.0, None),
-        Taken::NeedsLua => (KIND_LUA, 0.0, None),
-        Taken::Raw(Ok(Sendable::Boolean(b))) => (KIND_BOOLEAN, c_double::from(u8::from(b)), None),
-        Taken::Raw(Ok(Sendable::Number(n))) => (KIND_NUMBER, n, None),
-        Taken::Raw(Ok(Sendable::Bytes(b))) => (KIND_STRING, 0.0, Some(b)),
-        Taken::Raw(Ok(Sendable::Failed(msg))) => (KIND_ERROR, 0.0, Some(Bytes::from_vec(msg.into_bytes()))),
-        Taken::Raw(Err(e)) => (KIND_ERROR, 0.0, Some(Bytes::from_vec(e.to_string().into_bytes()))),
-        // (take_raw keeps those for the Lua C function)
-        Taken::Raw(Ok(Sendable::Other(_))) => (KIND_NONE, 0.0, None),
-    };
-    let (ptr, len) = match text {
-        Some(text) => HANDED.with(|h| {
-            let mut h = h.borrow_mut();
-            let b = h.insert(text);
-            (b.as_ptr(), b.len())
-        }),
-        None => (std::ptr::null(), 0),
-    };
-    // SAFETY: `out` is not null (checked) and points to the ValueOut the
-    // Lua side allocated for these calls.
-    unsafe {
-        *out = ValueOut {
-            kind,
-            num,
-            ptr: ptr as *const c_char,
-            len,
+    crate::local::with(|l| {
+        let res = if id == 0.0 {
+            match READY.with(|r| r.borrow_mut().take()) {
+                Some(res) => Taken::Raw(res),
+                None => Taken::Unknown,
+            }
+        } else if let Some(id) = task_id(id) {
+            with_runtime_in(l, vm, Taken::Unknown, |rt| rt.take_raw(id))
+        } else {
+            Taken::Unknown
         };
-    }
-    kind
+        let (kind, num, text): (c_int, c_double, Option<Bytes>) = match res {
+            Taken::Unknown => (KIND_NONE, 0.0, None),
+            Taken::Pending => (KIND_PENDING, 0.0, None),
+            Taken::NeedsLua => (KIND_LUA, 0.0, None),
+            Taken::Raw(Ok(Sendable::Boolean(b))) => (KIND_BOOLEAN, c_double::from(u8::from(b)), None),
+            Taken::Raw(Ok(Sendable::Number(n))) => (KIND_NUMBER, n, None),
+            Taken::Raw(Ok(Sendable::Bytes(b))) => (KIND_STRING, 0.0, Some(b)),
+            Taken::Raw(Ok(Sendable::Failed(msg))) => {
+                (KIND_ERROR, 0.0, Some(Bytes::from_vec(msg.into_bytes())))
+            }
+            Taken::Raw(Err(e)) => (KIND_ERROR, 0.0, Some(Bytes::from_vec(e.to_string().into_bytes()))),
+            // (take_raw keeps those for the Lua C function)
+            Taken::Raw(Ok(Sendable::Other(_))) => (KIND_NONE, 0.0, None),
+        };
+        let (ptr, len) = match text {
+            Some(text) => {
+                let mut handed = l.handed.borrow_mut();
+                let b = handed.insert(text);
+                (b.as_ptr(), b.len())
+            }
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: `out` is not null (checked) and points to the ValueOut
+        // the Lua side allocated for these calls.
+        unsafe {
+            *out = ValueOut {
+                kind,
+                num,
+                ptr: ptr as *const c_char,
+                len,
+            };
+        }
+        kind
+    })
 }
 
 /// Cancel results: the task was not there, was cancelled, or has a future
@@ -410,8 +416,8 @@ unsafe extern "C" fn ra_poll(
 
 /// A task id from Lua: a whole number from 1 to 2^53.
 pub(crate) fn task_id(id: c_double) -> Option<TaskId> {
-    // (an integer in range converts to itself and back; `fract` would be a
-    // call to a software `trunc` on baseline x86-64)
-    ((1.0..=9_007_199_254_740_992.0).contains(&id) && (id as TaskId) as c_double == id)
-        .then_some(id as TaskId)
+    // (a whole number in range converts to itself and back; through i64,
+    // one instruction each way on x86-64, where `fract` would be a call
+    // and u64 a longer sequence)
+    ((1.0..=9_007_199_254_740_992.0).contains(&id) && (id as i64) as c_double == id).then_some(id as TaskId)
 }

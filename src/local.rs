@@ -2,12 +2,14 @@
 //!
 //! This crate is a library that nginx loads with `dlopen`, so each access
 //! to a thread-local is a call (`__tls_get_addr`) and a check that it is
-//! initialized. An FFI entry point needs both the catching depth and the
-//! open VMs: it reads them through one access ([`with`]).
+//! initialized. An FFI entry point needs the catching depth, the open VMs
+//! and, to hand out a string, a place for it: it reads them through one
+//! access ([`with`]).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use crate::sendable::Bytes;
 use crate::vm::VmRuntime;
 
 /// See the module docs.
@@ -17,6 +19,9 @@ pub(crate) struct Local {
     pub(crate) catching: Cell<u32>,
     /// The handles of the open VMs (see [`VmRuntime::with_ffi`]).
     pub(crate) live: RefCell<Vec<Rc<VmRuntime>>>,
+    /// The bytes of the last string result the FFI handed out, kept until
+    /// the next one (the Lua side copies them with `ffi.string` at once).
+    pub(crate) handed: RefCell<Option<Bytes>>,
 }
 
 thread_local! {
@@ -24,6 +29,7 @@ thread_local! {
         Local {
             catching: Cell::new(0),
             live: RefCell::new(Vec::new()),
+            handed: RefCell::new(None),
         }
     };
 }
