@@ -98,13 +98,16 @@ test: deps lint build test-rust test-nginx test-install test-template test-lifec
 # testing harness, its doctest and the fixtures (t/fixtures/src/tests.rs).
 # Those build resty-async with the testing feature, which links LuaJIT: in
 # the debug profile, apart from the release builds of the .so files (cargo
-# gives resty-async's library one file name whatever its features).
+# gives resty-async's library one file name whatever its features). The
+# roundtrip benchmark is built too: it links the crate without a Lua
+# library, so code that the pool's threads reach must not need the Lua C API.
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
 	$(CARGO) test $(CARGO_PROFILE) --features tokio --lib tokio
 	$(CARGO) test $(CARGO_PROFILE) --features tokio-io --lib net
 	$(CARGO) test -p resty-async --features testing --doc
 	$(CARGO) test -p resty-async-fixtures
+	$(CARGO) bench --no-run -q --features internals --bench roundtrip
 
 # The t/ suites, under Test::Nginx: the real one (openresty/test-nginx)
 # when TEST_NGINX_LIB names its lib directory (a checkout or an unpacked

@@ -7,7 +7,6 @@
 //! access ([`with`]).
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 
 use crate::sendable::Bytes;
 use crate::vm::VmRuntime;
@@ -17,8 +16,12 @@ pub(crate) struct Local {
     /// Depth of the code running under [`crate::panic::catch`] on this
     /// thread.
     pub(crate) catching: Cell<u32>,
-    /// The handles of the open VMs (see [`VmRuntime::with_ffi`]).
-    pub(crate) live: RefCell<Vec<Rc<VmRuntime>>>,
+    /// The handles of the open VMs (see [`VmRuntime::with_ffi`]). (Not
+    /// `Rc`s: the pool's threads use this state too, and a thread-local
+    /// that can drop a runtime would link the pool to the Lua C API. Each
+    /// VM's handle stays alive while it is listed: the VM holds it and
+    /// takes it off the list before it lets go, see `vm.rs`.)
+    pub(crate) live: RefCell<Vec<*const VmRuntime>>,
     /// The bytes of the last string result the FFI handed out, kept until
     /// the next one (the Lua side copies them with `ffi.string` at once).
     pub(crate) handed: RefCell<Option<Bytes>>,

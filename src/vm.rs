@@ -80,7 +80,7 @@ impl VmRuntime {
         let closer: AnyUserData = lua.create_userdata(Closer(Rc::clone(&handle)))?;
         lua.set_named_registry_value(&registry_key(), closer)?;
         lua.set_app_data(Rc::clone(&handle));
-        local::with(|l| l.live.borrow_mut().push(Rc::clone(&handle)));
+        local::with(|l| l.live.borrow_mut().push(Rc::as_ptr(&handle)));
         Ok(handle)
     }
 
@@ -98,13 +98,14 @@ impl VmRuntime {
             .live
             .borrow()
             .iter()
-            .any(|h| std::ptr::eq(Rc::as_ptr(h) as *const std::ffi::c_void, ptr));
+            .any(|&h| std::ptr::eq(h as *const std::ffi::c_void, ptr));
         if !live {
             return None;
         }
-        // SAFETY: `ptr` is the address of a VmRuntime that `live` holds an Rc
-        // of. Only the VM's close removes it, and no Lua code (hence no
-        // garbage collection, which closes VMs) runs during an FFI call.
+        // SAFETY: `ptr` is the address of a VmRuntime listed in `live`: its
+        // VM's Closer holds an Rc of it and takes it off the list (in
+        // `close`) before that Rc goes. No Lua code (hence no garbage
+        // collection, which closes VMs) runs during an FFI call.
         let handle = unsafe { &*(ptr as *const VmRuntime) };
         // The common case borrows; making the runtime needs `get`.
         if let Ok(slot) = handle.runtime.try_borrow() {
@@ -151,7 +152,7 @@ impl VmRuntime {
     fn close(&self) {
         self.closed.set(true);
         VMS_CLOSED.fetch_add(1, Ordering::Relaxed);
-        local::try_with(|l| l.live.borrow_mut().retain(|h| !std::ptr::eq(Rc::as_ptr(h), self)));
+        local::try_with(|l| l.live.borrow_mut().retain(|&h| !std::ptr::eq(h, self)));
         let rt = self.runtime.borrow_mut().take();
         if let Some(rt) = rt {
             if rt.is_ours() {
