@@ -210,7 +210,13 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== roundtrip microbenchmark (cargo bench --features internals --bench roundtrip)" >&2
 ROUNDTRIP=""
 if wanted roundtrip; then
-    ROUNDTRIP=$("$CARGO" bench -q --features internals --bench roundtrip 2>/dev/null | grep '^roundtrip ' || true)
+    # (a case that fails must say so: its row would just be missing)
+    mkdir -p "$PREFIX"
+    if ! OUT=$("$CARGO" bench -q --features internals --bench roundtrip 2>"$PREFIX/roundtrip.err"); then
+        echo "bench: the roundtrip microbenchmark failed; see $PREFIX/roundtrip.err:" >&2
+        grep -m3 -E 'panicked|assertion|left|right' "$PREFIX/roundtrip.err" >&2 || true
+    fi
+    ROUNDTRIP=$(grep '^roundtrip ' <<<"$OUT" || true)
     echo "$ROUNDTRIP" >&2
 fi
 
