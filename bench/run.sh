@@ -212,11 +212,11 @@ ROUNDTRIP=""
 if wanted roundtrip; then
     # (a case that fails must say so: its row would just be missing)
     mkdir -p "$PREFIX"
-    if ! OUT=$("$CARGO" bench -q --features internals --bench roundtrip 2>"$PREFIX/roundtrip.err"); then
+    if ! RT_OUT=$("$CARGO" bench -q --features internals --bench roundtrip 2>"$PREFIX/roundtrip.err"); then
         echo "bench: the roundtrip microbenchmark failed; see $PREFIX/roundtrip.err:" >&2
         grep -m3 -E 'panicked|assertion|left|right' "$PREFIX/roundtrip.err" >&2 || true
     fi
-    ROUNDTRIP=$(grep '^roundtrip ' <<<"$OUT" || true)
+    ROUNDTRIP=$(grep "^roundtrip " <<<"$RT_OUT" || true)
     echo "$ROUNDTRIP" >&2
 fi
 
