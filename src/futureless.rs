@@ -13,22 +13,24 @@
 //! come from the executor: the kinds of task share one id space.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use mlua::Lua;
 
 use crate::executor::{IdMap, Outcome, Panicked, TaskId};
-use crate::pool::{Pool, PoolError, Tagged, WakeUp};
+use crate::pool::{Errand, Pool, PoolError, WakeUp};
 use crate::runtime::LuaOutput;
 use crate::sendable::Sendable;
 use crate::socket::Notifier;
 use crate::timer::{Key, Timers};
 
 enum Kind {
-    /// A pool job, and its result once done.
-    Job(Tagged<Sendable>),
+    /// A pool job: its errand once it came back.
+    Job(Option<Box<dyn Returned>>),
     /// A sleep: its deadline's key in the runtime's timers. Its result is
     /// `true`.
     Sleep(Key),
@@ -57,20 +59,110 @@ pub(crate) enum Taken {
     NeedsLua,
 }
 
+/// What the pool threads and the worker share: the errands that came
+/// back, and the ids of those cancelled before they came back.
+struct Back {
+    /// Errands the pool ran since the last poll. (A vector that the poll
+    /// swaps with [`PlainTasks::taking`] under one lock, not a channel: a
+    /// poll takes them all.)
+    done: Mutex<Vec<Box<dyn Returned>>>,
+    notifier: Arc<Notifier>,
+    /// Jobs cancelled while queued or running: not run, or dropped when
+    /// they come back. (Rare: a lock-free count keeps the set out of every
+    /// job's way.)
+    cancelled: Mutex<HashSet<TaskId>>,
+    ncancelled: AtomicUsize,
+}
+
+impl Back {
+    fn cancelled(&self) -> std::sync::MutexGuard<'_, HashSet<TaskId>> {
+        self.cancelled.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes `id` off the cancelled jobs: whether it was there.
+    fn uncancel(&self, id: TaskId) -> bool {
+        if self.ncancelled.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut set = self.cancelled();
+        let found = set.remove(&id);
+        self.ncancelled.store(set.len(), Ordering::Release);
+        found
+    }
+
+    fn cancel(&self, id: TaskId) {
+        let mut set = self.cancelled();
+        set.insert(id);
+        self.ncancelled.store(set.len(), Ordering::Release);
+    }
+}
+
+/// A job on its way: queued, running, or back with its result.
+struct JobErrand<F> {
+    id: TaskId,
+    stage: Stage<F>,
+    back: Arc<Back>,
+}
+
+enum Stage<F> {
+    Queued(F),
+    Done(Result<Sendable, PoolError>),
+    Taken,
+}
+
+/// An errand that came back: its result, taken on the worker.
+trait Returned: Send {
+    fn id(&self) -> TaskId;
+    fn take(&mut self) -> Result<Sendable, PoolError>;
+}
+
+impl<F: FnOnce() -> Sendable + Send + 'static> Errand for JobErrand<F> {
+    fn wanted(&self) -> bool {
+        !self.back.uncancel(self.id)
+    }
+
+    fn run(&mut self) {
+        let Stage::Queued(f) = std::mem::replace(&mut self.stage, Stage::Taken) else {
+            return;
+        };
+        let res = crate::panic::catch(AssertUnwindSafe(f))
+            .map_err(|p| PoolError::Panicked(Panicked::from_payload(p).0));
+        self.stage = Stage::Done(res);
+    }
+
+    fn hand_back(self: Box<Self>) {
+        let back = Arc::clone(&self.back);
+        back.done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self);
+        back.notifier.notify();
+    }
+}
+
+impl<F: FnOnce() -> Sendable + Send + 'static> Returned for JobErrand<F> {
+    fn id(&self) -> TaskId {
+        self.id
+    }
+
+    fn take(&mut self) -> Result<Sendable, PoolError> {
+        match std::mem::replace(&mut self.stage, Stage::Taken) {
+            Stage::Done(res) => res,
+            _ => Err(PoolError::Lost("the result of a pool job taken twice".into())),
+        }
+    }
+}
+
 /// The plain tasks of a runtime. See the module docs.
 pub(crate) struct PlainTasks {
-    /// The ids of the jobs the pool ran since the last poll. (A vector
-    /// that the poll swaps with [`PlainTasks::taking`] under one lock, not
-    /// a channel: a poll takes them all, and a channel's receive per id
-    /// would cost more than the lock.)
-    done: Arc<Mutex<Vec<TaskId>>>,
-    /// The ids a poll took, with the capacity of earlier polls.
-    taking: RefCell<Vec<TaskId>>,
+    back: Arc<Back>,
+    /// The errands a poll took, with the capacity of earlier polls.
+    taking: RefCell<Vec<Box<dyn Returned>>>,
     timers: Timers,
     slots: RefCell<IdMap<Slot>>,
-    /// Jobs whose results were taken, freed one per new job (see
+    /// Errands whose results were taken, freed one per new job (see
     /// [`PlainTasks::retire`]).
-    spent: RefCell<Vec<Tagged<Sendable>>>,
+    spent: RefCell<Vec<Box<dyn Returned>>>,
     completed: Cell<u64>,
     cancelled: Cell<u64>,
 }
@@ -79,21 +171,16 @@ pub(crate) struct PlainTasks {
 const MAX_SPENT: usize = 64;
 
 impl PlainTasks {
-    /// Plain tasks on `pool`, whose threads report each job to `notifier`,
-    /// and on `timers`.
-    pub(crate) fn new(pool: &Pool, timers: &Timers, notifier: Arc<Notifier>) -> PlainTasks {
-        let done = Arc::new(Mutex::new(Vec::new()));
-        let reported = Arc::downgrade(&done);
-        let set = pool.set_on_done(move |id| {
-            // (gone with the runtime: nobody takes the ids any more)
-            if let Some(done) = reported.upgrade() {
-                done.lock().unwrap_or_else(PoisonError::into_inner).push(id);
-                notifier.notify();
-            }
-        });
-        assert!(set, "a pool serves one PlainTasks");
+    /// Plain tasks whose jobs tell `notifier` when they come back, and on
+    /// `timers`.
+    pub(crate) fn new(timers: &Timers, notifier: Arc<Notifier>) -> PlainTasks {
         PlainTasks {
-            done,
+            back: Arc::new(Back {
+                done: Mutex::new(Vec::new()),
+                notifier,
+                cancelled: Mutex::new(HashSet::new()),
+                ncancelled: AtomicUsize::new(0),
+            }),
             taking: RefCell::new(Vec::new()),
             timers: timers.clone(),
             slots: RefCell::new(IdMap::default()),
@@ -111,12 +198,17 @@ impl PlainTasks {
         job: impl FnOnce() -> Sendable + Send + 'static,
         wake: WakeUp,
     ) -> Result<(), PoolError> {
-        // Frees a spent job's cell just before the pool allocates one,
-        // likely of the same size: glibc's per-thread cache takes the one
-        // and gives it back for the other.
+        // Frees a spent errand just before the next is allocated, likely
+        // of the same size: glibc's per-thread cache takes the one and
+        // gives it back for the other.
         drop(self.spent.borrow_mut().pop());
-        let job = pool.spawn_tagged(job, id, wake)?;
-        self.insert(id, Kind::Job(job));
+        let errand = Box::new(JobErrand {
+            id,
+            stage: Stage::Queued(job),
+            back: Arc::clone(&self.back),
+        });
+        pool.spawn_errand(errand, wake)?;
+        self.insert(id, Kind::Job(None));
         Ok(())
     }
 
@@ -155,13 +247,28 @@ impl PlainTasks {
         self.timers.take_fired(&mut done);
         let mut taking = self.taking.borrow_mut();
         std::mem::swap(
-            &mut *self.done.lock().unwrap_or_else(PoisonError::into_inner),
+            &mut *self.back.done.lock().unwrap_or_else(PoisonError::into_inner),
             &mut *taking,
         );
-        for &id in taking.iter() {
-            done(id);
+        for errand in taking.drain(..) {
+            let id = errand.id();
+            let mut slots = self.slots.borrow_mut();
+            match slots.get_mut(&id) {
+                Some(slot) => {
+                    slot.kind = Kind::Job(Some(errand));
+                    slot.done = true;
+                    drop(slots);
+                    self.completed.set(self.completed.get() + 1);
+                    f(id);
+                }
+                None => {
+                    // cancelled while it ran
+                    drop(slots);
+                    self.back.uncancel(id);
+                    drop(errand); // (after the borrow: the result's drop is user code)
+                }
+            }
         }
-        taking.clear();
     }
 
     /// The result of a finished task, as its job made it, which frees its
@@ -173,9 +280,10 @@ impl PlainTasks {
         let Some(mut slot) = self.slots.borrow_mut().remove(&id) else {
             return Taken::Unknown;
         };
-        let res = match (slot.held.take(), &slot.kind) {
+        let res = match (slot.held.take(), &mut slot.kind) {
             (Some(res), _) => Some(*res),
-            (None, Kind::Job(job)) => job.try_take(),
+            (None, Kind::Job(Some(errand))) => Some(errand.take()),
+            (None, Kind::Job(None)) => None,
             (None, Kind::Sleep(_)) if slot.done => Some(Ok(Sendable::Boolean(true))),
             (None, Kind::Sleep(_)) => None,
         };
@@ -211,15 +319,15 @@ impl PlainTasks {
         Some(outcome(lua, res))
     }
 
-    /// Frees a task whose result was taken. A job's cell is kept among
-    /// the spent ones and freed when a new job is queued. The driver takes
-    /// the results of a poll together, and their cells freed together
-    /// would overflow glibc's per-thread cache (7 blocks of a size) into
-    /// its arenas, where nginx's own per-request allocations consolidate
-    /// them, on malloc's slow path. One free before each allocation stays
-    /// in the cache.
+    /// Frees a task whose result was taken. A job's errand is kept among
+    /// the spent ones and freed when a new job is queued. The callers of
+    /// a poll's finished jobs take their results one after the other, and
+    /// their errands freed together would overflow glibc's per-thread
+    /// cache (7 blocks of a size) into its arenas, where nginx's own
+    /// per-request allocations consolidate them, on malloc's slow path. One
+    /// free before each allocation stays in the cache.
     fn retire(&self, kind: Kind) {
-        let Kind::Job(job) = kind else { return };
+        let Kind::Job(Some(job)) = kind else { return };
         let mut spent = self.spent.borrow_mut();
         if spent.len() < MAX_SPENT {
             spent.push(job);
@@ -238,10 +346,15 @@ impl PlainTasks {
         if !slot.done {
             self.cancelled.set(self.cancelled.get() + 1);
         }
-        if let Kind::Sleep(key) = slot.kind {
-            self.timers.remove(key);
+        match slot.kind {
+            Kind::Sleep(key) => {
+                self.timers.remove(key);
+            }
+            // queued or running: not run, or dropped when it comes back
+            Kind::Job(None) => self.back.cancel(id),
+            Kind::Job(Some(_)) => {}
         }
-        drop(slot); // after the borrow: the closure's drop is user code
+        drop(slot); // after the borrow: the result's drop is user code
         true
     }
 
@@ -273,6 +386,12 @@ impl PlainTasks {
     /// Tasks cancelled before they were done.
     pub(crate) fn cancelled(&self) -> u64 {
         self.cancelled.get()
+    }
+
+    /// Jobs cancelled that have not come back or been skipped yet.
+    #[cfg(test)]
+    pub(crate) fn cancelled_on_their_way(&self) -> usize {
+        self.back.cancelled().len()
     }
 }
 

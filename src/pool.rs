@@ -5,23 +5,23 @@
 //! started on demand, up to the configured number, and live as long as the
 //! process. Each job runs under `catch_unwind`: a panic becomes the job's
 //! result and the thread goes on. A job whose caller has gone (its
-//! [`BlockingTask`] was dropped, e.g. on timeout) before it started is not
-//! run (its closure is dropped then, by the caller); one that is running
+//! [`BlockingTask`] was dropped, or its [`Errand`] is no longer wanted,
+//! e.g. on timeout) before it started is not run; one that is running
 //! finishes and its result is dropped. A job and its result share one
 //! allocation.
 //!
 //! A job's caller learns that it finished in one of two ways: a
-//! [`BlockingTask`] is a future, woken through its waker; a [`Tagged`] job
-//! (see [`Pool::spawn_tagged`]) has a number the pool hands to the
-//! function set by [`Pool::set_on_done`], with no waker and no task around
-//! it, and its result is taken with [`Tagged::try_take`].
+//! [`BlockingTask`] is a future, woken through its waker; an [`Errand`]
+//! (see [`Pool::spawn_errand`]) owns its closure and its result and hands
+//! itself back when it has run, with no waker, no task and no shared state
+//! around it.
 
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -88,9 +88,6 @@ struct Counters {
     wakeups: AtomicU64,
 }
 
-/// What [`Pool::set_on_done`] sets.
-type OnDone = Box<dyn Fn(u64) + Send + Sync>;
-
 /// A thread that found the queue empty and parks until a job is handed to it.
 struct Idle {
     thread: std::thread::Thread,
@@ -110,8 +107,6 @@ struct Shared {
     shutdown: AtomicBool,
     /// The caller has other work in flight (see [`Pool::set_caller_busy`]).
     caller_busy: AtomicBool,
-    /// Told the tag of each tagged job that ran (see [`Pool::set_on_done`]).
-    on_done: OnceLock<OnDone>,
     counters: Counters,
     max_threads: usize,
     /// The nice value a thread takes after its first long job (None: keep
@@ -213,9 +208,6 @@ impl Shared {
 /// would drop a cancelled job on whichever thread next runs it.)
 struct Cell<F, T> {
     state: Mutex<CellState<F, T>>,
-    /// Set for a [`Tagged`] job: handed to the pool's `on_done` when the job
-    /// has run, instead of waking a waker.
-    tag: Option<u64>,
 }
 
 struct CellState<F, T> {
@@ -256,8 +248,6 @@ enum Tell {
     Nobody,
     /// A [`BlockingTask`] that waits.
     Wake(Waker),
-    /// A [`Tagged`] job: the pool's `on_done` gets the tag.
-    Tag(u64),
 }
 
 /// The pool's side of a [`Cell`], type-erased.
@@ -292,10 +282,9 @@ where
             let mut st = self.lock();
             if matches!(st.stage, Stage::Running) {
                 st.stage = Stage::Done(res);
-                let tell = match (self.tag, st.waker.take()) {
-                    (Some(tag), _) => Tell::Tag(tag),
-                    (None, Some(waker)) => Tell::Wake(waker),
-                    (None, None) => Tell::Nobody,
+                let tell = match st.waker.take() {
+                    Some(waker) => Tell::Wake(waker),
+                    None => Tell::Nobody,
                 };
                 (tell, None)
             } else {
@@ -325,37 +314,70 @@ where
     }
 }
 
-/// A queued job (the queue's reference to its [`Cell`]). Dropped unrun (the
-/// pool shuts down, or the queue was full), it wakes a waiting
-/// [`BlockingTask`]; a [`Tagged`] job is not reported then (see
-/// [`Pool::spawn_tagged`]).
-struct Job(Option<Arc<dyn Run>>);
+/// A job that owns its closure and, once it has run, its result: queued by
+/// [`Pool::spawn_errand`], it moves to a pool thread and back to its
+/// caller by itself, so that the caller allocates and frees it, and nothing
+/// is shared or locked on its way.
+pub(crate) trait Errand: Send {
+    /// Whether it is still wanted, asked just before it would run: one that
+    /// is not is dropped unrun (on the pool thread).
+    fn wanted(&self) -> bool;
+    /// Runs the closure, catching its panic as its result.
+    fn run(&mut self);
+    /// Hands the errand back to its caller, once it has run.
+    fn hand_back(self: Box<Self>);
+}
+
+/// What a queued job is.
+enum Work {
+    /// A [`BlockingTask`]'s: the queue's reference to its [`Cell`].
+    Cell(Arc<dyn Run>),
+    Errand(Box<dyn Errand>),
+}
+
+/// A queued job. Dropped unrun (the pool shuts down, or the queue was
+/// full), a [`BlockingTask`]'s wakes its task; an [`Errand`] is dropped and
+/// not handed back (see [`Pool::spawn_errand`]).
+struct Job(Option<Work>);
 
 impl Job {
-    /// Runs the job, then drops the queue's reference to its cell before it
-    /// tells the caller, whose reference is then normally the last.
+    /// Runs the job. A [`Cell`]'s: then drops the queue's reference to the
+    /// cell before it tells the caller, whose reference is then normally
+    /// the last.
     fn run(mut self, shared: &Shared) {
-        let Some(cell) = self.0.take() else { return };
-        let ran = cell.run(&shared.counters);
-        drop(cell);
-        match ran {
-            Ran::Done(Tell::Wake(waker)) => waker.wake(),
-            Ran::Done(Tell::Tag(tag)) => {
-                if let Some(on_done) = shared.on_done.get() {
-                    on_done(tag);
+        let counters = &shared.counters;
+        match self.0.take() {
+            Some(Work::Cell(cell)) => {
+                let ran = cell.run(counters);
+                drop(cell);
+                match ran {
+                    Ran::Done(Tell::Wake(waker)) => waker.wake(),
+                    Ran::Done(Tell::Nobody) => {}
+                    Ran::Skipped => {
+                        counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            Ran::Done(Tell::Nobody) => {}
-            Ran::Skipped => {
-                shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            Some(Work::Errand(mut errand)) => {
+                if !errand.wanted() {
+                    counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                counters.running.fetch_add(1, Ordering::Relaxed);
+                errand.run();
+                counters.running.fetch_sub(1, Ordering::Relaxed);
+                counters.done.fetch_add(1, Ordering::Relaxed);
+                // (counted first: its caller may look at the stats at once)
+                errand.hand_back();
             }
+            None => {}
         }
     }
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if let Some(cell) = self.0.take() {
+        if let Some(Work::Cell(cell)) = self.0.take() {
             cell.lose();
         }
     }
@@ -364,7 +386,6 @@ impl Drop for Job {
 /// The caller's side of a [`Cell`], type-erased over the closure.
 trait Collect<T>: Send + Sync {
     fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<T, PoolError>>;
-    fn try_take(&self) -> Option<Result<T, PoolError>>;
     fn leave(&self);
 }
 
@@ -402,10 +423,6 @@ where
         drop(st);
         drop(old); // outside the lock, as every drop of ours
         Poll::Pending
-    }
-
-    fn try_take(&self) -> Option<Result<T, PoolError>> {
-        self.lock().take_result()
     }
 
     fn leave(&self) {
@@ -472,7 +489,6 @@ impl Pool {
                 searching: AtomicUsize::new(0),
                 shutdown: AtomicBool::new(false),
                 caller_busy: AtomicBool::new(false),
-                on_done: OnceLock::new(),
                 counters: Counters::default(),
                 max_threads: threads.max(1),
                 long_job_nice,
@@ -509,7 +525,7 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let cell = self.queue(f, None, WakeUp::Now)?;
+        let cell = self.queue(f, WakeUp::Now)?;
         Ok(BlockingTask { cell })
     }
 
@@ -523,34 +539,33 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let cell = self.queue(f, None, WakeUp::Deferred)?;
+        let cell = self.queue(f, WakeUp::Deferred)?;
         Ok(BlockingTask { cell })
     }
 
-    /// Sets the function told the tag of each [`Tagged`] job that has run
-    /// (or panicked), on the pool thread that ran it, right after. It must
-    /// be quick and must not block: it stands between the thread and its
-    /// next job. Once per pool: returns false (and keeps the first) if one
-    /// is set already.
-    pub fn set_on_done(&self, on_done: impl Fn(u64) + Send + Sync + 'static) -> bool {
-        self.shared.on_done.set(Box::new(on_done)).is_ok()
-    }
-
-    /// Queues `f` as a job without a future: when it has run, the function
-    /// set by [`Pool::set_on_done`] gets `tag`, and [`Tagged::try_take`]
-    /// then has the result. No waker and no task: the cheapest way for a
-    /// caller that already tracks its jobs by number. With
-    /// [`WakeUp::Deferred`], as [`Pool::spawn_deferred`]. A job the pool
-    /// drops unrun (it is being dropped itself) is not reported.
+    /// Queues `errand` as a job: a pool thread runs it, unless it is no
+    /// longer wanted by then, and it hands itself back to its caller
+    /// ([`Errand::run`]). No cell, no waker and no task: the cheapest way
+    /// for a caller that tracks its jobs itself. With [`WakeUp::Deferred`],
+    /// as [`Pool::spawn_deferred`]. An errand the pool drops unrun (it is
+    /// being dropped itself) is not handed back.
     ///
-    /// Fails at once with [`PoolError::Busy`] when the queue is full.
-    pub fn spawn_tagged<T, F>(&self, f: F, tag: u64, wake: WakeUp) -> Result<Tagged<T>, PoolError>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let cell = self.queue(f, Some(tag), wake)?;
-        Ok(Tagged { cell })
+    /// Fails at once with [`PoolError::Busy`] when the queue is full, and
+    /// with [`PoolError::Lost`] when the pool has no thread and cannot start
+    /// one; the errand is then dropped here, not queued.
+    pub(crate) fn spawn_errand(&self, errand: Box<dyn Errand>, wake: WakeUp) -> Result<(), PoolError> {
+        // The first thread is started before the errand is queued, so that
+        // an errand that cannot run is never queued.
+        let no_thread = self.shared.counters.threads.load(Ordering::Acquire) == 0;
+        if no_thread {
+            self.wake()?;
+        }
+        self.send(Work::Errand(errand))?;
+        if wake == WakeUp::Now || no_thread {
+            // (cannot fail: a thread exists, and threads stay)
+            let _ = self.wake();
+        }
+        Ok(())
     }
 
     /// Queues `f` and wakes a thread as `wake` says. With
@@ -559,23 +574,30 @@ impl Pool {
     /// failure to start one is reported with the first job. When no thread
     /// can start, the job is closed before the error returns: it never
     /// runs, even once a later call starts a thread.
-    fn queue<T, F>(&self, f: F, tag: Option<u64>, wake: WakeUp) -> Result<Arc<dyn Collect<T>>, PoolError>
+    fn queue<T, F>(&self, f: F, wake: WakeUp) -> Result<Arc<dyn Collect<T>>, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let cell = self.submit(f, tag)?;
-        let no_thread = self.shared.counters.threads.load(Ordering::Acquire) == 0;
-        if wake == WakeUp::Now || no_thread {
-            if let Err(e) = self.wake() {
-                cell.leave();
-                return Err(e);
-            }
+        let cell = self.submit(f)?;
+        if let Err(e) = self.wake_for(wake) {
+            cell.leave();
+            return Err(e);
         }
         Ok(cell)
     }
 
-    fn submit<T, F>(&self, f: F, tag: Option<u64>) -> Result<Arc<dyn Collect<T>>, PoolError>
+    /// Wakes a thread for a job just queued, as `wake` says (see
+    /// [`Pool::queue`]).
+    fn wake_for(&self, wake: WakeUp) -> Result<(), PoolError> {
+        let no_thread = self.shared.counters.threads.load(Ordering::Acquire) == 0;
+        if wake == WakeUp::Now || no_thread {
+            return self.wake();
+        }
+        Ok(())
+    }
+
+    fn submit<T, F>(&self, f: F) -> Result<Arc<dyn Collect<T>>, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -585,13 +607,19 @@ impl Pool {
                 stage: Stage::Queued(f),
                 waker: None,
             }),
-            tag,
         });
         let collect: Arc<dyn Collect<T>> = cell.clone();
-        match self.tx.try_send(Job(Some(cell))) {
-            Ok(()) => Ok(collect),
-            Err(TrySendError::Full(_job)) => {
+        self.send(Work::Cell(cell))?;
+        Ok(collect)
+    }
+
+    /// Puts `work` on the queue, unless it is full.
+    fn send(&self, work: Work) -> Result<(), PoolError> {
+        match self.tx.try_send(Job(Some(work))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => {
                 self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                drop(job); // (a BlockingTask's cell closes: it was never queued)
                 Err(PoolError::Busy {
                     max_queue: self.max_queue,
                 })
@@ -772,38 +800,11 @@ impl<T> Drop for BlockingTask<T> {
     }
 }
 
-/// When a job queued by [`Pool::spawn_tagged`] wakes a thread.
+/// When a job queued by [`Pool::spawn_errand`] wakes a thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WakeUp {
     /// At once, as [`Pool::spawn`].
     Now,
     /// At the caller's next [`Pool::wake`], as [`Pool::spawn_deferred`].
     Deferred,
-}
-
-/// A job queued by [`Pool::spawn_tagged`]. Dropping it before the job
-/// starts means the job is not run; after, its result is dropped.
-pub struct Tagged<T> {
-    cell: Arc<dyn Collect<T>>,
-}
-
-impl<T> fmt::Debug for Tagged<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tagged").finish_non_exhaustive()
-    }
-}
-
-impl<T> Tagged<T> {
-    /// The job's result, once its tag was reported: `None` while it is
-    /// queued or running. Panics if called again after it returned a
-    /// result, as a future polled after `Ready` may.
-    pub fn try_take(&self) -> Option<Result<T, PoolError>> {
-        self.cell.try_take()
-    }
-}
-
-impl<T> Drop for Tagged<T> {
-    fn drop(&mut self) {
-        self.cell.leave();
-    }
 }

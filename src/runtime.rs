@@ -120,7 +120,7 @@ impl Runtime {
         let timers = Timers::new();
         Runtime {
             forked: sys::watch_forks(),
-            plain: PlainTasks::new(&pool, &timers, Arc::clone(&notifier)),
+            plain: PlainTasks::new(&timers, Arc::clone(&notifier)),
             pool,
             config,
             executor: Executor::new(Arc::clone(&notifier)),

@@ -4,6 +4,7 @@
 mod executor;
 mod fork;
 mod net;
+mod plain;
 mod pool;
 mod runtime;
 mod socket;

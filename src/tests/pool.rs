@@ -1,8 +1,9 @@
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::pool::BlockingTask;
-use crate::pool::{Pool, PoolError, PoolStats, WakeUp, NICE_AFTER};
+use crate::pool::{Errand, Pool, PoolError, PoolStats, WakeUp, NICE_AFTER};
 use futures::executor::block_on;
 
 /// Returns once the counters of `pool` satisfy `cond`.
@@ -135,99 +136,107 @@ fn a_panicking_drop_of_an_unwanted_result_leaves_the_pool_working() {
     assert_eq!(pool.stats().threads, 1);
 }
 
-/// A pool whose tagged jobs report their tags on the returned channel.
-fn tagged_pool(threads: usize, max_queue: usize) -> (Pool, mpsc::Receiver<u64>) {
-    let pool = Pool::new(threads, max_queue);
+/// An errand that runs `f` unless `wanted` was cleared, and comes back
+/// with its number and result on a channel.
+struct TestErrand {
+    n: u64,
+    f: Option<Box<dyn FnOnce() -> u64 + Send>>,
+    res: Option<u64>,
+    wanted: Arc<AtomicBool>,
+    back: mpsc::Sender<(u64, u64)>,
+}
+
+impl Errand for TestErrand {
+    fn wanted(&self) -> bool {
+        self.wanted.load(Ordering::SeqCst)
+    }
+
+    fn run(&mut self) {
+        let f = self.f.take().expect("run once");
+        self.res = Some(f());
+    }
+
+    fn hand_back(self: Box<Self>) {
+        let _ = self.back.send((self.n, self.res.expect("ran")));
+    }
+}
+
+fn errand(
+    n: u64,
+    back: &mpsc::Sender<(u64, u64)>,
+    f: impl FnOnce() -> u64 + Send + 'static,
+) -> (Box<dyn Errand>, Arc<AtomicBool>) {
+    let wanted = Arc::new(AtomicBool::new(true));
+    let e = TestErrand {
+        n,
+        f: Some(Box::new(f)),
+        res: None,
+        wanted: Arc::clone(&wanted),
+        back: back.clone(),
+    };
+    (Box::new(e), wanted)
+}
+
+#[test]
+fn errands_run_and_come_back() {
+    let pool = Pool::new(2, 16);
     let (tx, rx) = mpsc::channel();
-    let tx = std::sync::Mutex::new(tx);
-    assert!(pool.set_on_done(move |tag| tx.lock().unwrap().send(tag).unwrap()));
-    assert!(!pool.set_on_done(|_| {}), "set once");
-    (pool, rx)
-}
-
-#[test]
-fn tagged_jobs_report_their_tags_then_hand_over_results() {
-    let (pool, done) = tagged_pool(2, 16);
-    let jobs: Vec<_> = (1..=6u64)
-        .map(|i| {
-            let wake = if i % 2 == 0 { WakeUp::Deferred } else { WakeUp::Now };
-            (i, pool.spawn_tagged(move || i * 10, i, wake).unwrap())
-        })
-        .collect();
+    for i in 1..=6u64 {
+        let wake = if i % 2 == 0 { WakeUp::Deferred } else { WakeUp::Now };
+        pool.spawn_errand(errand(i, &tx, move || i * 10).0, wake).unwrap();
+    }
     pool.wake().unwrap(); // owed for the deferred ones
-    let mut tags: Vec<u64> = (0..6)
-        .map(|_| done.recv_timeout(Duration::from_secs(5)).unwrap())
+    let mut got: Vec<(u64, u64)> = (0..6)
+        .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
         .collect();
-    tags.sort();
-    assert_eq!(tags, vec![1, 2, 3, 4, 5, 6]);
-    for (i, job) in jobs {
-        assert_eq!(job.try_take().unwrap().unwrap(), i * 10);
-    }
-    assert_eq!(pool.stats().done, 6);
+    got.sort();
+    assert_eq!(got, (1..=6).map(|i| (i, i * 10)).collect::<Vec<_>>());
+    wait_until(&pool, |s| s.done == 6 && s.running == 0);
 }
 
 #[test]
-fn a_tagged_job_is_not_ready_before_its_tag_and_panics_are_results() {
-    let (pool, done) = tagged_pool(1, 4);
-    let (tx, blocker) = occupy(&pool);
-    let queued = pool.spawn_tagged(|| 1, 7, WakeUp::Now).unwrap();
-    assert!(queued.try_take().is_none(), "queued, not run");
-    let prev = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let panics = pool
-        .spawn_tagged(|| -> u32 { panic!("tagged job failed") }, 8, WakeUp::Now)
-        .unwrap();
-    tx.send(()).unwrap();
-    block_on(blocker).unwrap();
-    assert_eq!(done.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
-    assert_eq!(done.recv_timeout(Duration::from_secs(5)).unwrap(), 8);
-    std::panic::set_hook(prev);
-    assert_eq!(queued.try_take().unwrap().unwrap(), 1);
-    match panics.try_take() {
-        Some(Err(PoolError::Panicked(msg))) => assert_eq!(msg, "tagged job failed"),
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
-fn a_dropped_tagged_job_is_skipped_and_not_reported() {
-    let (pool, done) = tagged_pool(1, 4);
-    let (tx, blocker) = occupy(&pool);
-    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let r2 = ran.clone();
-    let job = pool
-        .spawn_tagged(
-            move || r2.store(true, std::sync::atomic::Ordering::SeqCst),
-            9,
-            WakeUp::Now,
-        )
-        .unwrap();
-    drop(job); // cancelled, e.g. on timeout
-    let later = pool.spawn_tagged(|| (), 10, WakeUp::Now).unwrap();
-    tx.send(()).unwrap();
+fn an_errand_no_longer_wanted_is_not_run() {
+    let pool = Pool::new(1, 4);
+    let (blocker_tx, blocker) = occupy(&pool);
+    let (tx, rx) = mpsc::channel();
+    let ran = Arc::new(AtomicBool::new(false));
+    let r2 = Arc::clone(&ran);
+    let (e, wanted) = errand(9, &tx, move || {
+        r2.store(true, Ordering::SeqCst);
+        9
+    });
+    pool.spawn_errand(e, WakeUp::Now).unwrap();
+    wanted.store(false, Ordering::SeqCst); // cancelled, e.g. on timeout
+    pool.spawn_errand(errand(10, &tx, || 10).0, WakeUp::Now).unwrap();
+    blocker_tx.send(()).unwrap();
     block_on(blocker).unwrap();
     assert_eq!(
-        done.recv_timeout(Duration::from_secs(5)).unwrap(),
-        10,
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        (10, 10),
         "9 skipped"
     );
-    later.try_take().unwrap().unwrap();
-    assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(!ran.load(Ordering::SeqCst));
     assert_eq!(pool.stats().skipped, 1);
 }
 
 #[test]
-fn a_full_queue_refuses_a_tagged_job_at_once() {
-    let (pool, _done) = tagged_pool(1, 1);
-    let (tx, blocker) = occupy(&pool);
-    let queued = pool.spawn_tagged(|| 1, 1, WakeUp::Now).unwrap();
-    match pool.spawn_tagged(|| 2, 2, WakeUp::Now) {
+fn a_full_queue_refuses_an_errand_at_once() {
+    let pool = Pool::new(1, 1);
+    let (blocker_tx, blocker) = occupy(&pool);
+    let (tx, rx) = mpsc::channel();
+    pool.spawn_errand(errand(1, &tx, || 1).0, WakeUp::Now).unwrap();
+    match pool.spawn_errand(errand(2, &tx, || 2).0, WakeUp::Now) {
         Err(PoolError::Busy { max_queue: 1 }) => {}
         other => panic!("expected busy, got {other:?}"),
     }
-    tx.send(()).unwrap();
+    blocker_tx.send(()).unwrap();
     block_on(blocker).unwrap();
-    drop(queued);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (1, 1));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "the refused one never runs"
+    );
+    assert_eq!(pool.stats().rejected, 1);
 }
 
 #[test]
