@@ -47,9 +47,9 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
     t.raw_set("can_wait", unsafe {
         lua.create_c_function(crate::yieldable::lua_can_wait)?
     })?;
-    // wait(id, timeout [, checked]): see waiters.rs (nil: callers wait on
-    // ngx.semaphore in Lua).
-    t.raw_set("wait", crate::waiters::push_wait(lua, vm.as_ptr())?)?;
+    // wait(vm, id, timeout [, checked]): see waiters.rs (nil: callers wait
+    // on ngx.semaphore in Lua).
+    t.raw_set("wait", crate::waiters::push_wait(lua)?)?;
     // sweep(): cancels the tasks of waiters ngx_lua killed.
     let h = Rc::clone(vm);
     t.raw_set(

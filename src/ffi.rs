@@ -131,6 +131,9 @@ thread_local! {
     static READY: RefCell<Option<Result<Sendable, PoolError>>> = const { RefCell::new(None) };
 }
 
+/// What a call with a handle that is not a live runtime's reports.
+pub(crate) const GONE: &str = "resty.async: the runtime of this Lua VM is gone";
+
 /// Misuse: the message for `error()`, and NaN.
 fn misuse(msg: String) -> c_double {
     ERROR.with(|e| *e.borrow_mut() = msg);
@@ -148,7 +151,10 @@ fn with_runtime<R>(vm: *const c_void, fallback: R, f: impl FnOnce(&Runtime) -> R
 fn with_runtime_in<R>(local: &Local, vm: *const c_void, fallback: R, f: impl FnOnce(&Runtime) -> R) -> R {
     match crate::panic::catch_in(local, AssertUnwindSafe(|| VmRuntime::with_ffi(local, vm, f))) {
         Ok(Some(r)) => r,
-        Ok(None) => fallback,
+        Ok(None) => {
+            ERROR.with(|e| *e.borrow_mut() = GONE.to_owned());
+            fallback
+        }
         Err(payload) => {
             ERROR.with(|e| *e.borrow_mut() = crate::executor::Panicked::from_payload(payload).to_string());
             fallback

@@ -281,9 +281,10 @@ fn c_message(p: *const c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// The Lua C function `wait(id, timeout [, checked])` of a runtime, made
-/// with the runtime's handle as its upvalue (see [`push_wait`]). It
-/// returns, after a yield when the task is pending:
+/// The Lua C function `wait(vm, id, timeout [, checked])` (see
+/// [`push_wait`]), `vm` the runtime's handle (light userdata, checked as
+/// the FFI entry points check it). It returns, after a yield when the task
+/// is pending:
 ///
 /// * `true`: the task finished (take its results);
 /// * `false, "timeout"` (as ngx_lua resumes a timed-out waiter), or
@@ -293,14 +294,13 @@ fn c_message(p: *const c_char) -> String {
 /// * `nil, nil, true`: it cannot tell whether the caller may yield: check,
 ///   then call again with `checked`.
 unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua as a C function with its own state; its
-    // upvalue is the light userdata push_wait gave it; the stack has room
-    // for the two results (LUA_MINSTACK).
+    // SAFETY: called by Lua as a C function with its own state; the stack
+    // has room for the three results (LUA_MINSTACK). A `vm` that is not a
+    // live handle of this library is refused by with_ffi.
     unsafe {
-        let vm = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const c_void;
-        let id = ffi::lua_tonumber(state, 1);
-        let timeout = ffi::lua_tonumber(state, 2);
-        let checked = ffi::lua_toboolean(state, 3) != 0;
+        let vm = ffi::lua_touserdata(state, 1) as *const c_void;
+        let id = ffi::lua_tonumber(state, 2);
+        let timeout = ffi::lua_tonumber(state, 3);
         match crate::yieldable::can_yield(state) {
             crate::yieldable::Yieldable::No => {
                 ffi::lua_settop(state, 0);
@@ -315,7 +315,7 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
                 ffi::lua_pushboolean(state, 1);
                 return 3;
             }
-            crate::yieldable::Yieldable::Unknown if !checked => {
+            crate::yieldable::Yieldable::Unknown if ffi::lua_toboolean(state, 4) == 0 => {
                 ffi::lua_settop(state, 0);
                 ffi::lua_pushnil(state);
                 ffi::lua_pushnil(state);
@@ -350,7 +350,7 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
         });
         let waited = match waited {
             Ok(Some(w)) => w,
-            Ok(None) => Waited::Failed("resty.async: the runtime of this Lua VM is gone".to_owned()),
+            Ok(None) => Waited::Failed(crate::ffi::GONE.to_owned()),
             Err(p) => Waited::Failed(crate::executor::Panicked::from_payload(p).to_string()),
         };
         ffi::lua_settop(state, 0);
@@ -375,20 +375,12 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// The `wait` function of the runtime of handle `vm` (see [`lua_wait`]),
-/// or `nil` where callers cannot wait this way.
-pub(crate) fn push_wait(lua: &mlua::Lua, vm: *const c_void) -> mlua::Result<mlua::Value> {
+/// The `wait` function of this library's runtimes (see [`lua_wait`]), or
+/// `nil` where callers cannot wait this way.
+pub(crate) fn push_wait(lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
     if !available() {
         return Ok(mlua::Value::Nil);
     }
-    // SAFETY: exec_raw runs the closure under mlua's protection with room
-    // on the stack; it pushes one value, the C closure, which mlua pops as
-    // the result. lua_pushcclosure may raise a memory error: protected.
-    unsafe {
-        lua.exec_raw::<mlua::Function>((), |state| {
-            ffi::lua_pushlightuserdata(state, vm as *mut c_void);
-            ffi::lua_pushcclosure(state, lua_wait, 1);
-        })
-        .map(mlua::Value::Function)
-    }
+    // SAFETY: lua_wait follows the lua_CFunction protocol (see there).
+    unsafe { lua.create_c_function(lua_wait) }.map(mlua::Value::Function)
 }

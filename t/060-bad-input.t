@@ -238,3 +238,33 @@ false bad argument #1 to 'configure' (option 'keepalive_timeout': number expecte
 false bad argument #1 to 'configure' (option 'keepalive_pool' must be an integer from 1 to 1048576)
 false bad argument #1 to 'configure' (option 'keepalive_pool' must be an integer from 1 to 1048576)
 running: true
+
+
+
+=== TEST 8: the runtime's internal entry points refuse a handle that is not a live runtime's
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ffi = require "ffi"
+            require "resty.async"
+            local core = require "resty_async_core"
+            -- the Lua C function a waiting caller yields in
+            local wait = core.__rt.wait
+            ngx.say(wait(ngx.null, 1, 1))
+            ngx.say(wait("a string", 1, 1))
+            ngx.say(wait(io.stdout, 1, 1))
+            -- an FFI entry point, as a caller could reach it through ffi
+            local api = ffi.cast("const struct resty_async_api *", core.__api)
+            local r = api.sleep(ffi.cast("const void *", 4096), 1)
+            local buf = ffi.new("char[128]")
+            ngx.say("sleep: ", r ~= r and "NaN" or r, " ",
+                    ffi.string(buf, api.error(buf, 128)))
+            ngx.say("the real one works: ", require("resty.async").sleep(0.01))
+        }
+    }
+--- response_body
+nilresty.async: the runtime of this Lua VM is gone
+nilresty.async: the runtime of this Lua VM is gone
+nilresty.async: the runtime of this Lua VM is gone
+sleep: NaN resty.async: the runtime of this Lua VM is gone
+the real one works: true

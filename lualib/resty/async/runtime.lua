@@ -115,6 +115,7 @@ function _M.get(raw, name)
         rt = raw.__rt,
         api = api,
         vm = ffi_cast("const void *", raw.__vm),
+        vm_handle = raw.__vm,  -- (light userdata, for the Lua C functions)
         wait = raw.__rt.wait,
         waiting = 0,      -- callers waiting, as of the last poll
         owned = {},       -- task id -> "pending"|"done", for handles

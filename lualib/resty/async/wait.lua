@@ -127,11 +127,11 @@ local function wait(st, id, timeout, level, k, ...)
     local rt_wait = st.wait
     local no_wait
     local t0 = ngx_now()
-    ok, err, no_wait = rt_wait(id, timeout)
+    ok, err, no_wait = rt_wait(st.vm_handle, id, timeout)
     if no_wait and err == nil then
         -- the runtime cannot tell whether this caller may yield
         if can_wait_walk() then
-            ok, err, no_wait = rt_wait(id, timeout, true)
+            ok, err, no_wait = rt_wait(st.vm_handle, id, timeout, true)
         else
             err = CCALL
         end
