@@ -50,6 +50,15 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
     // wait(vm, id, timeout [, checked]): see waiters.rs (nil: callers wait
     // on ngx.semaphore in Lua).
     t.raw_set("wait", crate::waiters::push_wait(lua)?)?;
+    // note_running(vm): see waiters.rs (nil where wait is).
+    t.raw_set("note_running", crate::waiters::push_note_running(lua)?)?;
+    // wait_counts() -> callers queued from an FFI call, from the Lua C
+    // function (tests).
+    let h = Rc::clone(vm);
+    t.raw_set(
+        "wait_counts",
+        lua.create_function(move |_, ()| Ok(h.existing().map_or((0, 0), |rt| rt.waiters.queued())))?,
+    )?;
     // sweep(): cancels the tasks of waiters ngx_lua killed.
     let h = Rc::clone(vm);
     t.raw_set(

@@ -32,10 +32,11 @@ use crate::pool::PoolError;
 use crate::runtime::{Done, LuaOutput, Runtime};
 use crate::sendable::{Bytes, Sendable};
 use crate::vm::VmRuntime;
+use crate::waiters::Waited;
 
 /// The version of [`Api`] and of the conventions below; `resty/async.lua`
 /// declares the same.
-pub(crate) const FFI_ABI: u32 = 1;
+pub(crate) const FFI_ABI: u32 = 2;
 
 /// What [`Api::poll`] fills in.
 #[repr(C)]
@@ -108,6 +109,7 @@ pub struct Api {
     pub cancel: extern "C" fn(*const c_void, c_double) -> c_int,
     pub error: unsafe extern "C" fn(*mut c_char, usize) -> usize,
     pub poll: unsafe extern "C" fn(*const c_void, c_int, *mut c_double, c_int, *mut PollOut) -> c_int,
+    pub wait: extern "C" fn(*const c_void, c_double, c_double) -> c_int,
 }
 
 /// This library's entry points.
@@ -122,6 +124,7 @@ pub(crate) static API: Api = Api {
     cancel: ra_cancel,
     error: ra_error,
     poll: ra_poll,
+    wait: ra_wait,
 };
 
 thread_local! {
@@ -326,6 +329,73 @@ unsafe extern "C" fn ra_take(vm: *const c_void, id: c_double, out: *mut ValueOut
             };
         }
         kind
+    })
+}
+
+/// What `wait(vm, id, timeout)` did (see [`ra_wait`]).
+/// The caller is queued: it must yield at once (`coroutine._yield()`).
+pub const WAIT_YIELD: c_int = 1;
+/// No wait: the task can be taken (it finished, or it has socket ops for
+/// its caller).
+pub const WAIT_DONE: c_int = 2;
+/// Wait through the Lua C function instead: the running coroutine is not
+/// known here yet.
+pub const WAIT_C_FUNCTION: c_int = 0;
+/// The caller cannot yield here (nothing was queued): `error()` has the
+/// message.
+pub const WAIT_CANNOT: c_int = -1;
+/// It timed out at once.
+pub const WAIT_TIMEOUT: c_int = -2;
+/// It failed: `error()` has the message.
+pub const WAIT_FAILED: c_int = -3;
+
+/// Queues the calling Lua code on a semaphore for task `id`, for at most
+/// `timeout` seconds, when it may yield: the Lua side then yields (as
+/// lua-resty-core's `sema:wait` does) and the driver's poll posts it when
+/// the task finishes. The check that it may yield, which a Lua C function
+/// makes on its own `lua_State`, is made here on the `lua_State` LuaJIT
+/// runs now (`yieldable.rs`); until that is known, the caller is told to
+/// wait through the Lua C function.
+extern "C" fn ra_wait(vm: *const c_void, id: c_double, timeout: c_double) -> c_int {
+    let ms = if timeout.is_finite() {
+        (timeout * 1000.0).clamp(1.0, c_int::MAX as c_double) as c_int
+    } else {
+        c_int::MAX
+    };
+    with_runtime(vm, WAIT_FAILED, |rt| {
+        let Some(id) = task_id(id) else {
+            misuse("resty.async: bad task id".to_owned());
+            return WAIT_FAILED;
+        };
+        // (first: socket ops carried out by a caller that cannot yield
+        // would fail halfway)
+        let state = match rt.waiters.running_caller() {
+            Ok(state) => state,
+            Err(None) => return WAIT_C_FUNCTION,
+            Err(Some(_)) => {
+                misuse(crate::waiters::CCALL.to_owned());
+                return WAIT_CANNOT;
+            }
+        };
+        if rt.net().contains(id) && rt.net().claim(id) {
+            // socket ops wait for the caller: no wait here (it takes the
+            // task as pending, see take_raw)
+            return WAIT_DONE;
+        }
+        // SAFETY: `state` is what running_caller returned, in this call.
+        match unsafe { rt.waiters.wait_running(state, id, ms) } {
+            Waited::Yield => WAIT_YIELD,
+            Waited::Done => WAIT_DONE,
+            Waited::Timeout => WAIT_TIMEOUT,
+            Waited::Cannot => {
+                misuse(crate::waiters::CCALL.to_owned());
+                WAIT_CANNOT
+            }
+            Waited::Failed(msg) => {
+                misuse(msg);
+                WAIT_FAILED
+            }
+        }
     })
 }
 

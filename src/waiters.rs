@@ -105,6 +105,12 @@ pub(crate) struct Waiters {
     waiting: RefCell<IdMap<Waiter>>,
     spare: RefCell<Vec<*mut Sema>>,
     posts: Cell<u64>,
+    /// The `global_State` of the Lua VM, once a wait saw it (see
+    /// [`Waiters::wait_running`]).
+    lua_global: Cell<usize>,
+    /// Callers queued from an FFI call and from the Lua C function.
+    by_ffi: Cell<u64>,
+    by_c_function: Cell<u64>,
 }
 
 /// What [`Waiters::wait`] did.
@@ -116,6 +122,9 @@ pub(crate) enum Waited {
     Done,
     Timeout,
     Failed(String),
+    /// The caller cannot yield where it is (see [`CCALL`]); nothing was
+    /// queued.
+    Cannot,
 }
 
 impl Waiters {
@@ -182,6 +191,66 @@ impl Waiters {
                     rc => Waited::Failed(format!("resty.async: the semaphore wait returned {rc}")),
                 }
             }
+        }
+    }
+
+    /// The coroutine running now, from inside an FFI call it made, if it
+    /// may yield: `Err(None)` when it is not known yet, or not known for
+    /// sure (see `yieldable.rs`; the caller waits through the Lua C
+    /// function then), `Err(Some(Waited::Cannot))` when it may not yield.
+    pub(crate) fn running_caller(&self) -> Result<*mut ffi::lua_State, Option<Waited>> {
+        // SAFETY: this is an FFI call of Lua code of this runtime's VM,
+        // whose global_State lua_global is (or 0, not known yet).
+        let state = unsafe { crate::yieldable::running(self.lua_global.get()) }.ok_or(None)?;
+        // SAFETY: `state` is the running lua_State, during this FFI call.
+        match unsafe { crate::yieldable::can_yield_running(state) } {
+            crate::yieldable::Yieldable::Yes => Ok(state),
+            crate::yieldable::Yieldable::No => Err(Some(Waited::Cannot)),
+            crate::yieldable::Yieldable::Unknown => Err(None),
+        }
+    }
+
+    /// [`Waiters::wait`] for `state` from [`Waiters::running_caller`], from
+    /// inside the FFI call it made, which cannot yield itself: the caller
+    /// yields when told to.
+    ///
+    /// # Safety
+    ///
+    /// `state` is what [`Waiters::running_caller`] returned during this FFI
+    /// call.
+    pub(crate) unsafe fn wait_running(
+        &self,
+        state: *mut ffi::lua_State,
+        id: TaskId,
+        timeout_ms: c_int,
+    ) -> Waited {
+        // SAFETY: the caller's contract: `state` runs now and may yield.
+        let waited = unsafe { self.wait(state, id, timeout_ms) };
+        if let Waited::Yield = waited {
+            self.by_ffi.set(self.by_ffi.get() + 1);
+        }
+        waited
+    }
+
+    /// How many callers were queued from an FFI call and how many from
+    /// the Lua C function.
+    pub(crate) fn queued(&self) -> (u64, u64) {
+        (self.by_ffi.get(), self.by_c_function.get())
+    }
+
+    /// Notes the `global_State` of the VM of `state`, a coroutine running
+    /// a Lua C function of this runtime, and lets it take a step of the
+    /// calibration of `yieldable.rs`.
+    ///
+    /// # Safety
+    ///
+    /// As [`crate::yieldable::global_of`].
+    pub(crate) unsafe fn saw(&self, state: *mut ffi::lua_State) {
+        // SAFETY: the caller's contract.
+        if let Some(g) = unsafe { crate::yieldable::global_of(state) } {
+            self.lua_global.set(g);
+            // SAFETY: `g` is the global_State of `state`.
+            unsafe { crate::yieldable::calibrate(state, g) };
         }
     }
 
@@ -273,6 +342,11 @@ impl Drop for Waiters {
     }
 }
 
+/// Why a caller cannot wait where it is.
+pub(crate) const CCALL: &str = "resty.async: cannot wait inside a C function such as a table.sort comparator or \
+                                a string.gsub callback (call it outside, or start it with async.spawn and wait \
+                                for the task outside)";
+
 fn c_message(p: *const c_char) -> String {
     if p.is_null() {
         return "ngx_lua gave no message".to_owned();
@@ -301,17 +375,12 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
         let vm = ffi::lua_touserdata(state, 1) as *const c_void;
         let id = ffi::lua_tonumber(state, 2);
         let timeout = ffi::lua_tonumber(state, 3);
-        match crate::yieldable::can_yield(state) {
+        let yieldable = crate::yieldable::can_yield(state);
+        match yieldable {
             crate::yieldable::Yieldable::No => {
                 ffi::lua_settop(state, 0);
                 ffi::lua_pushnil(state);
-                ffi::lua_pushstring(
-                    state,
-                    c"resty.async: cannot wait inside a C function such as a table.sort comparator or \
-                      a string.gsub callback (call it outside, or start it with async.spawn and wait \
-                      for the task outside)"
-                        .as_ptr(),
-                );
+                ffi::lua_pushlstring(state, CCALL.as_ptr() as *const c_char, CCALL.len());
                 ffi::lua_pushboolean(state, 1);
                 return 3;
             }
@@ -334,13 +403,20 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
                 l,
                 std::panic::AssertUnwindSafe(|| {
                     crate::vm::VmRuntime::with_ffi(l, vm, |rt| {
+                        if yieldable == crate::yieldable::Yieldable::Yes {
+                            rt.waiters.saw(state);
+                        }
                         if let Some(id) = crate::ffi::task_id(id) {
                             if rt.net().contains(id) && rt.net().claim(id) {
                                 // socket ops wait for the caller: no wait here
                                 // (it takes the task as pending, see take_raw)
                                 return Waited::Done;
                             }
-                            rt.waiters.wait(state, id, ms)
+                            let waited = rt.waiters.wait(state, id, ms);
+                            if let Waited::Yield = waited {
+                                rt.waiters.by_c_function.set(rt.waiters.by_c_function.get() + 1);
+                            }
+                            waited
                         } else {
                             Waited::Failed("resty.async: bad task id".to_owned())
                         }
@@ -371,8 +447,46 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
                 ffi::lua_pushlstring(state, msg.as_ptr() as *const c_char, msg.len());
                 2
             }
+            Waited::Cannot => {
+                ffi::lua_pushnil(state);
+                ffi::lua_pushlstring(state, CCALL.as_ptr() as *const c_char, CCALL.len());
+                ffi::lua_pushboolean(state, 1);
+                3
+            }
         }
     }
+}
+
+/// The Lua C function `note_running(vm)`: lets the runtime of handle
+/// `vm` see the coroutine that calls it, as a wait in the Lua C function
+/// does (see [`Waiters::saw`]), so that waits are made from FFI calls
+/// sooner. The driver calls it from its coroutines.
+unsafe extern "C-unwind" fn lua_note_running(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function with its own state. A `vm` that
+    // is not a live handle of this library is refused by with_ffi.
+    unsafe {
+        let vm = ffi::lua_touserdata(state, 1) as *const c_void;
+        if crate::yieldable::can_yield(state) == crate::yieldable::Yieldable::Yes {
+            crate::local::with(|l| {
+                let _ = crate::panic::catch_in(
+                    l,
+                    std::panic::AssertUnwindSafe(|| {
+                        crate::vm::VmRuntime::with_ffi(l, vm, |rt| rt.waiters.saw(state))
+                    }),
+                );
+            });
+        }
+    }
+    0
+}
+
+/// [`lua_note_running`], or `nil` where callers cannot wait this way.
+pub(crate) fn push_note_running(lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
+    if !available() {
+        return Ok(mlua::Value::Nil);
+    }
+    // SAFETY: lua_note_running follows the lua_CFunction protocol.
+    unsafe { lua.create_c_function(lua_note_running) }.map(mlua::Value::Function)
 }
 
 /// The `wait` function of this library's runtimes (see [`lua_wait`]), or

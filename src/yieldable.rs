@@ -10,8 +10,18 @@
 //! LuaJIT's own `lua_yield` reads: the `CFRAME_RESUME` bit of the thread's
 //! C frame pointer, which is set while the thread runs under `lua_resume`
 //! and clear inside a C call.
+//!
+//! A Lua C function is given its `lua_State`; an FFI call is not. LuaJIT
+//! keeps the running one in its `global_State` (`cur_L`, which its
+//! compiled code reads too), at an offset this module finds by calibration:
+//! while the C function runs for three different coroutines, the one word
+//! of the `global_State` that held each of them is `cur_L` ([`calibrate`]).
+//! Until then, or if no single word qualifies (another LuaJIT), waits take
+//! the C function.
 
 use std::ffi::c_int;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use mlua::ffi;
 
@@ -25,6 +35,18 @@ const STACK: usize = 56;
 const CFRAME: usize = 80;
 /// `CFRAME_RESUME` (lj_frame.h).
 const CFRAME_RESUME: usize = 1;
+/// `lua_State.glref`: the thread's `global_State`.
+const GLREF: usize = 16;
+/// The size of a `lua_State` in OpenResty's LuaJIT (GC64, with `exdata`
+/// and `exdata2`): LuaJIT allocates the main thread right before the
+/// `global_State` (`GG_State`), which is how a `global_State` is told
+/// from something else.
+const STATE_SIZE: usize = 112;
+/// How many words of the `global_State` the calibration looks at. In
+/// OpenResty's LuaJIT 2.1 it is 736 bytes, `cur_L` at 368; the `jit_State`
+/// follows it in the same allocation, whose own `L` field must stay out of
+/// the scan.
+const SCAN_WORDS: usize = 64;
 /// Most bytes between this function's frame and the C frame of the
 /// `lua_resume` or `lua_call` that runs the caller.
 const MAX_C_STACK_DISTANCE: usize = 16 << 20;
@@ -84,6 +106,140 @@ pub(crate) unsafe fn can_yield(state: *mut ffi::lua_State) -> Yieldable {
             Yieldable::No
         }
     }
+}
+
+/// The `global_State` of `state`, if it is one (see [`STATE_SIZE`]).
+///
+/// # Safety
+///
+/// As [`can_yield`], which must have found the layout as expected (not
+/// [`Yieldable::Unknown`]).
+pub(crate) unsafe fn global_of(state: *mut ffi::lua_State) -> Option<usize> {
+    // SAFETY: the caller's contract: `state` is a live lua_State of the
+    // GC64 layout, so `glref` is its global_State, which LuaJIT allocates
+    // in one block right after the main thread's lua_State.
+    unsafe {
+        let g = word(state as usize, GLREF);
+        if g == 0 || !g.is_multiple_of(8) || g < STATE_SIZE || word(g - STATE_SIZE, GLREF) != g {
+            return None;
+        }
+        Some(g)
+    }
+}
+
+/// `cur_L`'s offset in the `global_State` plus one; 0 while unknown,
+/// `usize::MAX` when no word qualified.
+static CUR_L: AtomicUsize = AtomicUsize::new(0);
+
+/// The calibration so far: the words that held every coroutine seen, and
+/// which coroutines.
+struct Calibration {
+    candidates: [u64; SCAN_WORDS / 64],
+    seen: Vec<usize>,
+}
+
+static CALIBRATION: Mutex<Option<Calibration>> = Mutex::new(None);
+
+/// A step of the calibration (see the module docs), while `state` runs a
+/// C function and `g` is its `global_State` (from [`global_of`]).
+///
+/// # Safety
+///
+/// As [`global_of`]; `g` is what it returned for `state`.
+pub(crate) unsafe fn calibrate(state: *mut ffi::lua_State, g: usize) {
+    if CUR_L.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    let mut hits = [0u64; SCAN_WORDS / 64];
+    for (i, hit) in (0..SCAN_WORDS).map(|i| {
+        // SAFETY: a global_State spans more than SCAN_WORDS words.
+        (i, unsafe { word(g, i * 8) } == state as usize)
+    }) {
+        if hit {
+            hits[i / 64] |= 1 << (i % 64);
+        }
+    }
+    let mut guard = CALIBRATION.lock().unwrap_or_else(|e| e.into_inner());
+    let cal = guard.get_or_insert_with(|| Calibration {
+        candidates: [u64::MAX; SCAN_WORDS / 64],
+        seen: Vec::new(),
+    });
+    for (c, h) in cal.candidates.iter_mut().zip(hits) {
+        *c &= h;
+    }
+    if !cal.seen.contains(&(state as usize)) {
+        cal.seen.push(state as usize);
+    }
+    let found: u32 = cal.candidates.iter().map(|c| c.count_ones()).sum();
+    if found == 0 {
+        CUR_L.store(usize::MAX, Ordering::Relaxed);
+    } else if found == 1 && cal.seen.len() >= 3 {
+        let i = cal
+            .candidates
+            .iter()
+            .enumerate()
+            .find_map(|(k, c)| (*c != 0).then(|| k * 64 + c.trailing_zeros() as usize))
+            .expect("one candidate");
+        CUR_L.store(i * 8 + 1, Ordering::Relaxed);
+    }
+}
+
+/// The `lua_State` running now in the VM whose `global_State` is `g`
+/// (from [`global_of`]; 0: not known yet), from inside an FFI call:
+/// `None` until the calibration found `cur_L`.
+///
+/// # Safety
+///
+/// `g` is 0 or a live `global_State`, and Lua code of its VM is running
+/// (the caller is an FFI call).
+pub(crate) unsafe fn running(g: usize) -> Option<*mut ffi::lua_State> {
+    let cur = CUR_L.load(Ordering::Relaxed);
+    if g == 0 || cur == 0 || cur == usize::MAX {
+        return None;
+    }
+    // SAFETY: `cur - 1` is the offset of cur_L in a global_State, and `g`
+    // one (the caller's contract); cur_L is the running lua_State, whose
+    // `glref` must lead back to `g`.
+    unsafe {
+        let l = word(g, cur - 1);
+        if l == 0 || word(l, GLREF) != g {
+            return None;
+        }
+        Some(l as *mut ffi::lua_State)
+    }
+}
+
+/// Whether the Lua code running on `state` (from [`running`]) may yield,
+/// asked from inside an FFI call it made.
+///
+/// # Safety
+///
+/// As [`running`]: `state` is what it returned, during the same FFI call.
+pub(crate) unsafe fn can_yield_running(state: *mut ffi::lua_State) -> Yieldable {
+    let here = &state as *const _ as usize;
+    // SAFETY: a live lua_State of the GC64 layout (the caller's contract).
+    let cframe = unsafe { word(state as usize, CFRAME) };
+    let raw = cframe & !3;
+    // (the C frame of the lua_resume or lua_call that runs the caller lies
+    // above the FFI call's frame on this thread's stack)
+    if raw <= here || raw - here > MAX_C_STACK_DISTANCE {
+        return Yieldable::Unknown;
+    }
+    if cframe & CFRAME_RESUME != 0 {
+        Yieldable::Yes
+    } else {
+        Yieldable::No
+    }
+}
+
+/// The word at `base + off`.
+///
+/// # Safety
+///
+/// `base + off` is readable memory of 8 bytes.
+unsafe fn word(base: usize, off: usize) -> usize {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::read_unaligned((base + off) as *const usize) }
 }
 
 /// The Lua function `can_wait()`: true, false, or nil when it cannot

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * 45;
+plan tests => repeat_each() * 52;
 
 run_tests();
 
@@ -110,3 +110,57 @@ return { slept = async.sleep(0.01) }
 --- response_body
 false cannot wait inside a C function
 true
+
+
+
+=== TEST 6: once the runtime knows the running coroutine, waits are queued from the FFI, which refuses C functions as the C function does
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local rt = require("resty_async_core").__rt
+            -- waits in light threads (coroutines of their own) let the
+            -- runtime find where LuaJIT keeps the running one
+            for _ = 1, 2 do
+                local threads = {}
+                for i = 1, 3 do
+                    threads[i] = ngx.thread.spawn(async.sleep, 0.001)
+                end
+                for i = 1, 3 do
+                    ngx.thread.wait(threads[i])
+                end
+            end
+            local ffi0, c0 = rt.wait_counts()
+            ngx.say("through the C function before: ", c0 > 0)
+            ngx.say(async.sleep(0.001), " ", async.sha256("x"):sub(1, 8))
+            local ffi1, c1 = rt.wait_counts()
+            ngx.say("through the FFI: ", ffi1 - ffi0, ", the C function: ",
+                    c1 - c0)
+            local ok, err = pcall(table.sort, { 3, 1, 2 }, function(a, b)
+                return async.sleep(0.001) and a < b
+            end)
+            ngx.say(ok, " ", (tostring(err):gsub("^.-:%d+: ", "")))
+            ok, err = pcall(string.gsub, "ab", "%w", function(c)
+                return async.sha256(c)
+            end)
+            ngx.say(ok, " ", (tostring(err):gsub("^.-:%d+: ", "")))
+            local co = coroutine.wrap(function()
+                return async.sha256("x"):sub(1, 8)
+            end)
+            ngx.say("in a coroutine: ", co())
+            ngx.say("timed out: ", async.with_timeout(0.01, async.sleep, 1))
+            ngx.say("still works: ", async.sleep(0.001))
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " waiting=", st.waiting)
+        }
+    }
+--- response_body
+through the C function before: true
+true 2d711642
+through the FFI: 2, the C function: 0
+false resty.async: cannot wait inside a C function such as a table.sort comparator or a string.gsub callback (call it outside, or start it with async.spawn and wait for the task outside)
+false resty.async: cannot wait inside a C function such as a table.sort comparator or a string.gsub callback (call it outside, or start it with async.spawn and wait for the task outside)
+in a coroutine: 2d711642
+timed out: niltimeout
+still works: true
+in_flight=0 waiting=0

@@ -125,9 +125,21 @@ local function run_poll(st, arm)
 end
 
 
+-- Shows the runtime the coroutine running now, so that it learns sooner
+-- how to find the running one from an FFI call (see yieldable.rs): the
+-- driver's two coroutines do, before any caller waits.
+local function note_running(st)
+    local note = st.rt.note_running
+    if note then
+        note(st.vm_handle)
+    end
+end
+
+
 -- Light thread of the driver: each byte on the completion socket means
 -- "tasks were woken"; run them right here.
 local function reader(st, sock)
+    note_running(st)
     while true do
         local data, err = sock:receiveany(4096)
         if not data then
@@ -214,6 +226,7 @@ end
 
 
 local function drive(st)
+    note_running(st)
     local rt = st.rt
     local path, err = rt.path()
     if not path then

@@ -46,6 +46,7 @@ struct resty_async_api {
     size_t (*error)(char *buf, size_t cap);
     int (*poll)(const void *vm, int arm, double *ids, int cap,
                 resty_async_poll_out *out);
+    int (*wait)(const void *vm, double id, double timeout);
 };
 ]]
 
@@ -59,7 +60,7 @@ local _M = {
         timeout = 60,
     },
     -- The version of `struct resty_async_api` (src/ffi.rs FFI_ABI).
-    FFI_ABI = 1,
+    FFI_ABI = 2,
     -- resty_async_value.kind
     KIND_NONE = 0,
     KIND_PENDING = 1,
@@ -70,6 +71,12 @@ local _M = {
     KIND_LUA = 6,
     -- what api.cancel returns when dropping the task needs Lua
     CANCEL_NEEDS_LUA = 2,
+    -- what api.wait returns (src/ffi.rs)
+    WAIT_YIELD = 1,
+    WAIT_DONE = 2,
+    WAIT_C_FUNCTION = 0,
+    WAIT_CANNOT = -1,
+    WAIT_TIMEOUT = -2,
 }
 
 local KIND_PENDING = _M.KIND_PENDING

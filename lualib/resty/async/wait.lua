@@ -22,7 +22,17 @@ local kick = driver.kick
 local need_driver = driver.need
 local take_ffi = runtime.take_ffi
 local forget = runtime.forget
+local error_message = runtime.error_message
 local config = runtime.config
+local WAIT_YIELD = runtime.WAIT_YIELD
+local WAIT_DONE = runtime.WAIT_DONE
+local WAIT_C_FUNCTION = runtime.WAIT_C_FUNCTION
+local WAIT_CANNOT = runtime.WAIT_CANNOT
+local WAIT_TIMEOUT = runtime.WAIT_TIMEOUT
+-- The yield of LuaJIT itself (ngx_lua's coroutine.yield is its own): what
+-- a caller that an FFI call queued on a semaphore yields with, as
+-- lua-resty-core's sema:wait does.
+local co_yield = coroutine._yield
 -- C functions a yield passes through (LuaJIT runs them as fast functions).
 local YIELD_THROUGH = { [pcall] = true, [xpcall] = true }
 
@@ -124,17 +134,33 @@ local function wait(st, id, timeout, level, k, ...)
         st.netops[id] = nil
         return carry_out(st, id, timeout, level, unpack(ops, 1, ops.n))
     end
-    local rt_wait = st.wait
     local no_wait
     local t0 = ngx_now()
-    ok, err, no_wait = rt_wait(st.vm_handle, id, timeout)
-    if no_wait and err == nil then
-        -- the runtime cannot tell whether this caller may yield
-        if can_wait_walk() then
-            ok, err, no_wait = rt_wait(st.vm_handle, id, timeout, true)
-        else
-            err = CCALL
+    -- Queued by an FFI call, the caller yields here; until the runtime
+    -- knows the running coroutine (yieldable.rs), it waits in the Lua C
+    -- function.
+    local rc = co_yield and st.api.wait(st.vm, id, timeout) or WAIT_C_FUNCTION
+    ok = nil
+    if rc == WAIT_YIELD then
+        ok, err = co_yield()
+    elseif rc == WAIT_DONE then
+        ok = true
+    elseif rc == WAIT_C_FUNCTION then
+        local rt_wait = st.wait
+        ok, err, no_wait = rt_wait(st.vm_handle, id, timeout)
+        if no_wait and err == nil then
+            -- the runtime cannot tell whether this caller may yield
+            if can_wait_walk() then
+                ok, err, no_wait = rt_wait(st.vm_handle, id, timeout, true)
+            else
+                err = CCALL
+            end
         end
+    elseif rc == WAIT_TIMEOUT then
+        err = "timeout"
+    else
+        err = error_message(st)
+        no_wait = rc == WAIT_CANNOT
     end
     if ok then
         -- (no tail call on the common paths: see runtime.lua)
