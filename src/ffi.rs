@@ -36,7 +36,7 @@ use crate::waiters::Waited;
 
 /// The version of [`Api`] and of the conventions below; `resty/async.lua`
 /// declares the same.
-pub(crate) const FFI_ABI: u32 = 2;
+pub(crate) const FFI_ABI: u32 = 3;
 
 /// What [`Api::poll`] fills in.
 #[repr(C)]
@@ -95,16 +95,29 @@ pub const KIND_LUA: c_int = 6;
 /// event loop (for an earlier timer, or for pool jobs whose wake-up was
 /// deferred to it), 0 when it finished at once (its result is the one
 /// `take(vm, 0, out)` gives), and NaN on misuse (a bad argument value:
-/// `error()` gives the message to raise).
+/// `error()` gives the message to raise). Their last two arguments, `wait`
+/// and `waited`: with `wait` above 0, a pending call also queues its
+/// caller for at most `wait` seconds, as `wait(vm, id, wait)` would, and
+/// `*waited` says what that did (a `WAIT_*` code, [`WAIT_C_FUNCTION`]
+/// when it did not try): one crossing instead of two.
 #[repr(C)]
 pub struct Api {
     pub abi: u32,
     pub size: u32,
-    pub sleep: extern "C" fn(*const c_void, c_double) -> c_double,
-    pub sha256: unsafe extern "C" fn(*const c_void, *const c_char, usize) -> c_double,
-    pub read_file: unsafe extern "C" fn(*const c_void, *const c_char, usize) -> c_double,
-    pub write_file:
-        unsafe extern "C" fn(*const c_void, *const c_char, usize, *const c_char, usize, c_int) -> c_double,
+    pub sleep: unsafe extern "C" fn(*const c_void, c_double, c_double, *mut c_int) -> c_double,
+    pub sha256: unsafe extern "C" fn(*const c_void, *const c_char, usize, c_double, *mut c_int) -> c_double,
+    pub read_file:
+        unsafe extern "C" fn(*const c_void, *const c_char, usize, c_double, *mut c_int) -> c_double,
+    pub write_file: unsafe extern "C" fn(
+        *const c_void,
+        *const c_char,
+        usize,
+        *const c_char,
+        usize,
+        c_int,
+        c_double,
+        *mut c_int,
+    ) -> c_double,
     pub take: unsafe extern "C" fn(*const c_void, c_double, *mut ValueOut) -> c_int,
     pub cancel: extern "C" fn(*const c_void, c_double) -> c_int,
     pub error: unsafe extern "C" fn(*mut c_char, usize) -> usize,
@@ -165,10 +178,52 @@ fn with_runtime_in<R>(local: &Local, vm: *const c_void, fallback: R, f: impl FnO
     }
 }
 
-/// What a spawning function returns for `spawned` (see [`Api`]).
-fn spawned(rt: &Runtime, spawned: Spawned<LuaOutput>) -> c_double {
+/// How a spawning function's caller waits (see [`Api`]).
+#[derive(Clone, Copy)]
+struct Wait {
+    timeout: c_double,
+    waited: *mut c_int,
+}
+
+impl Wait {
+    /// Reads the arguments and says "not tried" until a wait is made.
+    ///
+    /// # Safety
+    ///
+    /// `waited` is null or points to a writable `int`.
+    unsafe fn new(timeout: c_double, waited: *mut c_int) -> Wait {
+        if !waited.is_null() {
+            // SAFETY: the caller's contract.
+            unsafe { *waited = WAIT_C_FUNCTION };
+        }
+        Wait { timeout, waited }
+    }
+
+    /// Queues the caller of pending task `id`, if asked to and it can.
+    fn queue(self, rt: &Runtime, id: TaskId) {
+        if self.waited.is_null() || self.timeout.is_nan() || self.timeout <= 0.0 {
+            return;
+        }
+        let code = match rt.waiters.running_caller() {
+            // SAFETY: `state` is what running_caller returned, in this call.
+            Ok(state) => match unsafe { rt.waiters.wait_running(state, id, timeout_ms(self.timeout)) } {
+                Waited::Yield => WAIT_YIELD,
+                // (the caller tries again through wait())
+                _ => WAIT_C_FUNCTION,
+            },
+            Err(_) => WAIT_C_FUNCTION,
+        };
+        // SAFETY: not null (checked), and writable (Wait::new's contract).
+        unsafe { *self.waited = code };
+    }
+}
+
+/// What a spawning function returns for `spawned` (see [`Api`]); queues
+/// its caller as `wait` says.
+fn spawned(rt: &Runtime, spawned: Spawned<LuaOutput>, wait: Wait) -> c_double {
     match spawned {
         Spawned::Pending(id) => {
+            wait.queue(rt, id);
             let id = id as c_double;
             if rt.take_rearm() | rt.wake_owed() {
                 -id
@@ -206,10 +261,20 @@ unsafe fn bytes<'a>(ptr: *const c_char, len: usize) -> Option<&'a [u8]> {
     Some(unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
 }
 
-extern "C" fn ra_sleep(vm: *const c_void, secs: c_double) -> c_double {
+/// # Safety
+///
+/// `waited` is null or points to a writable `int`.
+unsafe extern "C" fn ra_sleep(
+    vm: *const c_void,
+    secs: c_double,
+    wait: c_double,
+    waited: *mut c_int,
+) -> c_double {
+    // SAFETY: the caller's contract.
+    let wait = unsafe { Wait::new(wait, waited) };
     with_runtime(vm, c_double::NAN, |rt| {
         match crate::builtins::sleep_duration(secs) {
-            Ok(d) => spawned(rt, rt.spawn_sleep(d)),
+            Ok(d) => spawned(rt, rt.spawn_sleep(d), wait),
             Err(msg) => misuse(msg),
         }
     })
@@ -218,29 +283,46 @@ extern "C" fn ra_sleep(vm: *const c_void, secs: c_double) -> c_double {
 /// # Safety
 ///
 /// `ptr` points to `len` readable bytes (or `len` is 0), as a Lua string
-/// passed by LuaJIT's FFI does for the duration of the call.
-unsafe extern "C" fn ra_sha256(vm: *const c_void, ptr: *const c_char, len: usize) -> c_double {
+/// passed by LuaJIT's FFI does for the duration of the call; `waited` is
+/// null or points to a writable `int`.
+unsafe extern "C" fn ra_sha256(
+    vm: *const c_void,
+    ptr: *const c_char,
+    len: usize,
+    wait: c_double,
+    waited: *mut c_int,
+) -> c_double {
+    // SAFETY: the caller's contract.
+    let wait = unsafe { Wait::new(wait, waited) };
     // SAFETY: a Lua string passed by LuaJIT's FFI: `len` bytes at `ptr`.
     let Some(data) = (unsafe { bytes(ptr, len) }) else {
         return misuse("bad argument #1 to 'sha256' (string expected)".to_owned());
     };
     with_runtime(vm, c_double::NAN, |rt| {
         let job = crate::builtins::sha256_job(data);
-        spawn_job(rt, job)
+        spawn_job(rt, job, wait)
     })
 }
 
 /// # Safety
 ///
 /// As [`ra_sha256`].
-unsafe extern "C" fn ra_read_file(vm: *const c_void, ptr: *const c_char, len: usize) -> c_double {
+unsafe extern "C" fn ra_read_file(
+    vm: *const c_void,
+    ptr: *const c_char,
+    len: usize,
+    wait: c_double,
+    waited: *mut c_int,
+) -> c_double {
+    // SAFETY: as in ra_sha256.
+    let wait = unsafe { Wait::new(wait, waited) };
     // SAFETY: as in ra_sha256.
     let Some(path) = (unsafe { bytes(ptr, len) }) else {
         return misuse("bad argument #1 to 'read_file' (string expected)".to_owned());
     };
     with_runtime(vm, c_double::NAN, |rt| {
         match crate::builtins::read_file_job(path) {
-            Ok(job) => spawn_job(rt, job),
+            Ok(job) => spawn_job(rt, job, wait),
             Err(msg) => misuse(msg),
         }
     })
@@ -256,7 +338,11 @@ unsafe extern "C" fn ra_write_file(
     data: *const c_char,
     data_len: usize,
     append: c_int,
+    wait: c_double,
+    waited: *mut c_int,
 ) -> c_double {
+    // SAFETY: as in ra_sha256.
+    let wait = unsafe { Wait::new(wait, waited) };
     // SAFETY: as in ra_sha256, for both strings.
     let (Some(path), Some(data)) = (unsafe { bytes(path, path_len) }, unsafe { bytes(data, data_len) })
     else {
@@ -264,16 +350,16 @@ unsafe extern "C" fn ra_write_file(
     };
     with_runtime(vm, c_double::NAN, |rt| {
         match crate::builtins::write_file_job(path, data, append != 0) {
-            Ok(job) => spawn_job(rt, job),
+            Ok(job) => spawn_job(rt, job, wait),
             Err(msg) => misuse(msg),
         }
     })
 }
 
 /// Queues a blocking job; a full queue is a result at once.
-fn spawn_job(rt: &Runtime, job: impl FnOnce() -> Sendable + Send + 'static) -> c_double {
+fn spawn_job(rt: &Runtime, job: impl FnOnce() -> Sendable + Send + 'static, wait: Wait) -> c_double {
     rt.batch(|| match rt.spawn_job_raw(job) {
-        Ok(id) => spawned(rt, Spawned::Pending(id)),
+        Ok(id) => spawned(rt, Spawned::Pending(id), wait),
         Err(e) => ready(Ok(Sendable::Failed(e.to_string()))),
     })
 }
@@ -357,11 +443,7 @@ pub const WAIT_FAILED: c_int = -3;
 /// runs now (`yieldable.rs`); until that is known, the caller is told to
 /// wait through the Lua C function.
 extern "C" fn ra_wait(vm: *const c_void, id: c_double, timeout: c_double) -> c_int {
-    let ms = if timeout.is_finite() {
-        (timeout * 1000.0).clamp(1.0, c_int::MAX as c_double) as c_int
-    } else {
-        c_int::MAX
-    };
+    let ms = timeout_ms(timeout);
     with_runtime(vm, WAIT_FAILED, |rt| {
         let Some(id) = task_id(id) else {
             misuse("resty.async: bad task id".to_owned());
@@ -488,6 +570,15 @@ unsafe extern "C" fn ra_poll(
         }
         n
     })
+}
+
+/// A wait's timeout in milliseconds, as ngx_lua's semaphores take it.
+fn timeout_ms(timeout: c_double) -> c_int {
+    if timeout.is_finite() {
+        (timeout * 1000.0).clamp(1.0, c_int::MAX as c_double) as c_int
+    } else {
+        c_int::MAX
+    }
 }
 
 /// A task id from Lua: a whole number from 1 to 2^53.

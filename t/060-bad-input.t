@@ -255,7 +255,7 @@ running: true
             ngx.say(wait(io.stdout, 1, 1))
             -- an FFI entry point, as a caller could reach it through ffi
             local api = ffi.cast("const struct resty_async_api *", core.__api)
-            local r = api.sleep(ffi.cast("const void *", 4096), 1)
+            local r = api.sleep(ffi.cast("const void *", 4096), 1, 0, nil)
             local buf = ffi.new("char[128]")
             ngx.say("sleep: ", r ~= r and "NaN" or r, " ",
                     ffi.string(buf, api.error(buf, 128)))

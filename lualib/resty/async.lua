@@ -7,6 +7,7 @@
 -- register() wraps so that a call waits (resty.async.wait) for its task,
 -- which a driver (resty.async.driver) runs.
 
+local ffi = require "ffi"
 local core = require "resty_async_core"
 local runtime = require "resty.async.runtime"
 local driver = require "resty.async.driver"
@@ -233,6 +234,25 @@ core_st = runtime.get(core, core.__name)
 local api = core_st.api
 local vm = core_st.vm
 local NAN = 0 / 0
+-- What a built-in's start did to queue its caller (src/ffi.rs: Api).
+local waited = ffi.new("int[1]")
+local WAIT_YIELD = runtime.WAIT_YIELD
+local co_yield = coroutine._yield
+local take_ffi = runtime.take_ffi
+local forget = runtime.forget
+local kick = driver.kick
+
+
+-- How long a built-in's start queues its caller for, if it is pending: the
+-- default timeout while the driver runs (which must serve the wait), and
+-- not at all for a raw call (async.spawn, with_timeout), whose caller
+-- waits (or not) later.
+local function wait_now(raw)
+    if raw or not core_st.running or not co_yield then
+        return 0
+    end
+    return config.timeout
+end
 
 
 -- A string argument, as Lua's own functions take one: a number is
@@ -255,37 +275,38 @@ end
 -- entry point returns (src/ffi.rs: a task id, 0 when it finished at once,
 -- NaN on misuse), and the message of a misuse found here.
 
-local function start_sleep(secs)
+local function start_sleep(secs, raw)
     if type(secs) ~= "number" then
         return NAN, "bad argument #1 to 'sleep' (number expected, got "
                     .. type(secs) .. ")"
     end
-    local r = api.sleep(vm, secs)  -- (no tail calls: see runtime.lua)
+    -- (no tail calls: see runtime.lua)
+    local r = api.sleep(vm, secs, wait_now(raw), waited)
     return r
 end
 
 
-local function start_sha256(data)
+local function start_sha256(data, raw)
     local s, err = string_arg(data, 1, "sha256")
     if not s then
         return NAN, err
     end
-    local r = api.sha256(vm, s, #s)
+    local r = api.sha256(vm, s, #s, wait_now(raw), waited)
     return r
 end
 
 
-local function start_read_file(path)
+local function start_read_file(path, raw)
     local p, err = string_arg(path, 1, "read_file")
     if not p then
         return NAN, err
     end
-    local r = api.read_file(vm, p, #p)
+    local r = api.read_file(vm, p, #p, wait_now(raw), waited)
     return r
 end
 
 
-local function start_write_file(path, data, mode)
+local function start_write_file(path, data, mode, raw)
     local p, err = string_arg(path, 1, "write_file")
     if not p then
         return NAN, err
@@ -304,7 +325,8 @@ local function start_write_file(path, data, mode)
         return NAN, "bad argument #3 to 'write_file' (mode must be \"w\" "
                     .. "or \"a\")"
     end
-    local r = api.write_file(vm, p, #p, d, #d, append)
+    local r = api.write_file(vm, p, #p, d, #d, append, wait_now(raw),
+                             waited)
     return r
 end
 
@@ -318,6 +340,22 @@ local function finish_builtin(r, msg, level)
     local v, err
     if r == 0 then
         v, err = take(core_st, 0)
+    elseif waited[0] == WAIT_YIELD then
+        -- the start queued the caller (as resty.async.wait does)
+        if r < 0 then
+            r = -r
+            kick(core_st)
+        end
+        local ok
+        ok, err = co_yield()
+        if ok then
+            local n, a, b = take_ffi(core_st, r)
+            if n == 1 then
+                return a
+            end
+            return a, b
+        end
+        forget(core_st, r)
     else
         v, err = wait(core_st, r, config.timeout, level + 1)
     end
@@ -393,14 +431,31 @@ function _M.write_file(path, data, mode)
 end
 
 
-wrapped[_M.sleep] = { st = core_st, name = "sleep",
-                      raw = raw_builtin(start_sleep, true) }
-wrapped[_M.sha256] = { st = core_st, name = "sha256",
-                       raw = raw_builtin(start_sha256) }
-wrapped[_M.read_file] = { st = core_st, name = "read_file",
-                          raw = raw_builtin(start_read_file) }
-wrapped[_M.write_file] = { st = core_st, name = "write_file",
-                           raw = raw_builtin(start_write_file) }
+-- (raw: the caller is not queued by the start; see wait_now)
+wrapped[_M.sleep] = {
+    st = core_st, name = "sleep",
+    raw = raw_builtin(function(secs)
+        return start_sleep(secs, true)
+    end, true),
+}
+wrapped[_M.sha256] = {
+    st = core_st, name = "sha256",
+    raw = raw_builtin(function(data)
+        return start_sha256(data, true)
+    end),
+}
+wrapped[_M.read_file] = {
+    st = core_st, name = "read_file",
+    raw = raw_builtin(function(path)
+        return start_read_file(path, true)
+    end),
+}
+wrapped[_M.write_file] = {
+    st = core_st, name = "write_file",
+    raw = raw_builtin(function(path, data, mode)
+        return start_write_file(path, data, mode, true)
+    end),
+}
 
 
 return _M

@@ -36,11 +36,14 @@ typedef struct {
 struct resty_async_api {
     uint32_t abi;
     uint32_t size;
-    double (*sleep)(const void *vm, double secs);
-    double (*sha256)(const void *vm, const char *p, size_t n);
-    double (*read_file)(const void *vm, const char *p, size_t n);
+    double (*sleep)(const void *vm, double secs, double wait, int *waited);
+    double (*sha256)(const void *vm, const char *p, size_t n, double wait,
+                     int *waited);
+    double (*read_file)(const void *vm, const char *p, size_t n,
+                        double wait, int *waited);
     double (*write_file)(const void *vm, const char *p, size_t n,
-                         const char *d, size_t dn, int append);
+                         const char *d, size_t dn, int append, double wait,
+                         int *waited);
     int (*take)(const void *vm, double id, resty_async_value *out);
     int (*cancel)(const void *vm, double id);
     size_t (*error)(char *buf, size_t cap);
@@ -60,7 +63,7 @@ local _M = {
         timeout = 60,
     },
     -- The version of `struct resty_async_api` (src/ffi.rs FFI_ABI).
-    FFI_ABI = 2,
+    FFI_ABI = 3,
     -- resty_async_value.kind
     KIND_NONE = 0,
     KIND_PENDING = 1,
