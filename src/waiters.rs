@@ -4,10 +4,13 @@
 //! driver posts when the task finishes. Done in Lua (lua-resty-core's
 //! `ngx.semaphore`), that costs a semaphore object, a table entry per
 //! waiter and a post per finished task in the driver's Lua code, and the
-//! caller goes on in the interpreter after the yield. Here the waiting
-//! function is a Lua C function that queues the caller on a semaphore of
-//! its own and yields (LuaJIT then resumes the caller's compiled code),
-//! and the driver's poll posts the semaphores of finished tasks itself.
+//! caller goes on in the interpreter after the yield. Here an FFI call
+//! (`wait`, or a built-in's start, in `ffi.rs`) queues the caller on a
+//! semaphore of the runtime's, and the caller yields with LuaJIT's own
+//! yield, as lua-resty-core's `sema:wait` does; the driver's poll posts the
+//! semaphores of finished tasks itself. Until the runtime can find the
+//! running coroutine from an FFI call (`yieldable.rs`), the caller waits
+//! in a Lua C function instead ([`lua_wait`]), which queues it and yields.
 //!
 //! The semaphores are ngx_lua's (`ngx_http_lua_ffi_sema_*`, the C functions
 //! lua-resty-core calls), found with `dlsym` in the running nginx; the
@@ -16,8 +19,9 @@
 //! `resty/async.lua` waits on `ngx.semaphore` itself.
 //!
 //! ngx_lua queues a waiter on the semaphore before the yield; a yield that
-//! fails (inside a C function that calls Lua) would leave it queued, so the
-//! wait checks first that the caller may yield (`yieldable.rs`).
+//! fails (inside a C function that calls Lua) would leave it queued, so
+//! either way the wait checks first that the caller may yield
+//! (`yieldable.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_void, CStr};

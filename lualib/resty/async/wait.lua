@@ -114,11 +114,11 @@ end
 
 
 -- Waits for the task of a pending raw call's result `id` (see pending_id)
--- to finish; returns its results. The caller yields in the runtime's
--- wait() (see waiters.rs): nothing is queued where it may not yield, and
--- it goes on in compiled code when it resumes. A task that queues socket
--- ops has its caller carry them out (resty.async.net): `k, ...`, the ops
--- its raw call returned, or those the runtime wakes the caller for.
+-- to finish; returns its results. The runtime queues the caller (see
+-- waiters.rs), which then yields: nothing is queued where it may not
+-- yield. A task that queues socket ops has its caller carry them out
+-- (resty.async.net): `k, ...`, the ops its raw call returned, or those the
+-- runtime wakes the caller for.
 -- (`level`: the caller's level for error(), as seen from here.)
 local function wait(st, id, timeout, level, k, ...)
     id = pending_id(st, id)
