@@ -206,7 +206,7 @@ impl Wait {
         }
         let code = match rt.waiters.running_caller() {
             // SAFETY: `state` is what running_caller returned, in this call.
-            Ok(state) => match unsafe { rt.waiters.wait_running(state, id, timeout_ms(self.timeout)) } {
+            Ok(state) => match unsafe { wait_running(rt, state, id, timeout_ms(self.timeout)) } {
                 Waited::Yield => WAIT_YIELD,
                 // (the caller tries again through wait())
                 _ => WAIT_C_FUNCTION,
@@ -465,7 +465,7 @@ extern "C" fn ra_wait(vm: *const c_void, id: c_double, timeout: c_double) -> c_i
             return WAIT_DONE;
         }
         // SAFETY: `state` is what running_caller returned, in this call.
-        match unsafe { rt.waiters.wait_running(state, id, ms) } {
+        match unsafe { wait_running(rt, state, id, ms) } {
             Waited::Yield => WAIT_YIELD,
             Waited::Done => WAIT_DONE,
             Waited::Timeout => WAIT_TIMEOUT,
@@ -565,11 +565,32 @@ unsafe extern "C" fn ra_poll(
                 next_ms: polled.next.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
                 n,
                 flags,
-                waiting: rt.waiters.len().min(c_int::MAX as usize) as c_int,
+                waiting: rt.waiting().min(c_int::MAX as usize) as c_int,
             };
         }
         n
     })
+}
+
+/// [`Runtime::wait`] for `state` from [`crate::waiters::Waiters::running_caller`],
+/// from inside the FFI call it made, which cannot yield itself: the caller
+/// yields when told to.
+///
+/// # Safety
+///
+/// `state` is what `running_caller` returned during this FFI call.
+unsafe fn wait_running(
+    rt: &Runtime,
+    state: *mut mlua::ffi::lua_State,
+    id: TaskId,
+    timeout_ms: c_int,
+) -> Waited {
+    // SAFETY: the caller's contract: `state` runs now and may yield.
+    let waited = unsafe { rt.wait(state, id, timeout_ms) };
+    if let Waited::Yield = waited {
+        rt.waiters.count_ffi();
+    }
+    waited
 }
 
 /// A wait's timeout in milliseconds, as ngx_lua's semaphores take it.

@@ -27,6 +27,7 @@ use crate::runtime::LuaOutput;
 use crate::sendable::Sendable;
 use crate::socket::Notifier;
 use crate::timer::{Key, Timers};
+use crate::waiters::{Waited, Waiter, Waiters};
 
 enum Kind {
     /// A pool job: its errand once it came back.
@@ -45,6 +46,9 @@ struct Slot {
     /// (Boxed: slots move in and out of the map on every call, and few
     /// results need mlua.)
     held: Option<Box<Result<Sendable, PoolError>>>,
+    /// The caller waiting for it (kept here rather than in [`Waiters`]:
+    /// the slot is at hand when the task is done and when it is taken).
+    waiter: Option<Waiter>,
 }
 
 /// What [`PlainTasks::take_raw`] found.
@@ -165,6 +169,8 @@ pub(crate) struct PlainTasks {
     spent: RefCell<Vec<Box<dyn Returned>>>,
     completed: Cell<u64>,
     cancelled: Cell<u64>,
+    /// Slots with a waiter.
+    waiting: Cell<usize>,
 }
 
 /// Most spent jobs kept for [`PlainTasks::retire`].
@@ -187,6 +193,7 @@ impl PlainTasks {
             spent: RefCell::new(Vec::with_capacity(MAX_SPENT)),
             completed: Cell::new(0),
             cancelled: Cell::new(0),
+            waiting: Cell::new(0),
         }
     }
 
@@ -223,24 +230,68 @@ impl PlainTasks {
             kind,
             done: false,
             held: None,
+            waiter: None,
         };
         self.slots.borrow_mut().insert(id, slot);
     }
 
-    /// Hands the ids of the tasks done since the last call to `f`: jobs the
-    /// pool reported, sleeps whose deadline fired (a task cancelled
-    /// meanwhile is skipped).
-    pub(crate) fn take_completed(&self, mut f: impl FnMut(TaskId)) {
-        let mut done = |id| {
-            let known = match self.slots.borrow_mut().get_mut(&id) {
-                Some(slot) => {
-                    slot.done = true;
-                    true
+    /// Queues the caller running on `state` for task `id` (see
+    /// [`Waiters::wait`]), its waiter kept in the task's slot; `None` if
+    /// there is no such task.
+    ///
+    /// # Safety
+    ///
+    /// As [`Waiters::wait`].
+    pub(crate) unsafe fn wait(
+        &self,
+        waiters: &Waiters,
+        state: *mut mlua::ffi::lua_State,
+        id: TaskId,
+        timeout_ms: std::ffi::c_int,
+    ) -> Option<Waited> {
+        let mut slots = self.slots.borrow_mut();
+        let slot = slots.get_mut(&id)?;
+        if slot.waiter.is_some() {
+            return Some(Waited::Failed(
+                "resty.async: this task is waited for already".to_owned(),
+            ));
+        }
+        if slot.done {
+            return Some(Waited::Done);
+        }
+        // SAFETY: the caller's contract.
+        Some(match unsafe { waiters.queue(state, timeout_ms) } {
+            Ok(waiter) => {
+                slot.waiter = Some(waiter);
+                self.waiting.set(self.waiting.get() + 1);
+                Waited::Yield
+            }
+            Err(waited) => waited,
+        })
+    }
+
+    /// Hands the ids of the tasks done since the last call to `f`, or posts
+    /// their waiters: jobs the pool reported, sleeps whose deadline fired
+    /// (a task cancelled meanwhile is skipped).
+    pub(crate) fn take_completed(&self, waiters: &Waiters, mut f: impl FnMut(TaskId)) {
+        // Marks the slot done; whether to tell `f`.
+        let finish = |slot: &mut Slot| {
+            slot.done = true;
+            self.completed.set(self.completed.get() + 1);
+            match slot.waiter.as_mut() {
+                Some(w) => {
+                    waiters.post_waiter(w);
+                    false
                 }
+                None => true,
+            }
+        };
+        let mut done = |id| {
+            let tell = match self.slots.borrow_mut().get_mut(&id) {
+                Some(slot) => finish(slot),
                 None => false,
             };
-            if known {
-                self.completed.set(self.completed.get() + 1);
+            if tell {
                 f(id);
             }
         };
@@ -256,10 +307,11 @@ impl PlainTasks {
             match slots.get_mut(&id) {
                 Some(slot) => {
                     slot.kind = Kind::Job(Some(errand));
-                    slot.done = true;
+                    let tell = finish(slot);
                     drop(slots);
-                    self.completed.set(self.completed.get() + 1);
-                    f(id);
+                    if tell {
+                        f(id);
+                    }
                 }
                 None => {
                     // cancelled while it ran
@@ -271,15 +323,46 @@ impl PlainTasks {
         }
     }
 
+    /// Takes the waiter out of `slot` and gives its semaphore back (its
+    /// caller resumed, or is gone).
+    fn release(&self, waiters: &Waiters, slot: &mut Slot) {
+        if let Some(w) = slot.waiter.take() {
+            self.waiting.set(self.waiting.get() - 1);
+            waiters.give_back(w);
+        }
+    }
+
+    /// The waiters ngx_lua killed (see [`Waiters::sweep`]): their tasks are
+    /// handed to `dead`.
+    pub(crate) fn sweep(&self, mut dead: impl FnMut(TaskId)) {
+        if self.waiting.get() == 0 {
+            return;
+        }
+        for (&id, slot) in self.slots.borrow_mut().iter_mut() {
+            if let Some(w) = slot.waiter.as_mut() {
+                if Waiters::is_dead(w) {
+                    dead(id);
+                }
+            }
+        }
+    }
+
+    /// Callers waiting for plain tasks.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.get()
+    }
+
     /// The result of a finished task, as its job made it, which frees its
     /// slot; one that only mlua can convert stays for
     /// [`PlainTasks::take_lua`].
-    pub(crate) fn take_raw(&self, id: TaskId) -> Taken {
+    pub(crate) fn take_raw(&self, waiters: &Waiters, id: TaskId) -> Taken {
         // (taken out, and put back in the rare case that the result stays:
         // one lookup on the common path)
         let Some(mut slot) = self.slots.borrow_mut().remove(&id) else {
             return Taken::Unknown;
         };
+        // (its caller runs now: a waiter it had is over)
+        self.release(waiters, &mut slot);
         let res = match (slot.held.take(), &mut slot.kind) {
             (Some(res), _) => Some(*res),
             (None, Kind::Job(Some(errand))) => Some(errand.take()),
@@ -302,8 +385,8 @@ impl PlainTasks {
 
     /// The outcome of a finished task as Lua values, which frees its
     /// slot. `None` if the task is unknown or not finished.
-    pub(crate) fn take_lua(&self, lua: &Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
-        let res = match self.take_raw(id) {
+    pub(crate) fn take_lua(&self, lua: &Lua, waiters: &Waiters, id: TaskId) -> Option<Outcome<LuaOutput>> {
+        let res = match self.take_raw(waiters, id) {
             Taken::Raw(res) => res,
             Taken::NeedsLua => {
                 let slot = self.slots.borrow_mut().remove(&id)?;
@@ -340,9 +423,10 @@ impl PlainTasks {
     /// Throws a task away: a job that has not started will not run, a
     /// sleep's deadline is removed, a result is dropped. Returns whether
     /// the task existed.
-    pub(crate) fn cancel(&self, id: TaskId) -> bool {
+    pub(crate) fn cancel(&self, waiters: &Waiters, id: TaskId) -> bool {
         let slot = self.slots.borrow_mut().remove(&id);
-        let Some(slot) = slot else { return false };
+        let Some(mut slot) = slot else { return false };
+        self.release(waiters, &mut slot);
         if !slot.done {
             self.cancelled.set(self.cancelled.get() + 1);
         }
@@ -359,10 +443,10 @@ impl PlainTasks {
     }
 
     /// Throws every task away (see [`PlainTasks::cancel`]).
-    pub(crate) fn shutdown(&self) {
+    pub(crate) fn shutdown(&self, waiters: &Waiters) {
         let ids: Vec<TaskId> = self.slots.borrow().keys().copied().collect();
         for id in ids {
-            self.cancel(id);
+            self.cancel(waiters, id);
         }
         self.spent.borrow_mut().clear();
     }

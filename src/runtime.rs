@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::ffi::c_int;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
 use crate::timer::{Sleep, Timers, TIMER_SLACK};
 use crate::values::LuaValues;
-use crate::waiters::Waiters;
+use crate::waiters::{Waited, Waiters};
 
 /// What [`Runtime::settle`] found.
 pub(crate) enum Settled {
@@ -146,7 +147,7 @@ impl Runtime {
     pub(crate) fn shutdown(&self) {
         self.executor.shutdown();
         self.net.clear();
-        self.plain.shutdown();
+        self.plain.shutdown(&self.waiters);
         self.disconnect_driver();
     }
 
@@ -404,7 +405,7 @@ impl Runtime {
             }
         };
         self.executor.take_completed(&mut found);
-        self.plain.take_completed(&mut found);
+        self.plain.take_completed(&self.waiters, &mut found);
         self.net.take_ready(|id| {
             if !self.waiters.post(id) {
                 done.push_back(Done::Ops(id));
@@ -474,11 +475,11 @@ impl Runtime {
 
     /// The outcome of a finished task as Lua values (frees its slot).
     pub(crate) fn take(&self, lua: &mlua::Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
-        self.waiters.release(id);
         let out = if self.executor.contains(id) {
+            self.waiters.release(id);
             self.executor.take(id)
         } else {
-            self.plain.take_lua(lua, id)
+            self.plain.take_lua(lua, &self.waiters, id)
         };
         self.net.remove(id);
         out
@@ -498,8 +499,35 @@ impl Runtime {
             self.waiters.release(id);
             return Taken::Pending;
         }
-        self.waiters.release(id);
-        self.plain.take_raw(id)
+        // (a plain task's waiter is in its slot: see Runtime::wait)
+        self.plain.take_raw(&self.waiters, id)
+    }
+
+    /// Queues the caller running on `state` for task `id` (see
+    /// [`Waiters::wait`]): a plain task keeps its waiter, other tasks'
+    /// are kept by [`Waiters`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Waiters::wait`].
+    pub(crate) unsafe fn wait(
+        &self,
+        state: *mut mlua::ffi::lua_State,
+        id: TaskId,
+        timeout_ms: c_int,
+    ) -> Waited {
+        // SAFETY: the caller's contract, for either.
+        unsafe {
+            match self.plain.wait(&self.waiters, state, id, timeout_ms) {
+                Some(waited) => waited,
+                None => self.waiters.wait(state, id, timeout_ms),
+            }
+        }
+    }
+
+    /// Callers waiting for tasks.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiters.len() + self.plain.waiting()
     }
 
     /// Whether cancelling task `id` drops a future (which may use Lua).
@@ -511,7 +539,7 @@ impl Runtime {
     /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
         self.waiters.release(id);
-        let found = self.executor.cancel(id) || self.plain.cancel(id);
+        let found = self.executor.cancel(id) || self.plain.cancel(&self.waiters, id);
         self.net.remove(id);
         found
     }
@@ -521,6 +549,7 @@ impl Runtime {
     pub(crate) fn sweep_waiters(&self) {
         let mut dead = Vec::new();
         self.waiters.sweep(|id| dead.push(id));
+        self.plain.sweep(|id| dead.push(id));
         for id in dead {
             self.cancel(id);
         }
@@ -550,7 +579,7 @@ impl Runtime {
             polls: self.polls.get(),
             rejected_peers: self.rejected.get(),
             connected: self.notifier.connected(),
-            waiting: self.waiters.len(),
+            waiting: self.waiting(),
             streams: self.net.streams(),
         }
     }

@@ -92,7 +92,9 @@ pub(crate) fn available() -> bool {
     ngx().is_some()
 }
 
-struct Waiter {
+/// A caller queued on a semaphore. Kept in [`Waiters`], or by the plain
+/// task it waits for (`futureless.rs`), which saves a map.
+pub(crate) struct Waiter {
     sema: *mut Sema,
     /// The driver posted it.
     posted: bool,
@@ -141,19 +143,43 @@ impl Waiters {
     /// `state` is the state of a Lua C function that runs now (its
     /// coroutine is the caller), which checked that it may yield.
     pub(crate) unsafe fn wait(&self, state: *mut ffi::lua_State, id: TaskId, timeout_ms: c_int) -> Waited {
+        let mut waiting = self.waiting.borrow_mut();
+        let std::collections::hash_map::Entry::Vacant(entry) = waiting.entry(id) else {
+            return Waited::Failed("resty.async: this task is waited for already".to_owned());
+        };
+        // SAFETY: the caller's contract.
+        match unsafe { self.queue(state, timeout_ms) } {
+            Ok(waiter) => {
+                entry.insert(waiter);
+                Waited::Yield
+            }
+            Err(waited) => waited,
+        }
+    }
+
+    /// Queues the caller running on `state` on a spare semaphore for at
+    /// most `timeout_ms`: the waiter to keep (the caller must yield at
+    /// once), or what happened instead.
+    ///
+    /// # Safety
+    ///
+    /// As [`Waiters::wait`].
+    pub(crate) unsafe fn queue(
+        &self,
+        state: *mut ffi::lua_State,
+        timeout_ms: c_int,
+    ) -> Result<Waiter, Waited> {
         let Some(ngx) = ngx() else {
-            return Waited::Failed("resty.async: cannot wait here (no ngx_lua semaphores)".to_owned());
+            return Err(Waited::Failed(
+                "resty.async: cannot wait here (no ngx_lua semaphores)".to_owned(),
+            ));
         };
         // SAFETY: the caller's contract: `state` is the running coroutine,
         // whose exdata ngx_lua set to its request.
         let r = unsafe { (ngx.exdata)(state) };
         if r.is_null() {
-            return Waited::Failed("resty.async: no request found".to_owned());
+            return Err(Waited::Failed("resty.async: no request found".to_owned()));
         }
-        let mut waiting = self.waiting.borrow_mut();
-        let std::collections::hash_map::Entry::Vacant(entry) = waiting.entry(id) else {
-            return Waited::Failed("resty.async: this task is waited for already".to_owned());
-        };
         let sema = match self.take_spare() {
             Some(s) => s,
             None => {
@@ -161,10 +187,10 @@ impl Waiters {
                 let mut err: *const c_char = std::ptr::null();
                 // SAFETY: ngx_lua's allocator, with out-pointers it fills.
                 if unsafe { (ngx.new)(&mut sema, 0, &mut err) } != NGX_OK || sema.is_null() {
-                    return Waited::Failed(format!(
+                    return Err(Waited::Failed(format!(
                         "resty.async: cannot make a semaphore: {}",
                         c_message(err)
-                    ));
+                    )));
                 }
                 sema
             }
@@ -174,28 +200,53 @@ impl Waiters {
         // SAFETY: `r` is the caller's request, `sema` a live semaphore of
         // ngx_lua's, `buf` has `len` bytes for a message.
         let rc = unsafe { (ngx.wait)(r, sema, timeout_ms, buf.as_mut_ptr(), &mut len) };
-        match rc {
-            NGX_AGAIN => {
-                entry.insert(Waiter {
-                    sema,
-                    posted: false,
-                    stale: false,
-                });
-                Waited::Yield
-            }
-            other => {
-                drop(waiting);
-                self.put_spare(sema);
-                match other {
-                    NGX_OK => Waited::Done,
-                    NGX_DECLINED => Waited::Timeout,
-                    NGX_ERROR => {
-                        Waited::Failed(String::from_utf8_lossy(&buf[..len.min(buf.len())]).into_owned())
-                    }
-                    rc => Waited::Failed(format!("resty.async: the semaphore wait returned {rc}")),
-                }
+        if rc == NGX_AGAIN {
+            return Ok(Waiter {
+                sema,
+                posted: false,
+                stale: false,
+            });
+        }
+        self.put_spare(sema);
+        Err(match rc {
+            NGX_OK => Waited::Done,
+            NGX_DECLINED => Waited::Timeout,
+            NGX_ERROR => Waited::Failed(String::from_utf8_lossy(&buf[..len.min(buf.len())]).into_owned()),
+            rc => Waited::Failed(format!("resty.async: the semaphore wait returned {rc}")),
+        })
+    }
+
+    /// Posts `w` (once).
+    pub(crate) fn post_waiter(&self, w: &mut Waiter) {
+        if !w.posted {
+            w.posted = true;
+            if let Some(ngx) = ngx() {
+                // SAFETY: a live semaphore of ngx_lua's with a waiter.
+                unsafe { (ngx.post)(w.sema, 1) };
+                self.posts.set(self.posts.get() + 1);
             }
         }
+    }
+
+    /// Takes back the semaphore of `w`, whose caller resumed or is gone.
+    pub(crate) fn give_back(&self, w: Waiter) {
+        self.put_spare(w.sema);
+    }
+
+    /// Whether ngx_lua killed the caller of `w` (see [`Waiters::sweep`]).
+    pub(crate) fn is_dead(w: &mut Waiter) -> bool {
+        let Some(ngx) = ngx() else { return false };
+        if w.posted {
+            std::mem::replace(&mut w.stale, true)
+        } else {
+            // SAFETY: a live semaphore of ngx_lua's.
+            (unsafe { (ngx.count)(w.sema) }) >= 0
+        }
+    }
+
+    /// Counts a caller queued from an FFI call, kept elsewhere.
+    pub(crate) fn count_ffi(&self) {
+        self.by_ffi.set(self.by_ffi.get() + 1);
     }
 
     /// The coroutine running now, from inside an FFI call it made, if it
@@ -212,28 +263,6 @@ impl Waiters {
             crate::yieldable::Yieldable::No => Err(Some(Waited::Cannot)),
             crate::yieldable::Yieldable::Unknown => Err(None),
         }
-    }
-
-    /// [`Waiters::wait`] for `state` from [`Waiters::running_caller`], from
-    /// inside the FFI call it made, which cannot yield itself: the caller
-    /// yields when told to.
-    ///
-    /// # Safety
-    ///
-    /// `state` is what [`Waiters::running_caller`] returned during this FFI
-    /// call.
-    pub(crate) unsafe fn wait_running(
-        &self,
-        state: *mut ffi::lua_State,
-        id: TaskId,
-        timeout_ms: c_int,
-    ) -> Waited {
-        // SAFETY: the caller's contract: `state` runs now and may yield.
-        let waited = unsafe { self.wait(state, id, timeout_ms) };
-        if let Waited::Yield = waited {
-            self.by_ffi.set(self.by_ffi.get() + 1);
-        }
-        waited
     }
 
     /// How many callers were queued from an FFI call and how many from
@@ -264,14 +293,7 @@ impl Waiters {
         let Some(w) = waiting.get_mut(&id) else {
             return false;
         };
-        if !w.posted {
-            w.posted = true;
-            if let Some(ngx) = ngx() {
-                // SAFETY: a live semaphore of ngx_lua's with a waiter.
-                unsafe { (ngx.post)(w.sema, 1) };
-                self.posts.set(self.posts.get() + 1);
-            }
-        }
+        self.post_waiter(w);
         true
     }
 
@@ -288,16 +310,9 @@ impl Waiters {
     /// killed waiter leaves its semaphore without anyone waiting; one
     /// posted a sweep ago and still here was killed after the post.
     pub(crate) fn sweep(&self, mut dead: impl FnMut(TaskId)) {
-        let Some(ngx) = ngx() else { return };
         let mut gone = Vec::new();
         for (&id, w) in self.waiting.borrow_mut().iter_mut() {
-            let is_dead = if w.posted {
-                std::mem::replace(&mut w.stale, true)
-            } else {
-                // SAFETY: a live semaphore of ngx_lua's.
-                (unsafe { (ngx.count)(w.sema) }) >= 0
-            };
-            if is_dead {
+            if Waiters::is_dead(w) {
                 gone.push(id);
             }
         }
@@ -416,7 +431,7 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
                                 // (it takes the task as pending, see take_raw)
                                 return Waited::Done;
                             }
-                            let waited = rt.waiters.wait(state, id, ms);
+                            let waited = rt.wait(state, id, ms);
                             if let Waited::Yield = waited {
                                 rt.waiters.by_c_function.set(rt.waiters.by_c_function.get() + 1);
                             }

@@ -11,14 +11,15 @@ use crate::pool::{Pool, WakeUp};
 use crate::sendable::Sendable;
 use crate::socket::Notifier;
 use crate::timer::Timers;
+use crate::waiters::Waiters;
 
 /// Polls `plain` until `n` tasks came back; their ids.
-fn collect(plain: &PlainTasks, n: usize) -> Vec<u64> {
+fn collect(plain: &PlainTasks, waiters: &Waiters, n: usize) -> Vec<u64> {
     let mut ids = Vec::new();
     let until = Instant::now() + Duration::from_secs(5);
     while ids.len() < n {
         assert!(Instant::now() < until, "only {ids:?} came back");
-        plain.take_completed(|id| ids.push(id));
+        plain.take_completed(waiters, |id| ids.push(id));
         std::thread::sleep(Duration::from_millis(1));
     }
     ids
@@ -28,16 +29,17 @@ fn collect(plain: &PlainTasks, n: usize) -> Vec<u64> {
 fn a_job_comes_back_with_its_result() {
     let pool = Pool::new(1, 8);
     let plain = PlainTasks::new(&Timers::new(), Arc::new(Notifier::default()));
+    let w = Waiters::default();
     plain
         .spawn_job(&pool, 1, || Sendable::Number(42.0), WakeUp::Now)
         .unwrap();
-    assert!(matches!(plain.take_raw(1), Taken::Pending));
-    assert_eq!(collect(&plain, 1), vec![1]);
-    match plain.take_raw(1) {
+    assert!(matches!(plain.take_raw(&w, 1), Taken::Pending));
+    assert_eq!(collect(&plain, &w, 1), vec![1]);
+    match plain.take_raw(&w, 1) {
         Taken::Raw(Ok(Sendable::Number(n))) => assert_eq!(n, 42.0),
         _ => panic!("expected the number"),
     }
-    assert!(matches!(plain.take_raw(1), Taken::Unknown), "taken once");
+    assert!(matches!(plain.take_raw(&w, 1), Taken::Unknown), "taken once");
     assert_eq!(plain.len(), 0);
 }
 
@@ -45,6 +47,7 @@ fn a_job_comes_back_with_its_result() {
 fn a_cancelled_job_is_not_run_or_is_dropped_when_it_comes_back() {
     let pool = Pool::new(1, 8);
     let plain = PlainTasks::new(&Timers::new(), Arc::new(Notifier::default()));
+    let w = Waiters::default();
     // Job 1 runs until told to finish; job 2 waits in the queue behind it.
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (started_tx, started_rx) = mpsc::channel::<()>();
@@ -74,8 +77,8 @@ fn a_cancelled_job_is_not_run_or_is_dropped_when_it_comes_back() {
             WakeUp::Now,
         )
         .unwrap();
-    assert!(plain.cancel(1), "running");
-    assert!(plain.cancel(2), "queued");
+    assert!(plain.cancel(&w, 1), "running");
+    assert!(plain.cancel(&w, 2), "queued");
     assert_eq!(plain.cancelled_on_their_way(), 2);
     go_tx.send(()).unwrap();
     // Job 3 runs after both: once it is back, so is job 1, and job 2 was
@@ -83,7 +86,11 @@ fn a_cancelled_job_is_not_run_or_is_dropped_when_it_comes_back() {
     plain
         .spawn_job(&pool, 3, || Sendable::Boolean(true), WakeUp::Now)
         .unwrap();
-    assert_eq!(collect(&plain, 1), vec![3], "cancelled jobs are not handed on");
+    assert_eq!(
+        collect(&plain, &w, 1),
+        vec![3],
+        "cancelled jobs are not handed on"
+    );
     assert!(
         !ran.load(Ordering::SeqCst),
         "a job cancelled in the queue does not run"
@@ -91,7 +98,7 @@ fn a_cancelled_job_is_not_run_or_is_dropped_when_it_comes_back() {
     assert_eq!(plain.cancelled_on_their_way(), 0, "both forgotten");
     assert_eq!(pool.stats().skipped, 1);
     assert!(matches!(
-        plain.take_raw(3),
+        plain.take_raw(&w, 3),
         Taken::Raw(Ok(Sendable::Boolean(true)))
     ));
     assert_eq!(plain.len(), 0);
