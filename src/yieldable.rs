@@ -140,6 +140,9 @@ struct Calibration {
 
 static CALIBRATION: Mutex<Option<Calibration>> = Mutex::new(None);
 
+/// Most coroutines the calibration looks at before it gives up.
+const MAX_SEEN: usize = 16;
+
 /// A step of the calibration (see the module docs), while `state` runs a
 /// C function and `g` is its `global_State` (from [`global_of`]).
 ///
@@ -171,9 +174,7 @@ pub(crate) unsafe fn calibrate(state: *mut ffi::lua_State, g: usize) {
         cal.seen.push(state as usize);
     }
     let found: u32 = cal.candidates.iter().map(|c| c.count_ones()).sum();
-    if found == 0 {
-        CUR_L.store(usize::MAX, Ordering::Relaxed);
-    } else if found == 1 && cal.seen.len() >= 3 {
+    if found == 1 && cal.seen.len() >= 3 {
         let i = cal
             .candidates
             .iter()
@@ -181,7 +182,15 @@ pub(crate) unsafe fn calibrate(state: *mut ffi::lua_State, g: usize) {
             .find_map(|(k, c)| (*c != 0).then(|| k * 64 + c.trailing_zeros() as usize))
             .expect("one candidate");
         CUR_L.store(i * 8 + 1, Ordering::Relaxed);
+    } else if found == 0 || cal.seen.len() >= MAX_SEEN {
+        // (nothing qualifies, or more than one word still does after many
+        // coroutines: not the layout expected)
+        CUR_L.store(usize::MAX, Ordering::Relaxed);
+    } else {
+        return;
     }
+    // (decided: the coroutines seen are of no further use)
+    cal.seen = Vec::new();
 }
 
 /// The `lua_State` running now in the VM whose `global_State` is `g`
