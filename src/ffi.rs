@@ -293,15 +293,11 @@ unsafe extern "C" fn ra_sha256(
     waited: *mut c_int,
 ) -> c_double {
     // SAFETY: the caller's contract.
-    let wait = unsafe { Wait::new(wait, waited) };
-    // SAFETY: a Lua string passed by LuaJIT's FFI: `len` bytes at `ptr`.
-    let Some(data) = (unsafe { bytes(ptr, len) }) else {
-        return misuse("bad argument #1 to 'sha256' (string expected)".to_owned());
-    };
-    with_runtime(vm, c_double::NAN, |rt| {
-        let job = crate::builtins::sha256_job(data);
-        spawn_job(rt, job, wait)
-    })
+    unsafe {
+        start_job_of_string(vm, ptr, len, wait, waited, "sha256", |data| {
+            Ok(crate::builtins::sha256_job(data))
+        })
+    }
 }
 
 /// # Safety
@@ -314,17 +310,44 @@ unsafe extern "C" fn ra_read_file(
     wait: c_double,
     waited: *mut c_int,
 ) -> c_double {
-    // SAFETY: as in ra_sha256.
+    // SAFETY: the caller's contract.
+    unsafe {
+        start_job_of_string(
+            vm,
+            ptr,
+            len,
+            wait,
+            waited,
+            "read_file",
+            crate::builtins::read_file_job,
+        )
+    }
+}
+
+/// Starts the pool job that `job` makes of a built-in's one string
+/// argument (or the misuse it reports).
+///
+/// # Safety
+///
+/// As [`ra_sha256`].
+unsafe fn start_job_of_string<J: FnOnce() -> Sendable + Send + 'static>(
+    vm: *const c_void,
+    ptr: *const c_char,
+    len: usize,
+    wait: c_double,
+    waited: *mut c_int,
+    fname: &str,
+    job: impl FnOnce(&[u8]) -> Result<J, String>,
+) -> c_double {
+    // SAFETY: the caller's contract.
     let wait = unsafe { Wait::new(wait, waited) };
-    // SAFETY: as in ra_sha256.
-    let Some(path) = (unsafe { bytes(ptr, len) }) else {
-        return misuse("bad argument #1 to 'read_file' (string expected)".to_owned());
+    // SAFETY: a Lua string passed by LuaJIT's FFI: `len` bytes at `ptr`.
+    let Some(arg) = (unsafe { bytes(ptr, len) }) else {
+        return misuse(format!("bad argument #1 to '{fname}' (string expected)"));
     };
-    with_runtime(vm, c_double::NAN, |rt| {
-        match crate::builtins::read_file_job(path) {
-            Ok(job) => spawn_job(rt, job, wait),
-            Err(msg) => misuse(msg),
-        }
+    with_runtime(vm, c_double::NAN, |rt| match job(arg) {
+        Ok(job) => spawn_job(rt, job, wait),
+        Err(msg) => misuse(msg),
     })
 }
 

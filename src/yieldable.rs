@@ -95,16 +95,7 @@ pub(crate) unsafe fn can_yield(state: *mut ffi::lua_State) -> Yieldable {
         if !layout_ok {
             return Yieldable::Unknown;
         }
-        let cframe = word(CFRAME);
-        let raw = cframe & !3;
-        if raw <= here || raw - here > MAX_C_STACK_DISTANCE {
-            return Yieldable::Unknown;
-        }
-        if cframe & CFRAME_RESUME != 0 {
-            Yieldable::Yes
-        } else {
-            Yieldable::No
-        }
+        judge(word(CFRAME), here)
     }
 }
 
@@ -227,10 +218,15 @@ pub(crate) unsafe fn running(g: usize) -> Option<*mut ffi::lua_State> {
 pub(crate) unsafe fn can_yield_running(state: *mut ffi::lua_State) -> Yieldable {
     let here = &state as *const _ as usize;
     // SAFETY: a live lua_State of the GC64 layout (the caller's contract).
-    let cframe = unsafe { word(state as usize, CFRAME) };
+    judge(unsafe { word(state as usize, CFRAME) }, here)
+}
+
+/// What a thread's C frame pointer `cframe` says, read in a function whose
+/// frame is at `here`: the C frame of the `lua_resume` or `lua_call` that
+/// runs the Lua code lies just above it on this thread's stack, or the
+/// pointer is not what it seems.
+fn judge(cframe: usize, here: usize) -> Yieldable {
     let raw = cframe & !3;
-    // (the C frame of the lua_resume or lua_call that runs the caller lies
-    // above the FFI call's frame on this thread's stack)
     if raw <= here || raw - here > MAX_C_STACK_DISTANCE {
         return Yieldable::Unknown;
     }
