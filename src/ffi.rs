@@ -474,21 +474,13 @@ extern "C" fn ra_wait(vm: *const c_void, id: c_double, timeout: c_double) -> c_i
         };
         // (first: socket ops carried out by a caller that cannot yield
         // would fail halfway)
-        let state = match rt.waiters.running_caller() {
-            Ok(state) => state,
+        let waited = match rt.waiters.running_caller() {
+            // SAFETY: `state` is what running_caller returned, in this call.
+            Ok(state) => unsafe { wait_running(rt, state, id, ms) },
             Err(None) => return WAIT_C_FUNCTION,
-            Err(Some(_)) => {
-                misuse(crate::waiters::CCALL.to_owned());
-                return WAIT_CANNOT;
-            }
+            Err(Some(cannot)) => cannot,
         };
-        if rt.net().contains(id) && rt.net().claim(id) {
-            // socket ops wait for the caller: no wait here (it takes the
-            // task as pending, see take_raw)
-            return WAIT_DONE;
-        }
-        // SAFETY: `state` is what running_caller returned, in this call.
-        match unsafe { wait_running(rt, state, id, ms) } {
+        match waited {
             Waited::Yield => WAIT_YIELD,
             Waited::Done => WAIT_DONE,
             Waited::Timeout => WAIT_TIMEOUT,
@@ -611,13 +603,13 @@ unsafe fn wait_running(
     // SAFETY: the caller's contract: `state` runs now and may yield.
     let waited = unsafe { rt.wait(state, id, timeout_ms) };
     if let Waited::Yield = waited {
-        rt.waiters.count_ffi();
+        rt.waiters.count_queued(true);
     }
     waited
 }
 
 /// A wait's timeout in milliseconds, as ngx_lua's semaphores take it.
-fn timeout_ms(timeout: c_double) -> c_int {
+pub(crate) fn timeout_ms(timeout: c_double) -> c_int {
     if timeout.is_finite() {
         (timeout * 1000.0).clamp(1.0, c_int::MAX as c_double) as c_int
     } else {

@@ -505,7 +505,9 @@ impl Runtime {
 
     /// Queues the caller running on `state` for task `id` (see
     /// [`Waiters::wait`]): a plain task keeps its waiter, other tasks'
-    /// are kept by [`Waiters`].
+    /// are kept by [`Waiters`]. A task whose socket ops wait for their
+    /// caller is not waited for: [`Waited::Done`], and the caller takes it
+    /// as pending (see [`Runtime::take_raw`]) and carries them out.
     ///
     /// # Safety
     ///
@@ -518,10 +520,13 @@ impl Runtime {
     ) -> Waited {
         // SAFETY: the caller's contract, for either.
         unsafe {
-            match self.plain.wait(&self.waiters, state, id, timeout_ms) {
-                Some(waited) => waited,
-                None => self.waiters.wait(state, id, timeout_ms),
+            if let Some(waited) = self.plain.wait(&self.waiters, state, id, timeout_ms) {
+                return waited;
             }
+            if self.net.contains(id) && self.net.claim(id) {
+                return Waited::Done;
+            }
+            self.waiters.wait(state, id, timeout_ms)
         }
     }
 

@@ -112,7 +112,7 @@ pub(crate) struct Waiters {
     spare: RefCell<Vec<*mut Sema>>,
     posts: Cell<u64>,
     /// The `global_State` of the Lua VM, once a wait saw it (see
-    /// [`Waiters::wait_running`]).
+    /// [`Waiters::saw`], [`Waiters::running_caller`]).
     lua_global: Cell<usize>,
     /// Callers queued from an FFI call and from the Lua C function.
     by_ffi: Cell<u64>,
@@ -244,9 +244,14 @@ impl Waiters {
         }
     }
 
-    /// Counts a caller queued from an FFI call, kept elsewhere.
-    pub(crate) fn count_ffi(&self) {
-        self.by_ffi.set(self.by_ffi.get() + 1);
+    /// Counts a caller queued, from an FFI call or from the Lua C function.
+    pub(crate) fn count_queued(&self, from_ffi: bool) {
+        let count = if from_ffi {
+            &self.by_ffi
+        } else {
+            &self.by_c_function
+        };
+        count.set(count.get() + 1);
     }
 
     /// The coroutine running now, from inside an FFI call it made, if it
@@ -395,58 +400,42 @@ unsafe extern "C-unwind" fn lua_wait(state: *mut ffi::lua_State) -> c_int {
         let id = ffi::lua_tonumber(state, 2);
         let timeout = ffi::lua_tonumber(state, 3);
         let yieldable = crate::yieldable::can_yield(state);
-        match yieldable {
-            crate::yieldable::Yieldable::No => {
-                ffi::lua_settop(state, 0);
-                ffi::lua_pushnil(state);
-                ffi::lua_pushlstring(state, CCALL.as_ptr() as *const c_char, CCALL.len());
-                ffi::lua_pushboolean(state, 1);
-                return 3;
-            }
-            crate::yieldable::Yieldable::Unknown if ffi::lua_toboolean(state, 4) == 0 => {
-                ffi::lua_settop(state, 0);
-                ffi::lua_pushnil(state);
-                ffi::lua_pushnil(state);
-                ffi::lua_pushboolean(state, 1);
-                return 3;
-            }
-            _ => {}
+        if yieldable == crate::yieldable::Yieldable::Unknown && ffi::lua_toboolean(state, 4) == 0 {
+            ffi::lua_settop(state, 0);
+            ffi::lua_pushnil(state);
+            ffi::lua_pushnil(state);
+            ffi::lua_pushboolean(state, 1);
+            return 3;
         }
-        let ms = if timeout.is_finite() {
-            (timeout * 1000.0).clamp(1.0, c_int::MAX as f64) as c_int
+        let waited = if yieldable == crate::yieldable::Yieldable::No {
+            Waited::Cannot
         } else {
-            c_int::MAX
-        };
-        let waited = crate::local::with(|l| {
-            crate::panic::catch_in(
-                l,
-                std::panic::AssertUnwindSafe(|| {
-                    crate::vm::VmRuntime::with_ffi(l, vm, |rt| {
-                        if yieldable == crate::yieldable::Yieldable::Yes {
-                            rt.waiters.saw(state);
-                        }
-                        if let Some(id) = crate::ffi::task_id(id) {
-                            if rt.net().contains(id) && rt.net().claim(id) {
-                                // socket ops wait for the caller: no wait here
-                                // (it takes the task as pending, see take_raw)
-                                return Waited::Done;
+            let ms = crate::ffi::timeout_ms(timeout);
+            let waited = crate::local::with(|l| {
+                crate::panic::catch_in(
+                    l,
+                    std::panic::AssertUnwindSafe(|| {
+                        crate::vm::VmRuntime::with_ffi(l, vm, |rt| {
+                            if yieldable == crate::yieldable::Yieldable::Yes {
+                                rt.waiters.saw(state);
                             }
+                            let Some(id) = crate::ffi::task_id(id) else {
+                                return Waited::Failed("resty.async: bad task id".to_owned());
+                            };
                             let waited = rt.wait(state, id, ms);
                             if let Waited::Yield = waited {
-                                rt.waiters.by_c_function.set(rt.waiters.by_c_function.get() + 1);
+                                rt.waiters.count_queued(false);
                             }
                             waited
-                        } else {
-                            Waited::Failed("resty.async: bad task id".to_owned())
-                        }
-                    })
-                }),
-            )
-        });
-        let waited = match waited {
-            Ok(Some(w)) => w,
-            Ok(None) => Waited::Failed(crate::ffi::GONE.to_owned()),
-            Err(p) => Waited::Failed(crate::executor::Panicked::from_payload(p).to_string()),
+                        })
+                    }),
+                )
+            });
+            match waited {
+                Ok(Some(w)) => w,
+                Ok(None) => Waited::Failed(crate::ffi::GONE.to_owned()),
+                Err(p) => Waited::Failed(crate::executor::Panicked::from_payload(p).to_string()),
+            }
         };
         ffi::lua_settop(state, 0);
         match waited {
