@@ -42,10 +42,10 @@ const GLREF: usize = 16;
 /// `global_State` (`GG_State`), which is how a `global_State` is told
 /// from something else.
 const STATE_SIZE: usize = 112;
-/// How many words of the `global_State` the calibration looks at. In
-/// OpenResty's LuaJIT 2.1 it is 736 bytes, `cur_L` at 368; the `jit_State`
-/// follows it in the same allocation, whose own `L` field must stay out of
-/// the scan.
+/// How many words of the `global_State` the calibration looks at, one bit
+/// of a `u64` each. In OpenResty's LuaJIT 2.1 it is 736 bytes, `cur_L` at
+/// 368; the `jit_State` follows it in the same allocation, whose own `L`
+/// field must stay out of the scan.
 const SCAN_WORDS: usize = 64;
 /// Most bytes between this function's frame and the C frame of the
 /// `lua_resume` or `lua_call` that runs the caller.
@@ -72,7 +72,6 @@ pub(crate) unsafe fn can_yield(state: *mut ffi::lua_State) -> Yieldable {
         return Yieldable::Unknown;
     }
     let here = &state as *const _ as usize;
-    let p = state as *const u8;
     // SAFETY: a GC64 lua_State is 96 bytes or more and `state` is a live
     // one (the caller's contract). The layout is checked against what the
     // C API says before the C frame pointer is trusted: `top - base` must
@@ -82,9 +81,9 @@ pub(crate) unsafe fn can_yield(state: *mut ffi::lua_State) -> Yieldable {
     // the reads stay within the 64 bytes every LuaJIT lua_State has until
     // those checks fail.
     unsafe {
-        let word = |off: usize| std::ptr::read_unaligned(p.add(off) as *const usize);
-        let (base, top) = (word(BASE), word(TOP));
-        let (maxstack, stack) = (word(MAXSTACK), word(STACK));
+        let at = |off: usize| word(state as usize, off);
+        let (base, top) = (at(BASE), at(TOP));
+        let (maxstack, stack) = (at(MAXSTACK), at(STACK));
         let nargs = ffi::lua_gettop(state);
         let layout_ok = nargs >= 0
             && stack <= base
@@ -95,7 +94,7 @@ pub(crate) unsafe fn can_yield(state: *mut ffi::lua_State) -> Yieldable {
         if !layout_ok {
             return Yieldable::Unknown;
         }
-        judge(word(CFRAME), here)
+        judge(at(CFRAME), here)
     }
 }
 
@@ -122,10 +121,10 @@ pub(crate) unsafe fn global_of(state: *mut ffi::lua_State) -> Option<usize> {
 /// `usize::MAX` when no word qualified.
 static CUR_L: AtomicUsize = AtomicUsize::new(0);
 
-/// The calibration so far: the words that held every coroutine seen, and
-/// which coroutines.
+/// The calibration so far: the words that held every coroutine seen (bit
+/// `i`: word `i`), and which coroutines.
 struct Calibration {
-    candidates: [u64; SCAN_WORDS / 64],
+    candidates: u64,
     seen: Vec<usize>,
 }
 
@@ -144,35 +143,28 @@ pub(crate) unsafe fn calibrate(state: *mut ffi::lua_State, g: usize) {
     if CUR_L.load(Ordering::Relaxed) != 0 {
         return;
     }
-    let mut hits = [0u64; SCAN_WORDS / 64];
-    for (i, hit) in (0..SCAN_WORDS).map(|i| {
+    let mut hits = 0u64;
+    for i in 0..SCAN_WORDS {
         // SAFETY: a global_State spans more than SCAN_WORDS words.
-        (i, unsafe { word(g, i * 8) } == state as usize)
-    }) {
-        if hit {
-            hits[i / 64] |= 1 << (i % 64);
+        if unsafe { word(g, i * 8) } == state as usize {
+            hits |= 1 << i;
         }
     }
     let mut guard = CALIBRATION.lock().unwrap_or_else(|e| e.into_inner());
     let cal = guard.get_or_insert_with(|| Calibration {
-        candidates: [u64::MAX; SCAN_WORDS / 64],
+        candidates: u64::MAX,
         seen: Vec::new(),
     });
-    for (c, h) in cal.candidates.iter_mut().zip(hits) {
-        *c &= h;
-    }
+    cal.candidates &= hits;
     if !cal.seen.contains(&(state as usize)) {
         cal.seen.push(state as usize);
     }
-    let found: u32 = cal.candidates.iter().map(|c| c.count_ones()).sum();
+    let found = cal.candidates.count_ones();
     if found == 1 && cal.seen.len() >= 3 {
-        let i = cal
-            .candidates
-            .iter()
-            .enumerate()
-            .find_map(|(k, c)| (*c != 0).then(|| k * 64 + c.trailing_zeros() as usize))
-            .expect("one candidate");
-        CUR_L.store(i * 8 + 1, Ordering::Relaxed);
+        CUR_L.store(
+            cal.candidates.trailing_zeros() as usize * 8 + 1,
+            Ordering::Relaxed,
+        );
     } else if found == 0 || cal.seen.len() >= MAX_SEEN {
         // (nothing qualifies, or more than one word still does after many
         // coroutines: not the layout expected)
