@@ -554,50 +554,11 @@ impl Pool {
     /// with [`PoolError::Lost`] when the pool has no thread and cannot start
     /// one; the errand is then dropped here, not queued.
     pub(crate) fn spawn_errand(&self, errand: Box<dyn Errand>, wake: WakeUp) -> Result<(), PoolError> {
-        // The first thread is started before the errand is queued, so that
-        // an errand that cannot run is never queued.
-        let no_thread = self.shared.counters.threads.load(Ordering::Acquire) == 0;
-        if no_thread {
-            self.wake()?;
-        }
-        self.send(Work::Errand(errand))?;
-        if wake == WakeUp::Now || no_thread {
-            // (cannot fail: a thread exists, and threads stay)
-            let _ = self.wake();
-        }
-        Ok(())
+        self.enqueue(Work::Errand(errand), wake)
     }
 
-    /// Queues `f` and wakes a thread as `wake` says. With
-    /// [`WakeUp::Deferred`], a thread is still started at once when none
-    /// was yet: the job is then not left waiting for a wake-up, and a
-    /// failure to start one is reported with the first job. When no thread
-    /// can start, the job is closed before the error returns: it never
-    /// runs, even once a later call starts a thread.
+    /// Queues `f` as a [`BlockingTask`]'s job (see [`Pool::enqueue`]).
     fn queue<T, F>(&self, f: F, wake: WakeUp) -> Result<Arc<dyn Collect<T>>, PoolError>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let cell = self.submit(f)?;
-        if let Err(e) = self.wake_for(wake) {
-            cell.leave();
-            return Err(e);
-        }
-        Ok(cell)
-    }
-
-    /// Wakes a thread for a job just queued, as `wake` says (see
-    /// [`Pool::queue`]).
-    fn wake_for(&self, wake: WakeUp) -> Result<(), PoolError> {
-        let no_thread = self.shared.counters.threads.load(Ordering::Acquire) == 0;
-        if wake == WakeUp::Now || no_thread {
-            return self.wake();
-        }
-        Ok(())
-    }
-
-    fn submit<T, F>(&self, f: F) -> Result<Arc<dyn Collect<T>>, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -609,8 +570,28 @@ impl Pool {
             }),
         });
         let collect: Arc<dyn Collect<T>> = cell.clone();
-        self.send(Work::Cell(cell))?;
+        self.enqueue(Work::Cell(cell), wake)?;
         Ok(collect)
+    }
+
+    /// Queues `work` and wakes a thread as `wake` says. With
+    /// [`WakeUp::Deferred`], a thread is still started at once when none
+    /// was yet: the job is then not left waiting for a wake-up, and a
+    /// failure to start one is reported with the first job. That first
+    /// thread is started before the job is queued: a job that cannot run
+    /// is never queued, and never runs, even once a later call starts a
+    /// thread.
+    fn enqueue(&self, work: Work, wake: WakeUp) -> Result<(), PoolError> {
+        let no_thread = self.shared.counters.threads.load(Ordering::Acquire) == 0;
+        if no_thread {
+            self.wake()?;
+        }
+        self.send(work)?;
+        if wake == WakeUp::Now || no_thread {
+            // (cannot fail: a thread exists, and threads stay)
+            let _ = self.wake();
+        }
+        Ok(())
     }
 
     /// Puts `work` on the queue, unless it is full.
