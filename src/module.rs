@@ -52,7 +52,7 @@ impl Module {
     pub fn new(lua: &Lua, name: &str) -> mlua::Result<Module> {
         // First, so that the async functions and methods this library makes
         // from now on capture resty.async's guarded `coroutine.yield`.
-        guard_mlua_yield(lua)?;
+        logged(lua, name, guard_mlua_yield(lua))?;
         Module::with_name(lua, name)
     }
 
@@ -224,7 +224,7 @@ impl Module {
 
     /// Like [`Module::add_raw_async`] for a blocking call: `f` validates
     /// the arguments and returns the job, which runs on the pool as a task
-    /// of its own, without a future (see `plain.rs`).
+    /// of its own, without a future (see `futureless.rs`).
     pub(crate) fn add_raw_blocking<A, F, J>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
     where
         A: FromLuaMulti,
@@ -270,10 +270,50 @@ impl Module {
 
     /// The exports table: `require("resty.async").register(raw)`, i.e. every
     /// function wrapped to wait on a semaphore when its task is pending.
+    ///
+    /// A failure (`lualib/` missing, or of another resty-async version) is
+    /// also written to nginx's error log, as one of [`Module::new`] is:
+    /// `require` raises it, but ngx_lua reports mlua's errors (userdata) as
+    /// "unknown reason".
     pub fn build(self) -> mlua::Result<Table> {
-        let require: Function = self.lua.globals().get("require")?;
-        let async_lib: Table = require.call("resty.async")?;
-        let register: Function = async_lib.get("register")?;
-        register.call(self.raw)
+        let lua = self.lua.clone();
+        let name: String = self.raw.raw_get("__name").unwrap_or_default();
+        let built = (|| {
+            let require: Function = lua.globals().get("require")?;
+            let async_lib: Table = require.call("resty.async")?;
+            let register: Function = async_lib.get("register")?;
+            register.call(self.raw)
+        })();
+        logged(&lua, &name, built)
     }
+}
+
+/// `res`; an error also goes to nginx's error log, as why module `name`
+/// did not load. `require` raises it too, but mlua raises its errors as
+/// userdata, which ngx_lua reports as "unknown reason" ("unknown error" in
+/// init_by_lua): the log line is where the user reads the message.
+/// (Outside nginx there is no `ngx.log`, and the error is all.)
+fn logged<T>(lua: &Lua, name: &str, res: mlua::Result<T>) -> mlua::Result<T> {
+    if let Err(e) = &res {
+        log_load_failure(lua, name, e);
+    }
+    res
+}
+
+fn log_load_failure(lua: &Lua, name: &str, e: &mlua::Error) {
+    let msg = match e {
+        mlua::Error::RuntimeError(m) => m.clone(),
+        e => e.to_string(),
+    };
+    let msg = msg.split("\nstack traceback:").next().unwrap_or_default();
+    let log = || -> mlua::Result<()> {
+        let ngx: Table = lua.globals().get("ngx")?;
+        let log: Function = ngx.get("log")?;
+        let level: mlua::Value = ngx.get("ERR")?;
+        log.call((
+            level,
+            format!("resty.async: the module {name} did not load: {msg}"),
+        ))
+    };
+    let _ = log();
 }

@@ -368,3 +368,26 @@ pool_done=1 in_flight=0
 --- response_body
 nil busy (blocking pool queue full: max_queue = 1) at once: true
 after: 1
+
+
+
+=== TEST 14: a module whose FFI entry points are of another version does not load, and the error log says why
+--- config
+    location = /t {
+        content_by_lua_block {
+            require "resty.async"
+            local runtime = require "resty.async.runtime"
+            -- as if this lualib/ were of a later resty-async than the module
+            runtime.FFI_ABI = runtime.FFI_ABI + 1
+            local ok, err = pcall(require, "resty_async_fixtures")
+            runtime.FFI_ABI = runtime.FFI_ABI - 1
+            -- (mlua raises it as userdata: without pcall, ngx_lua would say
+            -- "unknown reason", and the log line below is the message)
+            ngx.say(ok, " ", type(err), " ", tostring(err):find(
+                "has FFI entry points of another version", 1, true) ~= nil)
+        }
+    }
+--- response_body
+false userdata true
+--- error_log eval
+qr/\[error\] .*resty\.async: the module resty_async_fixtures did not load: .*resty\.async: module resty_async_fixtures has FFI entry points of another version \(\d+, this resty\/async\.lua declares \d+\): rebuild it/
