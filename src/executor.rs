@@ -242,9 +242,9 @@ impl<T: 'static> Executor<T> {
         }
     }
 
-    /// A new task id, for a task kept elsewhere (the runtime's pool jobs):
-    /// the ids of this executor's tasks and of those never meet.
-    pub fn next_id(&self) -> TaskId {
+    /// A new task id. (They count up from 1 and stay far below the ids
+    /// of the plain tasks, see `futureless.rs`.)
+    fn next_id(&self) -> TaskId {
         let id = self.inner.next_id.get();
         self.inner.next_id.set(id + 1);
         id

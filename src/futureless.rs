@@ -6,11 +6,16 @@
 //! it is a deadline. Run as a future (awaiting a [`crate::pool::BlockingTask`] or
 //! a [`crate::Sleep`]), each would cost a task allocation (larger than what
 //! glibc keeps per thread under load), two polls, a waker and a
-//! run-queue entry. Here the pool reports a job's task id (its tag, see
-//! [`Pool::spawn_tagged`]) on a channel and asks for a driver poll; a
-//! sleep's deadline stands for its task id in the runtime's [`Timers`]; the
-//! driver's poll hands the ids on with the executor's finished tasks. Ids
-//! come from the executor: the kinds of task share one id space.
+//! run-queue entry. Here a job travels as an errand (see
+//! [`Pool::spawn_errand`]) that comes back to [`Back`] and asks for a
+//! driver poll; a sleep's deadline stands for its task id in the runtime's
+//! [`Timers`]; the driver's poll hands the ids on with the executor's
+//! finished tasks.
+//!
+//! A plain task's id names its slot (see [`Slots`]): the calls of its
+//! caller (start, wait, take) and the poll find it without a hash map.
+//! The ids are marked apart from the executor's (see [`is_plain`]), so that
+//! the kinds of task share one id space.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -21,7 +26,8 @@ use std::time::Instant;
 
 use mlua::Lua;
 
-use crate::executor::{IdMap, Outcome, Panicked, TaskId};
+use crate::blocks::Blocks;
+use crate::executor::{Outcome, Panicked, TaskId};
 use crate::pool::{Errand, Pool, PoolError, WakeUp};
 use crate::runtime::LuaOutput;
 use crate::sendable::Sendable;
@@ -49,6 +55,101 @@ struct Slot {
     /// The caller waiting for it (kept here rather than in [`Waiters`]:
     /// the slot is at hand when the task is done and when it is taken).
     waiter: Option<Waiter>,
+}
+
+/// Marks a plain task's id. The executor counts its ids up from 1 and never
+/// gets here; both kinds stay below 2^53, which a Lua number holds exactly.
+const PLAIN: TaskId = 1 << 52;
+/// The low bits of a plain task's id: its slot's index. The bits between
+/// count the slot's uses, so that a stale id does not find the slot's next
+/// task.
+const INDEX_BITS: u32 = 24;
+const INDEX_MASK: TaskId = (1 << INDEX_BITS) - 1;
+const USES_MASK: u32 = (1 << (52 - INDEX_BITS)) - 1;
+
+/// Whether `id` is a plain task's (it may be gone).
+pub(crate) fn is_plain(id: TaskId) -> bool {
+    id & PLAIN != 0
+}
+
+/// The slots of the plain tasks, found by their ids (see [`PLAIN`]).
+#[derive(Default)]
+struct Slots {
+    /// Each slot's uses so far and its task, if it has one.
+    entries: Vec<(u32, Option<Slot>)>,
+    /// The indexes of the empty slots.
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Slots {
+    fn id(index: usize, uses: u32) -> TaskId {
+        PLAIN | TaskId::from(uses) << INDEX_BITS | index as TaskId
+    }
+
+    /// Puts the slot that `make` makes for its id in an empty slot; the id,
+    /// or `None` if all 2^[`INDEX_BITS`] are taken.
+    fn insert_with(&mut self, make: impl FnOnce(TaskId) -> Slot) -> Option<TaskId> {
+        let index = match self.free.pop() {
+            Some(i) => i as usize,
+            None if (self.entries.len() as TaskId) <= INDEX_MASK => {
+                self.entries.push((0, None));
+                self.entries.len() - 1
+            }
+            None => return None,
+        };
+        let entry = &mut self.entries[index];
+        entry.0 = (entry.0 + 1) & USES_MASK;
+        let id = Slots::id(index, entry.0);
+        entry.1 = Some(make(id));
+        self.len += 1;
+        Some(id)
+    }
+
+    /// The place of `id`'s slot, if `id` is a plain task's and its slot
+    /// has not been used again since.
+    fn place(&mut self, id: TaskId) -> Option<&mut Option<Slot>> {
+        if !is_plain(id) {
+            return None;
+        }
+        match self.entries.get_mut((id & INDEX_MASK) as usize) {
+            Some((uses, slot)) if TaskId::from(*uses) == (id & !PLAIN) >> INDEX_BITS => Some(slot),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, id: TaskId) -> Option<&mut Slot> {
+        self.place(id)?.as_mut()
+    }
+
+    fn remove(&mut self, id: TaskId) -> Option<Slot> {
+        let slot = self.place(id)?.take()?;
+        self.free.push((id & INDEX_MASK) as u32);
+        self.len -= 1;
+        Some(slot)
+    }
+
+    /// Puts back the slot of `id` that [`Slots::remove`] just took.
+    fn restore(&mut self, id: TaskId, slot: Slot) {
+        let index = (id & INDEX_MASK) as usize;
+        if let Some(pos) = self.free.iter().rposition(|&i| i as usize == index) {
+            self.free.swap_remove(pos);
+        }
+        self.entries[index].1 = Some(slot);
+        self.len += 1;
+    }
+
+    fn ids(&self) -> Vec<TaskId> {
+        let ids = self.entries.iter().enumerate();
+        ids.filter(|(_, (_, slot))| slot.is_some())
+            .map(|(i, (uses, _))| Slots::id(i, *uses))
+            .collect()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (TaskId, &mut Slot)> {
+        let entries = self.entries.iter_mut().enumerate();
+        entries.filter_map(|(i, (uses, slot))| slot.as_mut().map(|s| (Slots::id(i, *uses), s)))
+    }
 }
 
 /// What [`PlainTasks::take_raw`] found.
@@ -163,18 +264,15 @@ pub(crate) struct PlainTasks {
     /// The errands a poll took, with the capacity of earlier polls.
     taking: RefCell<Vec<Box<dyn Returned>>>,
     timers: Timers,
-    slots: RefCell<IdMap<Slot>>,
-    /// Errands whose results were taken, freed one per new job (see
-    /// [`PlainTasks::retire`]).
-    spent: RefCell<Vec<Box<dyn Returned>>>,
+    slots: RefCell<Slots>,
+    /// The memory of errands whose results were taken, for the next ones
+    /// (see [`PlainTasks::retire`]).
+    blocks: Blocks,
     completed: Cell<u64>,
     cancelled: Cell<u64>,
     /// Slots with a waiter.
     waiting: Cell<usize>,
 }
-
-/// Most spent jobs kept for [`PlainTasks::retire`].
-const MAX_SPENT: usize = 64;
 
 impl PlainTasks {
     /// Plain tasks whose jobs tell `notifier` when they come back, and on
@@ -189,50 +287,47 @@ impl PlainTasks {
             }),
             taking: RefCell::new(Vec::new()),
             timers: timers.clone(),
-            slots: RefCell::new(IdMap::default()),
-            spent: RefCell::new(Vec::with_capacity(MAX_SPENT)),
+            slots: RefCell::new(Slots::default()),
+            blocks: Blocks::default(),
             completed: Cell::new(0),
             cancelled: Cell::new(0),
             waiting: Cell::new(0),
         }
     }
 
-    /// Queues `job` on `pool` as task `id`.
+    /// Queues `job` on `pool` as a task; its id.
     pub(crate) fn spawn_job(
         &self,
         pool: &Pool,
-        id: TaskId,
         job: impl FnOnce() -> Sendable + Send + 'static,
         wake: WakeUp,
-    ) -> Result<(), PoolError> {
-        // Frees a spent errand just before the next is allocated, likely
-        // of the same size: glibc's per-thread cache takes the one and
-        // gives it back for the other.
-        drop(self.spent.borrow_mut().pop());
-        let errand = Box::new(JobErrand {
+    ) -> Result<TaskId, PoolError> {
+        let id = self.insert(|_| Kind::Job(None)).ok_or_else(too_many)?;
+        let errand = self.blocks.boxed(JobErrand {
             id,
             stage: Stage::Queued(job),
             back: Arc::clone(&self.back),
         });
-        pool.spawn_errand(errand, wake)?;
-        self.insert(id, Kind::Job(None));
-        Ok(())
+        if let Err(e) = pool.spawn_errand(errand, wake) {
+            self.slots.borrow_mut().remove(id);
+            return Err(e);
+        }
+        Ok(id)
     }
 
-    /// Task `id` finishes at `deadline`, with the result `true`.
-    pub(crate) fn spawn_sleep(&self, id: TaskId, deadline: Instant) {
-        let key = self.timers.add_task(deadline, id);
-        self.insert(id, Kind::Sleep(key));
+    /// A task that finishes at `deadline`, with the result `true`; its id.
+    pub(crate) fn spawn_sleep(&self, deadline: Instant) -> Result<TaskId, PoolError> {
+        self.insert(|id| Kind::Sleep(self.timers.add_task(deadline, id)))
+            .ok_or_else(too_many)
     }
 
-    fn insert(&self, id: TaskId, kind: Kind) {
-        let slot = Slot {
-            kind,
+    fn insert(&self, kind: impl FnOnce(TaskId) -> Kind) -> Option<TaskId> {
+        self.slots.borrow_mut().insert_with(|id| Slot {
+            kind: kind(id),
             done: false,
             held: None,
             waiter: None,
-        };
-        self.slots.borrow_mut().insert(id, slot);
+        })
     }
 
     /// Queues the caller running on `state` for task `id` (see
@@ -250,7 +345,7 @@ impl PlainTasks {
         timeout_ms: std::ffi::c_int,
     ) -> Option<Waited> {
         let mut slots = self.slots.borrow_mut();
-        let slot = slots.get_mut(&id)?;
+        let slot = slots.get_mut(id)?;
         if slot.waiter.is_some() {
             return Some(Waited::Failed(
                 "resty.async: this task is waited for already".to_owned(),
@@ -287,7 +382,7 @@ impl PlainTasks {
             }
         };
         let mut done = |id| {
-            let tell = match self.slots.borrow_mut().get_mut(&id) {
+            let tell = match self.slots.borrow_mut().get_mut(id) {
                 Some(slot) => finish(slot),
                 None => false,
             };
@@ -304,7 +399,7 @@ impl PlainTasks {
         for errand in taking.drain(..) {
             let id = errand.id();
             let mut slots = self.slots.borrow_mut();
-            match slots.get_mut(&id) {
+            match slots.get_mut(id) {
                 Some(slot) => {
                     slot.kind = Kind::Job(Some(errand));
                     let tell = finish(slot);
@@ -338,7 +433,7 @@ impl PlainTasks {
         if self.waiting.get() == 0 {
             return;
         }
-        for (&id, slot) in self.slots.borrow_mut().iter_mut() {
+        for (id, slot) in self.slots.borrow_mut().iter_mut() {
             if let Some(w) = slot.waiter.as_mut() {
                 if Waiters::is_dead(w) {
                     dead(id);
@@ -358,7 +453,7 @@ impl PlainTasks {
     pub(crate) fn take_raw(&self, waiters: &Waiters, id: TaskId) -> Taken {
         // (taken out, and put back in the rare case that the result stays:
         // one lookup on the common path)
-        let Some(mut slot) = self.slots.borrow_mut().remove(&id) else {
+        let Some(mut slot) = self.slots.borrow_mut().remove(id) else {
             return Taken::Unknown;
         };
         // (its caller runs now: a waiter it had is over)
@@ -371,12 +466,12 @@ impl PlainTasks {
             (None, Kind::Sleep(_)) => None,
         };
         let Some(res) = res else {
-            self.slots.borrow_mut().insert(id, slot);
+            self.slots.borrow_mut().restore(id, slot);
             return Taken::Pending;
         };
         if let Ok(Sendable::Other(_)) = res {
             slot.held = Some(Box::new(res));
-            self.slots.borrow_mut().insert(id, slot);
+            self.slots.borrow_mut().restore(id, slot);
             return Taken::NeedsLua;
         }
         self.retire(slot.kind);
@@ -389,7 +484,7 @@ impl PlainTasks {
         let res = match self.take_raw(waiters, id) {
             Taken::Raw(res) => res,
             Taken::NeedsLua => {
-                let slot = self.slots.borrow_mut().remove(&id)?;
+                let slot = self.slots.borrow_mut().remove(id)?;
                 let res = *slot.held?;
                 self.retire(slot.kind);
                 res
@@ -402,29 +497,19 @@ impl PlainTasks {
         Some(outcome(lua, res))
     }
 
-    /// Frees a task whose result was taken. A job's errand is kept among
-    /// the spent ones and freed when a new job is queued. The callers of
-    /// a poll's finished jobs take their results one after the other, and
-    /// their errands freed together would overflow glibc's per-thread
-    /// cache (7 blocks of a size) into its arenas, where nginx's own
-    /// per-request allocations consolidate them, on malloc's slow path. One
-    /// free before each allocation stays in the cache.
+    /// Frees a task whose result was taken; its errand's memory is kept
+    /// for the next job (see `blocks.rs`).
     fn retire(&self, kind: Kind) {
-        let Kind::Job(Some(job)) = kind else { return };
-        let mut spent = self.spent.borrow_mut();
-        if spent.len() < MAX_SPENT {
-            spent.push(job);
-            return;
+        if let Kind::Job(Some(job)) = kind {
+            self.blocks.keep(job);
         }
-        drop(spent);
-        drop(job);
     }
 
     /// Throws a task away: a job that has not started will not run, a
     /// sleep's deadline is removed, a result is dropped. Returns whether
     /// the task existed.
     pub(crate) fn cancel(&self, waiters: &Waiters, id: TaskId) -> bool {
-        let slot = self.slots.borrow_mut().remove(&id);
+        let slot = self.slots.borrow_mut().remove(id);
         let Some(mut slot) = slot else { return false };
         self.release(waiters, &mut slot);
         if !slot.done {
@@ -444,16 +529,15 @@ impl PlainTasks {
 
     /// Throws every task away (see [`PlainTasks::cancel`]).
     pub(crate) fn shutdown(&self, waiters: &Waiters) {
-        let ids: Vec<TaskId> = self.slots.borrow().keys().copied().collect();
+        let ids = self.slots.borrow().ids();
         for id in ids {
             self.cancel(waiters, id);
         }
-        self.spent.borrow_mut().clear();
     }
 
     /// Tasks pending, or finished and not taken.
     pub(crate) fn len(&self) -> usize {
-        self.slots.borrow().len()
+        self.slots.borrow().len
     }
 
     /// Counts a task that was done at once (a zero sleep; a job the pool
@@ -477,6 +561,11 @@ impl PlainTasks {
     pub(crate) fn cancelled_on_their_way(&self) -> usize {
         self.back.cancelled().len()
     }
+}
+
+/// The refusal of a task when every slot is taken.
+fn too_many() -> PoolError {
+    PoolError::Lost(format!("resty.async: more than {} tasks at once", INDEX_MASK + 1))
 }
 
 /// A job's result as a task outcome: a panic as the executor reports a

@@ -86,6 +86,7 @@
 mod sys;
 
 mod batch;
+mod blocks;
 mod builtins;
 mod class;
 mod config;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::batch::WakeBatch;
 use crate::config::{Config, NetConfig};
 use crate::executor::{Executor, ExecutorStats, Outcome, Spawned, TaskId};
-use crate::futureless::{PlainTasks, Taken};
+use crate::futureless::{is_plain, PlainTasks, Taken};
 use crate::net::Net;
 use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::sendable::Sendable;
@@ -286,7 +286,7 @@ impl Runtime {
     }
 
     /// Queues a blocking call's job on the pool as a task of its own,
-    /// without a future (see `plain.rs`); its result becomes Lua values when
+    /// without a future (see `futureless.rs`); its result becomes Lua values when
     /// taken. A full queue is a failure at once.
     pub(crate) fn spawn_job(&self, job: impl FnOnce() -> Sendable + Send + 'static) -> Spawned<LuaOutput> {
         match self.spawn_job_raw(job) {
@@ -300,9 +300,8 @@ impl Runtime {
         &self,
         job: impl FnOnce() -> Sendable + Send + 'static,
     ) -> Result<TaskId, PoolError> {
-        let id = self.executor.next_id();
-        match self.plain.spawn_job(&self.pool, id, job, self.batch.wake_up()) {
-            Ok(()) => Ok(id),
+        match self.plain.spawn_job(&self.pool, job, self.batch.wake_up()) {
+            Ok(id) => Ok(id),
             Err(e) => {
                 self.plain.count_ready();
                 Err(e)
@@ -310,16 +309,19 @@ impl Runtime {
         }
     }
 
-    /// `async.sleep(dur)`: a task without a future (see `plain.rs`) whose
-    /// result is `true` once `dur` has passed; ready at once for zero.
+    /// `async.sleep(dur)`: a task without a future (see `futureless.rs`)
+    /// whose result is `true` once `dur` has passed; ready at once for
+    /// zero.
     pub(crate) fn spawn_sleep(&self, dur: Duration) -> Spawned<LuaOutput> {
+        let refused = |e: PoolError| Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(e.to_string()))));
         if dur.is_zero() {
             self.plain.count_ready();
             return Spawned::Ready(Ok(Ok(LuaValues::One(mlua::Value::Boolean(true)))));
         }
-        let id = self.executor.next_id();
-        self.plain.spawn_sleep(id, self.timers.deadline(dur));
-        Spawned::Pending(id)
+        match self.plain.spawn_sleep(self.timers.deadline(dur)) {
+            Ok(id) => Spawned::Pending(id),
+            Err(e) => refused(e),
+        }
     }
 
     /// Runs `f`, a call from Lua that may queue pool jobs, with their
@@ -475,12 +477,11 @@ impl Runtime {
 
     /// The outcome of a finished task as Lua values (frees its slot).
     pub(crate) fn take(&self, lua: &mlua::Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
-        let out = if self.executor.contains(id) {
-            self.waiters.release(id);
-            self.executor.take(id)
-        } else {
-            self.plain.take_lua(lua, &self.waiters, id)
-        };
+        if is_plain(id) {
+            return self.plain.take_lua(lua, &self.waiters, id);
+        }
+        self.waiters.release(id);
+        let out = self.executor.take(id);
         self.net.remove(id);
         out
     }
@@ -492,15 +493,18 @@ impl Runtime {
     /// for them (see [`crate::net`]): [`Taken::Pending`], and the caller
     /// carries them out, then takes the results with the last ones.
     pub(crate) fn take_raw(&self, id: TaskId) -> Taken {
-        if self.executor.contains(id) {
-            if self.executor.is_finished(id) && !self.net.has_ops(id) {
-                return Taken::NeedsLua;
-            }
-            self.waiters.release(id);
-            return Taken::Pending;
+        if is_plain(id) {
+            // (a plain task's waiter is in its slot: see Runtime::wait)
+            return self.plain.take_raw(&self.waiters, id);
         }
-        // (a plain task's waiter is in its slot: see Runtime::wait)
-        self.plain.take_raw(&self.waiters, id)
+        if !self.executor.contains(id) {
+            return Taken::Unknown;
+        }
+        if self.executor.is_finished(id) && !self.net.has_ops(id) {
+            return Taken::NeedsLua;
+        }
+        self.waiters.release(id);
+        Taken::Pending
     }
 
     /// Queues the caller running on `state` for task `id` (see
@@ -520,8 +524,10 @@ impl Runtime {
     ) -> Waited {
         // SAFETY: the caller's contract, for either.
         unsafe {
-            if let Some(waited) = self.plain.wait(&self.waiters, state, id, timeout_ms) {
-                return waited;
+            if is_plain(id) {
+                if let Some(waited) = self.plain.wait(&self.waiters, state, id, timeout_ms) {
+                    return waited;
+                }
             }
             if self.net.contains(id) && self.net.claim(id) {
                 return Waited::Done;
@@ -544,7 +550,11 @@ impl Runtime {
     /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
         self.waiters.release(id);
-        let found = self.executor.cancel(id) || self.plain.cancel(&self.waiters, id);
+        let found = if is_plain(id) {
+            self.plain.cancel(&self.waiters, id)
+        } else {
+            self.executor.cancel(id)
+        };
         self.net.remove(id);
         found
     }

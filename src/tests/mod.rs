@@ -1,6 +1,7 @@
 //! Tests of the runtime's parts, without nginx (LuaJIT is linked into the
 //! test binary: see build.rs).
 
+mod blocks;
 mod executor;
 mod fork;
 mod net;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::futureless::{PlainTasks, Taken};
+use crate::futureless::{is_plain, PlainTasks, Taken};
 use crate::pool::{Pool, WakeUp};
 use crate::sendable::Sendable;
 use crate::socket::Notifier;
@@ -30,16 +30,17 @@ fn a_job_comes_back_with_its_result() {
     let pool = Pool::new(1, 8);
     let plain = PlainTasks::new(&Timers::new(), Arc::new(Notifier::default()));
     let w = Waiters::default();
-    plain
-        .spawn_job(&pool, 1, || Sendable::Number(42.0), WakeUp::Now)
+    let id = plain
+        .spawn_job(&pool, || Sendable::Number(42.0), WakeUp::Now)
         .unwrap();
-    assert!(matches!(plain.take_raw(&w, 1), Taken::Pending));
-    assert_eq!(collect(&plain, &w, 1), vec![1]);
-    match plain.take_raw(&w, 1) {
+    assert!(is_plain(id));
+    assert!(matches!(plain.take_raw(&w, id), Taken::Pending));
+    assert_eq!(collect(&plain, &w, 1), vec![id]);
+    match plain.take_raw(&w, id) {
         Taken::Raw(Ok(Sendable::Number(n))) => assert_eq!(n, 42.0),
         _ => panic!("expected the number"),
     }
-    assert!(matches!(plain.take_raw(&w, 1), Taken::Unknown), "taken once");
+    assert!(matches!(plain.take_raw(&w, id), Taken::Unknown), "taken once");
     assert_eq!(plain.len(), 0);
 }
 
@@ -51,10 +52,9 @@ fn a_cancelled_job_is_not_run_or_is_dropped_when_it_comes_back() {
     // Job 1 runs until told to finish; job 2 waits in the queue behind it.
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (started_tx, started_rx) = mpsc::channel::<()>();
-    plain
+    let id1 = plain
         .spawn_job(
             &pool,
-            1,
             move || {
                 started_tx.send(()).unwrap();
                 go_rx.recv().unwrap();
@@ -66,10 +66,9 @@ fn a_cancelled_job_is_not_run_or_is_dropped_when_it_comes_back() {
     started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     let ran = Arc::new(AtomicBool::new(false));
     let r2 = Arc::clone(&ran);
-    plain
+    let id2 = plain
         .spawn_job(
             &pool,
-            2,
             move || {
                 r2.store(true, Ordering::SeqCst);
                 Sendable::Boolean(true)
@@ -77,18 +76,18 @@ fn a_cancelled_job_is_not_run_or_is_dropped_when_it_comes_back() {
             WakeUp::Now,
         )
         .unwrap();
-    assert!(plain.cancel(&w, 1), "running");
-    assert!(plain.cancel(&w, 2), "queued");
+    assert!(plain.cancel(&w, id1), "running");
+    assert!(plain.cancel(&w, id2), "queued");
     assert_eq!(plain.cancelled_on_their_way(), 2);
     go_tx.send(()).unwrap();
     // Job 3 runs after both: once it is back, so is job 1, and job 2 was
     // skipped.
-    plain
-        .spawn_job(&pool, 3, || Sendable::Boolean(true), WakeUp::Now)
+    let id3 = plain
+        .spawn_job(&pool, || Sendable::Boolean(true), WakeUp::Now)
         .unwrap();
     assert_eq!(
         collect(&plain, &w, 1),
-        vec![3],
+        vec![id3],
         "cancelled jobs are not handed on"
     );
     assert!(
@@ -98,8 +97,52 @@ fn a_cancelled_job_is_not_run_or_is_dropped_when_it_comes_back() {
     assert_eq!(plain.cancelled_on_their_way(), 0, "both forgotten");
     assert_eq!(pool.stats().skipped, 1);
     assert!(matches!(
-        plain.take_raw(&w, 3),
+        plain.take_raw(&w, id3),
         Taken::Raw(Ok(Sendable::Boolean(true)))
     ));
+    assert_eq!(plain.len(), 0);
+}
+
+#[test]
+fn a_reused_slot_does_not_answer_to_its_old_id() {
+    let timers = Timers::new();
+    let plain = PlainTasks::new(&timers, Arc::new(Notifier::default()));
+    let w = Waiters::default();
+    let far = Instant::now() + Duration::from_secs(3600);
+    let first = plain.spawn_sleep(far).unwrap();
+    assert!(plain.cancel(&w, first));
+    let second = plain.spawn_sleep(far).unwrap();
+    assert_ne!(first, second, "a new id for the same slot");
+    assert!(!plain.cancel(&w, first), "the old id finds nothing");
+    assert!(matches!(plain.take_raw(&w, first), Taken::Unknown));
+    assert!(matches!(plain.take_raw(&w, second), Taken::Pending));
+    assert_eq!(plain.len(), 1);
+    assert!(plain.cancel(&w, second));
+    assert_eq!(plain.len(), 0);
+    assert!(timers.is_empty(), "the deadlines went with their tasks");
+}
+
+#[test]
+fn ids_are_whole_lua_numbers_apart_from_the_executors() {
+    let plain = PlainTasks::new(&Timers::new(), Arc::new(Notifier::default()));
+    let w = Waiters::default();
+    let far = Instant::now() + Duration::from_secs(3600);
+    let ids: Vec<u64> = (0..1000).map(|_| plain.spawn_sleep(far).unwrap()).collect();
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len());
+    for &id in &ids {
+        assert!(is_plain(id));
+        assert!(
+            !is_plain(id & ((1 << 52) - 1)),
+            "the executor's ids are not plain"
+        );
+        // (a Lua number holds it exactly: see ffi::task_id)
+        assert_eq!(crate::ffi::task_id(id as f64), Some(id));
+    }
+    for id in ids {
+        assert!(plain.cancel(&w, id));
+    }
     assert_eq!(plain.len(), 0);
 }

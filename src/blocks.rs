@@ -1,0 +1,92 @@
+//! The memory of boxes, kept for the next boxes of the same layout.
+//!
+//! Every pool job of a plain task is a box that the worker allocates and,
+//! once its result was taken, frees (`futureless.rs`). Under load the
+//! worker allocates a poll's worth of them in a row and frees them in a
+//! row, more than glibc's per-thread cache holds (7 blocks of a size): the
+//! rest came from, and went back to, the arena that nginx's per-request
+//! pools use, in between them, where they kept freed pools from merging
+//! and sent nginx's next allocations down malloc's slow path. Kept here,
+//! the blocks of the jobs in flight are allocated once and then reused;
+//! nginx's heap sees none of that traffic.
+
+use std::alloc::Layout;
+use std::cell::RefCell;
+use std::ptr::NonNull;
+
+/// Most blocks kept (their sizes are those of a job's closure and result,
+/// typically a few hundred bytes).
+const MAX_KEPT: usize = 1024;
+
+/// See the module docs. For one thread's boxes (not `Send`).
+#[derive(Default)]
+pub(crate) struct Blocks {
+    /// Blocks allocated by the global allocator with their layout, whose
+    /// values were dropped.
+    kept: RefCell<Vec<(Layout, NonNull<u8>)>>,
+}
+
+impl Blocks {
+    /// `value` in a box, in a kept block of its layout if there is one.
+    pub(crate) fn boxed<T>(&self, value: T) -> Box<T> {
+        let layout = Layout::new::<T>();
+        let found = {
+            let mut kept = self.kept.borrow_mut();
+            // (the last kept block is the one to take, most of the time: a
+            // runtime's jobs have one or a few layouts)
+            let i = kept.iter().rposition(|(l, _)| *l == layout);
+            i.map(|i| kept.swap_remove(i).1)
+        };
+        let Some(block) = found else {
+            return Box::new(value);
+        };
+        let p = block.as_ptr().cast::<T>();
+        // SAFETY: `block` was allocated by the global allocator with
+        // `layout`, which is `T`'s (Layout::new::<T>() above), so it is
+        // suitably sized and aligned for a `T`, and what a Box<T> frees
+        // with. Its earlier value was dropped in `keep`, which gave the
+        // block to this list alone; writing moves `value` in without
+        // reading what was there.
+        unsafe {
+            p.write(value);
+            Box::from_raw(p)
+        }
+    }
+
+    /// Drops the value of `b` and keeps its block (or frees it, past
+    /// [`MAX_KEPT`]). (The drop may run any code, this list's calls
+    /// included: it runs while the list is not borrowed.)
+    pub(crate) fn keep<T: ?Sized>(&self, b: Box<T>) {
+        let layout = Layout::for_value(&*b);
+        if self.kept.borrow().len() >= MAX_KEPT || layout.size() == 0 {
+            drop(b);
+            return;
+        }
+        let p = Box::into_raw(b);
+        // SAFETY: `p` comes from Box::into_raw: valid, aligned and owned
+        // here; its value is dropped once, and its memory (allocated by
+        // the global allocator with `layout`, as every Box's of this size
+        // is) is listed instead of freed.
+        unsafe { std::ptr::drop_in_place(p) };
+        // (a box of a non-zero size is never null)
+        if let Some(block) = NonNull::new(p.cast::<u8>()) {
+            self.kept.borrow_mut().push((layout, block));
+        }
+    }
+
+    /// Blocks kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.kept.borrow().len()
+    }
+}
+
+impl Drop for Blocks {
+    fn drop(&mut self) {
+        for (layout, block) in self.kept.get_mut().drain(..) {
+            // SAFETY: allocated by the global allocator with `layout`, and
+            // its value dropped (see `keep`): free it as a Box would.
+            unsafe { std::alloc::dealloc(block.as_ptr(), layout) };
+        }
+    }
+}
