@@ -117,17 +117,26 @@ impl Deadlines {
     }
 
     /// Removes and returns the first entry if its deadline is at or before
-    /// `now`.
+    /// `now`. (The queue's front is never a gap, see `trim_gaps`; the tree
+    /// is empty most of the time, which costs one look.)
     fn pop_due(&mut self, now: Instant) -> Option<Entry> {
-        let key = self.first_key().filter(|k| k.0 <= now)?;
-        match self.ordered.front() {
-            Some((k, _)) if *k == key => {
-                let entry = self.ordered.pop_front().and_then(|(_, e)| e);
-                self.trim_gaps();
-                entry
+        let queued = self.ordered.front().map(|(k, _)| *k);
+        if let Some((&first, _)) = self.others.first_key_value() {
+            if first.0 <= now && queued.is_none_or(|q| first < q) {
+                return self.others.remove(&first);
             }
-            _ => self.others.remove(&key),
         }
+        if queued?.0 > now {
+            return None;
+        }
+        let entry = self.ordered.pop_front().and_then(|(_, e)| e);
+        // (only the front changed: the back keeps its entry, or the queue
+        // is empty)
+        while let Some((_, None)) = self.ordered.front() {
+            self.ordered.pop_front();
+            self.gaps -= 1;
+        }
+        entry
     }
 }
 
