@@ -123,18 +123,9 @@ fn resty_async_core(lua: &Lua) -> mlua::Result<Table> {
 
 /// Checks a seconds argument: finite, not negative, at most `max`.
 fn seconds(secs: f64, pos: usize, fname: &str, max: f64) -> Result<Duration, String> {
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!(
-            "bad argument #{pos} to '{fname}' (seconds must be a finite number >= 0, got {})",
-            fmt_number(secs)
-        ));
-    }
-    if secs > max {
-        return Err(format!(
-            "bad argument #{pos} to '{fname}' (seconds must be at most {}, got {})",
-            fmt_number(max),
-            fmt_number(secs)
-        ));
+    // (`!(0 <= secs <= max)` also catches NaN)
+    if !(0.0..=max).contains(&secs) {
+        return Err(bad_seconds(secs, pos, fname, max));
     }
     // (the product is exact to the nanosecond below 2^53 ns, 104 days, and
     // within one part in 2^53 above; Duration::from_secs_f64 rounds the
@@ -142,6 +133,25 @@ fn seconds(secs: f64, pos: usize, fname: &str, max: f64) -> Result<Duration, Str
     // async.sleep; through i64, which converts in one instruction and
     // holds the largest sleep)
     Ok(Duration::from_nanos((secs * 1e9) as i64 as u64))
+}
+
+/// The message of a misuse that [`seconds`] found. (Out of its line: the
+/// formatting would make every call set up its frame.)
+#[cold]
+#[inline(never)]
+fn bad_seconds(secs: f64, pos: usize, fname: &str, max: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        format!(
+            "bad argument #{pos} to '{fname}' (seconds must be a finite number >= 0, got {})",
+            fmt_number(secs)
+        )
+    } else {
+        format!(
+            "bad argument #{pos} to '{fname}' (seconds must be at most {}, got {})",
+            fmt_number(max),
+            fmt_number(secs)
+        )
+    }
 }
 
 /// A number the way a person reads it: `1e300`, not 301 digits.
