@@ -36,7 +36,7 @@ use crate::waiters::Waited;
 
 /// The version of [`Api`] and of the conventions below; `resty/async.lua`
 /// declares the same.
-pub(crate) const FFI_ABI: u32 = 4;
+pub(crate) const FFI_ABI: u32 = 3;
 
 /// What [`Api::poll`] fills in.
 #[repr(C)]
@@ -93,8 +93,7 @@ pub const KIND_LUA: c_int = 6;
 /// A spawning function returns the task id (> 0) when it is pending, `-id`
 /// when it is pending and the driver must run in this cycle of nginx's
 /// event loop (for an earlier timer, or for pool jobs whose wake-up was
-/// deferred to it) and the runtime could not wake it itself (it does once
-/// the driver told it how: `set_tick`), 0 when it finished at once (its result is the one
+/// deferred to it), 0 when it finished at once (its result is the one
 /// `take(vm, 0, out)` gives), and NaN on misuse (a bad argument value:
 /// `error()` gives the message to raise). Their last two arguments, `wait`
 /// and `waited`: with `wait` above 0, a pending call also queues its
@@ -124,7 +123,6 @@ pub struct Api {
     pub error: unsafe extern "C" fn(*mut c_char, usize) -> usize,
     pub poll: unsafe extern "C" fn(*const c_void, c_int, *mut c_double, c_int, *mut PollOut) -> c_int,
     pub wait: extern "C" fn(*const c_void, c_double, c_double) -> c_int,
-    pub set_tick: unsafe extern "C" fn(*const c_void, *mut c_void, *mut c_int) -> c_int,
 }
 
 /// This library's entry points.
@@ -140,7 +138,6 @@ pub(crate) static API: Api = Api {
     error: ra_error,
     poll: ra_poll,
     wait: ra_wait,
-    set_tick: ra_set_tick,
 };
 
 thread_local! {
@@ -228,7 +225,7 @@ fn spawned(rt: &Runtime, spawned: Spawned<LuaOutput>, wait: Wait) -> c_double {
         Spawned::Pending(id) => {
             wait.queue(rt, id);
             let id = id as c_double;
-            if (rt.take_rearm() | rt.wake_owed()) && !rt.waiters.kick() {
+            if rt.take_rearm() | rt.wake_owed() {
                 -id
             } else {
                 id
@@ -460,25 +457,6 @@ pub const WAIT_CANNOT: c_int = -1;
 pub const WAIT_TIMEOUT: c_int = -2;
 /// It failed: `error()` has the message.
 pub const WAIT_FAILED: c_int = -3;
-
-/// Tells the runtime of `vm` the semaphore its driver waits on between
-/// polls (an `ngx_http_lua_sema_t *`) and the flag of driver.lua's `kick`,
-/// so that a spawning call that needs the driver wakes it itself instead
-/// of returning `-id` (one branch less on the Lua side). Both null: forget
-/// them. Returns 0, or -1 if `vm` is not a live runtime's.
-///
-/// # Safety
-///
-/// `sema` is null or a live semaphore of ngx_lua's, `kicked` null or a
-/// writable `int`, and both stay valid while the VM is open or until the
-/// next call: the Lua side keeps them in the runtime's state.
-unsafe extern "C" fn ra_set_tick(vm: *const c_void, sema: *mut c_void, kicked: *mut c_int) -> c_int {
-    with_runtime(vm, -1, |rt| {
-        // SAFETY: the caller's contract.
-        unsafe { rt.waiters.set_tick(sema.cast(), kicked) };
-        0
-    })
-}
 
 /// Queues the calling Lua code on a semaphore for task `id`, for at most
 /// `timeout` seconds, when it may yield: the Lua side then yields (as

@@ -117,18 +117,6 @@ pub(crate) struct Waiters {
     /// Callers queued from an FFI call and from the Lua C function.
     by_ffi: Cell<u64>,
     by_c_function: Cell<u64>,
-    /// The driver's semaphore, once its Lua side told (see
-    /// [`Waiters::set_tick`]).
-    tick: Cell<Option<Tick>>,
-}
-
-/// The driver's `ngx.semaphore`, which it waits on between polls, and the
-/// flag that says it was posted in this cycle of the driver (shared with
-/// `kick` in driver.lua).
-#[derive(Clone, Copy)]
-struct Tick {
-    sema: *mut Sema,
-    kicked: *mut c_int,
 }
 
 /// What [`Waiters::wait`] did.
@@ -238,40 +226,6 @@ impl Waiters {
                 self.posts.set(self.posts.get() + 1);
             }
         }
-    }
-
-    /// Lets [`Waiters::kick`] wake the driver: `sema` is the semaphore it
-    /// waits on, `kicked` the flag of its Lua side's `kick`. Both null:
-    /// forget them.
-    ///
-    /// # Safety
-    ///
-    /// Both stay valid while the VM of this runtime is open, or until the
-    /// next call: the Lua side keeps the semaphore object and the flag's
-    /// cdata in the runtime's state, which lives as long as the VM.
-    pub(crate) unsafe fn set_tick(&self, sema: *mut Sema, kicked: *mut c_int) {
-        let tick = (!sema.is_null() && !kicked.is_null()).then_some(Tick { sema, kicked });
-        self.tick.set(tick);
-    }
-
-    /// Wakes the driver for this cycle, as driver.lua's `kick` does: posts
-    /// its semaphore unless that was done since it last woke. Whether it
-    /// could (the driver's Lua side told where its semaphore is). Only
-    /// from a call of the VM's Lua code.
-    pub(crate) fn kick(&self) -> bool {
-        let (Some(tick), Some(ngx)) = (self.tick.get(), ngx()) else {
-            return false;
-        };
-        // SAFETY: set_tick's contract: the VM runs this call, so it is
-        // open, and both pointers are valid. (Lua code does not run during
-        // this call, so the flag is not written meanwhile.)
-        unsafe {
-            if *tick.kicked == 0 {
-                *tick.kicked = 1;
-                (ngx.post)(tick.sema, 1);
-            }
-        }
-        true
     }
 
     /// Takes back the semaphore of `w`, whose caller resumed or is gone.

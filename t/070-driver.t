@@ -89,43 +89,7 @@ true in_flight=0
 
 
 
-=== TEST 4: a call that needs the driver sooner wakes it from Rust, without a kick from Lua
---- http_config
-    init_worker_by_lua_block {
-        assert(require("resty.async").configure{ timeout = 5 })
-    }
---- config
-    location = /t {
-        content_by_lua_block {
-            local async = require "resty.async"
-            local runtime = require "resty.async.runtime"
-            local st
-            for _, s in pairs(runtime.states) do
-                if s.name == "resty.async" then st = s end
-            end
-            for round = 1, 2 do
-                -- idle: no deadline, the driver waits 0.1 s at a time
-                ngx.sleep(0.25)
-                -- a deadline earlier than that: the start posts the
-                -- driver's semaphore and sets the flag its kick() reads
-                -- (a negative id would ask the Lua side to do it)
-                local before = st.kicked[0]
-                local id = st.api.sleep(st.vm, 0.05, 0, nil)
-                ngx.say(round, ": flag ", before, " -> ", st.kicked[0],
-                        ", id > 0: ", id > 0)
-                runtime.forget(st, id)
-            end
-            ngx.say(async.sleep(0.01), " in_flight=", async.stats().in_flight)
-        }
-    }
---- response_body
-1: flag 0 -> 1, id > 0: true
-2: flag 0 -> 1, id > 0: true
-true in_flight=0
-
-
-
-=== TEST 5: a driver that keeps dying backs off and logs one line, not thousands
+=== TEST 4: a driver that keeps dying backs off and logs one line, not thousands
 --- config
     location = /t {
         content_by_lua_block {

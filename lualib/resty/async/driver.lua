@@ -69,12 +69,9 @@ local LOG_EVERY = 10
 -- see that the reader stopped. One post per turn of the loop.
 local function kick(st)
     local tick = st.tick
-    if tick then
-        local kicked = st.kicked
-        if kicked[0] == 0 then
-            kicked[0] = 1
-            tick:post(1)
-        end
+    if tick and not st.kicked then
+        st.kicked = true
+        tick:post(1)
     end
 end
 
@@ -261,9 +258,6 @@ local function drive(st)
     st.started = ngx_now()
 
     local tick = st.tick
-    -- A call that needs this loop to run wakes it from Rust, as kick()
-    -- does (see src/ffi.rs: set_tick).
-    st.api.set_tick(st.vm, tick.sem, st.kicked)
     local idle_since
     while true do
         local next_ms = run_poll(st, true)
@@ -303,7 +297,7 @@ local function drive(st)
             end
         end
         tick:wait(wait)
-        st.kicked[0] = 0
+        st.kicked = false
 
         local now = ngx_now()
         if now - st.swept >= SWEEP_INTERVAL then
@@ -385,8 +379,6 @@ end
 
 start_driver = function(st, delay)
     if not st.tick then
-        -- (the runtime posts it too: see drive())
-        st.kicked = ffi_new("int[1]")
         st.tick = sema_new(0)
     end
     -- Create the socket now, so that a failure reaches the caller.

@@ -50,7 +50,6 @@ struct resty_async_api {
     int (*poll)(const void *vm, int arm, double *ids, int cap,
                 resty_async_poll_out *out);
     int (*wait)(const void *vm, double id, double timeout);
-    int (*set_tick)(const void *vm, void *sema, int *kicked);
 };
 ]]
 
@@ -64,7 +63,7 @@ local _M = {
         timeout = 60,
     },
     -- The version of `struct resty_async_api` (src/ffi.rs FFI_ABI).
-    FFI_ABI = 4,
+    FFI_ABI = 3,
     -- resty_async_value.kind
     KIND_NONE = 0,
     KIND_PENDING = 1,
