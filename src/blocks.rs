@@ -1,14 +1,13 @@
 //! The memory of boxes, kept for the next boxes of the same layout.
 //!
 //! Every pool job of a plain task is a box that the worker allocates and,
-//! once its result was taken, frees (`futureless.rs`). Under load the
+//! once its result is taken, frees (`futureless.rs`). Under load the
 //! worker allocates a poll's worth of them in a row and frees them in a
 //! row, more than glibc's per-thread cache holds (7 blocks of a size): the
-//! rest came from, and went back to, the arena that nginx's per-request
-//! pools use, in between them, where they kept freed pools from merging
-//! and sent nginx's next allocations down malloc's slow path. Kept here,
-//! the blocks of the jobs in flight are allocated once and then reused;
-//! nginx's heap sees none of that traffic.
+//! rest would come from, and go back to, the arena of nginx's per-request
+//! pools, in between those. Kept here, the blocks of the jobs in flight
+//! are allocated once and then reused, and nginx's heap sees none of that
+//! traffic.
 
 use std::alloc::Layout;
 use std::cell::RefCell;
