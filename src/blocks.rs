@@ -13,16 +13,18 @@ use std::alloc::Layout;
 use std::cell::RefCell;
 use std::ptr::NonNull;
 
-/// Most blocks kept (their sizes are those of a job's closure and result,
-/// typically a few hundred bytes).
-const MAX_KEPT: usize = 1024;
+/// Most blocks kept of one layout (their sizes are those of a job's
+/// closure and result, typically a few hundred bytes), and most layouts.
+/// Past those a box's memory is freed, as it would be without this list.
+pub(crate) const MAX_PER_LAYOUT: usize = 256;
+pub(crate) const MAX_LAYOUTS: usize = 16;
 
 /// See the module docs. For one thread's boxes (not `Send`).
 #[derive(Default)]
 pub(crate) struct Blocks {
-    /// Blocks allocated by the global allocator with their layout, whose
-    /// values were dropped.
-    kept: RefCell<Vec<(Layout, NonNull<u8>)>>,
+    /// For each layout, blocks allocated by the global allocator with it,
+    /// whose values were dropped.
+    bins: RefCell<Vec<(Layout, Vec<NonNull<u8>>)>>,
 }
 
 impl Blocks {
@@ -30,11 +32,11 @@ impl Blocks {
     pub(crate) fn boxed<T>(&self, value: T) -> Box<T> {
         let layout = Layout::new::<T>();
         let found = {
-            let mut kept = self.kept.borrow_mut();
-            // (the last kept block is the one to take, most of the time: a
-            // runtime's jobs have one or a few layouts)
-            let i = kept.iter().rposition(|(l, _)| *l == layout);
-            i.map(|i| kept.swap_remove(i).1)
+            let mut bins = self.bins.borrow_mut();
+            // (a runtime's jobs have one or a few layouts)
+            bins.iter_mut()
+                .find(|(l, _)| *l == layout)
+                .and_then(|(_, blocks)| blocks.pop())
         };
         let Some(block) = found else {
             return Box::new(value);
@@ -53,11 +55,18 @@ impl Blocks {
     }
 
     /// Drops the value of `b` and keeps its block (or frees it, past
-    /// [`MAX_KEPT`]). (The drop may run any code, this list's calls
-    /// included: it runs while the list is not borrowed.)
+    /// [`MAX_PER_LAYOUT`] or [`MAX_LAYOUTS`]). (The drop may run any code,
+    /// this list's calls included: it runs while the list is not borrowed.)
     pub(crate) fn keep<T: ?Sized>(&self, b: Box<T>) {
         let layout = Layout::for_value(&*b);
-        if self.kept.borrow().len() >= MAX_KEPT || layout.size() == 0 {
+        let room = layout.size() > 0 && {
+            let bins = self.bins.borrow();
+            match bins.iter().find(|(l, _)| *l == layout) {
+                Some((_, blocks)) => blocks.len() < MAX_PER_LAYOUT,
+                None => bins.len() < MAX_LAYOUTS,
+            }
+        };
+        if !room {
             drop(b);
             return;
         }
@@ -68,24 +77,32 @@ impl Blocks {
         // is) is listed instead of freed.
         unsafe { std::ptr::drop_in_place(p) };
         // (a box of a non-zero size is never null)
-        if let Some(block) = NonNull::new(p.cast::<u8>()) {
-            self.kept.borrow_mut().push((layout, block));
+        let Some(block) = NonNull::new(p.cast::<u8>()) else {
+            return;
+        };
+        let mut bins = self.bins.borrow_mut();
+        match bins.iter_mut().find(|(l, _)| *l == layout) {
+            Some((_, blocks)) => blocks.push(block),
+            None => bins.push((layout, vec![block])),
         }
     }
 
     /// Blocks kept.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.kept.borrow().len()
+        self.bins.borrow().iter().map(|(_, blocks)| blocks.len()).sum()
     }
 }
 
 impl Drop for Blocks {
     fn drop(&mut self) {
-        for (layout, block) in self.kept.get_mut().drain(..) {
-            // SAFETY: allocated by the global allocator with `layout`, and
-            // its value dropped (see `keep`): free it as a Box would.
-            unsafe { std::alloc::dealloc(block.as_ptr(), layout) };
+        for (layout, blocks) in self.bins.get_mut().drain(..) {
+            for block in blocks {
+                // SAFETY: allocated by the global allocator with `layout`,
+                // and its value dropped (see `keep`): free it as a Box
+                // would.
+                unsafe { std::alloc::dealloc(block.as_ptr(), layout) };
+            }
         }
     }
 }

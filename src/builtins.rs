@@ -123,7 +123,9 @@ fn resty_async_core(lua: &Lua) -> mlua::Result<Table> {
 
 /// Checks a seconds argument: finite, not negative, at most `max`.
 fn seconds(secs: f64, pos: usize, fname: &str, max: f64) -> Result<Duration, String> {
-    // (`!(0 <= secs <= max)` also catches NaN)
+    // (`!(0 <= secs <= max)` also catches NaN, and infinities: `max` is
+    // finite)
+    debug_assert!(max.is_finite());
     if !(0.0..=max).contains(&secs) {
         return Err(bad_seconds(secs, pos, fname, max));
     }

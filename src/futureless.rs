@@ -49,8 +49,8 @@ struct Slot {
     done: bool,
     /// A result taken out of its job that only mlua can make into Lua
     /// values ([`Sendable::Other`]), kept for [`PlainTasks::take_lua`].
-    /// (Boxed: slots move in and out of the map on every call, and few
-    /// results need mlua.)
+    /// (Boxed: slots move in and out of their table on every take, and
+    /// few results need mlua.)
     held: Option<Box<Result<Sendable, PoolError>>>,
     /// The caller waiting for it (kept here rather than in [`Waiters`]:
     /// the slot is at hand when the task is done and when it is taken).
@@ -62,7 +62,9 @@ struct Slot {
 const PLAIN: TaskId = 1 << 52;
 /// The low bits of a plain task's id: its slot's index. The bits between
 /// count the slot's uses, so that a stale id does not find the slot's next
-/// task.
+/// task; a slot used [`USES_MASK`] times is not used again, so that no id
+/// is ever given twice (a cancelled job's id stays in [`Back`] until the
+/// job comes back, and the Lua side keys tables by ids).
 const INDEX_BITS: u32 = 24;
 const INDEX_MASK: TaskId = (1 << INDEX_BITS) - 1;
 const USES_MASK: u32 = (1 << (52 - INDEX_BITS)) - 1;
@@ -77,7 +79,7 @@ pub(crate) fn is_plain(id: TaskId) -> bool {
 struct Slots {
     /// Each slot's uses so far and its task, if it has one.
     entries: Vec<(u32, Option<Slot>)>,
-    /// The indexes of the empty slots.
+    /// The indexes of the empty slots that may be used again.
     free: Vec<u32>,
     len: usize,
 }
@@ -99,7 +101,8 @@ impl Slots {
             None => return None,
         };
         let entry = &mut self.entries[index];
-        entry.0 = (entry.0 + 1) & USES_MASK;
+        // (below USES_MASK: see `remove`)
+        entry.0 += 1;
         let id = Slots::id(index, entry.0);
         entry.1 = Some(make(id));
         self.len += 1;
@@ -124,18 +127,25 @@ impl Slots {
 
     fn remove(&mut self, id: TaskId) -> Option<Slot> {
         let slot = self.place(id)?.take()?;
-        self.free.push((id & INDEX_MASK) as u32);
+        let index = id & INDEX_MASK;
+        // (a slot at its last use is retired: its ids are all given)
+        if self.entries[index as usize].0 < USES_MASK {
+            self.free.push(index as u32);
+        }
         self.len -= 1;
         Some(slot)
     }
 
-    /// Puts back the slot of `id` that [`Slots::remove`] just took.
+    /// Puts back the slot of `id` that [`Slots::remove`] just took (with
+    /// nothing in between that inserts).
     fn restore(&mut self, id: TaskId, slot: Slot) {
         let index = (id & INDEX_MASK) as usize;
         if let Some(pos) = self.free.iter().rposition(|&i| i as usize == index) {
             self.free.swap_remove(pos);
         }
-        self.entries[index].1 = Some(slot);
+        let entry = &mut self.entries[index];
+        debug_assert!(entry.1.is_none() && Slots::id(index, entry.0) == id);
+        entry.1 = Some(slot);
         self.len += 1;
     }
 
@@ -302,7 +312,9 @@ impl PlainTasks {
         job: impl FnOnce() -> Sendable + Send + 'static,
         wake: WakeUp,
     ) -> Result<TaskId, PoolError> {
-        let id = self.insert(|_| Kind::Job(None)).ok_or_else(too_many)?;
+        let id = self
+            .insert(|_| Kind::Job(None))
+            .ok_or_else(|| PoolError::Lost(too_many_tasks()))?;
         let errand = self.blocks.boxed(JobErrand {
             id,
             stage: Stage::Queued(job),
@@ -315,10 +327,11 @@ impl PlainTasks {
         Ok(id)
     }
 
-    /// A task that finishes at `deadline`, with the result `true`; its id.
-    pub(crate) fn spawn_sleep(&self, deadline: Instant) -> Result<TaskId, PoolError> {
+    /// A task that finishes at `deadline`, with the result `true`; its id,
+    /// or the message of its refusal.
+    pub(crate) fn spawn_sleep(&self, deadline: Instant) -> Result<TaskId, String> {
         self.insert(|id| Kind::Sleep(self.timers.add_task(deadline, id)))
-            .ok_or_else(too_many)
+            .ok_or_else(too_many_tasks)
     }
 
     fn insert(&self, kind: impl FnOnce(TaskId) -> Kind) -> Option<TaskId> {
@@ -556,6 +569,17 @@ impl PlainTasks {
         self.cancelled.get()
     }
 
+    /// Sets how many times the slot of `id` (empty) was used, to test its
+    /// last use.
+    #[cfg(test)]
+    pub(crate) fn set_uses(&self, id: TaskId, uses: u32) {
+        self.slots.borrow_mut().entries[(id & INDEX_MASK) as usize].0 = uses;
+    }
+
+    /// The most uses of a slot (see [`INDEX_BITS`]).
+    #[cfg(test)]
+    pub(crate) const MAX_USES: u32 = USES_MASK;
+
     /// Jobs cancelled that have not come back or been skipped yet.
     #[cfg(test)]
     pub(crate) fn cancelled_on_their_way(&self) -> usize {
@@ -563,9 +587,9 @@ impl PlainTasks {
     }
 }
 
-/// The refusal of a task when every slot is taken.
-fn too_many() -> PoolError {
-    PoolError::Lost(format!("resty.async: more than {} tasks at once", INDEX_MASK + 1))
+/// Why a task is refused when every slot is taken.
+fn too_many_tasks() -> String {
+    format!("resty.async: more than {} tasks at once", INDEX_MASK + 1)
 }
 
 /// A job's result as a task outcome: a panic as the executor reports a

@@ -292,7 +292,9 @@ impl Module {
 /// did not load. `require` raises it too, but mlua raises its errors as
 /// userdata, which ngx_lua reports as "unknown reason" ("unknown error" in
 /// init_by_lua): the log line is where the user reads the message.
-/// (Outside nginx there is no `ngx.log`, and the error is all.)
+/// (Outside nginx there is no `ngx.log`, and the error is all. A VM logs
+/// it once: Lua's `require` does not load a module again after its loader
+/// failed.)
 fn logged<T>(lua: &Lua, name: &str, res: mlua::Result<T>) -> mlua::Result<T> {
     if let Err(e) = &res {
         log_load_failure(lua, name, e);

@@ -114,8 +114,8 @@ pub(crate) fn library_id() -> String {
 }
 
 pub(crate) fn id_value(id: TaskId) -> f64 {
-    // Ids start at 1 and stay far below 2^53: exact as a Lua number, and
-    // never 0, so that the sign can carry a flag.
+    // Ids start at 1 and stay below 2^53 (see futureless.rs): exact as a
+    // Lua number, and never 0, so that the sign can carry a flag.
     id as f64
 }
 

@@ -313,14 +313,16 @@ impl Runtime {
     /// whose result is `true` once `dur` has passed; ready at once for
     /// zero.
     pub(crate) fn spawn_sleep(&self, dur: Duration) -> Spawned<LuaOutput> {
-        let refused = |e: PoolError| Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(e.to_string()))));
         if dur.is_zero() {
             self.plain.count_ready();
             return Spawned::Ready(Ok(Ok(LuaValues::One(mlua::Value::Boolean(true)))));
         }
         match self.plain.spawn_sleep(self.timers.deadline(dur)) {
             Ok(id) => Spawned::Pending(id),
-            Err(e) => refused(e),
+            Err(msg) => {
+                self.plain.count_ready();
+                Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(msg))))
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 1);
+plan tests => repeat_each() * (blocks() * 7 + 2);
 
 run_tests();
 
@@ -385,9 +385,16 @@ after: 1
             -- "unknown reason", and the log line below is the message)
             ngx.say(ok, " ", type(err), " ", tostring(err):find(
                 "has FFI entry points of another version", 1, true) ~= nil)
+            -- Lua does not run a loader that failed again: one log line
+            ok, err = pcall(require, "resty_async_fixtures")
+            ngx.say(ok, " ", err:match("previous error") ~= nil)
         }
     }
 --- response_body
 false userdata true
+false true
+--- grep_error_log eval: qr/did not load/
+--- grep_error_log_out
+did not load
 --- error_log eval
 qr/\[error\] .*resty\.async: the module resty_async_fixtures did not load: .*resty\.async: module resty_async_fixtures has FFI entry points of another version \(\d+, this resty\/async\.lua declares \d+\): rebuild it/

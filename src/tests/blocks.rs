@@ -58,3 +58,23 @@ fn each_value_is_dropped_once() {
     }
     assert_eq!(Rc::strong_count(&alive), 1);
 }
+
+#[test]
+fn a_layout_keeps_a_bounded_number_of_blocks_and_others_keep_theirs() {
+    use crate::blocks::{MAX_LAYOUTS, MAX_PER_LAYOUT};
+    let blocks = Blocks::default();
+    let many: Vec<Box<[u64; 8]>> = (0..MAX_PER_LAYOUT + 10)
+        .map(|i| blocks.boxed([i as u64; 8]))
+        .collect();
+    for b in many {
+        blocks.keep(b);
+    }
+    assert_eq!(blocks.len(), MAX_PER_LAYOUT, "the rest were freed");
+    // other layouts find room, up to MAX_LAYOUTS of them in all
+    blocks.keep(blocks.boxed([0u8; 24]));
+    assert_eq!(blocks.len(), MAX_PER_LAYOUT + 1);
+    for n in 100..100 + MAX_LAYOUTS {
+        blocks.keep(vec![0u8; n].into_boxed_slice());
+    }
+    assert_eq!(blocks.len(), MAX_PER_LAYOUT + 1 + (MAX_LAYOUTS - 2));
+}

@@ -132,17 +132,38 @@ fn ids_are_whole_lua_numbers_apart_from_the_executors() {
     distinct.sort_unstable();
     distinct.dedup();
     assert_eq!(distinct.len(), ids.len());
+    for id in [1, 2, 1000, 1 << 40] {
+        assert!(!is_plain(id), "the executor's ids, counted from 1, are not plain");
+    }
     for &id in &ids {
         assert!(is_plain(id));
-        assert!(
-            !is_plain(id & ((1 << 52) - 1)),
-            "the executor's ids are not plain"
-        );
         // (a Lua number holds it exactly: see ffi::task_id)
         assert_eq!(crate::ffi::task_id(id as f64), Some(id));
     }
     for id in ids {
         assert!(plain.cancel(&w, id));
     }
+    assert_eq!(plain.len(), 0);
+}
+
+#[test]
+fn a_slot_at_its_last_use_is_not_used_again_so_no_id_repeats() {
+    let plain = PlainTasks::new(&Timers::new(), Arc::new(Notifier::default()));
+    let w = Waiters::default();
+    let far = Instant::now() + Duration::from_secs(3600);
+    let first = plain.spawn_sleep(far).unwrap();
+    assert!(plain.cancel(&w, first));
+    plain.set_uses(first, PlainTasks::MAX_USES - 1);
+    let last = plain.spawn_sleep(far).unwrap();
+    assert_eq!(
+        last & 0xff_ffff,
+        first & 0xff_ffff,
+        "the same slot, at its last use"
+    );
+    assert!(plain.cancel(&w, last));
+    let next = plain.spawn_sleep(far).unwrap();
+    assert_ne!(next & 0xff_ffff, first & 0xff_ffff, "the slot is retired");
+    assert!(next != first && next != last);
+    assert!(plain.cancel(&w, next));
     assert_eq!(plain.len(), 0);
 }
