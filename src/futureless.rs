@@ -136,26 +136,6 @@ impl Slots {
         Some(slot)
     }
 
-    /// Puts back the slot of `id` that [`Slots::remove`] just took (with
-    /// nothing in between that inserts).
-    fn restore(&mut self, id: TaskId, slot: Slot) {
-        let index = (id & INDEX_MASK) as usize;
-        if let Some(pos) = self.free.iter().rposition(|&i| i as usize == index) {
-            self.free.swap_remove(pos);
-        }
-        let entry = &mut self.entries[index];
-        debug_assert!(entry.1.is_none() && Slots::id(index, entry.0) == id);
-        entry.1 = Some(slot);
-        self.len += 1;
-    }
-
-    fn ids(&self) -> Vec<TaskId> {
-        let ids = self.entries.iter().enumerate();
-        ids.filter(|(_, (_, slot))| slot.is_some())
-            .map(|(i, (uses, _))| Slots::id(i, *uses))
-            .collect()
-    }
-
     fn iter_mut(&mut self) -> impl Iterator<Item = (TaskId, &mut Slot)> {
         let entries = self.entries.iter_mut().enumerate();
         entries.filter_map(|(i, (uses, slot))| slot.as_mut().map(|s| (Slots::id(i, *uses), s)))
@@ -431,10 +411,10 @@ impl PlainTasks {
         }
     }
 
-    /// Takes the waiter out of `slot` and gives its semaphore back (its
-    /// caller resumed, or is gone).
-    fn release(&self, waiters: &Waiters, slot: &mut Slot) {
-        if let Some(w) = slot.waiter.take() {
+    /// Gives back the semaphore of a slot's waiter (its caller resumed, or
+    /// is gone).
+    fn release(&self, waiters: &Waiters, waiter: Option<Waiter>) {
+        if let Some(w) = waiter {
             self.waiting.set(self.waiting.get() - 1);
             waiters.give_back(w);
         }
@@ -464,31 +444,40 @@ impl PlainTasks {
     /// slot; one that only mlua can convert stays for
     /// [`PlainTasks::take_lua`].
     pub(crate) fn take_raw(&self, waiters: &Waiters, id: TaskId) -> Taken {
-        // (taken out, and put back in the rare case that the result stays:
-        // one lookup on the common path)
-        let Some(mut slot) = self.slots.borrow_mut().remove(id) else {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(id) else {
             return Taken::Unknown;
         };
         // (its caller runs now: a waiter it had is over)
-        self.release(waiters, &mut slot);
-        let res = match (slot.held.take(), &mut slot.kind) {
-            (Some(res), _) => Some(*res),
-            (None, Kind::Job(Some(errand))) => Some(errand.take()),
-            (None, Kind::Job(None)) => None,
-            (None, Kind::Sleep(_)) if slot.done => Some(Ok(Sendable::Boolean(true))),
-            (None, Kind::Sleep(_)) => None,
+        let waiter = slot.waiter.take();
+        // (a held result is one that needs mlua)
+        let taken = if slot.held.is_some() {
+            Taken::NeedsLua
+        } else {
+            match &mut slot.kind {
+                Kind::Job(None) => Taken::Pending,
+                Kind::Job(Some(errand)) => match errand.take() {
+                    res @ Ok(Sendable::Other(_)) => {
+                        slot.held = Some(Box::new(res));
+                        Taken::NeedsLua
+                    }
+                    res => Taken::Raw(res),
+                },
+                Kind::Sleep(_) if slot.done => Taken::Raw(Ok(Sendable::Boolean(true))),
+                Kind::Sleep(_) => Taken::Pending,
+            }
         };
-        let Some(res) = res else {
-            self.slots.borrow_mut().restore(id, slot);
-            return Taken::Pending;
+        // (the slot stays while a result is pending or needs mlua)
+        let spent = match taken {
+            Taken::Raw(_) => slots.remove(id),
+            _ => None,
         };
-        if let Ok(Sendable::Other(_)) = res {
-            slot.held = Some(Box::new(res));
-            self.slots.borrow_mut().restore(id, slot);
-            return Taken::NeedsLua;
+        drop(slots);
+        self.release(waiters, waiter);
+        if let Some(slot) = spent {
+            self.retire(slot.kind);
         }
-        self.retire(slot.kind);
-        Taken::Raw(res)
+        taken
     }
 
     /// The outcome of a finished task as Lua values, which frees its
@@ -524,7 +513,7 @@ impl PlainTasks {
     pub(crate) fn cancel(&self, waiters: &Waiters, id: TaskId) -> bool {
         let slot = self.slots.borrow_mut().remove(id);
         let Some(mut slot) = slot else { return false };
-        self.release(waiters, &mut slot);
+        self.release(waiters, slot.waiter.take());
         if !slot.done {
             self.cancelled.set(self.cancelled.get() + 1);
         }
@@ -542,7 +531,7 @@ impl PlainTasks {
 
     /// Throws every task away (see [`PlainTasks::cancel`]).
     pub(crate) fn shutdown(&self, waiters: &Waiters) {
-        let ids = self.slots.borrow().ids();
+        let ids: Vec<TaskId> = self.slots.borrow_mut().iter_mut().map(|(id, _)| id).collect();
         for id in ids {
             self.cancel(waiters, id);
         }

@@ -300,13 +300,8 @@ impl Runtime {
         &self,
         job: impl FnOnce() -> Sendable + Send + 'static,
     ) -> Result<TaskId, PoolError> {
-        match self.plain.spawn_job(&self.pool, job, self.batch.wake_up()) {
-            Ok(id) => Ok(id),
-            Err(e) => {
-                self.plain.count_ready();
-                Err(e)
-            }
-        }
+        let spawned = self.plain.spawn_job(&self.pool, job, self.batch.wake_up());
+        spawned.inspect_err(|_| self.plain.count_ready())
     }
 
     /// `async.sleep(dur)`: a task without a future (see `futureless.rs`)
