@@ -28,6 +28,7 @@ use std::panic::AssertUnwindSafe;
 use crate::executor::{Spawned, TaskId};
 use crate::futureless::Taken;
 use crate::local::Local;
+use crate::mailbox::Posted;
 use crate::pool::PoolError;
 use crate::runtime::{Done, LuaOutput, Runtime};
 use crate::sendable::{Bytes, Sendable};
@@ -36,7 +37,7 @@ use crate::waiters::Waited;
 
 /// The version of [`Api`] and of the conventions below; `resty/async.lua`
 /// declares the same.
-pub(crate) const FFI_ABI: u32 = 3;
+pub(crate) const FFI_ABI: u32 = 4;
 
 /// What [`Api::poll`] fills in.
 #[repr(C)]
@@ -123,6 +124,7 @@ pub struct Api {
     pub error: unsafe extern "C" fn(*mut c_char, usize) -> usize,
     pub poll: unsafe extern "C" fn(*const c_void, c_int, *mut c_double, c_int, *mut PollOut) -> c_int,
     pub wait: extern "C" fn(*const c_void, c_double, c_double) -> c_int,
+    pub mailbox: extern "C" fn(*const c_void, *mut c_int) -> *mut Posted,
 }
 
 /// This library's entry points.
@@ -138,6 +140,7 @@ pub(crate) static API: Api = Api {
     error: ra_error,
     poll: ra_poll,
     wait: ra_wait,
+    mailbox: ra_mailbox,
 };
 
 thread_local! {
@@ -439,6 +442,27 @@ unsafe extern "C" fn ra_take(vm: *const c_void, id: c_double, out: *mut ValueOut
         }
         kind
     })
+}
+
+/// The table where the poll leaves the results of the callers it posts
+/// (see `mailbox.rs`), for the VM of handle `vm`, and its capacity in
+/// `*cap`; null (and 0) if `vm` is not a live handle of this library.
+extern "C" fn ra_mailbox(vm: *const c_void, cap: *mut c_int) -> *mut Posted {
+    let found = crate::local::with(|l| {
+        crate::panic::catch_in(
+            l,
+            AssertUnwindSafe(|| VmRuntime::from_ffi(l, vm).map(VmRuntime::mailbox)),
+        )
+    });
+    let (ptr, n) = match found {
+        Ok(Some(found)) => found,
+        _ => (std::ptr::null_mut(), 0),
+    };
+    if !cap.is_null() {
+        // SAFETY: not null, and the Lua side's `int[1]`.
+        unsafe { *cap = n as c_int };
+    }
+    ptr
 }
 
 /// What `wait(vm, id, timeout)` did (see [`ra_wait`]).

@@ -17,9 +17,10 @@
 //! The ids are marked apart from the executor's (see [`is_plain`]), so that
 //! the kinds of task share one id space.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -28,6 +29,8 @@ use mlua::Lua;
 
 use crate::blocks::Blocks;
 use crate::executor::{Outcome, Panicked, TaskId};
+use crate::ffi::{KIND_BOOLEAN, KIND_ERROR, KIND_NUMBER, KIND_STRING};
+use crate::mailbox::{Mailbox, Posted};
 use crate::pool::{Errand, Pool, PoolError, WakeUp};
 use crate::runtime::LuaOutput;
 use crate::sendable::Sendable;
@@ -55,6 +58,8 @@ struct Slot {
     /// The caller waiting for it (kept here rather than in [`Waiters`]:
     /// the slot is at hand when the task is done and when it is taken).
     waiter: Option<Waiter>,
+    /// Its result is in the mailbox (see [`PlainTasks::reap`]).
+    posted: bool,
 }
 
 /// Marks a plain task's id. The executor counts its ids up from 1 and never
@@ -209,6 +214,8 @@ enum Stage<F> {
 trait Returned: Send {
     fn id(&self) -> TaskId;
     fn take(&mut self) -> Result<Sendable, PoolError>;
+    /// The result, if it was not taken.
+    fn peek(&self) -> Option<&Result<Sendable, PoolError>>;
 }
 
 impl<F: FnOnce() -> Sendable + Send + 'static> Errand for JobErrand<F> {
@@ -246,6 +253,13 @@ impl<F: FnOnce() -> Sendable + Send + 'static> Returned for JobErrand<F> {
             _ => Err(PoolError::Lost("the result of a pool job taken twice".into())),
         }
     }
+
+    fn peek(&self) -> Option<&Result<Sendable, PoolError>> {
+        match &self.stage {
+            Stage::Done(res) => Some(res),
+            _ => None,
+        }
+    }
 }
 
 /// The plain tasks of a runtime. See the module docs.
@@ -262,6 +276,12 @@ pub(crate) struct PlainTasks {
     cancelled: Cell<u64>,
     /// Slots with a waiter.
     waiting: Cell<usize>,
+    /// Where the poll leaves the results of the tasks whose waiters it
+    /// posts (see `mailbox.rs`), once the runtime's VM handle set it.
+    mailbox: OnceCell<Rc<Mailbox>>,
+    /// The tasks whose results are in the mailbox, until their slots are
+    /// freed (see [`PlainTasks::reap`]).
+    posted: RefCell<Vec<TaskId>>,
 }
 
 impl PlainTasks {
@@ -282,7 +302,15 @@ impl PlainTasks {
             completed: Cell::new(0),
             cancelled: Cell::new(0),
             waiting: Cell::new(0),
+            mailbox: OnceCell::new(),
+            posted: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Leaves the results of the tasks whose waiters the poll posts in
+    /// `mailbox` from now on.
+    pub(crate) fn set_mailbox(&self, mailbox: Rc<Mailbox>) {
+        let _ = self.mailbox.set(mailbox);
     }
 
     /// Queues `job` on `pool` as a task; its id.
@@ -320,6 +348,7 @@ impl PlainTasks {
             done: false,
             held: None,
             waiter: None,
+            posted: false,
         })
     }
 
@@ -362,13 +391,15 @@ impl PlainTasks {
     /// their waiters: jobs the pool reported, sleeps whose deadline fired
     /// (a task cancelled meanwhile is skipped).
     pub(crate) fn take_completed(&self, waiters: &Waiters, mut f: impl FnMut(TaskId)) {
+        self.reap(waiters);
         // Marks the slot done; whether to tell `f`.
-        let finish = |slot: &mut Slot| {
+        let finish = |id: TaskId, slot: &mut Slot| {
             slot.done = true;
             self.completed.set(self.completed.get() + 1);
             match slot.waiter.as_mut() {
                 Some(w) => {
                     waiters.post_waiter(w);
+                    slot.posted = self.post_result(id, slot);
                     false
                 }
                 None => true,
@@ -376,7 +407,7 @@ impl PlainTasks {
         };
         let mut done = |id| {
             let tell = match self.slots.borrow_mut().get_mut(id) {
-                Some(slot) => finish(slot),
+                Some(slot) => finish(id, slot),
                 None => false,
             };
             if tell {
@@ -395,7 +426,7 @@ impl PlainTasks {
             match slots.get_mut(id) {
                 Some(slot) => {
                     slot.kind = Kind::Job(Some(errand));
-                    let tell = finish(slot);
+                    let tell = finish(id, slot);
                     drop(slots);
                     if tell {
                         f(id);
@@ -408,6 +439,82 @@ impl PlainTasks {
                     drop(errand); // (after the borrow: the result's drop is user code)
                 }
             }
+        }
+    }
+
+    /// Leaves the result of `slot` (task `id`, done, its waiter posted) in
+    /// the mailbox, where its caller reads it after it resumes, if the
+    /// result needs no mlua and the slot's index has an entry: whether it
+    /// did.
+    fn post_result(&self, id: TaskId, slot: &Slot) -> bool {
+        let Some(mailbox) = self.mailbox.get() else {
+            return false;
+        };
+        let (kind, num, bytes): (_, _, &[u8]) = match &slot.kind {
+            Kind::Sleep(_) => (KIND_BOOLEAN, 1.0, &[]),
+            Kind::Job(Some(errand)) => match errand.peek() {
+                Some(Ok(Sendable::Boolean(b))) => (KIND_BOOLEAN, f64::from(u8::from(*b)), &[]),
+                Some(Ok(Sendable::Number(n))) => (KIND_NUMBER, *n, &[]),
+                Some(Ok(Sendable::Bytes(b))) => (KIND_STRING, 0.0, &b[..]),
+                Some(Ok(Sendable::Failed(msg))) => (KIND_ERROR, 0.0, msg.as_bytes()),
+                // (the pool's errors and Lua values: taken with a call)
+                _ => return false,
+            },
+            Kind::Job(None) => return false,
+        };
+        let posted = Posted {
+            id: id as f64,
+            num,
+            ptr: bytes.as_ptr() as *const std::ffi::c_char,
+            len: bytes.len(),
+            kind,
+        };
+        let done = mailbox.post((id & INDEX_MASK) as usize, posted);
+        if done {
+            self.posted.borrow_mut().push(id);
+        }
+        done
+    }
+
+    /// Frees the slots of the tasks whose results their callers read from
+    /// the mailbox (see `mailbox.rs`). Called by the poll, before it posts
+    /// more, and before the tasks are counted.
+    pub(crate) fn reap(&self, waiters: &Waiters) {
+        let Some(mailbox) = self.mailbox.get() else {
+            return;
+        };
+        // (release and retire below do not touch the list)
+        let mut posted = self.posted.borrow_mut();
+        let mut i = 0;
+        while i < posted.len() {
+            let id = posted[i];
+            if mailbox.id((id & INDEX_MASK) as usize) != 0.0 {
+                // not read yet: its caller has not resumed
+                i += 1;
+                continue;
+            }
+            posted.swap_remove(i);
+            let slot = self.slots.borrow_mut().remove(id);
+            if let Some(mut slot) = slot {
+                self.release(waiters, slot.waiter.take());
+                self.retire(slot.kind); // (after the borrow: drops the result)
+            }
+        }
+    }
+
+    /// Forgets that the result of task `id`, whose slot `slot` was just
+    /// removed, is in the mailbox: its caller, if it still resumes, takes
+    /// nothing from there.
+    fn unpost(&self, id: TaskId, slot: &Slot) {
+        if !slot.posted {
+            return;
+        }
+        if let Some(mailbox) = self.mailbox.get() {
+            mailbox.clear((id & INDEX_MASK) as usize, id as f64);
+        }
+        let mut posted = self.posted.borrow_mut();
+        if let Some(i) = posted.iter().position(|&p| p == id) {
+            posted.swap_remove(i);
         }
     }
 
@@ -435,9 +542,16 @@ impl PlainTasks {
         }
     }
 
-    /// Callers waiting for plain tasks.
+    /// Callers waiting for plain tasks (a posted one waits no more).
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting.get()
+        self.waiting.get().saturating_sub(self.posted.borrow().len())
+    }
+
+    /// Tasks pending, or finished and not handed to a caller (as
+    /// [`PlainTasks::len`], less those whose posted callers have their
+    /// results).
+    pub(crate) fn unposted(&self) -> usize {
+        self.slots.borrow().len.saturating_sub(self.posted.borrow().len())
     }
 
     /// The result of a finished task, as its job made it, which frees its
@@ -473,6 +587,9 @@ impl PlainTasks {
             _ => None,
         };
         drop(slots);
+        if let Some(slot) = &spent {
+            self.unpost(id, slot);
+        }
         self.release(waiters, waiter);
         if let Some(slot) = spent {
             self.retire(slot.kind);
@@ -513,6 +630,7 @@ impl PlainTasks {
     pub(crate) fn cancel(&self, waiters: &Waiters, id: TaskId) -> bool {
         let slot = self.slots.borrow_mut().remove(id);
         let Some(mut slot) = slot else { return false };
+        self.unpost(id, &slot);
         self.release(waiters, slot.waiter.take());
         if !slot.done {
             self.cancelled.set(self.cancelled.get() + 1);
@@ -563,6 +681,14 @@ impl PlainTasks {
     #[cfg(test)]
     pub(crate) fn set_uses(&self, id: TaskId, uses: u32) {
         self.slots.borrow_mut().entries[(id & INDEX_MASK) as usize].0 = uses;
+    }
+
+    /// Gives task `id` a waiter (see [`Waiter::for_test`]), as a wait
+    /// would.
+    #[cfg(test)]
+    pub(crate) fn wait_for_test(&self, id: TaskId) {
+        self.slots.borrow_mut().get_mut(id).expect("a task").waiter = Some(Waiter::for_test());
+        self.waiting.set(self.waiting.get() + 1);
     }
 
     /// The most uses of a slot (see [`INDEX_BITS`]).

@@ -95,6 +95,7 @@ mod executor;
 mod ffi;
 mod futureless;
 mod local;
+mod mailbox;
 mod mlua_async;
 mod module;
 pub mod net;

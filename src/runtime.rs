@@ -324,7 +324,9 @@ impl Runtime {
     /// Runs `f`, a call from Lua that may queue pool jobs, with their
     /// wake-ups batched (see `batch.rs`).
     pub(crate) fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.batch.call(&self.pool, self.in_flight() > 0, f)
+        // (posted tasks are the callers' already: see PlainTasks::unposted)
+        let busy = self.executor.in_flight() + self.plain.unposted() > 0;
+        self.batch.call(&self.pool, busy, f)
     }
 
     /// Whether a pool wake-up is owed: the driver must run (and poll,
@@ -559,6 +561,7 @@ impl Runtime {
     /// Cancels the tasks whose callers ngx_lua killed while they waited
     /// (see [`Waiters::sweep`]).
     pub(crate) fn sweep_waiters(&self) {
+        self.plain.reap(&self.waiters);
         let mut dead = Vec::new();
         self.waiters.sweep(|id| dead.push(id));
         self.plain.sweep(|id| dead.push(id));
@@ -574,7 +577,14 @@ impl Runtime {
 
     /// Tasks and pool jobs pending, or finished and not taken.
     fn in_flight(&self) -> usize {
+        self.plain.reap(&self.waiters);
         self.executor.in_flight() + self.plain.len()
+    }
+
+    /// Leaves the results of the tasks whose callers the poll posts in
+    /// `mailbox` (see `mailbox.rs`).
+    pub(crate) fn set_mailbox(&self, mailbox: std::rc::Rc<crate::mailbox::Mailbox>) {
+        self.plain.set_mailbox(mailbox);
     }
 
     /// Current counters.

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use mlua::{AnyUserData, Lua, UserData};
 
 use crate::local::{self, Local};
+use crate::mailbox::Mailbox;
 use crate::runtime::Runtime;
 use crate::sys;
 
@@ -46,6 +47,10 @@ pub(crate) fn vms_closed() -> bool {
 pub(crate) struct VmRuntime {
     runtime: RefCell<Option<Rc<Runtime>>>,
     closed: Cell<bool>,
+    /// Where the runtime leaves the results of posted callers' tasks (see
+    /// `mailbox.rs`): the VM's, so that its address outlives a runtime
+    /// made before `fork()`.
+    mailbox: Rc<Mailbox>,
 }
 
 /// Kept in the VM's registry: the VM's garbage collector drops it when the
@@ -94,6 +99,21 @@ impl VmRuntime {
         ptr: *const std::ffi::c_void,
         f: impl FnOnce(&Runtime) -> R,
     ) -> Option<R> {
+        let handle = VmRuntime::from_ffi(local, ptr)?;
+        // The common case borrows; making the runtime needs `get`.
+        if let Ok(slot) = handle.runtime.try_borrow() {
+            if let Some(rt) = slot.as_ref().filter(|rt| rt.is_ours()) {
+                return Some(f(rt));
+            }
+        }
+        let rt = handle.get();
+        Some(f(&rt))
+    }
+
+    /// The handle behind a pointer the Lua side got from
+    /// [`VmRuntime::as_ptr`], if it is one of this library's handles and
+    /// its VM is open (see [`VmRuntime::with_ffi`]).
+    pub(crate) fn from_ffi(local: &Local, ptr: *const std::ffi::c_void) -> Option<&VmRuntime> {
         let live = local
             .live
             .borrow()
@@ -105,16 +125,15 @@ impl VmRuntime {
         // SAFETY: `ptr` is the address of a VmRuntime listed in `live`: its
         // VM's Closer holds an Rc of it and takes it off the list (in
         // `close`) before that Rc goes. No Lua code (hence no garbage
-        // collection, which closes VMs) runs during an FFI call.
-        let handle = unsafe { &*(ptr as *const VmRuntime) };
-        // The common case borrows; making the runtime needs `get`.
-        if let Ok(slot) = handle.runtime.try_borrow() {
-            if let Some(rt) = slot.as_ref().filter(|rt| rt.is_ours()) {
-                return Some(f(rt));
-            }
-        }
-        let rt = handle.get();
-        Some(f(&rt))
+        // collection, which closes VMs) runs during an FFI call, for which
+        // the reference lives.
+        Some(unsafe { &*(ptr as *const VmRuntime) })
+    }
+
+    /// The VM's mailbox (see `mailbox.rs`), made now if it was not: its
+    /// address and capacity.
+    pub(crate) fn mailbox(&self) -> (*mut crate::mailbox::Posted, usize) {
+        self.mailbox.get()
     }
 
     /// The pointer the Lua side passes to the FFI functions.
@@ -136,6 +155,7 @@ impl VmRuntime {
                     forget_inherited(inherited);
                 }
                 let rt = Rc::new(Runtime::new(Runtime::config()));
+                rt.set_mailbox(Rc::clone(&self.mailbox));
                 *slot = Some(Rc::clone(&rt));
                 rt
             }

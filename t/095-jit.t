@@ -37,6 +37,13 @@ __DATA__
                     assert(ngx.thread.wait(threads[i]))
                 end
             end
+            -- the handler's own calls: once the runtime can find the
+            -- running coroutine from an FFI call (the rounds above teach
+            -- it), a built-in's start queues its caller, which yields in
+            -- async.lua
+            for _ = 1, 300 do
+                assert(async.sha256("x"))
+            end
             v.off()
 
             local f = assert(io.open(log))
@@ -44,6 +51,7 @@ __DATA__
             f:close()
             local ours = { ["async.lua"] = true, ["driver.lua"] = true,
                            ["wait.lua"] = true, ["runtime.lua"] = true }
+            local callers = { ["async.lua"] = true, ["wait.lua"] = true }
             -- the line of the loop of fast()
             local fastloop = debug.getinfo(fast, "S").linedefined
             local fast_traced, driver_traced, wait_traced = false, false, false
@@ -63,7 +71,7 @@ __DATA__
                 -- is in async.lua, of other functions in wait.lua)
                 if line:match("^%[TRACE +%d+ [%w_]+%.lua:%d+ stitch "
                               .. "coroutine%.yield%]$")
-                   and ours[line:match("^%[TRACE +%d+ ([%w_]+%.lua)")]
+                   and callers[line:match("^%[TRACE +%d+ ([%w_]+%.lua)")]
                 then
                     wait_traced = true
                 end

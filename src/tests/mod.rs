@@ -4,6 +4,7 @@
 mod blocks;
 mod executor;
 mod fork;
+mod mailbox;
 mod net;
 mod plain;
 mod pool;

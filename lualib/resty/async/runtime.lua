@@ -33,6 +33,14 @@ typedef struct {
     size_t len;
 } resty_async_value;
 
+typedef struct {
+    double id;
+    double num;
+    const char *ptr;
+    size_t len;
+    int kind;
+} resty_async_posted;
+
 struct resty_async_api {
     uint32_t abi;
     uint32_t size;
@@ -50,6 +58,7 @@ struct resty_async_api {
     int (*poll)(const void *vm, int arm, double *ids, int cap,
                 resty_async_poll_out *out);
     int (*wait)(const void *vm, double id, double timeout);
+    resty_async_posted *(*mailbox)(const void *vm, int *cap);
 };
 ]]
 
@@ -63,7 +72,7 @@ local _M = {
         timeout = 60,
     },
     -- The version of `struct resty_async_api` (src/ffi.rs FFI_ABI).
-    FFI_ABI = 3,
+    FFI_ABI = 4,
     -- resty_async_value.kind
     KIND_NONE = 0,
     KIND_PENDING = 1,
@@ -92,6 +101,9 @@ local CANCEL_NEEDS_LUA = _M.CANCEL_NEEDS_LUA
 
 -- Out-parameters of the FFI calls, allocated once.
 local value = ffi_new("resty_async_value[1]")
+local cap_out = ffi_new("int[1]")
+-- A plain task's id modulo this is the index of its mailbox entry.
+local INDEX = 2 ^ 24
 local ERRBUF_SIZE = 512
 local errbuf = ffi_new("char[?]", ERRBUF_SIZE)
 
@@ -120,11 +132,17 @@ function _M.get(raw, name)
               .. "lua-resty-core) or OpenResty's LuaJIT (lua_getexdata) "
               .. "were not found in this nginx", 3)
     end
+    local vm = ffi_cast("const void *", raw.__vm)
+    -- where the driver's poll leaves the results of the callers it posts
+    -- (src/mailbox.rs): entries 0 .. mailbox_cap - 1
+    local mailbox = api.mailbox(vm, cap_out)
     st = {
         name = name,
         rt = raw.__rt,
         api = api,
-        vm = ffi_cast("const void *", raw.__vm),
+        vm = vm,
+        mailbox = mailbox,
+        mailbox_cap = mailbox ~= nil and cap_out[0] or 0,
         vm_handle = raw.__vm,  -- (light userdata, for the Lua C functions)
         wait = raw.__rt.wait,
         waiting = 0,      -- callers waiting, as of the last poll
@@ -191,6 +209,31 @@ end
 -- they are Lua values that only `st.rt.take(id)` returns; -1 when the
 -- task is pending: it woke its caller for socket ops (resty.async.net).
 local function take_ffi(st, id)
+    -- a result the poll left in the mailbox (its caller was posted): read
+    -- without a call, and marked read for the runtime to free its task
+    local i = id % INDEX
+    if i < st.mailbox_cap and id > 0 then
+        local e = st.mailbox[i]
+        if e.id == id then
+            local kind = e.kind
+            if kind == KIND_STRING then
+                local s = ffi_string(e.ptr, e.len)
+                e.id = 0
+                return 1, s
+            elseif kind == KIND_BOOLEAN then
+                e.id = 0
+                return 1, e.num ~= 0
+            elseif kind == KIND_NUMBER then
+                local n = e.num
+                e.id = 0
+                return 1, n
+            elseif kind == KIND_ERROR then
+                local msg = ffi_string(e.ptr, e.len)
+                e.id = 0
+                return 2, nil, msg
+            end
+        end
+    end
     local kind = st.api.take(st.vm, id, value)
     local v = value[0]
     if kind == KIND_STRING then
