@@ -398,6 +398,8 @@ impl PlainTasks {
             self.completed.set(self.completed.get() + 1);
             match slot.waiter.as_mut() {
                 Some(w) => {
+                    // (ngx_lua's post queues an event: the caller resumes
+                    // after this poll, and finds its result)
                     waiters.post_waiter(w);
                     slot.posted = self.post_result(id, slot);
                     false
@@ -542,9 +544,10 @@ impl PlainTasks {
         }
     }
 
-    /// Callers waiting for plain tasks (a posted one waits no more).
+    /// Callers waiting for plain tasks (a posted one until its task is
+    /// taken, or freed after its caller read the result).
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting.get().saturating_sub(self.posted.borrow().len())
+        self.waiting.get()
     }
 
     /// Tasks pending, or finished and not handed to a caller (as

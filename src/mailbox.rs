@@ -7,16 +7,18 @@
 //! that posts it writes the result into this table, at the task's slot
 //! index: its id, its kind, a number, or the address and length of its
 //! bytes, which stay in the task's slot. The resumed caller (Lua,
-//! `runtime.lua`'s `take_posted`) reads the entry whose id is its task's,
-//! copies the value out and sets the entry's id to 0. The next call into
-//! the runtime that looks at the tasks (a poll, a start, a count) frees
-//! the slots of the entries read ([`crate::futureless::PlainTasks`]'s
-//! `reap`).
+//! `runtime.lua`'s `take_ffi`) reads the entry whose id is its task's,
+//! copies the value out and sets the entry's id to 0. The next poll (or a
+//! count of the tasks, or the sweep) frees the slots of the entries read
+//! and takes back their semaphores ([`crate::futureless::PlainTasks`]'s
+//! `reap`); until then they count as in flight and their callers as
+//! waiting, as they did until their take.
 //!
 //! The table belongs to a Lua VM's handle (`vm.rs`), not to a runtime:
 //! the Lua side keeps its address for as long as the VM is open, while a
-//! runtime made before `fork()` is replaced by the child's. It is made on
-//! the first [`Mailbox::get`].
+//! runtime made before `fork()` is replaced by the child's, which starts
+//! with the table emptied ([`Mailbox::reset`]). It is made on the first
+//! [`Mailbox::get`].
 
 use std::cell::{OnceCell, UnsafeCell};
 use std::ffi::{c_char, c_double, c_int};
@@ -93,6 +95,15 @@ impl Mailbox {
             // SAFETY: as in `post`.
             Some(e) => unsafe { (*e).id },
             None => 0.0,
+        }
+    }
+
+    /// Empties every entry, for a new runtime: ids start again in it, and
+    /// an entry of the runtime it replaces must not match one of its own.
+    pub(crate) fn reset(&self) {
+        for e in self.entries.get().into_iter().flatten() {
+            // SAFETY: as in `post`.
+            unsafe { (*e.get()).id = 0.0 };
         }
     }
 

@@ -136,6 +136,12 @@ impl VmRuntime {
         self.mailbox.get()
     }
 
+    /// The VM's mailbox itself.
+    #[cfg(test)]
+    pub(crate) fn mailbox_for_test(&self) -> &crate::mailbox::Mailbox {
+        &self.mailbox
+    }
+
     /// The pointer the Lua side passes to the FFI functions.
     pub(crate) fn as_ptr(self: &Rc<VmRuntime>) -> *const std::ffi::c_void {
         Rc::as_ptr(self) as *const std::ffi::c_void
@@ -155,6 +161,7 @@ impl VmRuntime {
                     forget_inherited(inherited);
                 }
                 let rt = Rc::new(Runtime::new(Runtime::config()));
+                self.mailbox.reset();
                 rt.set_mailbox(Rc::clone(&self.mailbox));
                 *slot = Some(Rc::clone(&rt));
                 rt

@@ -273,3 +273,34 @@ again: nil timeout
     }
 --- response_body
 nil timeout true dropped=1
+
+
+
+=== TEST 10: a light thread killed after the poll posted it (its result left for it to read) is swept: its task freed, nothing logged
+--- init_by_lua_block
+        -- one pool thread: the jobs finish in the order they were queued
+        assert(async.configure{ threads = 1 })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            for _ = 1, 5 do
+                -- the handler's job first, the thread's right behind it (a
+                -- long string: its bytes stay in the task's slot); both
+                -- come back to one poll, the handler posted first, which
+                -- kills the thread before it resumes
+                local mine = async.spawn(ex.block_ms, 20)
+                local th = ngx.thread.spawn(ex.hex_upto, 1000)
+                assert(mine:wait())
+                assert(ngx.thread.kill(th))
+            end
+            ngx.sleep(0.35)  -- the driver's sweeps find the killed waiters
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " waiting=", st.waiting)
+            ngx.say(#ex.hex_upto(1000), " ", async.sha256("x"))
+        }
+    }
+--- response_body
+in_flight=0 waiting=0
+2000 2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881

@@ -259,6 +259,12 @@ running: true
             local buf = ffi.new("char[128]")
             ngx.say("sleep: ", r ~= r and "NaN" or r, " ",
                     ffi.string(buf, api.error(buf, 128)))
+            -- the results' table: none for such a handle
+            local cap = ffi.new("int[1]", 7)
+            local p = api.mailbox(ffi.cast("const void *", 4096), cap)
+            ngx.say("mailbox: ", p == nil, " ", cap[0])
+            p = api.mailbox(ffi.cast("const void *", core.__vm), nil)
+            ngx.say("the VM's mailbox, no capacity asked: ", p ~= nil)
             ngx.say("the real one works: ", require("resty.async").sleep(0.01))
         }
     }
@@ -267,4 +273,6 @@ nilresty.async: the runtime of this Lua VM is gone
 nilresty.async: the runtime of this Lua VM is gone
 nilresty.async: the runtime of this Lua VM is gone
 sleep: NaN resty.async: the runtime of this Lua VM is gone
+mailbox: true 0
+the VM's mailbox, no capacity asked: true
 the real one works: true

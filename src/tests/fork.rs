@@ -35,3 +35,40 @@ fn child_after_fork_gets_a_fresh_runtime() {
         "the parent keeps its runtime"
     );
 }
+
+#[test]
+fn a_child_runtime_starts_with_its_vms_mailbox_emptied() {
+    use crate::mailbox::Posted;
+    use crate::vm::VmRuntime;
+
+    let vm = VmRuntime::default();
+    let parent = vm.get();
+    let mailbox = vm.mailbox_for_test();
+    mailbox.get();
+    let entry = Posted {
+        id: 123.0,
+        num: 1.0,
+        ptr: std::ptr::null(),
+        len: 0,
+        kind: crate::ffi::KIND_BOOLEAN,
+    };
+    assert!(mailbox.post(5, entry));
+    // SAFETY: as in the test above.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let fresh = !Rc::ptr_eq(&parent, &vm.get());
+        let emptied = vm.mailbox_for_test().id(5) == 0.0;
+        // SAFETY: as in the test above.
+        unsafe { libc::_exit(if fresh && emptied { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's runtime found the parent's entry"
+    );
+    assert_eq!(mailbox.id(5), 123.0, "the parent's runtime keeps its entries");
+    assert!(Rc::ptr_eq(&parent, &vm.get()));
+}

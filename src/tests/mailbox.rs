@@ -86,13 +86,14 @@ fn a_posted_result_is_read_there_and_its_task_freed_by_the_next_reap() {
     let id = f.posted_job(|| Sendable::Bytes(Bytes::copy(b"a result")));
     assert_eq!(f.entry(id).kind, KIND_STRING);
     assert_eq!(f.bytes(id), b"a result");
-    assert_eq!(f.plain.waiting(), 0, "a posted caller waits no more");
+    assert_eq!(f.plain.waiting(), 1, "counted until its task is freed");
+    assert_eq!(f.plain.unposted(), 0, "but not busy");
     assert_eq!(f.plain.len(), 1, "the slot stays until the result is read");
     f.plain.reap(&f.waiters);
     assert_eq!(f.plain.len(), 1, "not read yet");
     f.mark_read(id);
     f.plain.reap(&f.waiters);
-    assert_eq!(f.plain.len(), 0);
+    assert_eq!((f.plain.len(), f.plain.waiting()), (0, 0));
     assert!(matches!(f.plain.take_raw(&f.waiters, id), Taken::Unknown));
     assert_eq!(f.plain.unposted(), 0);
 }

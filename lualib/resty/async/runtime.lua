@@ -221,8 +221,9 @@ local function take_ffi(st, id)
                 e.id = 0
                 return 1, s
             elseif kind == KIND_BOOLEAN then
+                local b = e.num ~= 0
                 e.id = 0
-                return 1, e.num ~= 0
+                return 1, b
             elseif kind == KIND_NUMBER then
                 local n = e.num
                 e.id = 0
