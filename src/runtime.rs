@@ -524,9 +524,12 @@ impl Runtime {
         // SAFETY: the caller's contract, for either.
         unsafe {
             if is_plain(id) {
-                if let Some(waited) = self.plain.wait(&self.waiters, state, id, timeout_ms) {
-                    return waited;
-                }
+                // (a plain task that is gone was taken or cancelled: the
+                // take says so, at once)
+                return self
+                    .plain
+                    .wait(&self.waiters, state, id, timeout_ms)
+                    .unwrap_or(Waited::Done);
             }
             if self.net.contains(id) && self.net.claim(id) {
                 return Waited::Done;

@@ -266,6 +266,10 @@ running: true
             p = api.mailbox(ffi.cast("const void *", core.__vm), nil)
             ngx.say("the VM's mailbox, no capacity asked: ", p ~= nil)
             ngx.say("the real one works: ", require("resty.async").sleep(0.01))
+            -- a wait for a task that is not there (a plain task's id) is
+            -- over at once: nothing is queued (2: WAIT_DONE)
+            local vm = ffi.cast("const void *", core.__vm)
+            ngx.say("wait for no task: ", api.wait(vm, 2 ^ 52 + 5, 1))
         }
     }
 --- response_body
@@ -276,3 +280,4 @@ sleep: NaN resty.async: the runtime of this Lua VM is gone
 mailbox: true 0
 the VM's mailbox, no capacity asked: true
 the real one works: true
+wait for no task: 2
