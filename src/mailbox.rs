@@ -12,7 +12,7 @@
 //! count of the tasks, or the sweep) frees the slots of the entries read
 //! and takes back their semaphores ([`crate::futureless::PlainTasks`]'s
 //! `reap`); until then they count as in flight and their callers as
-//! waiting, as they did until their take.
+//! waiting.
 //!
 //! The table belongs to a Lua VM's handle (`vm.rs`), not to a runtime:
 //! the Lua side keeps its address for as long as the VM is open, while a
