@@ -31,7 +31,7 @@ use crate::local::Local;
 use crate::mailbox::Posted;
 use crate::pool::PoolError;
 use crate::runtime::{Done, LuaOutput, Runtime};
-use crate::sendable::{Bytes, Sendable};
+use crate::sendable::Sendable;
 use crate::vm::VmRuntime;
 use crate::waiters::Waited;
 
@@ -408,27 +408,20 @@ unsafe extern "C" fn ra_take(vm: *const c_void, id: c_double, out: *mut ValueOut
         } else {
             Taken::Unknown
         };
-        let (kind, num, text): (c_int, c_double, Option<Bytes>) = match res {
-            Taken::Unknown => (KIND_NONE, 0.0, None),
-            Taken::Pending => (KIND_PENDING, 0.0, None),
-            Taken::NeedsLua => (KIND_LUA, 0.0, None),
-            Taken::Raw(Ok(Sendable::Boolean(b))) => (KIND_BOOLEAN, c_double::from(u8::from(b)), None),
-            Taken::Raw(Ok(Sendable::Number(n))) => (KIND_NUMBER, n, None),
-            Taken::Raw(Ok(Sendable::Bytes(b))) => (KIND_STRING, 0.0, Some(b)),
-            Taken::Raw(Ok(Sendable::Failed(msg))) => {
-                (KIND_ERROR, 0.0, Some(Bytes::from_vec(msg.into_bytes())))
-            }
-            Taken::Raw(Err(e)) => (KIND_ERROR, 0.0, Some(Bytes::from_vec(e.to_string().into_bytes()))),
-            // (take_raw keeps those for the Lua C function)
-            Taken::Raw(Ok(Sendable::Other(_))) => (KIND_NONE, 0.0, None),
-        };
-        let (ptr, len) = match text {
-            Some(text) => {
+        let kind_only = |kind| (kind, 0.0, std::ptr::null(), 0);
+        let (kind, num, ptr, len) = match res {
+            Taken::Unknown => kind_only(KIND_NONE),
+            Taken::Pending => kind_only(KIND_PENDING),
+            Taken::NeedsLua => kind_only(KIND_LUA),
+            Taken::Raw(res) => {
                 let mut handed = l.handed.borrow_mut();
-                let b = handed.insert(text);
-                (b.as_ptr(), b.len())
+                let value = handed.insert(res.unwrap_or_else(|e| Sendable::Failed(e.to_string())));
+                match raw_value(value) {
+                    Some((kind, num, bytes)) => (kind, num, bytes.as_ptr(), bytes.len()),
+                    // (take_raw keeps those for the Lua C function)
+                    None => kind_only(KIND_NONE),
+                }
             }
-            None => (std::ptr::null(), 0),
         };
         // SAFETY: `out` is not null (checked) and points to the ValueOut
         // the Lua side allocated for these calls.
@@ -463,6 +456,19 @@ extern "C" fn ra_mailbox(vm: *const c_void, cap: *mut c_int) -> *mut Posted {
         unsafe { *cap = n as c_int };
     }
     ptr
+}
+
+/// The kind, number and bytes that a plain result is handed to Lua as,
+/// by `take` or in the mailbox (`mailbox.rs`); `None` for one that only
+/// mlua converts.
+pub(crate) fn raw_value(value: &Sendable) -> Option<(c_int, c_double, &[u8])> {
+    Some(match value {
+        Sendable::Boolean(b) => (KIND_BOOLEAN, c_double::from(u8::from(*b)), &[]),
+        Sendable::Number(n) => (KIND_NUMBER, *n, &[]),
+        Sendable::Bytes(b) => (KIND_STRING, 0.0, &b[..]),
+        Sendable::Failed(msg) => (KIND_ERROR, 0.0, msg.as_bytes()),
+        Sendable::Other(_) => return None,
+    })
 }
 
 /// What `wait(vm, id, timeout)` did (see [`ra_wait`]).

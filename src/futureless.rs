@@ -29,7 +29,7 @@ use mlua::Lua;
 
 use crate::blocks::Blocks;
 use crate::executor::{Outcome, Panicked, TaskId};
-use crate::ffi::{KIND_BOOLEAN, KIND_ERROR, KIND_NUMBER, KIND_STRING};
+use crate::ffi::{raw_value, KIND_BOOLEAN};
 use crate::mailbox::{Mailbox, Posted};
 use crate::pool::{Errand, Pool, PoolError, WakeUp};
 use crate::runtime::LuaOutput;
@@ -452,17 +452,17 @@ impl PlainTasks {
         let Some(mailbox) = self.mailbox.get() else {
             return false;
         };
-        let (kind, num, bytes): (_, _, &[u8]) = match &slot.kind {
-            Kind::Sleep(_) => (KIND_BOOLEAN, 1.0, &[]),
+        let found = match &slot.kind {
+            Kind::Sleep(_) => Some((KIND_BOOLEAN, 1.0, &[][..])),
+            // (the pool's errors and Lua values: taken with a call)
             Kind::Job(Some(errand)) => match errand.peek() {
-                Some(Ok(Sendable::Boolean(b))) => (KIND_BOOLEAN, f64::from(u8::from(*b)), &[]),
-                Some(Ok(Sendable::Number(n))) => (KIND_NUMBER, *n, &[]),
-                Some(Ok(Sendable::Bytes(b))) => (KIND_STRING, 0.0, &b[..]),
-                Some(Ok(Sendable::Failed(msg))) => (KIND_ERROR, 0.0, msg.as_bytes()),
-                // (the pool's errors and Lua values: taken with a call)
-                _ => return false,
+                Some(Ok(value)) => raw_value(value),
+                _ => None,
             },
-            Kind::Job(None) => return false,
+            Kind::Job(None) => None,
+        };
+        let Some((kind, num, bytes)) = found else {
+            return false;
         };
         let posted = Posted {
             id: id as f64,

@@ -8,7 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::sendable::Bytes;
+use crate::sendable::Sendable;
 use crate::vm::VmRuntime;
 
 /// See the module docs.
@@ -22,9 +22,9 @@ pub(crate) struct Local {
     /// VM's handle stays alive while it is listed: the VM holds it and
     /// takes it off the list before it lets go, see `vm.rs`.)
     pub(crate) live: RefCell<Vec<*const VmRuntime>>,
-    /// The bytes of the last string result the FFI handed out, kept until
-    /// the next one (the Lua side copies them with `ffi.string` at once).
-    pub(crate) handed: RefCell<Option<Bytes>>,
+    /// The last result the FFI handed out, kept until the next one (the
+    /// Lua side copies its bytes with `ffi.string` at once).
+    pub(crate) handed: RefCell<Option<Sendable>>,
 }
 
 thread_local! {
