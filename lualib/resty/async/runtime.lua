@@ -210,7 +210,9 @@ end
 -- task is pending: it woke its caller for socket ops (resty.async.net).
 local function take_ffi(st, id)
     -- a result the poll left in the mailbox (its caller was posted): read
-    -- without a call, and marked read for the runtime to free its task
+    -- without a call, and marked read for the runtime to free its task.
+    -- (Its own copy of the dispatch below: one function for both kinds of
+    -- cdata made the traces of the sleep path vary; see bench/README.md.)
     local i = id % INDEX
     if i < st.mailbox_cap and id > 0 then
         local e = st.mailbox[i]
