@@ -12,22 +12,8 @@ fn child_after_fork_gets_a_fresh_runtime() {
         Rc::ptr_eq(&parent, &Runtime::current()),
         "same process: same runtime"
     );
-    // SAFETY: the child runs only this thread's code, then exits with
-    // _exit. Other test threads may hold locks at the fork; the child takes
-    // none but glibc malloc's, which glibc resets in the child (as nginx's
-    // workers rely on).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let fresh = Runtime::existing().is_none() && !Rc::ptr_eq(&parent, &Runtime::current());
-        // SAFETY: leave the child at once, without running the harness.
-        unsafe { libc::_exit(if fresh { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        super::in_child(|| Runtime::existing().is_none() && !Rc::ptr_eq(&parent, &Runtime::current())),
         "child saw the parent's runtime"
     );
     assert!(
@@ -53,20 +39,8 @@ fn a_child_runtime_starts_with_its_vms_mailbox_emptied() {
         kind: crate::ffi::KIND_BOOLEAN,
     };
     assert!(mailbox.post(5, entry));
-    // SAFETY: as in the test above.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let fresh = !Rc::ptr_eq(&parent, &vm.get());
-        let emptied = vm.mailbox_for_test().id(5) == 0.0;
-        // SAFETY: as in the test above.
-        unsafe { libc::_exit(if fresh && emptied { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        super::in_child(|| !Rc::ptr_eq(&parent, &vm.get()) && vm.mailbox_for_test().id(5) == 0.0),
         "the child's runtime found the parent's entry"
     );
     assert_eq!(mailbox.id(5), 123.0, "the parent's runtime keeps its entries");

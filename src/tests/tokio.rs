@@ -69,24 +69,14 @@ fn executor_tasks_may_await_tokio_timers() {
 #[test]
 fn child_after_fork_starts_a_runtime_of_its_own() {
     assert_eq!(futures::executor::block_on(crate::tokio::spawn(async { 1 })), 1);
-    // SAFETY: the child runs only this thread's code, then exits with
-    // _exit. It allocates (glibc resets malloc's locks in the child, as
-    // nginx's workers rely on) and starts threads of its own for a tokio
-    // runtime: what an nginx worker does after the master forked it, which
-    // is what this tests.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let abandoned = crate::tokio::stats() == (0, 0);
-        let works = futures::executor::block_on(crate::tokio::spawn(async { 2 })) == 2;
-        // SAFETY: leave the child at once, without running the harness.
-        unsafe { libc::_exit(if abandoned && works { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    // The child starts threads of its own for a tokio runtime: what an
+    // nginx worker does after the master forked it, which is what this
+    // tests.
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        super::in_child(|| {
+            let abandoned = crate::tokio::stats() == (0, 0);
+            abandoned && futures::executor::block_on(crate::tokio::spawn(async { 2 })) == 2
+        }),
         "the child used the parent's runtime, or could not start its own"
     );
     assert_eq!(futures::executor::block_on(crate::tokio::spawn(async { 3 })), 3);
