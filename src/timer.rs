@@ -97,12 +97,17 @@ impl Deadlines {
     /// takes from the front, and a gap at the back (a cancelled long
     /// deadline) would send every shorter one after it to the tree.
     fn trim_gaps(&mut self) {
-        while let Some((_, None)) = self.ordered.front() {
-            self.ordered.pop_front();
-            self.gaps -= 1;
-        }
+        self.trim_front();
         while let Some((_, None)) = self.ordered.back() {
             self.ordered.pop_back();
+            self.gaps -= 1;
+        }
+    }
+
+    /// The front half of [`Deadlines::trim_gaps`].
+    fn trim_front(&mut self) {
+        while let Some((_, None)) = self.ordered.front() {
+            self.ordered.pop_front();
             self.gaps -= 1;
         }
     }
@@ -132,10 +137,7 @@ impl Deadlines {
         let entry = self.ordered.pop_front().and_then(|(_, e)| e);
         // (only the front changed: the back keeps its entry, or the queue
         // is empty)
-        while let Some((_, None)) = self.ordered.front() {
-            self.ordered.pop_front();
-            self.gaps -= 1;
-        }
+        self.trim_front();
         entry
     }
 }
