@@ -23,7 +23,6 @@ use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
 use mlua::Lua;
 
@@ -35,7 +34,7 @@ use crate::pool::{Errand, Pool, PoolError, WakeUp};
 use crate::runtime::LuaOutput;
 use crate::sendable::Sendable;
 use crate::socket::Notifier;
-use crate::timer::{Key, Timers};
+use crate::timer::{Key, Ms, Timers};
 use crate::waiters::{Waited, Waiter, Waiters};
 
 enum Kind {
@@ -337,7 +336,7 @@ impl PlainTasks {
 
     /// A task that finishes at `deadline`, with the result `true`; its id,
     /// or the message of its refusal.
-    pub(crate) fn spawn_sleep(&self, deadline: Instant) -> Result<TaskId, String> {
+    pub(crate) fn spawn_sleep(&self, deadline: Ms) -> Result<TaskId, String> {
         self.insert(|id| Kind::Sleep(self.timers.add_task(deadline, id)))
             .ok_or_else(too_many_tasks)
     }

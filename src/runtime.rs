@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::batch::WakeBatch;
 use crate::config::{Config, NetConfig};
@@ -24,7 +24,7 @@ use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::sendable::Sendable;
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
-use crate::timer::{Sleep, Timers, TIMER_SLACK};
+use crate::timer::{now_ms, Sleep, Timers};
 use crate::values::LuaValues;
 use crate::waiters::{Waited, Waiters};
 
@@ -312,7 +312,7 @@ impl Runtime {
             self.plain.count_ready();
             return Spawned::Ready(Ok(Ok(LuaValues::One(mlua::Value::Boolean(true)))));
         }
-        match self.plain.spawn_sleep(self.timers.deadline(dur)) {
+        match self.plain.spawn_sleep(self.timers.deadline_ms(dur)) {
             Ok(id) => Spawned::Pending(id),
             Err(msg) => {
                 self.plain.count_ready();
@@ -355,7 +355,8 @@ impl Runtime {
         self.polls.set(self.polls.get() + 1);
         self.batch.new_cycle(&self.pool);
         self.notifier.hold();
-        self.timers.fire(Instant::now() + TIMER_SLACK);
+        let now = now_ms();
+        self.timers.fire(now);
         self.collect_done();
         let tasks_ready = self.executor.has_ready();
         if !tasks_ready {
@@ -369,7 +370,7 @@ impl Runtime {
             self.timers.next_deadline()
         };
         Polled {
-            next: next.map(|d| d.saturating_duration_since(Instant::now())),
+            next: next.map(|d| Duration::from_millis(d.saturating_sub(now))),
             tasks_ready,
         }
     }
@@ -383,7 +384,7 @@ impl Runtime {
             loop {
                 let n = self.executor.run_ready(POLL_BUDGET - ran);
                 ran += n;
-                let fired = self.timers.fire(Instant::now() + TIMER_SLACK);
+                let fired = self.timers.fire(now_ms());
                 if (n == 0 && fired == 0) || ran >= POLL_BUDGET {
                     break;
                 }

@@ -5,20 +5,62 @@
 //! wakes the worker; then [`Timers::fire`] wakes every task whose deadline has passed.
 //! A [`Sleep`] dropped before its deadline removes its entry at once.
 //!
+//! Deadlines are kept on nginx's own clock ([`now_ms`]), the cached
+//! millisecond clock of its timers and `ngx.sleep`: the driver's wait ends
+//! on the very millisecond of the first deadline, and reading the clock is
+//! a load, not a system call.
+//!
 //! A deadline may also stand for a task of its own, without a future
 //! ([`Timers::add_task`]: the runtime's `async.sleep`): firing it records
 //! the task's id, which [`Timers::take_fired`] hands over.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::c_void;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
+use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// A point in time on [`now_ms`]'s clock, in milliseconds.
+pub type Ms = u64;
+
 /// Identifies a pending deadline (see [`Timers::add_task`]).
-pub type Key = (Instant, u64);
+pub type Key = (Ms, u64);
+
+/// Milliseconds on nginx's clock: `ngx_current_msec`, which nginx reads
+/// from the monotonic clock once per turn of its event loop and runs its
+/// timers on. Outside nginx (the crate's tests), milliseconds of this
+/// process's own monotonic clock. (One clock or the other for the whole
+/// process: the symbol is looked up once.)
+pub(crate) fn now_ms() -> Ms {
+    static CURRENT_MSEC: OnceLock<Option<usize>> = OnceLock::new();
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let found = CURRENT_MSEC.get_or_init(|| {
+        // SAFETY: dlsym only reads the loader's tables.
+        let p: *mut c_void = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"ngx_current_msec".as_ptr()) };
+        (!p.is_null()).then_some(p as usize)
+    });
+    match *found {
+        // SAFETY: the address is nginx's `volatile ngx_msec_t
+        // ngx_current_msec` (a `uintptr_t`, aligned, alive as long as the
+        // process). nginx writes it on the worker's thread, which is the
+        // one that runs a runtime's timers (they are not `Send`) and reads
+        // it here; an aligned word is never read torn.
+        Some(p) => unsafe { std::ptr::read_volatile(p as *const usize) as Ms },
+        None => EPOCH.get_or_init(Instant::now).elapsed().as_millis() as Ms,
+    }
+}
+
+/// `dur` in whole milliseconds, rounded up (a deadline is never early on
+/// its clock), at most about 30 years.
+pub(crate) fn ceil_ms(dur: Duration) -> Ms {
+    const MAX: Ms = 86_400_000 * 365 * 30;
+    let ms = dur.as_millis().min(MAX as u128) as Ms;
+    ms + Ms::from(!dur.subsec_nanos().is_multiple_of(1_000_000) && ms < MAX)
+}
 
 /// What firing a deadline does.
 #[derive(Debug)]
@@ -28,12 +70,6 @@ enum Entry {
     /// Records this task id for [`Timers::take_fired`].
     Task(u64),
 }
-
-/// How early a timer may fire. nginx's own timers (`ngx.sleep`) run on its
-/// cached millisecond clock; firing what is due within the next half
-/// millisecond when the driver wakes, rather than sleeping another
-/// millisecond for it, gives the same resolution.
-pub const TIMER_SLACK: Duration = Duration::from_micros(500);
 
 /// The pending entries, ordered by key. Most deadlines come in order (a
 /// worker's sleeps mostly have the same few lengths, and keys grow with
@@ -124,7 +160,7 @@ impl Deadlines {
     /// Removes and returns the first entry if its deadline is at or before
     /// `now`. (The queue's front is never a gap, see `trim_gaps`; the tree
     /// is empty most of the time, which costs one look.)
-    fn pop_due(&mut self, now: Instant) -> Option<Entry> {
+    fn pop_due(&mut self, now: Ms) -> Option<Entry> {
         let queued = self.ordered.front().map(|(k, _)| *k);
         if let Some((&first, _)) = self.others.first_key_value() {
             if first.0 <= now && queued.is_none_or(|q| first < q) {
@@ -150,7 +186,7 @@ struct Queue {
     fired: Vec<u64>,
     // The deadline the driver is sleeping towards (None: an idle wait), and
     // whether an earlier one has been added since it armed.
-    armed: Option<Instant>,
+    armed: Option<Ms>,
     rearm: bool,
 }
 
@@ -186,20 +222,23 @@ impl Timers {
 
     /// A future that completes after `dur`.
     pub fn sleep(&self, dur: Duration) -> Sleep {
-        self.sleep_until(self.deadline(dur))
-    }
-
-    /// The deadline `dur` from now (30 years when past what an `Instant`
-    /// holds: never, in practice).
-    pub fn deadline(&self, dur: Duration) -> Instant {
         let now = Instant::now();
-        now.checked_add(dur)
-            .unwrap_or(now + Duration::from_secs(86400 * 365 * 30))
+        // (30 years when past what an `Instant` holds: never, in practice)
+        let deadline = now
+            .checked_add(dur)
+            .unwrap_or(now + Duration::from_secs(86400 * 365 * 30));
+        self.sleep_until(deadline)
     }
 
-    /// Fires (and forgets) every timer due at `now`: wakes the tasks of
-    /// [`Sleep`]s, records the ids of task entries. Returns how many.
-    pub fn fire(&self, now: Instant) -> usize {
+    /// The deadline `dur` from now, on [`now_ms`]'s clock.
+    pub fn deadline_ms(&self, dur: Duration) -> Ms {
+        now_ms().saturating_add(ceil_ms(dur))
+    }
+
+    /// Fires (and forgets) every timer due at `now` (on [`now_ms`]'s
+    /// clock): wakes the tasks of [`Sleep`]s, records the ids of task
+    /// entries. Returns how many.
+    pub fn fire(&self, now: Ms) -> usize {
         // (Vec::new allocates nothing until a waker is pushed)
         let mut wakers = Vec::new();
         let n = {
@@ -225,7 +264,7 @@ impl Timers {
 
     /// A deadline that stands for task `id`: when it fires, `id` goes to
     /// [`Timers::take_fired`]. Remove it with [`Timers::remove`] to cancel.
-    pub fn add_task(&self, deadline: Instant, id: u64) -> Key {
+    pub fn add_task(&self, deadline: Ms, id: u64) -> Key {
         let mut q = self.queue.borrow_mut();
         q.seq += 1;
         let key = (deadline, q.seq);
@@ -254,12 +293,12 @@ impl Timers {
     }
 
     /// The earliest pending deadline.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Ms> {
         self.queue.borrow().entries.first_key().map(|k| k.0)
     }
 
     /// Records that the driver now sleeps until the next deadline.
-    pub fn arm(&self) -> Option<Instant> {
+    pub fn arm(&self) -> Option<Ms> {
         let mut q = self.queue.borrow_mut();
         q.armed = q.entries.first_key().map(|k| k.0);
         q.rearm = false;
@@ -318,15 +357,18 @@ impl Future for Sleep {
             Some(k) => k,
             None => {
                 q.seq += 1;
-                (self.deadline, q.seq)
+                let left = self.deadline.saturating_duration_since(Instant::now());
+                (now_ms().saturating_add(ceil_ms(left)), q.seq)
             }
         };
         match q.entries.get_mut(&key) {
             Some(Entry::Wake(w)) if w.will_wake(cx.waker()) => {}
             Some(Entry::Wake(w)) => w.clone_from(cx.waker()),
             Some(Entry::Task(_)) => unreachable!("a Sleep's key is its own"),
-            // Registered, and gone from the set: `fire` took it, possibly a
-            // little before the deadline (see `TIMER_SLACK`).
+            // Registered, and gone from the set: `fire` took it. (On
+            // nginx's clock, which lags the monotonic clock by as much as
+            // a turn of its event loop took, that may be a little before
+            // the deadline, as for `ngx.sleep`.)
             None if self.key.is_some() => {
                 drop(q);
                 self.key = None;
@@ -375,7 +417,7 @@ mod tests {
         let mut from_back = 0;
         // (percent of deadlines of another length, percent of cancels)
         for (odd, cancel) in [(0, 10), (0, 60), (2, 30), (10, 30), (50, 50)] {
-            let start = Instant::now();
+            let start: Ms = 1_000;
             let mut d = Deadlines::default();
             let mut model = BTreeMap::new();
             let mut live: Vec<Key> = Vec::new();
@@ -383,7 +425,7 @@ mod tests {
             for _ in 0..20_000 {
                 seq += 1;
                 let ms = if next(100) < odd { next(50) } else { 10 };
-                let key = (now + Duration::from_millis(ms), seq);
+                let key = (now + ms, seq);
                 let before = d.ordered.len();
                 d.insert(key, Entry::Task(seq));
                 queued += usize::from(d.ordered.len() > before);
@@ -400,7 +442,7 @@ mod tests {
                     assert!(d.ordered.back().is_none_or(|(_, e)| e.is_some()));
                 }
                 if next(4) == 0 {
-                    now += Duration::from_millis(next(3));
+                    now += next(3);
                     while let Some(e) = d.pop_due(now) {
                         let (k, id) = model.pop_first().unwrap();
                         assert!(k.0 <= now);

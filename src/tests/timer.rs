@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::timer::Timers;
+use crate::timer::{now_ms, Ms, Timers};
 
 struct CountWake(AtomicUsize);
 impl Wake for CountWake {
@@ -21,23 +21,27 @@ fn waker() -> (Arc<CountWake>, Waker) {
 #[test]
 fn deadlines_fire_in_order_and_only_when_due() {
     let timers = Timers::new();
-    let now = Instant::now();
+    let (now, t0) = (now_ms(), Instant::now());
     let (c, w) = waker();
     let mut cx = Context::from_waker(&w);
     let mut sleeps: Vec<_> = [300u64, 100, 200]
         .iter()
-        .map(|ms| Box::pin(timers.sleep_until(now + Duration::from_millis(*ms))))
+        .map(|ms| Box::pin(timers.sleep_until(t0 + Duration::from_millis(*ms))))
         .collect();
     for s in &mut sleeps {
         assert_eq!(s.as_mut().poll(&mut cx), Poll::Pending);
     }
     assert_eq!(timers.len(), 3);
-    assert_eq!(timers.next_deadline(), Some(now + Duration::from_millis(100)));
-    assert_eq!(timers.fire(now + Duration::from_millis(50)), 0);
-    assert_eq!(timers.fire(now + Duration::from_millis(150)), 1);
+    // (registered on the millisecond clock: the millisecond may turn
+    // between the two readings above)
+    let first = timers.next_deadline().unwrap();
+    assert!((now + 100..=now + 101).contains(&first), "{first} {now}");
+    assert_eq!(timers.fire(now + 50), 0);
+    assert_eq!(timers.fire(now + 150), 1);
     assert_eq!(c.0.load(Ordering::SeqCst), 1);
-    assert_eq!(timers.next_deadline(), Some(now + Duration::from_millis(200)));
-    assert_eq!(timers.fire(now + Duration::from_millis(1000)), 2);
+    let second = timers.next_deadline().unwrap();
+    assert!((now + 200..=now + 201).contains(&second), "{second} {now}");
+    assert_eq!(timers.fire(now + 1000), 2);
     assert!(timers.is_empty());
 }
 
@@ -91,9 +95,9 @@ fn a_timer_fired_early_completes() {
     let mut cx = Context::from_waker(&w);
     let mut s = Box::pin(timers.sleep(Duration::from_millis(200)));
     assert!(s.as_mut().poll(&mut cx).is_pending());
-    // The driver fires what is due within its slack: the sleep is done even
-    // though its deadline is a little ahead.
-    assert_eq!(timers.fire(Instant::now() + Duration::from_millis(250)), 1);
+    // Fired on nginx's clock, which may run behind the monotonic one: the
+    // sleep is done, even if its deadline may be a little ahead.
+    assert_eq!(timers.fire(now_ms() + 250), 1);
     assert_eq!(s.as_mut().poll(&mut cx), Poll::Ready(()));
     assert!(timers.is_empty());
 }
@@ -101,25 +105,25 @@ fn a_timer_fired_early_completes() {
 #[test]
 fn task_deadlines_fire_with_sleeps_and_hand_over_their_ids() {
     let timers = Timers::new();
-    let now = Instant::now();
+    let now = now_ms();
     let (c, w) = waker();
     let mut cx = Context::from_waker(&w);
-    let mut s = Box::pin(timers.sleep_until(now + Duration::from_millis(200)));
+    let mut s = Box::pin(timers.sleep(Duration::from_millis(200)));
     assert!(s.as_mut().poll(&mut cx).is_pending());
     assert!(timers.take_rearm());
     timers.arm();
-    timers.add_task(now + Duration::from_millis(300), 7);
+    timers.add_task(now + 300, 7);
     assert!(!timers.take_rearm(), "later than the armed deadline");
-    let early = timers.add_task(now + Duration::from_millis(100), 8);
+    let early = timers.add_task(now + 100, 8);
     assert!(timers.take_rearm(), "earlier than the armed deadline");
-    let gone = timers.add_task(now + Duration::from_millis(150), 9);
+    let gone = timers.add_task(now + 150, 9);
     assert_eq!(timers.len(), 4);
     assert!(timers.remove(gone), "cancelled before it fired");
     assert!(!timers.remove(gone));
     assert_eq!(timers.next_deadline(), Some(early.0));
 
     let mut ids = Vec::new();
-    assert_eq!(timers.fire(now + Duration::from_millis(250)), 2);
+    assert_eq!(timers.fire(now + 250), 2);
     assert_eq!(c.0.load(Ordering::SeqCst), 1, "the sleep's task was woken");
     timers.take_fired(|id| ids.push(id));
     assert_eq!(ids, vec![8]);
@@ -127,7 +131,7 @@ fn task_deadlines_fire_with_sleeps_and_hand_over_their_ids() {
     assert_eq!(ids, vec![8], "handed over once");
     assert!(!timers.remove(early), "fired: nothing to remove");
 
-    assert_eq!(timers.fire(now + Duration::from_millis(400)), 1);
+    assert_eq!(timers.fire(now + 400), 1);
     timers.take_fired(|id| ids.push(id));
     assert_eq!(ids, vec![8, 7]);
     assert!(timers.is_empty());
@@ -142,8 +146,8 @@ fn task_deadlines_in_any_order_fire_like_a_sorted_set() {
     use std::collections::BTreeMap;
 
     let timers = Timers::new();
-    let start = Instant::now();
-    let mut model: BTreeMap<(Instant, u64), u64> = BTreeMap::new();
+    let start: Ms = 1_000;
+    let mut model: BTreeMap<(Ms, u64), u64> = BTreeMap::new();
     let mut keys = Vec::new();
     // A small deterministic generator (xorshift).
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -162,7 +166,7 @@ fn task_deadlines_in_any_order_fire_like_a_sorted_set() {
             1 => 10 + next(40),
             _ => 10,
         };
-        let deadline = now + Duration::from_millis(ms);
+        let deadline = now + ms;
         let key = timers.add_task(deadline, id);
         model.insert(key, id);
         keys.push(key);
@@ -174,7 +178,7 @@ fn task_deadlines_in_any_order_fire_like_a_sorted_set() {
             }
             // let time pass and fire what is due
             2 => {
-                now += Duration::from_millis(next(4));
+                now += next(4);
                 let n = timers.fire(now);
                 let due: Vec<_> = model.range(..=(now, u64::MAX)).map(|(k, v)| (*k, *v)).collect();
                 assert_eq!(n, due.len());
@@ -191,7 +195,7 @@ fn task_deadlines_in_any_order_fire_like_a_sorted_set() {
         assert_eq!(timers.len(), model.len());
         assert_eq!(timers.next_deadline(), model.keys().next().map(|k| k.0));
     }
-    now += Duration::from_secs(1);
+    now += 1000;
     timers.fire(now);
     timers.take_fired(|id| fired.push(id));
     assert!(timers.is_empty());
@@ -200,4 +204,32 @@ fn task_deadlines_in_any_order_fire_like_a_sorted_set() {
     fired.sort_unstable();
     fired.dedup();
     assert_eq!(fired.len(), n);
+}
+
+#[test]
+fn durations_round_up_to_whole_milliseconds() {
+    use crate::timer::ceil_ms;
+    assert_eq!(ceil_ms(Duration::ZERO), 0);
+    assert_eq!(ceil_ms(Duration::from_nanos(1)), 1);
+    assert_eq!(ceil_ms(Duration::from_millis(1)), 1);
+    assert_eq!(ceil_ms(Duration::from_micros(1500)), 2);
+    assert_eq!(ceil_ms(Duration::from_secs(86400 * 365)), 86_400_000 * 365);
+    let most = ceil_ms(Duration::MAX);
+    assert_eq!(most, 86_400_000 * 365 * 30, "far deadlines are capped");
+    assert!(now_ms().checked_add(most).is_some());
+}
+
+/// A sleep's deadline is at least its length away on the clock it fires
+/// on: firing just before it does not complete it.
+#[test]
+fn a_sleep_is_not_fired_before_its_length_on_the_clock() {
+    let timers = Timers::new();
+    let (_c, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let now = now_ms();
+    let mut s = Box::pin(timers.sleep(Duration::from_micros(2500)));
+    assert!(s.as_mut().poll(&mut cx).is_pending());
+    assert!(timers.next_deadline().unwrap() >= now + 3);
+    assert_eq!(timers.fire(now + 2), 0);
+    assert!(s.as_mut().poll(&mut cx).is_pending() || Instant::now() >= s.deadline());
 }
