@@ -24,7 +24,7 @@ use crate::pool::{BlockingTask, Pool, PoolError, PoolStats, WakeUp};
 use crate::sendable::Sendable;
 use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
-use crate::timer::{now_ms, Sleep, Timers};
+use crate::timer::{Sleep, Timers};
 use crate::values::LuaValues;
 use crate::waiters::{Waited, Waiters};
 
@@ -355,7 +355,7 @@ impl Runtime {
         self.polls.set(self.polls.get() + 1);
         self.batch.new_cycle(&self.pool);
         self.notifier.hold();
-        let now = now_ms();
+        let now = self.timers.now();
         self.timers.fire(now);
         self.collect_done();
         let tasks_ready = self.executor.has_ready();
@@ -375,8 +375,10 @@ impl Runtime {
         }
     }
 
-    /// Runs the ready tasks (within a budget) and the timers that come due
-    /// meanwhile. Their polls may use Lua: call it from a Lua C function.
+    /// Runs the ready tasks (within a budget), firing between batches the
+    /// timers due by then (seldom any on nginx's clock, which moves
+    /// between turns of its event loop). Their polls may use Lua: call it
+    /// from a Lua C function.
     pub(crate) fn run_tasks(&self) {
         // Jobs that tasks queue while they run here share one wake-up.
         self.batch.deferring(true, || {
@@ -384,7 +386,7 @@ impl Runtime {
             loop {
                 let n = self.executor.run_ready(POLL_BUDGET - ran);
                 ran += n;
-                let fired = self.timers.fire(now_ms());
+                let fired = self.timers.fire(self.timers.now());
                 if (n == 0 && fired == 0) || ran >= POLL_BUDGET {
                     break;
                 }

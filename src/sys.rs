@@ -272,6 +272,15 @@ pub(crate) fn set_thread_batch(on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the calling thread is the process's main thread (nginx's
+/// event loop runs there). Not known, so false, outside Linux.
+pub(crate) fn is_main_thread() -> bool {
+    #[cfg(target_os = "linux")]
+    return gettid() == getpid();
+    #[cfg(not(target_os = "linux"))]
+    return false;
+}
+
 #[cfg(target_os = "linux")]
 fn gettid() -> libc::id_t {
     // SAFETY: gettid has no preconditions and cannot fail.

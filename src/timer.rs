@@ -5,10 +5,10 @@
 //! wakes the worker; then [`Timers::fire`] wakes every task whose deadline has passed.
 //! A [`Sleep`] dropped before its deadline removes its entry at once.
 //!
-//! Deadlines are kept on nginx's own clock ([`now_ms`]), the cached
-//! millisecond clock of its timers and `ngx.sleep`: the driver's wait ends
-//! on the very millisecond of the first deadline, and reading the clock is
-//! a load, not a system call.
+//! Deadlines are kept in whole milliseconds on nginx's own clock
+//! ([`Clock`]), the cached clock of its timers and `ngx.sleep`: the
+//! driver's wait ends on the very millisecond of the first deadline, and
+//! reading the clock is a load, not a system call.
 //!
 //! A deadline may also stand for a task of its own, without a future
 //! ([`Timers::add_task`]: the runtime's `async.sleep`): firing it records
@@ -24,33 +24,57 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// A point in time on [`now_ms`]'s clock, in milliseconds.
+/// A point in time on a [`Clock`], in milliseconds.
 pub type Ms = u64;
 
 /// Identifies a pending deadline (see [`Timers::add_task`]).
 pub type Key = (Ms, u64);
 
-/// Milliseconds on nginx's clock: `ngx_current_msec`, which nginx reads
-/// from the monotonic clock once per turn of its event loop and runs its
-/// timers on. Outside nginx (the crate's tests), milliseconds of this
-/// process's own monotonic clock. (One clock or the other for the whole
-/// process: the symbol is looked up once.)
-pub(crate) fn now_ms() -> Ms {
-    static CURRENT_MSEC: OnceLock<Option<usize>> = OnceLock::new();
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let found = CURRENT_MSEC.get_or_init(|| {
-        // SAFETY: dlsym only reads the loader's tables.
-        let p: *mut c_void = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"ngx_current_msec".as_ptr()) };
-        (!p.is_null()).then_some(p as usize)
-    });
-    match *found {
-        // SAFETY: the address is nginx's `volatile ngx_msec_t
-        // ngx_current_msec` (a `uintptr_t`, aligned, alive as long as the
-        // process). nginx writes it on the worker's thread, which is the
-        // one that runs a runtime's timers (they are not `Send`) and reads
-        // it here; an aligned word is never read torn.
-        Some(p) => unsafe { std::ptr::read_volatile(p as *const usize) as Ms },
-        None => EPOCH.get_or_init(Instant::now).elapsed().as_millis() as Ms,
+/// The clock a runtime's timers run on, in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Clock {
+    /// nginx's `ngx_current_msec`, which nginx reads from the monotonic
+    /// clock once per turn of its event loop and runs its timers (and
+    /// `ngx.sleep`) on: the address of that word.
+    Nginx(usize),
+    /// This process's own monotonic clock: outside nginx (the crate's
+    /// tests, the `testing` harness), on another thread than nginx's, or
+    /// where nginx's clock is 32 bits wide and wraps.
+    Own,
+}
+
+impl Clock {
+    /// nginx's clock on nginx's own thread (the process's main thread),
+    /// if nginx is there; the process's own clock elsewhere.
+    pub(crate) fn for_this_thread() -> Clock {
+        static CURRENT_MSEC: OnceLock<Option<usize>> = OnceLock::new();
+        let found = CURRENT_MSEC.get_or_init(|| {
+            if !cfg!(target_pointer_width = "64") {
+                return None;
+            }
+            // SAFETY: dlsym only reads the loader's tables.
+            let p: *mut c_void = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"ngx_current_msec".as_ptr()) };
+            (!p.is_null()).then_some(p as usize)
+        });
+        match *found {
+            Some(p) if crate::sys::is_main_thread() => Clock::Nginx(p),
+            _ => Clock::Own,
+        }
+    }
+
+    /// Now, in milliseconds.
+    pub(crate) fn now(self) -> Ms {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        match self {
+            // SAFETY: the address is nginx's `volatile ngx_msec_t
+            // ngx_current_msec` (a 64-bit `uintptr_t`, aligned, alive as
+            // long as the process). nginx writes it on the process's main
+            // thread; this clock is used on that thread only (it belongs
+            // to timers made there, which are not `Send`), so the read
+            // never races the write.
+            Clock::Nginx(p) => unsafe { std::ptr::read_volatile(p as *const usize) as Ms },
+            Clock::Own => EPOCH.get_or_init(Instant::now).elapsed().as_millis() as Ms,
+        }
     }
 }
 
@@ -178,8 +202,8 @@ impl Deadlines {
     }
 }
 
-#[derive(Default)]
 struct Queue {
+    clock: Clock,
     entries: Deadlines,
     seq: u64,
     // Ids of the task entries fired and not yet taken.
@@ -200,15 +224,40 @@ impl Queue {
 }
 
 /// The ordered set of pending deadlines of one runtime (worker thread only).
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Timers {
     queue: Rc<RefCell<Queue>>,
 }
 
+impl Default for Timers {
+    fn default() -> Timers {
+        Timers::new()
+    }
+}
+
 impl Timers {
-    /// An empty set.
+    /// An empty set, on the clock of this thread ([`Clock::for_this_thread`]).
     pub fn new() -> Timers {
-        Timers::default()
+        Timers::with_clock(Clock::for_this_thread())
+    }
+
+    /// An empty set on `clock`.
+    pub(crate) fn with_clock(clock: Clock) -> Timers {
+        Timers {
+            queue: Rc::new(RefCell::new(Queue {
+                clock,
+                entries: Deadlines::default(),
+                seq: 0,
+                fired: Vec::new(),
+                armed: None,
+                rearm: false,
+            })),
+        }
+    }
+
+    /// Now, on the clock of these timers, in milliseconds.
+    pub fn now(&self) -> Ms {
+        self.queue.borrow().clock.now()
     }
 
     /// A future that completes once `deadline` has passed.
@@ -230,13 +279,13 @@ impl Timers {
         self.sleep_until(deadline)
     }
 
-    /// The deadline `dur` from now, on [`now_ms`]'s clock.
+    /// The deadline `dur` from now, on the clock of these timers.
     pub fn deadline_ms(&self, dur: Duration) -> Ms {
-        now_ms().saturating_add(ceil_ms(dur))
+        self.now().saturating_add(ceil_ms(dur))
     }
 
-    /// Fires (and forgets) every timer due at `now` (on [`now_ms`]'s
-    /// clock): wakes the tasks of [`Sleep`]s, records the ids of task
+    /// Fires (and forgets) every timer due at `now` (on the clock of these
+    /// timers): wakes the tasks of [`Sleep`]s, records the ids of task
     /// entries. Returns how many.
     pub fn fire(&self, now: Ms) -> usize {
         // (Vec::new allocates nothing until a waker is pushed)
@@ -353,27 +402,22 @@ impl Future for Sleep {
             return Poll::Ready(());
         };
         let mut q = queue.borrow_mut();
-        let key = match self.key {
+        // (Registered and gone from the set: `fire` took it before the
+        // deadline, which nginx's clock allows, as it lags the monotonic
+        // clock by as much as the current turn of its event loop took.
+        // Registered again: the new key is a millisecond or more ahead.)
+        let key = match self.key.filter(|k| q.entries.get_mut(k).is_some()) {
             Some(k) => k,
             None => {
                 q.seq += 1;
                 let left = self.deadline.saturating_duration_since(Instant::now());
-                (now_ms().saturating_add(ceil_ms(left)), q.seq)
+                (q.clock.now().saturating_add(ceil_ms(left)), q.seq)
             }
         };
         match q.entries.get_mut(&key) {
             Some(Entry::Wake(w)) if w.will_wake(cx.waker()) => {}
             Some(Entry::Wake(w)) => w.clone_from(cx.waker()),
             Some(Entry::Task(_)) => unreachable!("a Sleep's key is its own"),
-            // Registered, and gone from the set: `fire` took it. (On
-            // nginx's clock, which lags the monotonic clock by as much as
-            // a turn of its event loop took, that may be a little before
-            // the deadline, as for `ngx.sleep`.)
-            None if self.key.is_some() => {
-                drop(q);
-                self.key = None;
-                return Poll::Ready(());
-            }
             None => q.add(key, Entry::Wake(cx.waker().clone())),
         }
         drop(q);

@@ -106,7 +106,7 @@ fn a_message_and_a_sleep_are_posted_too() {
     assert_eq!(f.entry(id).kind, KIND_ERROR);
     assert_eq!(f.bytes(id), b"it failed");
 
-    let now = crate::timer::now_ms();
+    let now = timers.now();
     let sleep = f.plain.spawn_sleep(now).unwrap();
     f.plain.wait_for_test(sleep);
     timers.fire(now);

@@ -108,7 +108,7 @@ fn a_reused_slot_does_not_answer_to_its_old_id() {
     let timers = Timers::new();
     let plain = PlainTasks::new(&timers, Arc::new(Notifier::default()));
     let w = Waiters::default();
-    let far = crate::timer::now_ms() + 3_600_000;
+    let far = timers.now() + 3_600_000;
     let first = plain.spawn_sleep(far).unwrap();
     assert!(plain.cancel(&w, first));
     let second = plain.spawn_sleep(far).unwrap();
@@ -124,9 +124,10 @@ fn a_reused_slot_does_not_answer_to_its_old_id() {
 
 #[test]
 fn ids_are_whole_lua_numbers_apart_from_the_executors() {
-    let plain = PlainTasks::new(&Timers::new(), Arc::new(Notifier::default()));
+    let timers = Timers::new();
+    let plain = PlainTasks::new(&timers, Arc::new(Notifier::default()));
     let w = Waiters::default();
-    let far = crate::timer::now_ms() + 3_600_000;
+    let far = timers.now() + 3_600_000;
     let ids: Vec<u64> = (0..1000).map(|_| plain.spawn_sleep(far).unwrap()).collect();
     let mut distinct = ids.clone();
     distinct.sort_unstable();
@@ -148,9 +149,10 @@ fn ids_are_whole_lua_numbers_apart_from_the_executors() {
 
 #[test]
 fn a_slot_at_its_last_use_is_not_used_again_so_no_id_repeats() {
-    let plain = PlainTasks::new(&Timers::new(), Arc::new(Notifier::default()));
+    let timers = Timers::new();
+    let plain = PlainTasks::new(&timers, Arc::new(Notifier::default()));
     let w = Waiters::default();
-    let far = crate::timer::now_ms() + 3_600_000;
+    let far = timers.now() + 3_600_000;
     let first = plain.spawn_sleep(far).unwrap();
     assert!(plain.cancel(&w, first));
     plain.set_uses(first, PlainTasks::MAX_USES - 1);
