@@ -371,7 +371,22 @@ after: 1
 
 
 
-=== TEST 14: a module whose FFI entry points are of another version does not load, and the error log says why
+=== TEST 14: resty_async::sleep lasts its whole length when it starts late in a turn of nginx's event loop, whose cached clock then lags
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            -- the task blocks the worker 60 ms, then sleeps 30 ms
+            local ms = ex.sleep_after_block(60, 30)
+            ngx.say("at least 30 ms: ", ms >= 30, ", under 500 ms: ", ms < 500)
+        }
+    }
+--- response_body
+at least 30 ms: true, under 500 ms: true
+
+
+
+=== TEST 15: a module whose FFI entry points are of another version does not load, and the error log says why
 --- config
     location = /t {
         content_by_lua_block {
