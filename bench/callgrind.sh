@@ -55,10 +55,9 @@ bench_prefix "$PREFIX"
 
 # Every scenario is requested at the same path, /_, its location renamed in
 # that run's nginx.conf: nginx finds a location in a tree of their names,
-# and the deeper a name sits there, the more compares it costs (from 150
-# to 360 instructions per request among these locations), as a longer
-# path costs more to parse. "/_" sorts before every other name, so it
-# sits at the same depth in every run.
+# and the deeper a name sits there, the more compares it costs (bench/
+# README.md has the figures), as a longer path costs more to parse. "/_"
+# sorts before every other name, so it sits at the same depth in every run.
 SAME_PATH=/_
 
 # Sets RESULT to "requests worker_Ir other_Ir" for the scenario of
