@@ -25,12 +25,12 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_double, c_int, c_void};
 use std::panic::AssertUnwindSafe;
 
-use crate::executor::{Spawned, TaskId};
+use crate::executor::TaskId;
 use crate::futureless::Taken;
 use crate::local::Local;
 use crate::mailbox::Posted;
 use crate::pool::PoolError;
-use crate::runtime::{Done, LuaOutput, Runtime};
+use crate::runtime::{Done, Runtime};
 use crate::sendable::Sendable;
 use crate::vm::VmRuntime;
 use crate::waiters::Waited;
@@ -100,7 +100,9 @@ pub const KIND_LUA: c_int = 6;
 /// and `waited`: with `wait` above 0, a pending call also queues its
 /// caller for at most `wait` seconds, as `wait(vm, id, wait)` would, and
 /// `*waited` says what that did (a `WAIT_*` code, [`WAIT_C_FUNCTION`]
-/// when it did not try): one crossing instead of two.
+/// when it did not try): one crossing instead of two. (A sleep that
+/// finished at once has no result to take, `true`, unless `*waited` says
+/// [`WAIT_DONE`]: it was refused, and take gives the message.)
 #[repr(C)]
 pub struct Api {
     pub abi: u32,
@@ -202,6 +204,14 @@ impl Wait {
         Wait { timeout, waited }
     }
 
+    /// Writes `code` to `*waited`.
+    fn says(self, code: c_int) {
+        if !self.waited.is_null() {
+            // SAFETY: writable (Wait::new's contract).
+            unsafe { *self.waited = code };
+        }
+    }
+
     /// Queues the caller of pending task `id`, if asked to and it can.
     fn queue(self, rt: &Runtime, id: TaskId) {
         if self.waited.is_null() || self.timeout.is_nan() || self.timeout <= 0.0 {
@@ -221,23 +231,15 @@ impl Wait {
     }
 }
 
-/// What a spawning function returns for `spawned` (see [`Api`]); queues
-/// its caller as `wait` says.
-fn spawned(rt: &Runtime, spawned: Spawned<LuaOutput>, wait: Wait) -> c_double {
-    match spawned {
-        Spawned::Pending(id) => {
-            wait.queue(rt, id);
-            let id = id as c_double;
-            if rt.take_rearm() | rt.wake_owed() {
-                -id
-            } else {
-                id
-            }
-        }
-        Spawned::Ready(_) => {
-            rt.flush();
-            0.0
-        }
+/// What a spawning function returns for pending task `id` (see [`Api`]);
+/// queues its caller as `wait` says.
+fn pending(rt: &Runtime, id: TaskId, wait: Wait) -> c_double {
+    wait.queue(rt, id);
+    let id = id as c_double;
+    if rt.take_rearm() | rt.wake_owed() {
+        -id
+    } else {
+        id
     }
 }
 
@@ -275,12 +277,33 @@ unsafe extern "C" fn ra_sleep(
 ) -> c_double {
     // SAFETY: the caller's contract.
     let wait = unsafe { Wait::new(wait, waited) };
-    with_runtime(vm, c_double::NAN, |rt| {
-        match crate::builtins::sleep_duration(secs) {
-            Ok(d) => spawned(rt, rt.spawn_sleep(d), wait),
-            Err(msg) => misuse(msg),
+    with_runtime(vm, c_double::NAN, |rt| start_sleep(rt, secs, wait))
+}
+
+/// [`start_sleep`] for tests, with `*waited` to write to.
+#[cfg(test)]
+pub(crate) fn start_sleep_for_test(rt: &Runtime, secs: c_double, waited: &mut c_int) -> c_double {
+    // SAFETY: `waited` is a writable int.
+    start_sleep(rt, secs, unsafe { Wait::new(1.0, waited) })
+}
+
+/// `ra_sleep` with its runtime. A sleep of 0 finishes at once (its result
+/// is `true`); a refused one (a full table of tasks) too, with its message
+/// for `take(vm, 0, out)`, and `*waited` says [`WAIT_DONE`]: the Lua side
+/// takes the result only then.
+fn start_sleep(rt: &Runtime, secs: c_double, wait: Wait) -> c_double {
+    match crate::builtins::sleep_duration(secs).map(|d| rt.spawn_sleep(d)) {
+        Ok(Ok(Some(id))) => pending(rt, id, wait),
+        Ok(Ok(None)) => {
+            rt.flush();
+            0.0
         }
-    })
+        Ok(Err(msg)) => {
+            wait.says(WAIT_DONE);
+            ready(Ok(Sendable::Failed(msg)))
+        }
+        Err(msg) => misuse(msg),
+    }
 }
 
 /// # Safety
@@ -385,7 +408,7 @@ unsafe extern "C" fn ra_write_file(
 /// Queues a blocking job; a full queue is a result at once.
 fn spawn_job(rt: &Runtime, job: impl FnOnce() -> Sendable + Send + 'static, wait: Wait) -> c_double {
     rt.batch(|| match rt.spawn_job_raw(job) {
-        Ok(id) => spawned(rt, Spawned::Pending(id), wait),
+        Ok(id) => pending(rt, id, wait),
         Err(e) => ready(Ok(Sendable::Failed(e.to_string()))),
     })
 }

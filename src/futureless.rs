@@ -86,6 +86,9 @@ struct Slots {
     /// The indexes of the empty slots that may be used again.
     free: Vec<u32>,
     len: usize,
+    /// At most this many slots: a full table in tests, without 2^24 slots.
+    #[cfg(test)]
+    limit: Option<usize>,
 }
 
 impl Slots {
@@ -98,7 +101,7 @@ impl Slots {
     fn insert_with(&mut self, make: impl FnOnce(TaskId) -> Slot) -> Option<TaskId> {
         let index = match self.free.pop() {
             Some(i) => i as usize,
-            None if (self.entries.len() as TaskId) <= INDEX_MASK => {
+            None if (self.entries.len() as TaskId) <= INDEX_MASK && !self.at_limit() => {
                 self.entries.push((0, None));
                 self.entries.len() - 1
             }
@@ -127,6 +130,14 @@ impl Slots {
 
     fn get_mut(&mut self, id: TaskId) -> Option<&mut Slot> {
         self.place(id)?.as_mut()
+    }
+
+    /// Whether a test's limit is reached (see `limit`).
+    fn at_limit(&self) -> bool {
+        #[cfg(test)]
+        return self.limit.is_some_and(|l| self.entries.len() >= l);
+        #[cfg(not(test))]
+        return false;
     }
 
     fn remove(&mut self, id: TaskId) -> Option<Slot> {
@@ -676,6 +687,12 @@ impl PlainTasks {
     /// Tasks cancelled before they were done.
     pub(crate) fn cancelled(&self) -> u64 {
         self.cancelled.get()
+    }
+
+    /// Makes the table of slots full at `n` slots.
+    #[cfg(test)]
+    pub(crate) fn limit_slots_for_test(&self, n: usize) {
+        self.slots.borrow_mut().limit = Some(n);
     }
 
     /// Sets how many times the slot of `id` (empty) was used, to test its

@@ -305,20 +305,22 @@ impl Runtime {
     }
 
     /// `async.sleep(dur)`: a task without a future (see `futureless.rs`)
-    /// whose result is `true` once `dur` has passed; ready at once for
-    /// zero.
-    pub(crate) fn spawn_sleep(&self, dur: Duration) -> Spawned<LuaOutput> {
+    /// whose result is `true` once `dur` has passed: its id, `None` when it
+    /// is done at once (for zero), or the message of a refusal (a full
+    /// table of tasks).
+    pub(crate) fn spawn_sleep(&self, dur: Duration) -> Result<Option<TaskId>, String> {
         if dur.is_zero() {
             self.plain.count_ready();
-            return Spawned::Ready(Ok(Ok(LuaValues::One(mlua::Value::Boolean(true)))));
+            return Ok(None);
         }
-        match self.plain.spawn_sleep(self.timers.deadline_ms(dur)) {
-            Ok(id) => Spawned::Pending(id),
-            Err(msg) => {
-                self.plain.count_ready();
-                Spawned::Ready(Ok(Err(mlua::Error::RuntimeError(msg))))
-            }
-        }
+        let spawned = self.plain.spawn_sleep(self.timers.deadline_ms(dur));
+        spawned.map(Some).inspect_err(|_| self.plain.count_ready())
+    }
+
+    /// The plain tasks of this runtime, for tests.
+    #[cfg(test)]
+    pub(crate) fn plain_for_test(&self) -> &PlainTasks {
+        &self.plain
     }
 
     /// Runs `f`, a call from Lua that may queue pool jobs, with their

@@ -237,6 +237,7 @@ local NAN = 0 / 0
 -- What a built-in's start did to queue its caller (src/ffi.rs: Api).
 local waited = ffi.new("int[1]")
 local WAIT_YIELD = runtime.WAIT_YIELD
+local WAIT_DONE = runtime.WAIT_DONE
 local co_yield = coroutine._yield
 local take_ffi = runtime.take_ffi
 local forget = runtime.forget
@@ -364,12 +365,13 @@ end
 
 
 -- The raw function (see register()) of a built-in, for with_timeout and
--- spawn; `at_once`: its result when it finishes at once.
+-- spawn; `at_once`: its result when it finishes at once (unless the start
+-- left one, see src/ffi.rs: Api).
 local function raw_builtin(start, at_once)
     return function(...)
         local r, msg = start(...)
         if r == 0 then
-            if at_once ~= nil then
+            if at_once ~= nil and waited[0] ~= WAIT_DONE then
                 return true, at_once
             end
             return true, runtime.take(core_st, 0)
@@ -387,7 +389,7 @@ end
 function _M.sleep(secs)
     check_phase("sleep")
     local r, msg = start_sleep(secs)
-    if r == 0 then
+    if r == 0 and waited[0] ~= WAIT_DONE then
         return true
     end
     local v, err = finish_builtin(r, msg, 3)

@@ -169,3 +169,36 @@ fn a_slot_at_its_last_use_is_not_used_again_so_no_id_repeats() {
     assert!(plain.cancel(&w, next));
     assert_eq!(plain.len(), 0);
 }
+
+/// A sleep of 0 finishes at once, and so does one refused for a full table
+/// of tasks, whose start then says there is a result to take: the message,
+/// not the sleep's `true`.
+#[test]
+fn a_sleep_refused_for_a_full_table_leaves_its_message() {
+    use crate::ffi::{start_sleep_for_test, ValueOut, API, KIND_ERROR, WAIT_C_FUNCTION, WAIT_DONE};
+
+    let rt = crate::runtime::Runtime::new(crate::config::Config::default());
+    let mut waited = -99;
+    assert_eq!(start_sleep_for_test(&rt, 0.0, &mut waited), 0.0);
+    assert_eq!(waited, WAIT_C_FUNCTION, "done at once: true");
+    let id = start_sleep_for_test(&rt, 60.0, &mut waited);
+    assert!(id.abs() >= 1.0, "pending: {id}");
+    assert_eq!(waited, WAIT_C_FUNCTION, "no caller to queue here");
+
+    rt.plain_for_test().limit_slots_for_test(1);
+    assert_eq!(start_sleep_for_test(&rt, 60.0, &mut waited), 0.0);
+    assert_eq!(waited, WAIT_DONE, "done at once, with a result");
+    let mut out = ValueOut {
+        kind: 0,
+        num: 0.0,
+        ptr: std::ptr::null(),
+        len: 0,
+    };
+    // SAFETY: `out` is writable; id 0 takes the result of a start.
+    let kind = unsafe { (API.take)(std::ptr::null(), 0.0, &mut out) };
+    assert_eq!(kind, KIND_ERROR);
+    // SAFETY: the message's bytes, valid until the next call.
+    let msg = unsafe { std::slice::from_raw_parts(out.ptr as *const u8, out.len) };
+    assert_eq!(msg, b"resty.async: more than 16777216 tasks at once");
+    assert!(rt.cancel(id.abs() as u64));
+}
