@@ -197,14 +197,12 @@ impl Wait {
     ///
     /// `waited` is null or points to a writable `int`.
     unsafe fn new(timeout: c_double, waited: *mut c_int) -> Wait {
-        if !waited.is_null() {
-            // SAFETY: the caller's contract.
-            unsafe { *waited = WAIT_C_FUNCTION };
-        }
-        Wait { timeout, waited }
+        let wait = Wait { timeout, waited };
+        wait.says(WAIT_C_FUNCTION);
+        wait
     }
 
-    /// Writes `code` to `*waited`.
+    /// Writes `code` to `*waited`, if there is one.
     fn says(self, code: c_int) {
         if !self.waited.is_null() {
             // SAFETY: writable (Wait::new's contract).
@@ -226,8 +224,7 @@ impl Wait {
             },
             Err(_) => WAIT_C_FUNCTION,
         };
-        // SAFETY: not null (checked), and writable (Wait::new's contract).
-        unsafe { *self.waited = code };
+        self.says(code);
     }
 }
 
