@@ -73,6 +73,12 @@ const INDEX_BITS: u32 = 24;
 const INDEX_MASK: TaskId = (1 << INDEX_BITS) - 1;
 const USES_MASK: u32 = (1 << (52 - INDEX_BITS)) - 1;
 
+/// The index of the slot of plain task `id`, which is also the index of
+/// its entry in the mailbox (see `mailbox.rs`).
+fn index_of(id: TaskId) -> usize {
+    (id & INDEX_MASK) as usize
+}
+
 /// Whether `id` is a plain task's (it may be gone).
 pub(crate) fn is_plain(id: TaskId) -> bool {
     id & PLAIN != 0
@@ -122,7 +128,7 @@ impl Slots {
         if !is_plain(id) {
             return None;
         }
-        match self.entries.get_mut((id & INDEX_MASK) as usize) {
+        match self.entries.get_mut(index_of(id)) {
             Some((uses, slot)) if TaskId::from(*uses) == (id & !PLAIN) >> INDEX_BITS => Some(slot),
             _ => None,
         }
@@ -142,9 +148,9 @@ impl Slots {
 
     fn remove(&mut self, id: TaskId) -> Option<Slot> {
         let slot = self.place(id)?.take()?;
-        let index = id & INDEX_MASK;
+        let index = index_of(id);
         // (a slot at its last use is retired: its ids are all given)
-        if self.entries[index as usize].0 < USES_MASK {
+        if self.entries[index].0 < USES_MASK {
             self.free.push(index as u32);
         }
         self.len -= 1;
@@ -481,7 +487,7 @@ impl PlainTasks {
             len: bytes.len(),
             kind,
         };
-        let done = mailbox.post((id & INDEX_MASK) as usize, posted);
+        let done = mailbox.post(index_of(id), posted);
         if done {
             self.posted.borrow_mut().push(id);
         }
@@ -500,7 +506,7 @@ impl PlainTasks {
         let mut i = 0;
         while i < posted.len() {
             let id = posted[i];
-            if mailbox.id((id & INDEX_MASK) as usize) != 0.0 {
+            if mailbox.id(index_of(id)) != 0.0 {
                 // not read yet: its caller has not resumed
                 i += 1;
                 continue;
@@ -522,7 +528,7 @@ impl PlainTasks {
             return;
         }
         if let Some(mailbox) = self.mailbox.get() {
-            mailbox.clear((id & INDEX_MASK) as usize, id as f64);
+            mailbox.clear(index_of(id), id as f64);
         }
         let mut posted = self.posted.borrow_mut();
         if let Some(i) = posted.iter().position(|&p| p == id) {
@@ -699,7 +705,7 @@ impl PlainTasks {
     /// last use.
     #[cfg(test)]
     pub(crate) fn set_uses(&self, id: TaskId, uses: u32) {
-        self.slots.borrow_mut().entries[(id & INDEX_MASK) as usize].0 = uses;
+        self.slots.borrow_mut().entries[index_of(id)].0 = uses;
     }
 
     /// Gives task `id` a waiter (see [`Waiter::for_test`]), as a wait
