@@ -78,10 +78,15 @@ impl Clock {
     }
 }
 
+/// How far a deadline may be: longer waits are cut to this (never, in
+/// practice), which keeps deadlines within what an `Instant` and the
+/// millisecond keys hold.
+const FAR: Duration = Duration::from_secs(86400 * 365 * 30);
+
 /// `dur` in whole milliseconds, rounded up (a deadline is never early on
-/// its clock), at most about 30 years.
+/// its clock), at most [`FAR`].
 pub(crate) fn ceil_ms(dur: Duration) -> Ms {
-    const MAX: Ms = 86_400_000 * 365 * 30;
+    const MAX: Ms = FAR.as_millis() as Ms;
     let ms = dur.as_millis().min(MAX as u128) as Ms;
     ms + Ms::from(!dur.subsec_nanos().is_multiple_of(1_000_000) && ms < MAX)
 }
@@ -238,14 +243,9 @@ impl Default for Timers {
 impl Timers {
     /// An empty set, on the clock of this thread ([`Clock::for_this_thread`]).
     pub fn new() -> Timers {
-        Timers::with_clock(Clock::for_this_thread())
-    }
-
-    /// An empty set on `clock`.
-    pub(crate) fn with_clock(clock: Clock) -> Timers {
         Timers {
             queue: Rc::new(RefCell::new(Queue {
-                clock,
+                clock: Clock::for_this_thread(),
                 entries: Deadlines::default(),
                 seq: 0,
                 fired: Vec::new(),
@@ -272,11 +272,8 @@ impl Timers {
     /// A future that completes after `dur`.
     pub fn sleep(&self, dur: Duration) -> Sleep {
         let now = Instant::now();
-        // (30 years when past what an `Instant` holds: never, in practice)
-        let deadline = now
-            .checked_add(dur)
-            .unwrap_or(now + Duration::from_secs(86400 * 365 * 30));
-        self.sleep_until(deadline)
+        // (FAR when past what an `Instant` holds)
+        self.sleep_until(now.checked_add(dur).unwrap_or(now + FAR))
     }
 
     /// The deadline `dur` from now, on the clock of these timers.
@@ -402,24 +399,26 @@ impl Future for Sleep {
             return Poll::Ready(());
         };
         let mut q = queue.borrow_mut();
-        // (Registered and gone from the set: `fire` took it before the
-        // deadline, which nginx's clock allows, as it lags the monotonic
-        // clock by as much as the current turn of its event loop took.
-        // Registered again: the new key is a millisecond or more ahead.)
-        let key = match self.key.filter(|k| q.entries.get_mut(k).is_some()) {
-            Some(k) => k,
-            None => {
-                q.seq += 1;
-                let left = self.deadline.saturating_duration_since(Instant::now());
-                (q.clock.now().saturating_add(ceil_ms(left)), q.seq)
+        if let Some(key) = self.key {
+            match q.entries.get_mut(&key) {
+                Some(Entry::Wake(w)) => {
+                    if !w.will_wake(cx.waker()) {
+                        w.clone_from(cx.waker());
+                    }
+                    return Poll::Pending;
+                }
+                Some(Entry::Task(_)) => unreachable!("a Sleep's key is its own"),
+                // `fire` took it before the deadline, which nginx's clock
+                // allows, as it lags the monotonic clock by as much as the
+                // current turn of its event loop took: registered again
+                // below, a millisecond or more ahead.
+                None => {}
             }
-        };
-        match q.entries.get_mut(&key) {
-            Some(Entry::Wake(w)) if w.will_wake(cx.waker()) => {}
-            Some(Entry::Wake(w)) => w.clone_from(cx.waker()),
-            Some(Entry::Task(_)) => unreachable!("a Sleep's key is its own"),
-            None => q.add(key, Entry::Wake(cx.waker().clone())),
         }
+        q.seq += 1;
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let key = (q.clock.now().saturating_add(ceil_ms(left)), q.seq);
+        q.add(key, Entry::Wake(cx.waker().clone()));
         drop(q);
         self.key = Some(key);
         Poll::Pending
