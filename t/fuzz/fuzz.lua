@@ -120,11 +120,13 @@ end
 
 -- Arguments that the fuzzer does not pass: a number of milliseconds that
 -- keeps a std::thread or a pool thread busy for up to a minute (the
--- fixtures' cap), longer than a request of the fuzzer may take. (Sizes
--- are passed as they come: the fixtures refuse large ones.) Position ->
--- largest number allowed; a larger one becomes 3.
+-- fixtures' cap), longer than a request of the fuzzer may take, or that
+-- blocks the worker itself (every request waits then). (Sizes are passed
+-- as they come: the fixtures refuse large ones.) Position -> largest
+-- number allowed; a larger one becomes 3.
 local CAPS = {
     block_ms = { 500 },
+    sleep_after_block = { 20 },
     guarded_thread_wait = { 500 },
     mlua_sleep = { 500 },
     mlua_sleep_raw = { 500 },
