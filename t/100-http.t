@@ -38,8 +38,9 @@ $ENV{TEST_NGINX_CERTS} = $Certs;
 }
 
 # A DNS server of this file's, for nginx's `resolver`: every A query gets
-# 127.0.0.1, any other type an empty answer. It runs in a child process
-# from here until the file's tests end.
+# 127.0.0.1, any other type an empty answer; a name that begins with
+# "slow" gets it after 0.8 s. It runs in a child process from here until
+# the file's tests end.
 $ENV{TEST_NGINX_DNS_PORT} ||= (server_port() + 2);
 our $DnsPid;
 {
@@ -52,6 +53,7 @@ our $DnsPid;
     my $parent = $$;
     $DnsPid = fork() // die "fork: $!\n";
     if ($DnsPid == 0) {
+        $SIG{CHLD} = 'IGNORE';
         while (1) {
             my $q = '';
             my $peer = $dns->recv($q, 512);
@@ -69,6 +71,12 @@ our $DnsPid;
             my $reply = pack('nnnnnn', unpack('n', $q), 0x8180, 1,
                              $answer ne '' ? 1 : 0, 0, 0)
                         . substr($q, 12, $o + 4 - 12) . $answer;
+            if (substr($q, 13, 4) eq 'slow') {
+                next if fork() // 1;  # the answer comes from a child
+                select(undef, undef, undef, 0.8);
+                $dns->send($reply, 0, $peer);
+                POSIX::_exit(0);
+            }
             $dns->send($reply, 0, $peer);
         }
         POSIX::_exit(0);
@@ -405,7 +413,41 @@ lua tcp socket read timed out
 
 
 
-=== TEST 10: a 4 MB chunked body arrives intact
+=== TEST 10: a read cut to the call's deadline times out as the call: "timeout"
+nginx's timers and ngx.now() read two clocks, each in whole milliseconds.
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/delay?s=1"
+            local threads = {}
+            for i = 1, 60 do
+                threads[i] = ngx.thread.spawn(async.with_timeout,
+                                              0.05 + i * 0.0037, http.fetch,
+                                              url)
+            end
+            local other = {}
+            for i = 1, 60 do
+                local _, res, err = ngx.thread.wait(threads[i])
+                if err ~= "timeout" then
+                    other[#other + 1] = tostring(res) .. " " .. tostring(err)
+                end
+            end
+            ngx.say(#other, " ", table.concat(other, "; "))
+        }
+    }
+--- response_body
+0 
+--- timeout: 5
+--- error_log
+lua tcp socket read timed out
+--- no_error_log
+[alert]
+
+
+
+=== TEST 11: a 4 MB chunked body arrives intact
 --- config
     location = /t {
         content_by_lua_block {
@@ -425,7 +467,7 @@ chunked 4194304 true
 
 
 
-=== TEST 11: in an ngx.timer.at callback
+=== TEST 12: in an ngx.timer.at callback
 --- config
     location = /t {
         content_by_lua_block {
@@ -451,7 +493,7 @@ chunked 4194304 true
 
 
 
-=== TEST 12: in rewrite_by_lua and access_by_lua
+=== TEST 13: in rewrite_by_lua and access_by_lua
 --- config
     location = /t {
         rewrite_by_lua_block {
@@ -474,7 +516,7 @@ chunked 4194304 true
 
 
 
-=== TEST 13: a client abort mid-fetch closes the upstream connection
+=== TEST 14: a client abort mid-fetch closes the upstream connection
 --- config
     location = /t {
         content_by_lua_block {
@@ -495,7 +537,7 @@ must not get here
 
 
 
-=== TEST 14: killing the waiting light thread closes its socket at once
+=== TEST 15: killing the waiting light thread closes its socket at once
 --- config
     location = /t {
         content_by_lua_block {
@@ -530,7 +572,7 @@ upstream saw kill closed
 
 
 
-=== TEST 15: an IP address starts no thread and no epoll instance in the worker
+=== TEST 16: an IP address starts no thread and no epoll instance in the worker
 --- config
     location = /t {
         content_by_lua_block {
@@ -564,7 +606,7 @@ upstream saw kill closed
 
 
 
-=== TEST 16: HTTP/2 with prior knowledge (hyper's http2 with resty-async as its executor and timer), over a unix socket
+=== TEST 17: HTTP/2 with prior knowledge (hyper's http2 with resty-async as its executor and timer), over a unix socket
 --- config
     location = /t {
         content_by_lua_block {
@@ -585,7 +627,7 @@ in_flight=0 streams=0
 
 
 
-=== TEST 17: async.spawn: the socket ops wait for task:wait(), in the light thread that waits
+=== TEST 18: async.spawn: the socket ops wait for task:wait(), in the light thread that waits
 --- config
     location = /t {
         content_by_lua_block {
@@ -613,7 +655,7 @@ in_flight=0 streams=0
 
 
 
-=== TEST 18: with_timeout on an HTTP/2 stream (reads in a reader light thread): nil, "timeout", silently
+=== TEST 19: with_timeout on an HTTP/2 stream (reads in a reader light thread): nil, "timeout", silently
 --- config
     location = /t {
         content_by_lua_block {
@@ -637,7 +679,7 @@ in_flight=0 streams=0 waiting=0
 
 
 
-=== TEST 19: the keepalive pool serves later requests of the worker
+=== TEST 20: the keepalive pool serves later requests of the worker
 --- config
     location = /t {
         content_by_lua_block {
@@ -653,7 +695,7 @@ in_flight=0 streams=0 waiting=0
 
 
 
-=== TEST 20: lua_code_cache off: each request's Lua VM has its own runtime and sockets
+=== TEST 21: lua_code_cache off: each request's Lua VM has its own runtime and sockets
 --- config
     location = /t {
         lua_code_cache off;
@@ -672,7 +714,7 @@ in_flight=0 streams=0 waiting=0
 
 
 
-=== TEST 21: a stream opened after a wait in the runtime: the waiting caller carries out its ops
+=== TEST 22: a stream opened after a wait in the runtime: the waiting caller carries out its ops
 --- config
     location = /t {
         content_by_lua_block {
@@ -691,6 +733,10 @@ in_flight=0 streams=0 waiting=0
             ngx.say("a: ", status(a:wait()))
             ngx.sleep(0.1)
             ngx.say("b: ", status(b:wait()))
+            -- a timeout longer than one semaphore wait of ngx_lua's
+            ngx.say("30 days: ", status(async.with_timeout(30 * 86400,
+                                                           fx.get_after, addr,
+                                                           "/up", 10)))
             -- a timeout while the caller carries out the ops
             ngx.say("timeout: ", select(2, async.with_timeout(0.1, fx.get_after,
                                                              addr, "/delay?s=1", 10)))
@@ -704,12 +750,13 @@ in_flight=0 streams=0 waiting=0
 call: 200
 a: 200
 b: 200
+30 days: 200
 timeout: timeout
 in_flight=0 streams=0 waiting=0
 
 
 
-=== TEST 22: woken for socket ops inside a table.sort comparator: a clear error, nothing left
+=== TEST 23: woken for socket ops inside a table.sort comparator: a clear error, nothing left
 --- config
     location = /t {
         content_by_lua_block {
@@ -734,7 +781,7 @@ in_flight=0 streams=0
 
 
 
-=== TEST 23: a repeated response header is joined with ", "
+=== TEST 24: a repeated response header is joined with ", "
 --- config
     location = /t {
         content_by_lua_block {
@@ -751,7 +798,7 @@ in_flight=0 streams=0
 
 
 
-=== TEST 24: version = 2 takes http:// only: https is refused with a message
+=== TEST 25: version = 2 takes http:// only: https is refused with a message
 --- config
     location = /t {
         content_by_lua_block {
@@ -770,7 +817,7 @@ nilopts.version must be 1.1 or 2
 
 
 
-=== TEST 25: configure{ read_timeout } bounds each read: a slow upstream fails the fetch
+=== TEST 26: configure{ read_timeout } bounds each read: a slow upstream fails the fetch
 --- config
     location = /t {
         content_by_lua_block {
@@ -797,7 +844,7 @@ lua tcp socket read timed out
 
 
 
-=== TEST 26: a host name goes to the location's resolver when it has one
+=== TEST 27: a host name goes to the location's resolver when it has one
 --- config
     location = /t {
         resolver 127.0.0.1:$TEST_NGINX_DNS_PORT ipv6=off;
@@ -815,7 +862,31 @@ lua tcp socket read timed out
 
 
 
-=== TEST 27: without a resolver, a host name goes to getaddrinfo on the pool (its error)
+=== TEST 28: a slow answer of the resolver: the caller waits for it
+The driver looks for killed callers every 0.1 s; a caller whose host
+nginx resolves must not look like one.
+--- config
+    location = /t {
+        resolver 127.0.0.1:$TEST_NGINX_DNS_PORT ipv6=off;
+        resolver_timeout 2s;
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "http://slow.test:" .. ngx.var.server_port .. "/up"
+            local t0 = ngx.now()
+            local res, err = http.fetch(url)
+            ngx.say(res and res.status, " ", res and res.body or err)
+            ngx.say(ngx.now() - t0 >= 0.7)
+        }
+    }
+--- response_body
+200 hello 1
+
+true
+--- timeout: 5
+
+
+
+=== TEST 29: without a resolver, a host name goes to getaddrinfo on the pool (its error)
 --- config
     location = /t {
         content_by_lua_block {

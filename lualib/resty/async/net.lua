@@ -45,6 +45,19 @@ local ARITY = { 3, 4, 4, 4, 2, 11 }
 local MAX_SPARE = 256
 local spare, nspare = {}, 0
 local spare_ctx, nspare_ctx = {}, 0
+-- ngx.now() and the timers of nginx read two clocks, each in whole
+-- milliseconds: an op whose timeout was cut to end at the call's deadline
+-- may time out up to a millisecond before ngx.now() reaches it. Such an op
+-- failed at the deadline: the call timed out (seconds).
+local CLOCK_SLACK = 0.002
+-- The longest semaphore wait (seconds): ngx_lua takes its timeout as a C
+-- int of milliseconds. A longer wait is made of several.
+local MAX_WAIT = (2 ^ 31 - 1) / 1000
+-- A caller killed in a connect cannot be told from a live one while nginx
+-- resolves its host (see Ctx:dead): one still in a connect this long
+-- after its connect timeout, beyond nginx's default resolver_timeout, is
+-- taken for dead (seconds).
+local CONNECT_GRACE = 60
 
 
 local function pack(...)
@@ -92,6 +105,12 @@ function Ctx:dead()
     if not sock then
         return false
     end
+    local by = self.connecting
+    if by then
+        -- while nginx resolves the host, close() answers "closed" for a
+        -- live socket too: there is no connection yet
+        return ngx_now() > by
+    end
     -- (raising costs: only an op already seen by the last sweep is asked)
     local op = self.nbusy
     if self.seen ~= op then
@@ -103,9 +122,11 @@ function Ctx:dead()
 end
 
 
--- Marks the waiter as blocked in an op on `sock` (nil: no longer).
-local function busy(ctx, sock)
+-- Marks the waiter as blocked in an op on `sock` (nil: no longer); in a
+-- connect, which a live caller leaves by `connect_until` (ngx.now()).
+local function busy(ctx, sock, connect_until)
     ctx.busy = sock
+    ctx.connecting = connect_until
     if sock then
         ctx.nbusy = ctx.nbusy + 1
     end
@@ -249,7 +270,15 @@ local function connect(ctx, i, spec)
     ctx.specs[i] = spec
     set_timeouts(ctx, i, sock, true)
     local ok, err
-    busy(ctx, sock)
+    -- (only a host name is resolved: an address or a unix socket connects
+    -- at once, and a killed caller's socket answers close() "closed")
+    local connect_until
+    if port and not str_find(host, "^[%d.]+$")
+       and not str_find(host, ":", 1, true)
+    then
+        connect_until = ngx_now() + spec[4] / 1000 + CONNECT_GRACE
+    end
+    busy(ctx, sock, connect_until)
     if port then
         ok, err = sock:connect(host, port, opts)
         if not ok and str_find(err, "no resolver defined", 1, true) then
@@ -266,6 +295,7 @@ local function connect(ctx, i, spec)
         ok, err = sock:connect(host, opts)
     end
     if ok and sni ~= nil and sock:getreusedtimes() == 0 then
+        busy(ctx, sock)
         ok, err = sock:sslhandshake(false, sni or nil, verify)
         if not ok then
             err = "TLS handshake failed: " .. tostring(err)
@@ -360,7 +390,7 @@ local function run_ops(ctx)
                 q[j] = nil
             end
         end
-        if ngx_now() >= ctx.deadline then
+        if ngx_now() >= ctx.deadline - CLOCK_SLACK then
             -- (an op cut short by the deadline failed with "timeout")
             return false
         end
@@ -503,9 +533,9 @@ run = function(ctx)
             ctx.sema = sema
         end
         ctx.waiting = true
-        local ok, err = sema:wait(left)
+        local ok, err = sema:wait(left < MAX_WAIT and left or MAX_WAIT)
         ctx.waiting = false
-        if not ok and err == "timeout" then
+        if not ok and err == "timeout" and left < MAX_WAIT then
             -- (nginx's clock, which ngx_now reads, moves only between
             -- events: a wait shorter than its resolution returns at once)
             return timed_out(ctx)
@@ -620,7 +650,7 @@ function _M.wait(st, id, timeout, k, ...)
     ctx.qh, ctx.qt, ctx.nres, ctx.nreading = 1, 0, 0, 0
     ctx.waiting, ctx.over, ctx.finished, ctx.ops_ready = false, false, false,
                                                          false
-    ctx.busy, ctx.nbusy, ctx.seen = nil, 0, nil
+    ctx.busy, ctx.nbusy, ctx.seen, ctx.connecting = nil, 0, nil, nil
     st.netids[id] = true
     st.nets[id] = ctx
     st.nnet = st.nnet + 1
