@@ -105,6 +105,13 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
             }))
         })?,
     )?;
+    // waited(id) -> whether a caller that ngx_lua has not killed waits for
+    // task `id` in the runtime (a task handle's wait asks: see task.lua).
+    let h = Rc::clone(vm);
+    t.raw_set(
+        "waited",
+        lua.create_function(move |_, id: f64| Ok(h.existing().is_some_and(|rt| rt.is_waited(id as TaskId))))?,
+    )?;
     let h = Rc::clone(vm);
     t.raw_set(
         "idle",

@@ -560,6 +560,15 @@ impl PlainTasks {
         }
     }
 
+    /// Whether a caller that ngx_lua has not killed waits for task `id`.
+    pub(crate) fn is_waited(&self, id: TaskId) -> bool {
+        let mut slots = self.slots.borrow_mut();
+        slots
+            .get_mut(id)
+            .and_then(|s| s.waiter.as_ref())
+            .is_some_and(Waiters::is_live)
+    }
+
     /// Callers waiting for plain tasks (a posted one until its task is
     /// taken, or freed after its caller read the result).
     pub(crate) fn waiting(&self) -> usize {
@@ -650,7 +659,10 @@ impl PlainTasks {
         let slot = self.slots.borrow_mut().remove(id);
         let Some(mut slot) = slot else { return false };
         self.unpost(id, &slot);
-        self.release(waiters, slot.waiter.take());
+        if let Some(w) = slot.waiter.take() {
+            self.waiting.set(self.waiting.get() - 1);
+            waiters.keep_cancelled(id, w);
+        }
         if !slot.done {
             self.cancelled.set(self.cancelled.get() + 1);
         }

@@ -481,10 +481,10 @@ impl Runtime {
 
     /// The outcome of a finished task as Lua values (frees its slot).
     pub(crate) fn take(&self, lua: &mlua::Lua, id: TaskId) -> Option<Outcome<LuaOutput>> {
+        self.waiters.release(id);
         if is_plain(id) {
             return self.plain.take_lua(lua, &self.waiters, id);
         }
-        self.waiters.release(id);
         let out = self.executor.take(id);
         self.net.remove(id);
         out
@@ -498,10 +498,16 @@ impl Runtime {
     /// carries them out, then takes the results with the last ones.
     pub(crate) fn take_raw(&self, id: TaskId) -> Taken {
         if is_plain(id) {
-            // (a plain task's waiter is in its slot: see Runtime::wait)
-            return self.plain.take_raw(&self.waiters, id);
+            // (a plain task's waiter is in its slot, see Runtime::wait;
+            // that of a cancelled one in `waiters`)
+            let taken = self.plain.take_raw(&self.waiters, id);
+            if let Taken::Unknown = taken {
+                self.waiters.release(id);
+            }
+            return taken;
         }
         if !self.executor.contains(id) {
+            self.waiters.release(id);
             return Taken::Unknown;
         }
         if self.executor.is_finished(id) && !self.net.has_ops(id) {
@@ -543,6 +549,16 @@ impl Runtime {
         }
     }
 
+    /// Whether a caller that ngx_lua has not killed waits for task `id`
+    /// in the runtime.
+    pub(crate) fn is_waited(&self, id: TaskId) -> bool {
+        if is_plain(id) {
+            self.plain.is_waited(id)
+        } else {
+            self.waiters.is_waited(id)
+        }
+    }
+
     /// Callers waiting for tasks.
     pub(crate) fn waiting(&self) -> usize {
         self.waiters.len() + self.plain.waiting()
@@ -556,7 +572,8 @@ impl Runtime {
     /// Cancels a task: its future is dropped before this returns (a pool
     /// job that has not started will not run).
     pub fn cancel(&self, id: TaskId) -> bool {
-        self.waiters.release(id);
+        // (a caller that waits for it resumes, and finds it gone)
+        self.waiters.cancelled(id);
         let found = if is_plain(id) {
             self.plain.cancel(&self.waiters, id)
         } else {

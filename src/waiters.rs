@@ -246,6 +246,19 @@ impl Waiters {
         self.put_spare(w.sema);
     }
 
+    /// Whether the caller of `w` waits still: posted (it resumes, unless
+    /// ngx_lua killed it after the post), or queued on its semaphore.
+    pub(crate) fn is_live(w: &Waiter) -> bool {
+        let Some(ngx) = ngx() else { return true };
+        // SAFETY: a live semaphore of ngx_lua's.
+        w.posted || (unsafe { (ngx.count)(w.sema) }) < 0
+    }
+
+    /// Whether a caller that ngx_lua has not killed waits for task `id`.
+    pub(crate) fn is_waited(&self, id: TaskId) -> bool {
+        self.waiting.borrow().get(&id).is_some_and(Waiters::is_live)
+    }
+
     /// Whether ngx_lua killed the caller of `w` (see [`Waiters::sweep`]).
     pub(crate) fn is_dead(w: &mut Waiter) -> bool {
         let Some(ngx) = ngx() else { return false };
@@ -313,6 +326,33 @@ impl Waiters {
         };
         self.post_waiter(w);
         true
+    }
+
+    /// The task of `w` is cancelled: if its caller is still queued, posts
+    /// it and keeps it (as the waiter of task `id`) until the caller,
+    /// resumed, finds the task gone and releases it, or the sweep finds it
+    /// killed after the post. The semaphore of a queued caller cannot be
+    /// freed: ngx_lua would resume it from freed memory. (One posted before
+    /// can be reused at once: its caller, first in the queue, takes the
+    /// post.) Whether it kept it.
+    pub(crate) fn keep_cancelled(&self, id: TaskId, mut w: Waiter) -> bool {
+        if w.posted || !Waiters::is_live(&w) {
+            self.give_back(w);
+            return false;
+        }
+        self.post_waiter(&mut w);
+        if let Some(old) = self.waiting.borrow_mut().insert(id, w) {
+            self.give_back(old);
+        }
+        true
+    }
+
+    /// Task `id` is cancelled: [`Waiters::keep_cancelled`] for its waiter.
+    pub(crate) fn cancelled(&self, id: TaskId) {
+        let w = self.waiting.borrow_mut().remove(&id);
+        if let Some(w) = w {
+            self.keep_cancelled(id, w);
+        }
     }
 
     /// Forgets the waiter of task `id` (it resumed, or its task is gone).

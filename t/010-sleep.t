@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 2);
+plan tests => repeat_each() * (blocks() * 7 + 3);
 
 run_tests();
 
@@ -210,7 +210,11 @@ unknown reason
     }
 --- config
     location = /t {
-        content_by_lua_block { ngx.say("ok") }
+        content_by_lua_block {
+            local async = require "resty.async"
+            ngx.ctx.task = async.spawn(async.sleep, 0.3)
+            ngx.say("ok")
+        }
         header_filter_by_lua_block {
             local async = require "resty.async"
             local ok, err = pcall(async.sha256, "x")
@@ -220,6 +224,9 @@ unknown reason
             local async = require "resty.async"
             local ok, err = pcall(async.sleep, 0.01)
             ngx.log(ngx.WARN, "log: ", ok, " ", err)
+            local task = ngx.ctx.task
+            ok, err = pcall(task.wait, task)
+            ngx.log(ngx.WARN, "log, task: ", ok, " ", err)
         }
     }
 --- response_body
@@ -229,6 +236,7 @@ ok
 init_worker: false resty.async: sleep() cannot wait in the init_worker phase
 header_filter: false resty.async: sha256() cannot wait in the header_filter phase
 log: false resty.async: sleep() cannot wait in the log phase
+log, task: false resty.async: wait() cannot wait in the log phase
 
 
 

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 - 1);
+plan tests => repeat_each() * (blocks() * 7);
 
 run_tests();
 
@@ -304,3 +304,133 @@ nil timeout true dropped=1
 --- response_body
 in_flight=0 waiting=0
 2000 2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881
+
+
+
+=== TEST 11: a task waited for by another light thread: a clear message, and its waiter gets the result
+Plain (the pool's, a timer's) and future tasks alike.
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            for _, start in ipairs{ function() return async.spawn(async.sleep, 0.1) end,
+                                    function() return async.spawn(ex.echo_after, "a", 100) end } do
+                local t = start()
+                local th = ngx.thread.spawn(function() return t:wait() end)
+                ngx.sleep(0.01)
+                ngx.say("second: ", t:wait())
+                ngx.say("first: ", select(2, ngx.thread.wait(th)))
+                ngx.say("later: ", t:wait())
+            end
+            ngx.say("waiting=", async.stats().waiting)
+        }
+    }
+--- response_body
+second: nilresty.async: this task is waited for already (by another light thread or request)
+first: true
+later: true
+second: nilresty.async: this task is waited for already (by another light thread or request)
+first: a
+later: a
+waiting=0
+--- no_error_log
+[error]
+
+
+
+=== TEST 12: the light thread that waited for a task was killed: the task is cancelled, a later wait says so
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            local before = ex.dropped()
+            for _, start in ipairs{ function() return async.spawn(async.sleep, 0.2) end,
+                                    function() return async.spawn(ex.guarded_sleep, 200) end } do
+                local t = start()
+                local th = ngx.thread.spawn(function() return t:wait() end)
+                ngx.sleep(0.01)
+                ngx.thread.kill(th)
+                ngx.say("after the kill: ", t:wait())
+                ngx.say("again: ", t:wait())
+            end
+            ngx.sleep(0.05)
+            local st = async.stats()
+            ngx.say("dropped=", ex.dropped() - before, " in_flight=",
+                    st.in_flight, " waiting=", st.waiting)
+        }
+    }
+--- response_body
+after the kill: nilcancelled
+again: nilcancelled
+after the kill: nilcancelled
+again: nilcancelled
+dropped=1 in_flight=0 waiting=0
+--- no_error_log
+[error]
+
+
+
+=== TEST 13: cancel while another light thread waits: the waiter resumes at once with nil, "cancelled"
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            local before = ex.dropped()
+            for _, start in ipairs{ function() return async.spawn(async.sleep, 0.3) end,
+                                    function() return async.spawn(ex.guarded_sleep, 300) end,
+                                    function() return async.spawn(ex.block_ms, 300) end } do
+                local t = start()
+                local th = ngx.thread.spawn(function() return t:wait() end)
+                ngx.update_time()
+                local t0 = ngx.now()
+                ngx.say("cancel: ", t:cancel())
+                local _, a, b = ngx.thread.wait(th)
+                ngx.update_time()
+                ngx.say("waiter: ", a, " ", b, " ", ngx.now() - t0 < 0.2)
+                ngx.say("later: ", t:wait())
+            end
+            ngx.sleep(0.25)
+            local st = async.stats()
+            ngx.say("dropped=", ex.dropped() - before, " in_flight=",
+                    st.in_flight, " waiting=", st.waiting)
+        }
+    }
+--- response_body
+cancel: true
+waiter: nil cancelled true
+later: nilcancelled
+cancel: true
+waiter: nil cancelled true
+later: nilcancelled
+cancel: true
+waiter: nil cancelled true
+later: nilcancelled
+dropped=1 in_flight=0 waiting=0
+--- no_error_log
+[error]
+[crit]
+
+
+
+=== TEST 14: a wait that raised (inside a table.sort comparator) cancelled its task: a later wait says so
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local t = async.spawn(async.sleep, 0.05)
+            local ok, err = pcall(table.sort, { 2, 1 }, function(a, b)
+                t:wait()
+                return a < b
+            end)
+            ngx.say(ok, " ", err:match("cannot wait inside a C function") ~= nil)
+            ngx.say("outside: ", t:wait())
+        }
+    }
+--- response_body
+false true
+outside: nilcancelled
+--- no_error_log
+[error]

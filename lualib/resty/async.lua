@@ -46,7 +46,7 @@ local _M = {
 
 -- The version of the calling convention between a module's raw functions
 -- and this file (resty_async::module::ABI).
-local ABI = 5
+local ABI = 6
 
 -- The options given to configure() so far, for the runtimes of modules
 -- loaded later.

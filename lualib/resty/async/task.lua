@@ -5,6 +5,7 @@ local runtime = require "resty.async.runtime"
 local wait_mod = require "resty.async.wait"
 
 local error = error
+local pcall = pcall
 local select = select
 local unpack = unpack
 local setmetatable = setmetatable
@@ -17,6 +18,7 @@ local pending_id = wait_mod.pending_id
 local wait = wait_mod.wait
 local take_done = wait_mod.take_done
 local check_timeout = wait_mod.check_timeout
+local check_phase = wait_mod.check_phase
 
 
 local _M = {}
@@ -74,29 +76,79 @@ local function check_task(self, method)
 end
 
 
-function Task.wait(self, timeout)
-    check_task(self, "wait")
-    local results = self.results
-    if not results then
-        if timeout == nil then
-            timeout = config.timeout
-        else
-            check_timeout(timeout, 1, "wait")
-        end
-        local st, id = self.st, self.id
-        local state = st.owned[id]
-        st.owned[id] = nil
+-- What a wait returns while another caller waits for the task.
+local BUSY = "resty.async: this task is waited for already (by another "
+             .. "light thread or request)"
+local CANCELLED = { n = 2, nil, "cancelled" }
+
+
+-- Whether a caller that ngx_lua has not killed waits for task `id` of
+-- `st`: in the runtime, or carrying out its socket ops (resty.async.net).
+local function waited(st, id)
+    local ctx = st.nets[id]
+    if ctx then
+        return not ctx:dead()
+    end
+    return st.rt.waited(id)
+end
+
+
+-- The handle's wait ended with `ok, ...` (pcall's): its results from now
+-- on. A wait that raised cancelled the task (see resty.async.wait); one
+-- that task:cancel() ended meanwhile returns what cancel() left.
+local function settle(self, ok, ...)
+    local id = self.id
+    self.waiting = nil
+    if id then
         self.id = nil
-        if state == "done" then
-            results = pack(take_done(st, id, timeout, 3))
-        elseif state == "pending" then
-            results = pack(wait(st, id, timeout, 3))
-        else
-            results = pack(nil, "cancelled")
-        end
+        self.st.owned[id] = nil
+    end
+    local results = self.results
+    if not ok then
+        self.results = results or CANCELLED
+        error((...), 0)
+    end
+    if not results then
+        results = pack(...)
         self.results = results
     end
     return unpack(results, 1, results.n)
+end
+
+
+function Task.wait(self, timeout)
+    check_task(self, "wait")
+    local results = self.results
+    if results then
+        return unpack(results, 1, results.n)
+    end
+    check_phase("wait")
+    if timeout == nil then
+        timeout = config.timeout
+    else
+        check_timeout(timeout, 1, "wait")
+    end
+    local st, id = self.st, self.id
+    if self.waiting then
+        if waited(st, id) then
+            return nil, BUSY
+        end
+        -- ngx_lua killed the caller that waited (ngx.thread.kill, a client
+        -- abort): its task is cancelled, as any killed caller's is
+        forget(st, id)
+        return settle(self, true, nil, "cancelled")
+    end
+    local state = st.owned[id]
+    if state ~= "done" and state ~= "pending" then
+        return settle(self, true, nil, "cancelled")
+    end
+    -- (until it ends, a wait of another caller learns that this one waits;
+    -- level 4 for error(): the caller of this function, past pcall)
+    self.waiting = true
+    if state == "done" then
+        return settle(self, pcall(take_done, st, id, timeout, 4))
+    end
+    return settle(self, pcall(wait, st, id, timeout, 4))
 end
 
 
@@ -109,10 +161,16 @@ function Task.cancel(self)
         return false
     end
     self.id = nil
-    self.results = pack(nil, "cancelled")
+    self.results = CANCELLED
     local state = st.owned[id]
     st.owned[id] = nil
     forget(st, id)
+    -- a caller that waits for it now resumes (the runtime posts it, and
+    -- one carrying out socket ops is woken here), and finds it cancelled
+    local ctx = st.nets[id]
+    if ctx then
+        ctx:event(false)
+    end
     return state == "pending"
 end
 
