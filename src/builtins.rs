@@ -24,8 +24,23 @@ pub const MAX_READ: u64 = 1 << 30;
 
 fn read_capped(path: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let hint = file.metadata().map(|m| m.len()).unwrap_or(0).min(MAX_READ);
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| format!("cannot read {path}: {e}");
+    // Opened without blocking, then refused unless a regular file: a FIFO
+    // would hold the pool thread in open() until a writer came, and in
+    // read() as long as one kept it open without writing; a device may be
+    // endless, or block as long.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    // (a directory fails in read() with the OS's own message)
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(format!("cannot read {path}: {}", not_a_file(&meta.file_type())));
+    }
+    let hint = meta.len().min(MAX_READ);
     let mut buf = Vec::with_capacity(hint as usize);
     file.take(MAX_READ + 1)
         .read_to_end(&mut buf)
@@ -34,6 +49,21 @@ fn read_capped(path: &str) -> Result<Vec<u8>, String> {
         return Err(format!("cannot read {path}: larger than {MAX_READ} bytes"));
     }
     Ok(buf)
+}
+
+/// Why `read_file` refuses a file of type `t` (neither a regular file nor
+/// a directory).
+fn not_a_file(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO, not a regular file"
+    } else if t.is_socket() {
+        "a socket, not a regular file"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device, not a regular file"
+    } else {
+        "not a regular file"
+    }
 }
 
 fn path_arg(bytes: &[u8], pos: usize, fname: &str) -> Result<String, String> {
@@ -49,13 +79,19 @@ fn path_arg(bytes: &[u8], pos: usize, fname: &str) -> Result<String, String> {
 
 /// Writes (or appends) `data` to the file at `path`; the number of bytes.
 fn write(path: &str, data: &[u8], append: bool) -> Result<f64, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Opened without blocking: a FIFO without a reader would hold the pool
+    // thread in open() until one came (it fails with ENXIO instead). The
+    // writes then block as usual.
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .append(append)
         .truncate(!append)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| format!("cannot open {path}: {e}"))?;
+    crate::sys::set_blocking(&file).map_err(|e| format!("cannot open {path}: {e}"))?;
     file.write_all(data)
         .map_err(|e| format!("cannot write {path}: {e}"))?;
     // Exact: a Lua string is far shorter than 2^53 bytes.

@@ -88,6 +88,15 @@ pub(crate) fn send_byte(sock: &impl AsRawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Clears `O_NONBLOCK` on the descriptor of `f`.
+pub(crate) fn set_blocking(f: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl reads the flags of a descriptor that `f` keeps open.
+    let flags = syscall!(fcntl(f.as_raw_fd(), libc::F_GETFL))?;
+    // SAFETY: and sets them.
+    syscall!(fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK))?;
+    Ok(())
+}
+
 /// Whether a process with this pid exists (`kill(pid, 0)`; EPERM means it
 /// exists but belongs to someone else).
 pub(crate) fn process_alive(pid: u32) -> bool {

@@ -301,19 +301,33 @@ true
 
 
 
-=== TEST 8: read_file refuses endless files instead of eating memory
+=== TEST 8: read_file refuses devices and FIFOs, which may be endless or block the pool for good; write_file does not wait for a FIFO's reader
 --- config
     location = /t {
         content_by_lua_block {
             local async = require "resty.async"
             ngx.say(async.read_file("/dev/zero"))
-            ngx.say(#async.read_file("/dev/null"))
+            ngx.say(async.read_file("/dev/null"))
+            local fifo = os.tmpname()  -- (a file: a FIFO in its place)
+            os.remove(fifo)
+            local made = os.execute("mkfifo " .. fifo)
+            assert(made == 0 or made == true)
+            -- (with_timeout: before, each of these held a pool thread in
+            -- open() until the FIFO had a writer or a reader)
+            for _ = 1, 3 do
+                ngx.say(async.with_timeout(1, async.read_file, fifo))
+                ngx.say(async.with_timeout(1, async.write_file, fifo, "x"))
+            end
+            os.remove(fifo)
+            ngx.say(#async.with_timeout(1, async.sha256, "x"))
         }
     }
---- response_body
-nilcannot read /dev/zero: larger than 1073741824 bytes
-0
---- timeout: 20
+--- response_body_like
+^nilcannot read /dev/zero: a device, not a regular file
+nilcannot read /dev/null: a device, not a regular file
+(nilcannot read \S+: a FIFO, not a regular file
+nilcannot open \S+: No such device or address \(os error 6\)
+){3}64$
 
 
 
