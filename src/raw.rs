@@ -60,16 +60,24 @@ where
         let fut = crate::tokio::in_context(|| f(lua, args))?;
         #[cfg(not(feature = "tokio"))]
         let fut = f(lua, args)?;
-        // A large future goes to the heap first: the wrappers around it
-        // and the task's allocation each move what they are given, and a
-        // pointer moves for less than kilobytes of state (a client's
-        // connection, say).
-        if std::mem::size_of::<Fut>() > BOX_FUTURES_ABOVE {
-            Ok(spawn_converted(lua, rt, Box::pin(fut)))
-        } else {
-            Ok(spawn_converted(lua, rt, fut))
-        }
+        Ok(spawn_sized(lua, rt, fut))
     })
+}
+
+/// Spawns `fut`, whose output becomes Lua values. A large future goes to
+/// the heap first: the wrappers around it and the task's allocation each
+/// move what they are given, and a pointer moves for less than kilobytes
+/// of state (a client's connection, say).
+fn spawn_sized<Fut, R>(lua: &Lua, rt: &Runtime, fut: Fut) -> Spawned<LuaOutput>
+where
+    Fut: Future<Output = mlua::Result<R>> + 'static,
+    R: IntoLuaMulti + 'static,
+{
+    if std::mem::size_of::<Fut>() > BOX_FUTURES_ABOVE {
+        spawn_converted(lua, rt, Box::pin(fut))
+    } else {
+        spawn_converted(lua, rt, fut)
+    }
 }
 
 /// Futures of more bytes than this are boxed before they are spawned.
@@ -100,10 +108,35 @@ pub(crate) fn lua_async_raw(
             error_message(&e)
         ))
     })?;
-    raw_async(lua, vm, move |_lua, args| {
+    raw(lua, vm, move |lua, rt, args: MultiValue| {
         let f = f.clone();
-        Ok(async move { f.call_async::<MultiValue>(args).await })
+        let spawned = spawn_sized(lua, rt, async move { f.call_async::<MultiValue>(args).await });
+        // mlua converts the arguments in the function's first poll, which
+        // spawning made: a failed conversion is misuse, raised in the
+        // caller as a module function's is
+        if let Spawned::Ready(Ok(Err(e))) = &spawned {
+            if let Some(msg) = argument_error(e) {
+                return Err(msg);
+            }
+        }
+        Ok(spawned)
     })
+}
+
+/// The message of `e` if it is a failed conversion of an argument (a
+/// wrong type, or a method called on another value than its object; not
+/// an object borrowed by a call in flight, which is the call's failure).
+fn argument_error(e: &mlua::Error) -> Option<String> {
+    use mlua::Error::*;
+    match e {
+        CallbackError { cause, .. } => argument_error(cause),
+        BadArgument { cause, .. } => match **cause {
+            UserDataBorrowError | UserDataBorrowMutError | UserDataDestructed => None,
+            _ => Some(error_message(e)),
+        },
+        FromLuaConversionError { .. } | UserDataTypeMismatch => Some(error_message(e)),
+        _ => None,
+    }
 }
 
 /// Tells the runtimes of different module libraries apart: each cdylib

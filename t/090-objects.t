@@ -225,3 +225,43 @@ make_after: 100 100
 timer: 11
 spawn: 12
 with_timeout: 13
+
+
+
+=== TEST 9: misuse of a method raises a string: a wrong argument of an async method, a sync method on another value
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local c = ex.counter(1)
+            local ok, err = pcall(c.slow_incr, c, "abc")
+            ngx.say("async: ", ok, " ", err)
+            ok, err = pcall(c.slow_incr, nil, 10)
+            ngx.say("async, self: ", ok, " ", err)
+            ok, err = pcall(c.get, nil)
+            ngx.say("sync, self: ", ok, " ", type(err), " ", err)
+            ngx.say("still works: ", c:slow_incr(10), " ", c:get())
+        }
+    }
+--- response_body
+async: false bad argument #2 to `Counter.slow_incr`: error converting Lua string to u64 (expected number or string coercible to number)
+async, self: false bad argument `self` to `Counter.slow_incr`: error converting Lua nil to userdata
+sync, self: false string bad argument `self` to `Counter.get`: error converting Lua nil to userdata (expected userdata of type 'Counter')
+still works: 2 2
+
+
+
+=== TEST 10: an uncaught error of a sync method is logged as its message
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local c = ex.counter(1)
+            c.get(nil)
+        }
+    }
+--- error_code: 500
+--- error_log
+bad argument `self` to `Counter.get`: error converting Lua nil to userdata
+--- no_error_log
+unknown reason

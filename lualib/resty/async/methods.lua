@@ -4,10 +4,15 @@
 -- (src/testing), which loads it without nginx: no ngx.* here.
 
 local type = type
+local pcall = pcall
+local error = error
 local pairs = pairs
 local ipairs = ipairs
 local rawget = rawget
 local rawset = rawset
+local tostring = tostring
+local str_find = string.find
+local str_sub = string.sub
 local debug_getinfo = debug.getinfo
 local debug_getupvalue = debug.getupvalue
 
@@ -26,24 +31,28 @@ end
 -- The async functions (mlua's) in userdata metatable `mt`, as `{ table,
 -- key, function }`: its async metamethods, and the async methods in its
 -- __index table, or in the tables mlua's own __index function looks in.
+-- The second result: its other methods (C functions), likewise.
 function _M.async_methods(mt)
-    local out, seen = {}, {}
-    local function scan(t)
+    local out, sync, seen = {}, {}, {}
+    local function scan(t, methods)
         if type(t) ~= "table" or seen[t] then
             return
         end
         seen[t] = true
         for k, v in pairs(t) do
-            if type(k) == "string" and mlua_source(v) == "=__mlua_async_poll"
-            then
-                out[#out + 1] = { t, k, v }
+            if type(k) == "string" then
+                if mlua_source(v) == "=__mlua_async_poll" then
+                    out[#out + 1] = { t, k, v }
+                elseif methods and mlua_source(v) == "=[C]" then
+                    sync[#sync + 1] = { t, k, v }
+                end
             end
         end
     end
     scan(mt)
     local index = rawget(mt, "__index")
     if type(index) == "table" then
-        scan(index)
+        scan(index, true)
     elseif mlua_source(index) == "=__mlua_index" then
         for i = 1, 255 do
             local name, v = debug_getupvalue(index, i)
@@ -51,11 +60,37 @@ function _M.async_methods(mt)
                 break
             end
             if name == "__index" or name == "methods" then
-                scan(v)
+                scan(v, true)
             end
         end
     end
-    return out
+    return out, sync
+end
+
+
+-- mlua raises a Rust error as a userdata, which ngx_lua logs as "unknown
+-- reason" when nobody catches it: a sync method's error is raised again
+-- as its message (without the traceback mlua appends).
+local function rethrow(ok, ...)
+    if ok then
+        return ...
+    end
+    local e = ...
+    if type(e) ~= "string" then
+        e = tostring(e)
+        local tb = str_find(e, "\nstack traceback:", 1, true)
+        if tb then
+            e = str_sub(e, 1, tb - 1)
+        end
+    end
+    error(e, 0)
+end
+
+
+local function raising_strings(f)
+    return function(...)
+        return rethrow(pcall(f, ...))
+    end
 end
 
 
@@ -112,9 +147,13 @@ function _M.adopt(mt, type_name, rt, make)
     if rawget(mt, CLASS_MARK) then
         return
     end
-    for _, m in ipairs(_M.async_methods(mt)) do
+    local async, sync = _M.async_methods(mt)
+    for _, m in ipairs(async) do
         local name = type_name .. ":" .. m[2]
         m[1][m[2]] = make(name, rt.lua_async(name, m[3]))
+    end
+    for _, m in ipairs(sync) do
+        m[1][m[2]] = raising_strings(m[3])
     end
     rawset(mt, CLASS_MARK, true)
 end
