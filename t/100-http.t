@@ -11,6 +11,8 @@ use File::Temp qw(tempdir);
 
 # TLS port: one above the main port unless set.
 $ENV{TEST_NGINX_TLS_PORT} ||= (server_port() + 1);
+# A TLS port whose server has only the trusted certificate for "localhost".
+$ENV{TEST_NGINX_TLS_ONE_PORT} ||= (server_port() + 3);
 
 # A CA, a certificate it signed for "localhost", and a self-signed one.
 our $Certs = tempdir("resty-async-certs-XXXXXX", TMPDIR => 1, CLEANUP => 1);
@@ -102,6 +104,13 @@ our $Servers = <<'_EOC_';
         ssl_certificate $TEST_NGINX_CERTS/server.crt;
         ssl_certificate_key $TEST_NGINX_CERTS/server.key;
         location / { return 200 "tls $connection_requests\n"; }
+    }
+    # the trusted certificate for "localhost", whatever name is asked for
+    server {
+        listen 127.0.0.1:$TEST_NGINX_TLS_ONE_PORT ssl;
+        ssl_certificate $TEST_NGINX_CERTS/server.crt;
+        ssl_certificate_key $TEST_NGINX_CERTS/server.key;
+        location / { return 200 "localhost's certificate\n"; }
     }
     # HTTP/2 with prior knowledge
     server {
@@ -263,7 +272,7 @@ tls 2
         content_by_lua_block {
             local http = require "resty_async_http"
             local url = "https://127.0.0.1:" .. $TEST_NGINX_TLS_PORT .. "/"
-            local res, err = http.fetch(url)
+            local res, err = http.fetch(url, { server_name = "untrusted.test" })
             ngx.say(res and res.body or err)
             res, err = http.fetch(url, { ssl_verify = false })
             ngx.print(res and res.body or err)
@@ -295,9 +304,10 @@ certificate verify error
             -- and the untrusted server's unverified connection is not reused
             -- for a verified call either: that one fails its handshake
             url = "https://127.0.0.1:" .. $TEST_NGINX_TLS_PORT .. "/"
-            res, err = http.fetch(url, { ssl_verify = false })
+            local name = "untrusted.test"
+            res, err = http.fetch(url, { ssl_verify = false, server_name = name })
             ngx.print(res and res.body or err)
-            res, err = http.fetch(url)
+            res, err = http.fetch(url, { server_name = name })
             ngx.say(res and res.body or err:match("self.signed certificate"))
         }
     }
@@ -827,3 +837,34 @@ lua tcp socket read timed out
     }
 --- response_body_like chomp
 ^nil .*cannot resolve "resolved\.test"
+
+
+
+=== TEST 28: https to an IP address: refused while verifying (nginx checks names only), taken with a server name or ssl_verify = false
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "https://127.0.0.1:$TEST_NGINX_TLS_ONE_PORT/"
+            ngx.say(http.fetch(url))
+            local res, err = http.fetch(url, { ssl_verify = false })
+            ngx.print("not verified: ", res and res.body or err)
+            res, err = http.fetch(url, { server_name = "localhost" })
+            ngx.print("localhost: ", res and res.body or err)
+            res, err = http.fetch(url, { server_name = "other.test" })
+            ngx.say("other.test: ", res and res.body or err)
+            res, err = http.fetch("https://[::1]:$TEST_NGINX_TLS_ONE_PORT/")
+            ngx.say(res and res.body or err)
+        }
+    }
+--- response_body_like
+^nilcannot verify the TLS certificate of 127\.0\.0\.1: nginx checks host names, not IP addresses \(connect by name, give a server name, or turn verification off\)
+not verified: localhost's certificate
+localhost: localhost's certificate
+other.test: .*certificate host mismatch.*
+cannot verify the TLS certificate of \[::1\]: nginx checks host names, not IP addresses .*
+--- error_log
+lua ssl certificate does not match host "other.test"
+--- no_error_log
+[alert]
+

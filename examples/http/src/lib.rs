@@ -16,9 +16,12 @@
 //! (true: the connection goes back to nginx's pool), `version` (1.1, or 2
 //! for HTTP/2 with prior knowledge, over `http://` only: cosockets do not
 //! negotiate ALPN), `unix_socket` (a path: connect there; the URL still
-//! names the host and the path). Timeouts are the call's (`async.with_timeout`,
-//! `configure{ timeout }`) and the sockets' (`configure{ connect_timeout,
-//! send_timeout, read_timeout }`). Failures return `nil, "message"`.
+//! names the host and the path), `server_name` (the TLS name to send and
+//! verify, by default the URL's host; nginx checks names only, so a
+//! verified `https://` to an IP address needs one). Timeouts are the call's
+//! (`async.with_timeout`, `configure{ timeout }`) and the sockets'
+//! (`configure{ connect_timeout, send_timeout, read_timeout }`). Failures
+//! return `nil, "message"`.
 
 // A fetch makes many small allocations (hyper's channels, buffers and
 // header maps, two tasks), which mimalloc serves for less than glibc's
@@ -48,6 +51,8 @@ struct Fetch {
     http2: bool,
     /// Connect to this unix socket instead of the URL's host and port.
     unix: Option<String>,
+    /// The TLS server name, when not the URL's host.
+    server_name: Option<String>,
 }
 
 /// A Lua value's type as Lua names it (mlua tells integers apart).
@@ -137,6 +142,7 @@ impl Fetch {
             keepalive: true,
             http2: false,
             unix: None,
+            server_name: None,
         };
         let Some(opts) = opts else { return Ok(f) };
         if let Some(m) = string_opt(&opts, "method")? {
@@ -163,6 +169,10 @@ impl Fetch {
         if let Some(path) = string_opt(&opts, "unix_socket")? {
             let path = path.to_str().map_err(|_| bad("opts.unix_socket: not UTF-8"))?;
             f.unix = Some(format!("unix:{}", &*path));
+        }
+        if let Some(name) = string_opt(&opts, "server_name")? {
+            let name = name.to_str().map_err(|_| bad("opts.server_name: not UTF-8"))?;
+            f.server_name = Some(name.to_owned());
         }
         f.verify = bool_opt(&opts, "ssl_verify", true)?;
         f.keepalive = bool_opt(&opts, "keepalive", true)?;
@@ -280,11 +290,15 @@ fn collect_headers(h: &hyper::HeaderMap) -> Record {
     out
 }
 
-/// The stream's options: TLS by the URL, the URL's host as the server
-/// name (an IP address sends none).
+/// The stream's options: TLS by the URL, `opts.server_name` or the URL's
+/// host as the server name (an IP address gives none).
 fn options(f: &Fetch) -> Options {
     let o = Options::new().tls(f.https).verify(f.verify);
-    if f.https && f.host.parse::<std::net::IpAddr>().is_err() && !f.host.starts_with('[') {
+    if !f.https {
+        o
+    } else if let Some(name) = &f.server_name {
+        o.server_name(name.as_str())
+    } else if f.host.parse::<std::net::IpAddr>().is_err() && !f.host.starts_with('[') {
         o.server_name(f.host.as_str())
     } else {
         o
