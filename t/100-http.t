@@ -868,3 +868,26 @@ lua ssl certificate does not match host "other.test"
 --- no_error_log
 [alert]
 
+
+
+=== TEST 29: a port out of range, zero or not a number is a bad url, not the default port
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            for _, url in ipairs{ "http://127.0.0.1:99999/x", "http://127.0.0.1:abc/x",
+                                  "http://127.0.0.1:0/x", "https://localhost:65536/" } do
+                local res, err = http.fetch(url)
+                ngx.say(res and res.status or err)
+            end
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/up")
+            ngx.print(res and res.body or err)
+        }
+    }
+--- response_body
+bad url "http://127.0.0.1:99999/x": bad port
+bad url "http://127.0.0.1:abc/x": bad port
+bad url "http://127.0.0.1:0/x": bad port
+bad url "https://localhost:65536/": bad port
+hello 1
+

@@ -513,3 +513,24 @@ nilresty.async: resty_async_tokio: the tokio runtime of this worker is already r
 --- response_body
 nil true
 true 1
+
+
+
+=== TEST 17: a port out of range, zero or not a number is a bad url, not the default port
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            for _, url in ipairs{ "http://127.0.0.1:99999/x", "http://127.0.0.1:abc/x",
+                                  "http://127.0.0.1:0/x", "https://localhost:65536/" } do
+                local res, err = http.fetch(url)
+                ngx.say(res and res.status or err)
+            end
+        }
+    }
+--- response_body
+bad url "http://127.0.0.1:99999/x": bad port
+bad url "http://127.0.0.1:abc/x": bad port
+bad url "http://127.0.0.1:0/x": bad port
+bad url "https://localhost:65536/": bad port
+

@@ -55,6 +55,28 @@ struct Fetch {
     server_name: Option<String>,
 }
 
+/// The port the URL names: `None` when it names none (or an empty one,
+/// which RFC 3986 allows), then the scheme's default applies. `Uri`
+/// takes any digits and letters there, and its `port_u16` says `None`
+/// for a bad port too.
+fn url_port(uri: &Uri) -> Result<Option<u16>, ()> {
+    let Some(authority) = uri.authority() else {
+        return Ok(None);
+    };
+    let host_port = authority.as_str().rsplit('@').next().unwrap_or("");
+    let port = match host_port.rsplit_once(':') {
+        Some((_, port)) if !port.contains(']') => port,
+        _ => return Ok(None),
+    };
+    if port.is_empty() {
+        return Ok(None);
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(p)),
+        _ => Err(()),
+    }
+}
+
 /// A Lua value's type as Lua names it (mlua tells integers apart).
 fn type_name(v: &LuaValue) -> &'static str {
     match v {
@@ -129,7 +151,9 @@ impl Fetch {
             Some(h) if !h.is_empty() => h.to_owned(),
             _ => return Err(bad(format!("bad url \"{text}\": no host"))),
         };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let port = url_port(&uri)
+            .map_err(|()| bad(format!("bad url \"{text}\": bad port")))?
+            .unwrap_or(if https { 443 } else { 80 });
         let mut f = Fetch {
             uri,
             https,

@@ -55,6 +55,28 @@ struct Fetch {
     request: Request<Full<Bytes>>,
 }
 
+/// The port the URL names: `None` when it names none (or an empty one,
+/// which RFC 3986 allows), then the scheme's default applies. `Uri`
+/// takes any digits and letters there, and hyper-util's connector takes
+/// the default port for a bad one.
+fn url_port(uri: &Uri) -> Result<Option<u16>, ()> {
+    let Some(authority) = uri.authority() else {
+        return Ok(None);
+    };
+    let host_port = authority.as_str().rsplit('@').next().unwrap_or("");
+    let port = match host_port.rsplit_once(':') {
+        Some((_, port)) if !port.contains(']') => port,
+        _ => return Ok(None),
+    };
+    if port.is_empty() {
+        return Ok(None);
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(p)),
+        _ => Err(()),
+    }
+}
+
 /// A response, made on a tokio thread, turned into Lua values on the
 /// worker.
 struct Response {
@@ -202,6 +224,7 @@ fn prepare(lua: &Lua, url: &str, opts: &Option<LuaTable>) -> Result<Fetch, Strin
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("bad url {url:?}: no host"));
     }
+    url_port(&uri).map_err(|()| format!("bad url {url:?}: bad port"))?;
     let method: Option<LuaString> = opt(opts, "method", "string")?;
     let method = match method {
         Some(m) => {
