@@ -172,6 +172,31 @@ our $Upstream = <<'_EOC_';
             end
         }
     }
+    # 4 MB with a Content-Length
+    location = /big-length {
+        content_by_lua_block {
+            ngx.header["Content-Length"] = 4194304
+            local chunk = string.rep("0123456789abcdef", 4096)  -- 64 KB
+            for i = 1, 64 do
+                ngx.print(chunk)
+                if not ngx.flush(true) then
+                    return
+                end
+            end
+        }
+    }
+    # chunked, until the client goes away
+    location = /endless {
+        content_by_lua_block {
+            local chunk = string.rep("0123456789abcdef", 4096)  -- 64 KB
+            while true do
+                ngx.print(chunk)
+                if not ngx.flush(true) then
+                    return
+                end
+            end
+        }
+    }
 _EOC_
 
 add_block_preprocessor(sub {
@@ -891,3 +916,45 @@ bad url "http://127.0.0.1:0/x": bad port
 bad url "https://localhost:65536/": bad port
 hello 1
 
+
+
+=== TEST 30: max_body: a larger body, announced or chunked, fails at once and its connection closes
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local base = "http://127.0.0.1:" .. ngx.var.server_port
+            for _, path in ipairs{ "/big-length", "/big", "/endless" } do
+                ngx.say(path, ": ", select(2, http.fetch(base .. path, { max_body = 1000000 })))
+            end
+            -- the failed ones left no connection in the pool
+            local res, err = http.fetch(base .. "/up")
+            ngx.print(res and res.body or err)
+            res, err = http.fetch(base .. "/big", { max_body = 4194304 })
+            ngx.say("exactly: ", res and #res.body or err)
+            ngx.say(http.fetch(base .. "/up", { max_body = -1 }))
+        }
+    }
+--- response_body
+/big-length: response body larger than 1000000 bytes
+/big: response body larger than 1000000 bytes
+/endless: response body larger than 1000000 bytes
+hello 1
+exactly: 4194304
+nilopts.max_body must be a whole number of bytes, 0 or more
+--- timeout: 10
+
+
+
+=== TEST 31: an endless body stops at the default max_body, 64 MiB
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/endless")
+            ngx.say(res and #res.body or err)
+        }
+    }
+--- response_body
+response body larger than 67108864 bytes
+--- timeout: 20
