@@ -11,6 +11,8 @@ use File::Temp qw(tempdir);
 
 # TLS port: one above the main port unless set.
 $ENV{TEST_NGINX_TLS_PORT} ||= (server_port() + 1);
+# A TLS port whose server has only the trusted certificate for "localhost".
+$ENV{TEST_NGINX_TLS_ONE_PORT} ||= (server_port() + 3);
 
 # A CA, a certificate it signed for "localhost", and a self-signed one.
 our $Certs = tempdir("resty-async-certs-XXXXXX", TMPDIR => 1, CLEANUP => 1);
@@ -111,6 +113,13 @@ our $Servers = <<'_EOC_';
         ssl_certificate_key $TEST_NGINX_CERTS/server.key;
         location / { return 200 "tls $connection_requests\n"; }
     }
+    # the trusted certificate for "localhost", whatever name is asked for
+    server {
+        listen 127.0.0.1:$TEST_NGINX_TLS_ONE_PORT ssl;
+        ssl_certificate $TEST_NGINX_CERTS/server.crt;
+        ssl_certificate_key $TEST_NGINX_CERTS/server.key;
+        location / { return 200 "localhost's certificate\n"; }
+    }
     # HTTP/2 with prior knowledge
     server {
         listen unix:$TEST_NGINX_SERVER_ROOT/html/h2.sock http2;
@@ -168,6 +177,31 @@ our $Upstream = <<'_EOC_';
             for i = 1, 64 do
                 ngx.print(chunk)
                 ngx.flush(true)
+            end
+        }
+    }
+    # 4 MB with a Content-Length
+    location = /big-length {
+        content_by_lua_block {
+            ngx.header["Content-Length"] = 4194304
+            local chunk = string.rep("0123456789abcdef", 4096)  -- 64 KB
+            for i = 1, 64 do
+                ngx.print(chunk)
+                if not ngx.flush(true) then
+                    return
+                end
+            end
+        }
+    }
+    # chunked, until the client goes away
+    location = /endless {
+        content_by_lua_block {
+            local chunk = string.rep("0123456789abcdef", 4096)  -- 64 KB
+            while true do
+                ngx.print(chunk)
+                if not ngx.flush(true) then
+                    return
+                end
             end
         }
     }
@@ -271,7 +305,7 @@ tls 2
         content_by_lua_block {
             local http = require "resty_async_http"
             local url = "https://127.0.0.1:" .. $TEST_NGINX_TLS_PORT .. "/"
-            local res, err = http.fetch(url)
+            local res, err = http.fetch(url, { server_name = "untrusted.test" })
             ngx.say(res and res.body or err)
             res, err = http.fetch(url, { ssl_verify = false })
             ngx.print(res and res.body or err)
@@ -303,9 +337,10 @@ certificate verify error
             -- and the untrusted server's unverified connection is not reused
             -- for a verified call either: that one fails its handshake
             url = "https://127.0.0.1:" .. $TEST_NGINX_TLS_PORT .. "/"
-            res, err = http.fetch(url, { ssl_verify = false })
+            local name = "untrusted.test"
+            res, err = http.fetch(url, { ssl_verify = false, server_name = name })
             ngx.print(res and res.body or err)
-            res, err = http.fetch(url)
+            res, err = http.fetch(url, { server_name = name })
             ngx.say(res and res.body or err:match("self.signed certificate"))
         }
     }
@@ -898,3 +933,99 @@ true
     }
 --- response_body_like chomp
 ^nil .*cannot resolve "resolved\.test"
+
+
+
+=== TEST 28: https to an IP address: refused while verifying (nginx checks names only), taken with a server name or ssl_verify = false
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "https://127.0.0.1:$TEST_NGINX_TLS_ONE_PORT/"
+            ngx.say(http.fetch(url))
+            local res, err = http.fetch(url, { ssl_verify = false })
+            ngx.print("not verified: ", res and res.body or err)
+            res, err = http.fetch(url, { server_name = "localhost" })
+            ngx.print("localhost: ", res and res.body or err)
+            res, err = http.fetch(url, { server_name = "other.test" })
+            ngx.say("other.test: ", res and res.body or err)
+            res, err = http.fetch("https://[::1]:$TEST_NGINX_TLS_ONE_PORT/")
+            ngx.say(res and res.body or err)
+        }
+    }
+--- response_body_like
+^nilcannot verify the TLS certificate of 127\.0\.0\.1: nginx checks host names, not IP addresses \(connect by name, give a server name, or turn verification off\)
+not verified: localhost's certificate
+localhost: localhost's certificate
+other.test: .*certificate host mismatch.*
+cannot verify the TLS certificate of \[::1\]: nginx checks host names, not IP addresses .*
+--- error_log
+lua ssl certificate does not match host "other.test"
+--- no_error_log
+[alert]
+
+
+
+=== TEST 29: a port out of range, zero or not a number is a bad url, not the default port
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            for _, url in ipairs{ "http://127.0.0.1:99999/x", "http://127.0.0.1:abc/x",
+                                  "http://127.0.0.1:0/x", "https://localhost:65536/" } do
+                local res, err = http.fetch(url)
+                ngx.say(res and res.status or err)
+            end
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/up")
+            ngx.print(res and res.body or err)
+        }
+    }
+--- response_body
+bad url "http://127.0.0.1:99999/x": bad port
+bad url "http://127.0.0.1:abc/x": bad port
+bad url "http://127.0.0.1:0/x": bad port
+bad url "https://localhost:65536/": bad port
+hello 1
+
+
+
+=== TEST 30: max_body: a larger body, announced or chunked, fails at once and its connection closes
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local base = "http://127.0.0.1:" .. ngx.var.server_port
+            for _, path in ipairs{ "/big-length", "/big", "/endless" } do
+                ngx.say(path, ": ", select(2, http.fetch(base .. path, { max_body = 1000000 })))
+            end
+            -- the failed ones left no connection in the pool
+            local res, err = http.fetch(base .. "/up")
+            ngx.print(res and res.body or err)
+            res, err = http.fetch(base .. "/big", { max_body = 4194304 })
+            ngx.say("exactly: ", res and #res.body or err)
+            ngx.say(http.fetch(base .. "/up", { max_body = -1 }))
+        }
+    }
+--- response_body
+/big-length: response body larger than 1000000 bytes
+/big: response body larger than 1000000 bytes
+/endless: response body larger than 1000000 bytes
+hello 1
+exactly: 4194304
+nilopts.max_body must be a whole number of bytes, 0 or more
+--- timeout: 10
+
+
+
+=== TEST 31: an endless body stops at the default max_body, 64 MiB
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port .. "/endless")
+            ngx.say(res and #res.body or err)
+        }
+    }
+--- response_body
+response body larger than 67108864 bytes
+--- timeout: 20

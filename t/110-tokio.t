@@ -52,6 +52,33 @@ my $upstreams = <<'_EOC_';
         location / {
             return 404;
         }
+        # 4 MB, with a Content-Length or chunked (?chunked)
+        location = /big {
+            content_by_lua_block {
+                if not ngx.var.arg_chunked then
+                    ngx.header["Content-Length"] = 4194304
+                end
+                local chunk = string.rep("0123456789abcdef", 4096)  -- 64 KB
+                for i = 1, 64 do
+                    ngx.print(chunk)
+                    if not ngx.flush(true) then
+                        return
+                    end
+                end
+            }
+        }
+        # chunked, until the client goes away
+        location = /endless {
+            content_by_lua_block {
+                local chunk = string.rep("0123456789abcdef", 4096)  -- 64 KB
+                while true do
+                    ngx.print(chunk)
+                    if not ngx.flush(true) then
+                        return
+                    end
+                end
+            }
+        }
         location = /slow {
             # a fetch that timed out closes its connection: stop at once
             lua_check_client_abort on;
@@ -513,3 +540,62 @@ nilresty.async: resty_async_tokio: the tokio runtime of this worker is already r
 --- response_body
 nil true
 true 1
+
+
+
+=== TEST 17: a port out of range, zero or not a number is a bad url, not the default port
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            for _, url in ipairs{ "http://127.0.0.1:99999/x", "http://127.0.0.1:abc/x",
+                                  "http://127.0.0.1:0/x", "https://localhost:65536/" } do
+                local res, err = http.fetch(url)
+                ngx.say(res and res.status or err)
+            end
+        }
+    }
+--- response_body
+bad url "http://127.0.0.1:99999/x": bad port
+bad url "http://127.0.0.1:abc/x": bad port
+bad url "http://127.0.0.1:0/x": bad port
+bad url "https://localhost:65536/": bad port
+
+
+
+=== TEST 18: max_body: a larger body, announced, chunked or endless, fails at once
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            local base = "http://$TEST_NGINX_TOKIO_HTTP"
+            for _, path in ipairs{ "/big", "/big?chunked=1", "/endless" } do
+                ngx.say(path, ": ", select(2, http.fetch(base .. path, { max_body = 1000000 })))
+            end
+            local res, err = http.fetch(base .. "/big?chunked=1", { max_body = 4194304 })
+            ngx.say("exactly: ", res and #res.body or err)
+            ngx.say(select(2, http.fetch(base .. "/hello", { max_body = 0.5 })))
+        }
+    }
+--- response_body
+/big: response body larger than 1000000 bytes
+/big?chunked=1: response body larger than 1000000 bytes
+/endless: response body larger than 1000000 bytes
+exactly: 4194304
+bad option 'max_body' (a whole number of bytes expected)
+--- timeout: 10
+
+
+
+=== TEST 19: an endless body stops at the default max_body, 64 MiB
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            local res, err = http.fetch("http://$TEST_NGINX_TOKIO_HTTP/endless")
+            ngx.say(res and #res.body or err)
+        }
+    }
+--- response_body
+response body larger than 67108864 bytes
+--- timeout: 20

@@ -46,9 +46,11 @@ impl Options {
     /// TLS by nginx (`sslhandshake`), after connecting. The server name
     /// (SNI, and the name the certificate must carry) is the host of the
     /// address unless [`Options::server_name`] says otherwise; an IP
-    /// address sends none. The certificate is verified against
-    /// `lua_ssl_trusted_certificate` unless [`Options::verify`] turns it
-    /// off.
+    /// address or a unix socket has none. The certificate is verified
+    /// against `lua_ssl_trusted_certificate` unless [`Options::verify`]
+    /// turns it off. nginx checks host names only: a verified stream with
+    /// no server name (to an IP address or a unix socket) fails to open,
+    /// with an error of kind `InvalidInput`.
     pub fn tls(mut self, on: bool) -> Options {
         self.tls = on;
         self
@@ -128,8 +130,9 @@ impl Options {
     /// then carries out in one go. A failed connect shows in the stream's
     /// first read or write (or in [`TcpStream::ready`]).
     ///
-    /// Fails on a malformed address, or outside a task of resty-async's
-    /// executor.
+    /// Fails on a malformed address, on a verified TLS stream with no
+    /// server name to check (see [`Options::tls`]), or outside a task of
+    /// resty-async's executor.
     pub fn open(&self, addr: &str) -> io::Result<TcpStream> {
         let root = current_root().ok_or_else(|| {
             io::Error::other(
@@ -169,6 +172,9 @@ impl Options {
             })
         });
         let verify = self.verify.unwrap_or(true);
+        if verify && tls == Some(None) {
+            return Err(unverifiable(&host));
+        }
         let mut pool = self.pool.clone().unwrap_or_else(|| match port {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
@@ -198,6 +204,25 @@ impl Options {
         stream.ready().await?;
         Ok(stream)
     }
+}
+
+/// The error of a verified TLS stream with no name to check: ngx_lua's
+/// `sslhandshake` checks the certificate's name against the server name
+/// only (X509_check_host), so without one any certificate that chains to a
+/// trusted CA would be taken, whoever it was issued to.
+fn unverifiable(host: &str) -> io::Error {
+    let why = if host.starts_with("unix:") {
+        "a unix socket has no host name"
+    } else {
+        "nginx checks host names, not IP addresses"
+    };
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "cannot verify the TLS certificate of {host}: {why} \
+             (connect by name, give a server name, or turn verification off)"
+        ),
+    )
 }
 
 /// A duration as whole milliseconds of a socket timeout (`default` if

@@ -337,7 +337,11 @@ fn tls_keeps_its_settings_in_the_pool_name() {
             let s = opts.open("example.com:443").unwrap();
             n2.borrow_mut().push(s.pool_name());
         }
-        let ip = Options::new().tls(true).open("10.0.0.1:443").unwrap();
+        let ip = Options::new()
+            .tls(true)
+            .verify(false)
+            .open("10.0.0.1:443")
+            .unwrap();
         n2.borrow_mut().push(ip.pool_name());
         futures::future::pending::<()>().await;
         ok()
@@ -349,8 +353,62 @@ fn tls_keeps_its_settings_in_the_pool_name() {
             "example.com:443|tls|example.com|1",
             "example.com:443|tls|example.com|0",
             "example.com:443|tls|other.example|1",
-            "10.0.0.1:443|tls||1",
+            "10.0.0.1:443|tls||0",
         ]
+    );
+    rt.cancel(id);
+}
+
+#[test]
+fn verified_tls_without_a_name_to_check_is_refused() {
+    let rt = Runtime::current();
+    let _enter = vm::enter(&rt);
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let o2 = Rc::clone(&out);
+    let (id, _) = spawn(&rt, async move {
+        for (opts, addr) in [
+            (Options::new().tls(true), "10.0.0.1:443"),
+            (Options::new().tls(true), "[::1]:443"),
+            (Options::new().tls(true), "unix:/run/tls.sock"),
+            (Options::new().tls(true).verify(true), "10.0.0.1:443"),
+        ] {
+            let e = opts.open(addr).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{addr}");
+            o2.borrow_mut().push(e.to_string());
+        }
+        // a name to check, or no check: opened
+        for (opts, addr) in [
+            (Options::new().server_name("db.example"), "10.0.0.1:443"),
+            (Options::new().server_name("db.example"), "unix:/run/tls.sock"),
+            (Options::new().tls(true).verify(false), "10.0.0.1:443"),
+            (Options::new().tls(true).verify(false), "[::1]:443"),
+            (Options::new().tls(true), "db.example:443"),
+            (Options::new(), "10.0.0.1:443"),
+        ] {
+            if let Err(e) = opts.open(addr) {
+                panic!("{addr}: {e}");
+            }
+        }
+        futures::future::pending::<()>().await;
+        ok()
+    });
+    let msgs = out.borrow();
+    assert_eq!(msgs.len(), 4);
+    assert_eq!(
+        msgs[0],
+        "cannot verify the TLS certificate of 10.0.0.1: nginx checks host names, \
+         not IP addresses (connect by name, give a server name, or turn verification off)"
+    );
+    assert_eq!(msgs[3], msgs[0]);
+    assert!(
+        msgs[1].starts_with("cannot verify the TLS certificate of [::1]: "),
+        "{}",
+        msgs[1]
+    );
+    assert!(
+        msgs[2].contains("unix:/run/tls.sock: a unix socket has no host name"),
+        "{}",
+        msgs[2]
     );
     rt.cancel(id);
 }

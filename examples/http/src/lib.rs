@@ -16,9 +16,13 @@
 //! (true: the connection goes back to nginx's pool), `version` (1.1, or 2
 //! for HTTP/2 with prior knowledge, over `http://` only: cosockets do not
 //! negotiate ALPN), `unix_socket` (a path: connect there; the URL still
-//! names the host and the path). Timeouts are the call's (`async.with_timeout`,
-//! `configure{ timeout }`) and the sockets' (`configure{ connect_timeout,
-//! send_timeout, read_timeout }`). Failures return `nil, "message"`.
+//! names the host and the path), `server_name` (the TLS name to send and
+//! verify, by default the URL's host; nginx checks names only, so a
+//! verified `https://` to an IP address needs one), `max_body` (most bytes
+//! of response body, 64 MiB by default). Timeouts are the call's
+//! (`async.with_timeout`, `configure{ timeout }`) and the sockets'
+//! (`configure{ connect_timeout, send_timeout, read_timeout }`). Failures
+//! return `nil, "message"`.
 
 // A fetch makes many small allocations (hyper's channels, buffers and
 // header maps, two tasks), which mimalloc serves for less than glibc's
@@ -27,8 +31,9 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use hyper::{Method, Request, Uri};
 use mlua::prelude::*;
 use resty_async::net::{HyperExecutor, HyperTimer, Options, TcpStream};
@@ -48,6 +53,38 @@ struct Fetch {
     http2: bool,
     /// Connect to this unix socket instead of the URL's host and port.
     unix: Option<String>,
+    /// The TLS server name, when not the URL's host.
+    server_name: Option<String>,
+    max_body: usize,
+}
+
+/// The default of `max_body`. The whole body is held in the worker's
+/// memory, twice for a moment (read, then copied into a Lua string), and
+/// one worker serves every request's fetches: a bound well under what a
+/// worker can spare keeps one huge or endless response from taking it all.
+/// Larger bodies need `max_body` said outright.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// The port the URL names: `None` when it names none (or an empty one,
+/// which RFC 3986 allows), then the scheme's default applies. `Uri`
+/// takes any digits and letters there, and its `port_u16` says `None`
+/// for a bad port too.
+fn url_port(uri: &Uri) -> Result<Option<u16>, ()> {
+    let Some(authority) = uri.authority() else {
+        return Ok(None);
+    };
+    let host_port = authority.as_str().rsplit('@').next().unwrap_or("");
+    let port = match host_port.rsplit_once(':') {
+        Some((_, port)) if !port.contains(']') => port,
+        _ => return Ok(None),
+    };
+    if port.is_empty() {
+        return Ok(None);
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(p)),
+        _ => Err(()),
+    }
 }
 
 /// A Lua value's type as Lua names it (mlua tells integers apart).
@@ -124,7 +161,9 @@ impl Fetch {
             Some(h) if !h.is_empty() => h.to_owned(),
             _ => return Err(bad(format!("bad url \"{text}\": no host"))),
         };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let port = url_port(&uri)
+            .map_err(|()| bad(format!("bad url \"{text}\": bad port")))?
+            .unwrap_or(if https { 443 } else { 80 });
         let mut f = Fetch {
             uri,
             https,
@@ -137,6 +176,8 @@ impl Fetch {
             keepalive: true,
             http2: false,
             unix: None,
+            server_name: None,
+            max_body: MAX_BODY,
         };
         let Some(opts) = opts else { return Ok(f) };
         if let Some(m) = string_opt(&opts, "method")? {
@@ -163,6 +204,27 @@ impl Fetch {
         if let Some(path) = string_opt(&opts, "unix_socket")? {
             let path = path.to_str().map_err(|_| bad("opts.unix_socket: not UTF-8"))?;
             f.unix = Some(format!("unix:{}", &*path));
+        }
+        if let Some(name) = string_opt(&opts, "server_name")? {
+            let name = name.to_str().map_err(|_| bad("opts.server_name: not UTF-8"))?;
+            f.server_name = Some(name.to_owned());
+        }
+        let max_body = match opts.raw_get::<LuaValue>("max_body")? {
+            LuaValue::Nil => None,
+            LuaValue::Integer(n) => Some(n as f64),
+            LuaValue::Number(n) => Some(n),
+            other => {
+                return Err(bad(format!(
+                    "opts.max_body must be a number, not {}",
+                    type_name(&other)
+                )))
+            }
+        };
+        if let Some(n) = max_body {
+            if !(n >= 0.0 && n.fract() == 0.0) {
+                return Err(bad("opts.max_body must be a whole number of bytes, 0 or more"));
+            }
+            f.max_body = n as usize;
         }
         f.verify = bool_opt(&opts, "ssl_verify", true)?;
         f.keepalive = bool_opt(&opts, "keepalive", true)?;
@@ -249,7 +311,30 @@ fn message(e: &(dyn std::error::Error + 'static)) -> String {
 struct Response {
     status: u16,
     headers: Record,
-    body: Bytes,
+    body: BytesMut,
+}
+
+/// The whole body, read into one buffer, or an error once it would pass
+/// `limit` bytes (its length announced, or the bytes read). The error
+/// drops the body: the connection closes, never to the keepalive pool.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<BytesMut, String> {
+    let too_large = || format!("response body larger than {limit} bytes");
+    let hint = body.size_hint();
+    if hint.lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let announced = hint.exact().unwrap_or(0) as usize;
+    let mut out = BytesMut::with_capacity(announced);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| message(&e))?;
+        if let Ok(data) = frame.into_data() {
+            if data.len() > limit - out.len() {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
 }
 
 /// The headers as a Lua table: lowercase names (hyper's), the values of
@@ -280,11 +365,15 @@ fn collect_headers(h: &hyper::HeaderMap) -> Record {
     out
 }
 
-/// The stream's options: TLS by the URL, the URL's host as the server
-/// name (an IP address sends none).
+/// The stream's options: TLS by the URL, `opts.server_name` or the URL's
+/// host as the server name (an IP address gives none).
 fn options(f: &Fetch) -> Options {
     let o = Options::new().tls(f.https).verify(f.verify);
-    if f.https && f.host.parse::<std::net::IpAddr>().is_err() && !f.host.starts_with('[') {
+    if !f.https {
+        o
+    } else if let Some(name) = &f.server_name {
+        o.server_name(name.as_str())
+    } else if f.host.parse::<std::net::IpAddr>().is_err() && !f.host.starts_with('[') {
         o.server_name(f.host.as_str())
     } else {
         o
@@ -307,7 +396,7 @@ async fn fetch_http1(f: &Fetch) -> Result<Response, String> {
     let conn = resty_async::spawn_local(conn.without_shutdown());
     let res = sender.send_request(f.request()?).await.map_err(|e| message(&e))?;
     let (parts, body) = res.into_parts();
-    let body = body.collect().await.map_err(|e| message(&e))?.to_bytes();
+    let body = read_body(body, f.max_body).await?;
     drop(sender);
     // The connection ends once idle; its socket goes back to nginx's pool
     // if both sides allow it.
@@ -340,7 +429,7 @@ async fn fetch_http2(f: &Fetch) -> Result<Response, String> {
     let conn = resty_async::spawn_local(conn);
     let res = sender.send_request(f.request()?).await.map_err(|e| message(&e))?;
     let (parts, body) = res.into_parts();
-    let body = body.collect().await.map_err(|e| message(&e))?.to_bytes();
+    let body = read_body(body, f.max_body).await?;
     // An HTTP/2 connection cannot be handed to another client (its state
     // is this one's): it closes.
     drop(sender);
@@ -352,14 +441,18 @@ async fn fetch_http2(f: &Fetch) -> Result<Response, String> {
     })
 }
 
-/// `{ status = ..., headers = { ... }, body = ... }`, made in one go
-/// (resty_async::Record: far cheaper than mlua's table writes).
-fn response_table(r: Response) -> Record {
-    let mut t = Record::with_capacity(3);
-    t.set("status", r.status)
-        .set("headers", r.headers)
-        .set("body", &r.body[..]);
-    t
+/// `{ status = ..., headers = { ... }, body = ... }`: status and headers
+/// made in one go (resty_async::Record: far cheaper than mlua's table
+/// writes), the body copied once, from its buffer into the Lua string (in
+/// the record it would be copied twice).
+impl IntoLua for Response {
+    fn into_lua(self, lua: &Lua) -> LuaResult<LuaValue> {
+        let mut t = Record::with_capacity(2);
+        t.set("status", self.status).set("headers", self.headers);
+        let t = t.to_table(lua)?;
+        t.raw_set("body", lua.create_string(&self.body[..])?)?;
+        Ok(LuaValue::Table(t))
+    }
 }
 
 #[mlua::lua_module]
@@ -375,7 +468,7 @@ fn resty_async_http(lua: &Lua) -> LuaResult<LuaTable> {
                 fetch_http1(&f).await
             };
             let _ = lua;
-            res.map(response_table).map_err(LuaError::RuntimeError)
+            res.map_err(LuaError::RuntimeError)
         }
     })?;
     m.build()

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION};
 use hyper::{Method, Request, Uri};
 use hyper_rustls::HttpsConnector;
@@ -49,10 +50,40 @@ struct ClientKey {
     ca_file: Option<PathBuf>,
 }
 
+/// The default of `max_body`. The whole body is held in the worker's
+/// memory, twice for a moment (read, then copied into a Lua string), and
+/// one worker serves every request's fetches: a bound well under what a
+/// worker can spare keeps one huge or endless response from taking it all.
+/// Larger bodies need `max_body` said outright.
+const MAX_BODY: u64 = 64 * 1024 * 1024;
+
 /// A request, checked on the worker thread.
 struct Fetch {
     key: ClientKey,
     request: Request<Full<Bytes>>,
+    max_body: u64,
+}
+
+/// The port the URL names: `None` when it names none (or an empty one,
+/// which RFC 3986 allows), then the scheme's default applies. `Uri`
+/// takes any digits and letters there, and hyper-util's connector takes
+/// the default port for a bad one.
+fn url_port(uri: &Uri) -> Result<Option<u16>, ()> {
+    let Some(authority) = uri.authority() else {
+        return Ok(None);
+    };
+    let host_port = authority.as_str().rsplit('@').next().unwrap_or("");
+    let port = match host_port.rsplit_once(':') {
+        Some((_, port)) if !port.contains(']') => port,
+        _ => return Ok(None),
+    };
+    if port.is_empty() {
+        return Ok(None);
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(p)),
+        _ => Err(()),
+    }
 }
 
 /// A response, made on a tokio thread, turned into Lua values on the
@@ -202,6 +233,7 @@ fn prepare(lua: &Lua, url: &str, opts: &Option<LuaTable>) -> Result<Fetch, Strin
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("bad url {url:?}: no host"));
     }
+    url_port(&uri).map_err(|()| format!("bad url {url:?}: bad port"))?;
     let method: Option<LuaString> = opt(opts, "method", "string")?;
     let method = match method {
         Some(m) => {
@@ -215,6 +247,12 @@ fn prepare(lua: &Lua, url: &str, opts: &Option<LuaTable>) -> Result<Fetch, Strin
     let keepalive: Option<bool> = opt(opts, "keepalive", "boolean")?;
     let ca_file: Option<String> = opt(opts, "ca_file", "string")?;
     let headers: Option<LuaTable> = opt(opts, "headers", "table")?;
+    let max_body: Option<f64> = opt(opts, "max_body", "number")?;
+    let max_body = match max_body {
+        None => MAX_BODY,
+        Some(n) if n >= 0.0 && n.fract() == 0.0 => n as u64,
+        Some(_) => return Err("bad option 'max_body' (a whole number of bytes expected)".into()),
+    };
 
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(headers) = headers {
@@ -247,6 +285,7 @@ fn prepare(lua: &Lua, url: &str, opts: &Option<LuaTable>) -> Result<Fetch, Strin
             ca_file: ca_file.map(PathBuf::from),
         },
         request,
+        max_body,
     })
 }
 
@@ -267,7 +306,7 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Sends the request and reads the whole response (on a tokio thread).
-async fn send(client: HttpClient, request: Request<Full<Bytes>>) -> Result<Response, String> {
+async fn send(client: HttpClient, request: Request<Full<Bytes>>, max_body: u64) -> Result<Response, String> {
     let res = client.request(request).await.map_err(|e| describe(&e))?;
     let status = res.status().as_u16();
     let headers = res
@@ -275,17 +314,35 @@ async fn send(client: HttpClient, request: Request<Full<Bytes>>) -> Result<Respo
         .iter()
         .map(|(k, v)| (k.clone(), Bytes::copy_from_slice(v.as_bytes())))
         .collect();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading the body: {}", describe(&e)))?
-        .to_bytes();
+    let body = read_body(res.into_body(), max_body).await?;
     Ok(Response {
         status,
         headers,
         body,
     })
+}
+
+/// The whole body, read into one buffer, or an error once it would pass
+/// `limit` bytes (its length announced, or the bytes read). The error
+/// drops the body, and hyper then closes the connection rather than pool
+/// it.
+async fn read_body(mut body: Incoming, limit: u64) -> Result<Bytes, String> {
+    let too_large = || format!("response body larger than {limit} bytes");
+    let hint = body.size_hint();
+    if hint.lower() > limit {
+        return Err(too_large());
+    }
+    let mut out = BytesMut::with_capacity(hint.exact().unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the body: {}", describe(&e)))?;
+        if let Ok(data) = frame.into_data() {
+            if data.len() as u64 > limit - out.len() as u64 {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// `{ status = ..., headers = {...}, body = "..." }`. A header that came
@@ -337,10 +394,10 @@ fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
     let mut m = Module::new(lua, "resty_async_tokio")?;
 
     m.add_async("fetch", |lua, (url, opts): (String, Option<LuaTable>)| {
-        let prepared = prepare(&lua, &url, &opts).and_then(|f| Ok((client(&f.key)?, f.request)));
+        let prepared = prepare(&lua, &url, &opts).and_then(|f| Ok((client(&f.key)?, f.request, f.max_body)));
         async move {
-            let (client, request) = prepared.map_err(LuaError::RuntimeError)?;
-            let res = resty_async::tokio::spawn(send(client, request))
+            let (client, request, max_body) = prepared.map_err(LuaError::RuntimeError)?;
+            let res = resty_async::tokio::spawn(send(client, request, max_body))
                 .await
                 .map_err(LuaError::RuntimeError)?;
             response_table(&lua, res)
