@@ -936,7 +936,7 @@ true
 
 
 
-=== TEST 28: https to an IP address: refused while verifying (nginx checks names only), taken with a server name or ssl_verify = false
+=== TEST 30: https to an IP address: refused while verifying (nginx checks names only), taken with a server name or ssl_verify = false
 --- config
     location = /t {
         content_by_lua_block {
@@ -966,7 +966,7 @@ lua ssl certificate does not match host "other.test"
 
 
 
-=== TEST 29: a port out of range, zero or not a number is a bad url, not the default port
+=== TEST 31: a port out of range, zero or not a number is a bad url, not the default port
 --- config
     location = /t {
         content_by_lua_block {
@@ -989,7 +989,7 @@ hello 1
 
 
 
-=== TEST 30: max_body: a larger body, announced or chunked, fails at once and its connection closes
+=== TEST 32: max_body: a larger body, announced or chunked, fails at once and its connection closes
 --- config
     location = /t {
         content_by_lua_block {
@@ -1017,7 +1017,7 @@ nilopts.max_body must be a whole number of bytes, 0 or more
 
 
 
-=== TEST 31: an endless body stops at the default max_body, 64 MiB
+=== TEST 33: an endless body stops at the default max_body, 64 MiB
 --- config
     location = /t {
         content_by_lua_block {
