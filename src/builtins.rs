@@ -22,19 +22,25 @@ pub const MAX_SLEEP: f64 = 365.0 * 86400.0;
 /// an endless file (/dev/zero) must not eat the memory of the worker.
 pub const MAX_READ: u64 = 1 << 30;
 
+/// Opens `path` as `opts` says, without blocking: a FIFO would hold the
+/// pool thread in open() until its other end came. A file with a lease
+/// that the open must break is opened again, blocking (the kernel bounds
+/// the wait by its lease-break time).
+fn open_nonblocking(opts: &mut OpenOptions, path: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match opts.custom_flags(libc::O_NONBLOCK).open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => opts.custom_flags(0).open(path),
+        res => res,
+    }
+}
+
 fn read_capped(path: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: std::io::Error| format!("cannot read {path}: {e}");
-    // Opened without blocking, then refused unless a regular file: a FIFO
-    // would hold the pool thread in open() until a writer came, and in
-    // read() as long as one kept it open without writing; a device may be
-    // endless, or block as long.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(fail)?;
+    // Refused unless a regular file: a FIFO would hold the pool thread in
+    // read() as long as a writer kept it open without writing; a device
+    // may be endless, or block as long.
+    let file = open_nonblocking(OpenOptions::new().read(true), path).map_err(fail)?;
     let meta = file.metadata().map_err(fail)?;
     // (a directory fails in read() with the OS's own message)
     if !meta.is_file() && !meta.is_dir() {
@@ -79,18 +85,17 @@ fn path_arg(bytes: &[u8], pos: usize, fname: &str) -> Result<String, String> {
 
 /// Writes (or appends) `data` to the file at `path`; the number of bytes.
 fn write(path: &str, data: &[u8], append: bool) -> Result<f64, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Opened without blocking: a FIFO without a reader would hold the pool
-    // thread in open() until one came (it fails with ENXIO instead). The
-    // writes then block as usual.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .append(append)
-        .truncate(!append)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot open {path}: {e}"))?;
+    // (a FIFO without a reader fails with ENXIO; the writes then block as
+    // usual)
+    let mut file = open_nonblocking(
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .append(append)
+            .truncate(!append),
+        path,
+    )
+    .map_err(|e| format!("cannot open {path}: {e}"))?;
     crate::sys::set_blocking(&file).map_err(|e| format!("cannot open {path}: {e}"))?;
     file.write_all(data)
         .map_err(|e| format!("cannot write {path}: {e}"))?;

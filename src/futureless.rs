@@ -545,17 +545,17 @@ impl PlainTasks {
         }
     }
 
-    /// The waiters ngx_lua killed (see [`Waiters::sweep`]): their tasks are
-    /// handed to `dead`.
-    pub(crate) fn sweep(&self, mut dead: impl FnMut(TaskId)) {
+    /// The waiters ngx_lua killed (see [`Waiters::sweep`]) are given back,
+    /// and their tasks handed to `dead`.
+    pub(crate) fn sweep(&self, waiters: &Waiters, mut dead: impl FnMut(TaskId)) {
         if self.waiting.get() == 0 {
             return;
         }
         for (id, slot) in self.slots.borrow_mut().iter_mut() {
-            if let Some(w) = slot.waiter.as_mut() {
-                if Waiters::is_dead(w) {
-                    dead(id);
-                }
+            if slot.waiter.as_mut().is_some_and(Waiters::is_dead) {
+                // (given back here: the task's cancel keeps a live one)
+                self.release(waiters, slot.waiter.take());
+                dead(id);
             }
         }
     }

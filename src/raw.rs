@@ -123,9 +123,10 @@ pub(crate) fn lua_async_raw(
     })
 }
 
-/// The message of `e` if it is a failed conversion of an argument (a
-/// wrong type, or a method called on another value than its object; not
-/// an object borrowed by a call in flight, which is the call's failure).
+/// The message of `e` if mlua failed to convert an argument (a wrong
+/// type, or a method called on another value than its object; not an
+/// object borrowed by a call in flight, which is the call's failure, nor a
+/// conversion in the function's own body).
 fn argument_error(e: &mlua::Error) -> Option<String> {
     use mlua::Error::*;
     match e {
@@ -134,7 +135,6 @@ fn argument_error(e: &mlua::Error) -> Option<String> {
             UserDataBorrowError | UserDataBorrowMutError | UserDataDestructed => None,
             _ => Some(error_message(e)),
         },
-        FromLuaConversionError { .. } | UserDataTypeMismatch => Some(error_message(e)),
         _ => None,
     }
 }

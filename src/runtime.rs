@@ -589,7 +589,7 @@ impl Runtime {
         self.plain.reap(&self.waiters);
         let mut dead = Vec::new();
         self.waiters.sweep(|id| dead.push(id));
-        self.plain.sweep(|id| dead.push(id));
+        self.plain.sweep(&self.waiters, |id| dead.push(id));
         for id in dead {
             self.cancel(id);
         }

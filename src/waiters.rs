@@ -328,15 +328,16 @@ impl Waiters {
         true
     }
 
-    /// The task of `w` is cancelled: if its caller is still queued, posts
-    /// it and keeps it (as the waiter of task `id`) until the caller,
-    /// resumed, finds the task gone and releases it, or the sweep finds it
-    /// killed after the post. The semaphore of a queued caller cannot be
-    /// freed: ngx_lua would resume it from freed memory. (One posted before
-    /// can be reused at once: its caller, first in the queue, takes the
-    /// post.) Whether it kept it.
+    /// The task of `w` is cancelled: if its caller is still queued (posted
+    /// or not), posts it and keeps it (as the waiter of task `id`) until
+    /// the caller, resumed, finds the task gone and releases it, or the
+    /// sweep finds it killed after the post. The semaphore of a queued
+    /// caller cannot be freed (ngx_lua would resume the caller from freed
+    /// memory), nor reused while the post is pending: if ngx_lua killed the
+    /// caller before the post's event ran, the next caller queued there
+    /// would take the post. Whether it kept it.
     pub(crate) fn keep_cancelled(&self, id: TaskId, mut w: Waiter) -> bool {
-        if w.posted || !Waiters::is_live(&w) {
+        if !Waiters::is_live(&w) {
             self.give_back(w);
             return false;
         }

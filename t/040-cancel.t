@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7);
+plan tests => repeat_each() * (blocks() * 7 + 1);
 
 run_tests();
 
@@ -434,3 +434,46 @@ false true
 outside: nilcancelled
 --- no_error_log
 [error]
+
+
+
+=== TEST 15: a cancel after the poll posted the waiter, then a kill before it resumed: the post goes to nobody else
+The semaphore of a posted waiter is not reused while the post is pending.
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local wrong, killed = 0, 0
+            for _ = 1, 10 do
+                local mine = async.spawn(async.sleep, 0.03)
+                local t = async.spawn(async.sleep, 0.03)
+                local th = ngx.thread.spawn(function() return t:wait() end)
+                -- one poll finishes both: th is posted, not resumed yet
+                assert(mine:wait())
+                t:cancel()
+                local other = ngx.thread.spawn(function()
+                    ngx.update_time()
+                    local t0 = ngx.now()
+                    local ok = async.sleep(0.1)
+                    ngx.update_time()
+                    return ok, ngx.now() - t0
+                end)
+                if ngx.thread.kill(th) then
+                    killed = killed + 1
+                end
+                local _, ok, took = ngx.thread.wait(other)
+                if ok ~= true or took < 0.09 then
+                    wrong = wrong + 1
+                end
+            end
+            ngx.sleep(0.3)
+            local st = async.stats()
+            ngx.say("killed: ", killed > 0, ", woken wrongly: ", wrong,
+                    ", in_flight=", st.in_flight, " waiting=", st.waiting)
+        }
+    }
+--- response_body
+killed: true, woken wrongly: 0, in_flight=0 waiting=0
+--- no_error_log
+[error]
+[crit]

@@ -47,8 +47,9 @@ local spare, nspare = {}, 0
 local spare_ctx, nspare_ctx = {}, 0
 -- ngx.now() and the timers of nginx read two clocks, each in whole
 -- milliseconds: an op whose timeout was cut to end at the call's deadline
--- may time out up to a millisecond before ngx.now() reaches it. Such an op
--- failed at the deadline: the call timed out (seconds).
+-- may time out up to a millisecond before ngx.now() reaches it. An op that
+-- timed out this close to the deadline failed at it: the call timed out
+-- (seconds).
 local CLOCK_SLACK = 0.002
 -- The longest semaphore wait (seconds): ngx_lua takes its timeout as a C
 -- int of milliseconds. A longer wait is made of several.
@@ -140,6 +141,9 @@ end
 
 
 local function add_result(ctx, sock, kind, value)
+    if sock < 0 and value == "timeout" then
+        ctx.op_timed_out = true
+    end
     local res, n = ctx.res, ctx.nres
     res[n + 1] = sock
     res[n + 2] = kind
@@ -390,7 +394,10 @@ local function run_ops(ctx)
                 q[j] = nil
             end
         end
-        if ngx_now() >= ctx.deadline - CLOCK_SLACK then
+        local now = ngx_now()
+        if now >= ctx.deadline
+           or ctx.op_timed_out and now >= ctx.deadline - CLOCK_SLACK
+        then
             -- (an op cut short by the deadline failed with "timeout")
             return false
         end
@@ -651,6 +658,7 @@ function _M.wait(st, id, timeout, k, ...)
     ctx.waiting, ctx.over, ctx.finished, ctx.ops_ready = false, false, false,
                                                          false
     ctx.busy, ctx.nbusy, ctx.seen, ctx.connecting = nil, 0, nil, nil
+    ctx.op_timed_out = false
     st.netids[id] = true
     st.nets[id] = ctx
     st.nnet = st.nnet + 1
