@@ -71,8 +71,10 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
             Ok(())
         })?,
     )?;
-    // run(): runs the tasks that are ready, when the FFI poll said so
-    // (their polls may use Lua). The poll that follows reports them.
+    // run() -> whether tasks are still ready: runs the tasks that are
+    // ready, when the FFI poll said so (their polls may use Lua), within a
+    // budget; if some are left, a byte on the completion socket asks for
+    // another poll. The poll that follows reports the finished ones.
     let h = Rc::clone(vm);
     t.raw_set(
         "run",
@@ -80,7 +82,7 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
             let rt = h.get();
             let _enter = vm::enter(&rt);
             rt.run_tasks();
-            Ok(())
+            Ok(rt.has_ready())
         })?,
     )?;
     let h = Rc::clone(vm);

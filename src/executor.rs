@@ -21,9 +21,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::mem::ManuallyDrop;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_task::{Runnable, Task};
 use crossbeam_channel::{Receiver, Sender};
@@ -50,6 +53,51 @@ pub fn current_root() -> Option<TaskId> {
     match ROOT.with(Cell::get) {
         0 => None,
         id => Some(id),
+    }
+}
+
+/// A future whose drop does not unwind. async-task drops the future of a
+/// cancelled task (a timeout, a task handle's cancel, a parent that ended)
+/// where a panic aborts the process: the worker. A panic in the drop of
+/// `F` (a `Drop` of the module's) is caught here, reported like one of a
+/// poll (see crate::panic), and the rest of `F` is not dropped.
+struct CatchDrop<F>(ManuallyDrop<F>);
+
+impl<F> CatchDrop<F> {
+    fn new(fut: F) -> CatchDrop<F> {
+        CatchDrop(ManuallyDrop::new(fut))
+    }
+}
+
+impl<F: Future> Future for CatchDrop<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: the future is pinned where the wrapper is (structural
+        // pinning): it is never moved, and Drop drops it in place.
+        unsafe { self.map_unchecked_mut(|s| &mut *s.0) }.poll(cx)
+    }
+}
+
+impl<F> Drop for CatchDrop<F> {
+    fn drop(&mut self) {
+        let inner = &mut self.0;
+        let drop_inner = AssertUnwindSafe(move || {
+            // SAFETY: dropped once, here, in place; never used after.
+            unsafe { ManuallyDrop::drop(inner) }
+        });
+        // (while the thread exits, its state is gone: caught all the same,
+        // printed by the hook as any panic)
+        let mut drop_inner = Some(drop_inner);
+        let caught = crate::local::try_with(|l| {
+            let f = drop_inner.take().expect("once");
+            let _ = crate::panic::catch_in(l, f);
+        });
+        if caught.is_none() {
+            if let Some(f) = drop_inner {
+                let _ = std::panic::catch_unwind(f);
+            }
+        }
     }
 }
 
@@ -257,7 +305,7 @@ impl<T: 'static> Executor<T> {
     {
         let id = self.next_id();
         let weak: Weak<Inner<T>> = Rc::downgrade(&self.inner);
-        let wrapped = async move {
+        let wrapped = CatchDrop::new(async move {
             let out = AssertUnwindSafe(fut)
                 .catch_unwind()
                 .await
@@ -265,7 +313,7 @@ impl<T: 'static> Executor<T> {
             if let Some(inner) = weak.upgrade() {
                 inner.finish(id, out);
             }
-        };
+        });
         let schedule = scheduler(Arc::clone(&self.inner.shared));
         let (runnable, task) = async_task::Builder::new()
             .metadata(id)
@@ -302,6 +350,7 @@ impl<T: 'static> Executor<T> {
         F: Future<Output = ()> + 'static,
     {
         let schedule = scheduler(Arc::clone(&self.inner.shared));
+        let fut = CatchDrop::new(fut);
         let (runnable, task) = async_task::Builder::new()
             .metadata(root)
             .spawn_local(move |_| fut, schedule);

@@ -377,6 +377,11 @@ impl Runtime {
         }
     }
 
+    /// Whether tasks with futures are ready to run.
+    pub(crate) fn has_ready(&self) -> bool {
+        self.executor.has_ready()
+    }
+
     /// Runs the ready tasks (within a budget), firing between batches the
     /// timers due by then (seldom any on nginx's clock, which moves
     /// between turns of its event loop). Their polls may use Lua: call it

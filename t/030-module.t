@@ -413,3 +413,52 @@ false true
 did not load
 --- error_log eval
 qr/\[error\] .*resty\.async: the module resty_async_fixtures did not load: .*resty\.async: module resty_async_fixtures has FFI entry points of another version \(\d+, this resty\/async\.lua declares \d+\): rebuild it/
+
+
+
+=== TEST 16: a future that wakes itself and never finishes: the worker's other requests and timers go on, and the call times out
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local fx = require "resty_async_fixtures"
+            ngx.update_time()
+            local t0 = ngx.now()
+            local th = ngx.thread.spawn(async.sleep, 0.05)
+            ngx.say(async.with_timeout(0.3, fx.spin_forever))
+            ngx.update_time()
+            ngx.say("took < 1 s: ", ngx.now() - t0 < 1)
+            ngx.say("the sleep beside it: ", select(2, ngx.thread.wait(th)))
+            ngx.say("in_flight=", async.stats().in_flight)
+        }
+    }
+--- response_body
+niltimeout
+took < 1 s: true
+the sleep beside it: true
+in_flight=0
+--- timeout: 5
+
+
+
+=== TEST 17: a Drop that panics, in a cancelled future or child task: the worker goes on
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local fx = require "resty_async_fixtures"
+            ngx.say("cancelled: ", async.with_timeout(0.05, fx.drop_panics_after, 1000))
+            ngx.say("finished: ", fx.drop_panics_after(1))
+            ngx.say("child: ", fx.drop_panics_in_child(1))
+            ngx.say("child, cancelled: ",
+                    async.with_timeout(0.05, fx.drop_panics_in_child, 1000))
+            ngx.say("goes on: ", async.sleep(0.01), " in_flight=",
+                    async.stats().in_flight)
+        }
+    }
+--- response_body
+cancelled: niltimeout
+finished: nilrust function panicked: fixture drop panic
+child: true
+child, cancelled: niltimeout
+goes on: true in_flight=0

@@ -191,6 +191,11 @@ fn drive(lua: &Lua, link: &mut Option<UnixStream>, id: TaskId, timeout: f64) -> 
             if !polled.tasks_ready {
                 break polled.next;
             }
+            // (tasks that keep waking each other: the timeout still holds)
+            if Instant::now() >= deadline {
+                rt.cancel(id);
+                return Ok(false);
+            }
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -85,6 +85,11 @@ local poll_out = ffi_new("resty_async_poll_out[1]")
 local POLL_REARM = 1
 local POLL_TASKS = 2
 local POLL_MORE = 4
+-- Runs of the ready tasks per poll (each within the runtime's budget of
+-- polls): tasks that keep waking each other run on after nginx's other
+-- events (timers, other requests), for which the last run left a byte on
+-- the completion socket.
+local MAX_RUNS = 4
 
 
 -- One poll of the runtime: hands over the finished tasks nobody waits for
@@ -110,10 +115,15 @@ local function run_poll(st, arm)
     local armed = arm and 1 or 0
     local flags = poll_once(st, armed)
     local rearm = band(flags, POLL_REARM) ~= 0
+    local runs = 0
     while band(flags, POLL_TASKS + POLL_MORE) ~= 0 do
         if band(flags, POLL_TASKS) ~= 0 then
             -- tasks with futures: polled from a Lua C function
-            st.rt.run()
+            local more = st.rt.run()
+            runs = runs + 1
+            if more and runs >= MAX_RUNS then
+                break
+            end
         end
         flags = poll_once(st, armed)
         rearm = rearm or band(flags, POLL_REARM) ~= 0
