@@ -18,11 +18,12 @@
 //! to 512 pairs a call.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
 use mlua::{FromLuaMulti, Function, IntoLua, IntoLuaMulti, Lua, MultiValue, Value};
 
-use crate::executor::{Outcome, Spawned, TaskId};
+use crate::executor::{Outcome, Panicked, Spawned, TaskId};
 use crate::mlua_async::guard_lua_async;
 use crate::runtime::{LuaOutput, Runtime, Settled};
 use crate::values;
@@ -57,10 +58,15 @@ where
     raw(lua, vm, move |lua, rt, args: MultiValue| {
         // (A closure may make tokio types before its future runs.)
         #[cfg(feature = "tokio")]
-        let fut = crate::tokio::in_context(|| f(lua, args))?;
+        let made = || crate::tokio::in_context(|| f(lua, args));
         #[cfg(not(feature = "tokio"))]
-        let fut = f(lua, args)?;
-        Ok(spawn_sized(lua, rt, fut))
+        let made = || f(lua, args);
+        // A panic in the closure itself (before its future) is the call's
+        // result, as one in the future is.
+        match crate::panic::catch(AssertUnwindSafe(made)) {
+            Ok(fut) => Ok(spawn_sized(lua, rt, fut?)),
+            Err(payload) => Ok(Spawned::Ready(Err(Panicked::from_payload(payload)))),
+        }
     })
 }
 

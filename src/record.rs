@@ -145,7 +145,11 @@ pub struct Record {
     bytes: Vec<u8>,
     fields: Vec<(KeyAt, FieldAt)>,
     tables: Vec<Record>,
+    /// Integer keys set (room for them when the table is made).
     narr: usize,
+    /// The largest integer key set (0: none above 0): [`Record::push`]
+    /// appends after it.
+    last: i64,
 }
 
 impl Record {
@@ -184,6 +188,7 @@ impl Record {
             }
             Key::Int(i) => {
                 self.narr += 1;
+                self.last = self.last.max(i);
                 KeyAt::Int(i)
             }
         };
@@ -203,9 +208,10 @@ impl Record {
         self
     }
 
-    /// Appends `value` at the next list index (1, 2, ...).
+    /// Appends `value` at the next list index (1, 2, ...): after the
+    /// largest integer key set so far.
     pub fn push<'b>(&mut self, value: impl Into<Field<'b>>) -> &mut Record {
-        let i = self.narr as i64 + 1;
+        let i = self.last.saturating_add(1);
         self.set(Key::Int(i), value)
     }
 

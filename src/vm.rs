@@ -201,7 +201,13 @@ fn forget_inherited(rt: Rc<Runtime>) {
 
 /// Makes `rt` the current runtime until the guard is dropped.
 pub(crate) fn enter(rt: &Rc<Runtime>) -> Entered {
-    let prev = CURRENT.with(|c| c.replace(Some(Rc::clone(rt))));
+    // (while the thread exits, its thread-locals may be gone already: a
+    // runtime dropped then, say a testing Harness kept in one, is not made
+    // current)
+    let prev = CURRENT
+        .try_with(|c| c.replace(Some(Rc::clone(rt))))
+        .ok()
+        .flatten();
     Entered(prev)
 }
 

@@ -441,7 +441,7 @@ in_flight=0
 
 
 
-=== TEST 17: a Drop that panics, in a cancelled future or child task: the worker goes on
+=== TEST 17: a Drop that panics, in a cancelled future or child task, and a panic before the future: the worker goes on
 --- config
     location = /t {
         content_by_lua_block {
@@ -452,6 +452,8 @@ in_flight=0
             ngx.say("child: ", fx.drop_panics_in_child(1))
             ngx.say("child, cancelled: ",
                     async.with_timeout(0.05, fx.drop_panics_in_child, 1000))
+            ngx.say("before the future: ", fx.panic_before_future(1))
+            ngx.say("no panic: ", fx.panic_before_future(0))
             ngx.say("goes on: ", async.sleep(0.01), " in_flight=",
                     async.stats().in_flight)
         }
@@ -461,4 +463,6 @@ cancelled: niltimeout
 finished: nilrust function panicked: fixture drop panic
 child: true
 child, cancelled: niltimeout
+before the future: nilrust function panicked: panic before the future (1)
+no panic: 0
 goes on: true in_flight=0

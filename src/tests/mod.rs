@@ -8,6 +8,7 @@ mod mailbox;
 mod net;
 mod plain;
 mod pool;
+mod record;
 mod runtime;
 mod socket;
 mod timer;
