@@ -105,6 +105,22 @@ for f in lualib/resty/async.lua lualib/resty/async/*.lua; do
 done
 echo "ok - make install DESTDIR=... installed the same files"
 
+# OPENRESTY_PREFIX: OpenResty's site/lualib; `make uninstall` takes the
+# module's .so out again, and leaves resty-async's files to other modules.
+make --no-print-directory -C "$M" install DESTDIR="$inst" \
+    OPENRESTY_PREFIX=/usr/local/openresty >"$T/install.log" 2>&1 \
+    || { cat "$T/install.log" >&2; fail "make install OPENRESTY_PREFIX=..."; }
+site=$inst/usr/local/openresty/site/lualib
+for f in hello.so resty_async_core.so resty/async.lua; do
+    [ -f "$site/$f" ] || fail "make install OPENRESTY_PREFIX=...: $f not in site/lualib"
+done
+make --no-print-directory -C "$M" uninstall DESTDIR="$inst" \
+    OPENRESTY_PREFIX=/usr/local/openresty >"$T/install.log" 2>&1 \
+    || { cat "$T/install.log" >&2; fail "make uninstall"; }
+[ ! -e "$site/hello.so" ] || fail "make uninstall left hello.so"
+[ -f "$site/resty_async_core.so" ] || fail "make uninstall took resty_async_core.so"
+echo "ok - OPENRESTY_PREFIX installs to site/lualib; make uninstall removes the module"
+
 # 4. nginx with only the tree's directories (and the defaults, for
 # lua-resty-core) calls the installed module.
 NGINX_DIR=$T/nginx

@@ -9,7 +9,9 @@
 //! the completion socket) until the task finishes, and returns what the
 //! call returns in nginx: the results, or `nil, message` for an `Err`, a
 //! panic or a timeout. A wrong argument raises. Async methods of
-//! registered userdata types wait the same way.
+//! registered userdata types wait the same way. Its `resty.async` has no
+//! `with_timeout`, `spawn` or `stats`: test Lua code that uses them, and
+//! network streams, under Test::Nginx (the template's `t/`).
 //!
 //! ```
 //! use std::time::Duration;
