@@ -82,22 +82,10 @@ impl<F: Future> Future for CatchDrop<F> {
 impl<F> Drop for CatchDrop<F> {
     fn drop(&mut self) {
         let inner = &mut self.0;
-        let drop_inner = AssertUnwindSafe(move || {
+        let _ = crate::panic::catch(AssertUnwindSafe(|| {
             // SAFETY: dropped once, here, in place; never used after.
             unsafe { ManuallyDrop::drop(inner) }
-        });
-        // (while the thread exits, its state is gone: caught all the same,
-        // printed by the hook as any panic)
-        let mut drop_inner = Some(drop_inner);
-        let caught = crate::local::try_with(|l| {
-            let f = drop_inner.take().expect("once");
-            let _ = crate::panic::catch_in(l, f);
-        });
-        if caught.is_none() {
-            if let Some(f) = drop_inner {
-                let _ = std::panic::catch_unwind(f);
-            }
-        }
+        }));
     }
 }
 

@@ -22,9 +22,15 @@ const PRINT_EVERY: u64 = 10;
 static LAST_PRINTED: AtomicU64 = AtomicU64::new(0);
 static LEFT_OUT: AtomicU64 = AtomicU64::new(0);
 
-/// Runs `f`, catching a panic (see the module docs).
+/// Runs `f`, catching a panic (see the module docs). While the thread
+/// exits and its state is gone (a destructor of another thread-local), the
+/// panic is caught all the same, and printed by the hook as any panic.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R + UnwindSafe) -> Result<R, Box<dyn Any + Send>> {
-    local::with(|l| catch_in(l, f))
+    let mut f = Some(f);
+    match local::try_with(|l| catch_in(l, f.take().expect("not run yet"))) {
+        Some(res) => res,
+        None => catch_unwind(f.take().expect("not run: no state")),
+    }
 }
 
 /// [`catch`], with this thread's state at hand (see [`crate::local`]).

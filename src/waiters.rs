@@ -335,17 +335,16 @@ impl Waiters {
     /// caller cannot be freed (ngx_lua would resume the caller from freed
     /// memory), nor reused while the post is pending: if ngx_lua killed the
     /// caller before the post's event ran, the next caller queued there
-    /// would take the post. Whether it kept it.
-    pub(crate) fn keep_cancelled(&self, id: TaskId, mut w: Waiter) -> bool {
+    /// would take the post.
+    pub(crate) fn keep_cancelled(&self, id: TaskId, mut w: Waiter) {
         if !Waiters::is_live(&w) {
             self.give_back(w);
-            return false;
+            return;
         }
         self.post_waiter(&mut w);
         if let Some(old) = self.waiting.borrow_mut().insert(id, w) {
             self.give_back(old);
         }
-        true
     }
 
     /// Task `id` is cancelled: [`Waiters::keep_cancelled`] for its waiter.

@@ -190,13 +190,9 @@ fn drive(lua: &Lua, link: &mut Option<UnixStream>, id: TaskId, timeout: f64) -> 
             if done {
                 return Ok(true);
             }
-            if !polled.tasks_ready {
-                break polled.next;
-            }
             // (tasks that keep waking each other: the timeout still holds)
-            if Instant::now() >= deadline {
-                rt.cancel(id);
-                return Ok(false);
+            if !polled.tasks_ready || Instant::now() >= deadline {
+                break polled.next;
             }
         };
         let left = deadline.saturating_duration_since(Instant::now());
