@@ -285,8 +285,9 @@ bench-callgrind: deps build $(BENCH_SO)
 	$(call need_tool,valgrind,valgrind)
 	BENCH_NGINX="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/callgrind.sh
 
-# `make soak` (not part of `make test`): minutes of mixed calls, timeouts and
-# client aborts under wrk; prints RSS and fd counts. SOAK_SECONDS (180).
+# `make soak` (not part of `make test`): minutes of mixed calls, timeouts,
+# network fetches and client aborts under wrk; prints RSS, fd and thread
+# counts. SOAK_SECONDS (180).
 soak: deps build
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk"; exit 1; }
 	NGINX_BIN="$(NGINX)" LUA_MODULES="$(strip $(LUA_MODULES))" bench/soak.sh
