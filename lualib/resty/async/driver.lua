@@ -13,6 +13,7 @@ local pcall = pcall
 local pairs = pairs
 local tostring = tostring
 local next = next
+local collectgarbage = collectgarbage
 local math_ceil = math.ceil
 local timer_at = ngx.timer.at
 local thread_spawn = ngx.thread.spawn
@@ -52,6 +53,9 @@ local SWEEP_INTERVAL = 0.1
 -- is not kept open by it. Drivers of the VM that lives as long as the
 -- worker stay; so do all drivers while no VM of the worker has closed.
 local IDLE_EXIT = 1
+-- While only task handles keep a driver that may exit from exiting (see
+-- may_close), each sweep runs this much (KB) of the Lua GC's work.
+local GC_STEP_KB = 64
 -- A driver that dies is restarted after RESTART_MIN seconds, doubled after
 -- each failure in a row up to RESTART_MAX; a driver that ran for HEALTHY
 -- seconds starts the count anew.
@@ -221,17 +225,38 @@ local function idle(st)
 end
 
 
--- Whether an idle driver of `st` (idle for `secs`) should exit. The VM
+-- Whether the VM of `st` may be closed once its handlers end. The VM
 -- resty.async was loaded into before nginx forked, or in which
--- init_worker_by_lua ran, lives as long as the worker: its driver stays.
--- Other VMs may be closed when their handlers end: once one VM of the
--- worker closed, their drivers exit as soon as they are idle; until then,
--- after IDLE_EXIT seconds.
+-- init_worker_by_lua ran, lives as long as the worker; others may be
+-- closed (`lua_code_cache off`).
+local function may_close(st)
+    return st.pid == worker_pid() and st.phase ~= "init_worker"
+end
+
+
+-- Whether an idle driver of `st` (idle for `secs`) should exit: its driver
+-- stays in a VM that lives as long as the worker. Once one VM of the
+-- worker closed, the others' drivers exit as soon as they are idle; until
+-- then, after IDLE_EXIT seconds.
 local function may_exit_idle(st, secs)
-    if st.pid ~= worker_pid() or st.phase == "init_worker" then
+    if not may_close(st) then
         return false
     end
     return st.rt.vms_closed() or secs >= IDLE_EXIT
+end
+
+
+-- Advances the GC of a VM that may close while nobody waits and only task
+-- handles keep its driver: the driver's own loop allocates too little for
+-- the GC to ever collect a handle that its request, now gone, dropped, and
+-- the driver (hence the VM, its runtime and its completion socket) would
+-- stay for good.
+local function collect_handles(st)
+    if st.waiting == 0 and st.nnet == 0 and next(st.owned) ~= nil
+       and may_close(st)
+    then
+        collectgarbage("step", GC_STEP_KB)
+    end
 end
 
 
@@ -312,6 +337,7 @@ local function drive(st)
         local now = ngx_now()
         if now - st.swept >= SWEEP_INTERVAL then
             st.swept = now
+            collect_handles(st)
             sweep(st)
         end
     end
