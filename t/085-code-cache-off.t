@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * 80;
+plan tests => repeat_each() * 88;
 
 run_tests();
 
@@ -173,3 +173,26 @@ fds: true
 ["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
 --- no_shutdown_error_log eval
 [qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+
+
+
+=== TEST 6: lua_code_cache off: a VM that closes with an mlua async method in flight (nginx stops) does not crash
+--- config
+    location = /t {
+        lua_code_cache off;
+        content_by_lua_block {
+            local async = require "resty.async"
+            local c = require("resty_async_fixtures").counter(41)
+            local task = async.spawn(c.slow_incr, c, 60000)
+            -- a pending timer keeps the handle until nginx stops: then the
+            -- driver exits and the VM closes with the task in flight
+            assert(ngx.timer.at(3600, function() end, task))
+            ngx.say("started")
+        }
+    }
+--- response_body
+started
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+--- no_shutdown_error_log eval
+[qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal", "double free"]
