@@ -65,6 +65,10 @@ local HEALTHY = 10
 -- A driver's failures in a row are logged at most once per LOG_EVERY
 -- seconds (the first one at once).
 local LOG_EVERY = 10
+-- A driver's timer that has not run this long (seconds) after it was due
+-- never will: ngx_lua drops a timer that expires while
+-- lua_max_running_timers timers run, and tells only its error log.
+local START_GRACE = 1
 
 
 -- Wakes the driver's main loop, at the end of this cycle of nginx's event
@@ -369,7 +373,11 @@ log_failure = function(st, why, delay)
 end
 
 
-local function driver(premature, st)
+local function driver(premature, st, gen)
+    if gen ~= st.gen then
+        return  -- taken for dropped and started again (see running())
+    end
+    st.alive = true
     if premature then
         st.running = false
         return
@@ -422,20 +430,44 @@ start_driver = function(st, delay)
     if not path then
         return nil, err
     end
+    local gen = (st.gen or 0) + 1
     local ok
-    ok, err = timer_at(delay or 0, driver, st)
+    ok, err = timer_at(delay or 0, driver, st, gen)
     if not ok then
         return nil, "cannot start the resty.async driver: " .. tostring(err)
     end
+    st.gen = gen
+    st.alive = false
+    st.due = ngx_now() + (delay or 0)
     st.running = true
     return true
+end
+
+
+-- Whether the driver of `st` runs, or is about to. One whose timer ngx_lua
+-- dropped (see START_GRACE) is logged and taken for stopped, so that the
+-- next call starts it again, rather than every call waiting out its
+-- timeout for good.
+local function running(st)
+    if not st.running then
+        return false
+    end
+    if st.alive or ngx_now() < st.due + START_GRACE then
+        return true
+    end
+    st.running = false
+    ngx_log(ERR, "resty.async: the driver of ", st.name, " did not start: ",
+            "ngx_lua did not run its timer (each runtime's driver keeps ",
+            "one of lua_max_running_timers while it runs); starting it ",
+            "again")
+    return false
 end
 
 
 -- Makes sure the driver of `st` runs before task `id` is waited for; if it
 -- cannot start, the task is cancelled.
 local function need_driver(st, id)
-    if st.running then
+    if running(st) then
         return true
     end
     local ok, err = start_driver(st)
@@ -451,6 +483,7 @@ end
 _M.kick = kick
 _M.start = start_driver
 _M.need = need_driver
+_M.running = running
 
 
 return _M
