@@ -13,10 +13,11 @@
 //! [`Runtime::current`]: every entry from Lua [`VmRuntime::enter`]s it.
 
 use std::cell::{Cell, RefCell};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mlua::{AnyUserData, Lua, UserData};
+use mlua::{AnyUserData, Lua, UserData, Value};
 
 use crate::local::{self, Local};
 use crate::mailbox::Mailbox;
@@ -57,8 +58,23 @@ pub(crate) struct VmRuntime {
 /// VM closes, and the runtime with it. It is made after mlua's own state
 /// of this library in the VM, so it is finalized first (LuaJIT finalizes
 /// the newest userdata first), while the values the runtime holds are
-/// still valid.
+/// still valid. It is the fallback of [`CLOSE_FIRST`], which closes the
+/// runtime before any userdata is finalized.
 struct Closer(Rc<VmRuntime>);
+
+/// Makes a cdata, kept in the registry, whose finalizer calls the function
+/// it is given. `lua_close` runs every cdata finalizer before any
+/// userdata's: the runtime is closed while the userdata its tasks reach
+/// are intact. The futures of mlua's async functions and methods are such
+/// userdata, newer than the [`Closer`], hence finalized before it: a task
+/// dropped afterwards resumes its coroutine to cancel the future (mlua
+/// does so), which would free that future a second time.
+const CLOSE_FIRST: &str = r#"
+local close = ...
+local ffi = require "ffi"
+local pcall = pcall
+return ffi.gc(ffi.new("char[1]"), function() pcall(close) end)
+"#;
 
 impl UserData for Closer {}
 
@@ -84,6 +100,21 @@ impl VmRuntime {
         let handle = Rc::new(VmRuntime::default());
         let closer: AnyUserData = lua.create_userdata(Closer(Rc::clone(&handle)))?;
         lua.set_named_registry_value(&registry_key(), closer)?;
+        // (without LuaJIT's ffi the Closer alone closes the runtime)
+        let h = Rc::clone(&handle);
+        let close = lua.create_function(move |_, ()| {
+            // (a panic there would be a Lua error in a finalizer, which
+            // stops lua_close's round of finalizers)
+            let _ = crate::panic::catch(AssertUnwindSafe(|| h.close()));
+            Ok(())
+        })?;
+        if let Ok(guard) = lua
+            .load(CLOSE_FIRST)
+            .set_name("=resty.async.close_first")
+            .call::<Value>(close)
+        {
+            lua.set_named_registry_value(&format!("{}.first", registry_key()), guard)?;
+        }
         lua.set_app_data(Rc::clone(&handle));
         local::with(|l| l.live.borrow_mut().push(Rc::as_ptr(&handle)));
         Ok(handle)
@@ -177,7 +208,10 @@ impl VmRuntime {
     /// Drops the runtime: its tasks' futures, its timers, its completion
     /// socket; its pool threads finish their jobs and exit.
     fn close(&self) {
-        self.closed.set(true);
+        // (closed first by CLOSE_FIRST's finalizer, then by the Closer)
+        if self.closed.replace(true) {
+            return;
+        }
         VMS_CLOSED.fetch_add(1, Ordering::Relaxed);
         local::try_with(|l| l.live.borrow_mut().retain(|&h| !std::ptr::eq(h, self)));
         let rt = self.runtime.borrow_mut().take();

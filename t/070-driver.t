@@ -118,3 +118,32 @@ driver of resty.async died
 --- timeout: 10
 --- no_error_log
 unknown reason
+
+
+
+=== TEST 5: a driver whose timer ngx_lua dropped (lua_max_running_timers) is started again by the next call
+--- http_config
+    lua_max_running_timers 1;
+--- init_by_lua_block
+    assert(async.configure{ timeout = 2 })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            -- a timer of ours takes the one running timer, so ngx_lua
+            -- drops the driver's timer when it expires: this call waits
+            -- out its timeout
+            assert(ngx.timer.at(0, function() ngx.sleep(0.5) end))
+            ngx.sleep(0.01)
+            ngx.say("first: ", async.sleep(0.01))
+            ngx.sleep(1.2)
+            ngx.say("later: ", async.sleep(0.01), " ", #async.sha256("x"))
+        }
+    }
+--- response_body
+first: niltimeout
+later: true 64
+--- error_log eval
+[qr/\[alert\] .*lua_max_running_timers are not enough/,
+ qr/\[error\] .*the driver of resty.async did not start/]
+--- timeout: 10

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * 73;
+plan tests => repeat_each() * 88;
 
 run_tests();
 
@@ -132,3 +132,67 @@ threads: true
 ["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
 --- no_shutdown_error_log eval
 [qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+
+
+
+=== TEST 5: lua_code_cache off: a task handle a request drops does not keep its VM open
+--- config
+    location = /drop {
+        lua_code_cache off;
+        content_by_lua_block {
+            local async = require "resty.async"
+            local task = async.spawn(async.sleep, tonumber(ngx.var.arg_s))
+            ngx.say("dropped ", type(task))
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local function count(dir)
+                local n = 0
+                local p = assert(io.popen("ls " .. dir))
+                for _ in p:lines() do n = n + 1 end
+                p:close()
+                return n
+            end
+            local h = require "t_http"
+            local fds = count("/proc/self/fd")
+            -- a task that ends soon, and one that would run for a minute
+            for i = 1, 10 do
+                local status, body = h.get("/drop?s=" .. (i % 2 == 0 and 0.01 or 60))
+                assert(status == 200 and body == "dropped table\n", body)
+            end
+            ngx.sleep(3)
+            -- each VM left open would keep its completion socket's two fds
+            ngx.say("fds: ", count("/proc/self/fd") - fds <= 2)
+        }
+    }
+--- response_body
+fds: true
+--- timeout: 10
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+--- no_shutdown_error_log eval
+[qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+
+
+
+=== TEST 6: lua_code_cache off: a VM that closes with an mlua async method in flight (nginx stops) does not crash
+--- config
+    location = /t {
+        lua_code_cache off;
+        content_by_lua_block {
+            local async = require "resty.async"
+            local c = require("resty_async_fixtures").counter(41)
+            local task = async.spawn(c.slow_incr, c, 60000)
+            -- a pending timer keeps the handle until nginx stops: then the
+            -- driver exits and the VM closes with the task in flight
+            assert(ngx.timer.at(3600, function() end, task))
+            ngx.say("started")
+        }
+    }
+--- response_body
+started
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+--- no_shutdown_error_log eval
+[qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal", "double free"]

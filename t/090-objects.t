@@ -265,3 +265,24 @@ still works: 2 2
 bad argument `self` to `Counter.get`: error converting Lua nil to userdata
 --- no_error_log
 unknown reason
+
+
+
+=== TEST 11: the worker exits cleanly while async methods and mlua async functions are in flight
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            local c = ex.counter(1)
+            -- kept for good: the worker closes its Lua VM as it exits,
+            -- with these tasks still in flight
+            KEPT_TASKS = {
+                async.spawn(c.slow_incr, c, 60000),
+                async.spawn(ex.mlua_sleep, 60000),
+            }
+            ngx.say("running: ", async.stats().in_flight)
+        }
+    }
+--- response_body
+running: 2

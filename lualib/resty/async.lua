@@ -242,6 +242,7 @@ local co_yield = coroutine._yield
 local take_ffi = runtime.take_ffi
 local forget = runtime.forget
 local kick = driver.kick
+local driver_running = driver.running
 
 
 -- How long a built-in's start queues its caller for, if it is pending: the
@@ -249,7 +250,7 @@ local kick = driver.kick
 -- not at all for a raw call (async.spawn, with_timeout), whose caller
 -- waits (or not) later.
 local function wait_now(raw)
-    if raw or not core_st.running or not co_yield then
+    if raw or not driver_running(core_st) or not co_yield then
         return 0
     end
     return config.timeout

@@ -13,6 +13,7 @@ local pcall = pcall
 local pairs = pairs
 local tostring = tostring
 local next = next
+local collectgarbage = collectgarbage
 local math_ceil = math.ceil
 local timer_at = ngx.timer.at
 local thread_spawn = ngx.thread.spawn
@@ -52,6 +53,9 @@ local SWEEP_INTERVAL = 0.1
 -- is not kept open by it. Drivers of the VM that lives as long as the
 -- worker stay; so do all drivers while no VM of the worker has closed.
 local IDLE_EXIT = 1
+-- While only task handles keep a driver that may exit from exiting (see
+-- may_close), each sweep runs this much (KB) of the Lua GC's work.
+local GC_STEP_KB = 64
 -- A driver that dies is restarted after RESTART_MIN seconds, doubled after
 -- each failure in a row up to RESTART_MAX; a driver that ran for HEALTHY
 -- seconds starts the count anew.
@@ -61,6 +65,10 @@ local HEALTHY = 10
 -- A driver's failures in a row are logged at most once per LOG_EVERY
 -- seconds (the first one at once).
 local LOG_EVERY = 10
+-- A driver's timer that has not run this long (seconds) after it was due
+-- never will: ngx_lua drops a timer that expires while
+-- lua_max_running_timers timers run, and tells only its error log.
+local START_GRACE = 1
 
 
 -- Wakes the driver's main loop, at the end of this cycle of nginx's event
@@ -221,17 +229,38 @@ local function idle(st)
 end
 
 
--- Whether an idle driver of `st` (idle for `secs`) should exit. The VM
+-- Whether the VM of `st` may be closed once its handlers end. The VM
 -- resty.async was loaded into before nginx forked, or in which
--- init_worker_by_lua ran, lives as long as the worker: its driver stays.
--- Other VMs may be closed when their handlers end: once one VM of the
--- worker closed, their drivers exit as soon as they are idle; until then,
--- after IDLE_EXIT seconds.
+-- init_worker_by_lua ran, lives as long as the worker; others may be
+-- closed (`lua_code_cache off`).
+local function may_close(st)
+    return st.pid == worker_pid() and st.phase ~= "init_worker"
+end
+
+
+-- Whether an idle driver of `st` (idle for `secs`) should exit: its driver
+-- stays in a VM that lives as long as the worker. Once one VM of the
+-- worker closed, the others' drivers exit as soon as they are idle; until
+-- then, after IDLE_EXIT seconds.
 local function may_exit_idle(st, secs)
-    if st.pid ~= worker_pid() or st.phase == "init_worker" then
+    if not may_close(st) then
         return false
     end
     return st.rt.vms_closed() or secs >= IDLE_EXIT
+end
+
+
+-- Advances the GC of a VM that may close while nobody waits and only task
+-- handles keep its driver: the driver's own loop allocates too little for
+-- the GC to ever collect a handle that its request, now gone, dropped, and
+-- the driver (hence the VM, its runtime and its completion socket) would
+-- stay for good.
+local function collect_handles(st)
+    if st.waiting == 0 and st.nnet == 0 and next(st.owned) ~= nil
+       and may_close(st)
+    then
+        collectgarbage("step", GC_STEP_KB)
+    end
 end
 
 
@@ -312,6 +341,7 @@ local function drive(st)
         local now = ngx_now()
         if now - st.swept >= SWEEP_INTERVAL then
             st.swept = now
+            collect_handles(st)
             sweep(st)
         end
     end
@@ -343,7 +373,11 @@ log_failure = function(st, why, delay)
 end
 
 
-local function driver(premature, st)
+local function driver(premature, st, gen)
+    if gen ~= st.gen then
+        return  -- taken for dropped and started again (see running())
+    end
+    st.alive = true
     if premature then
         st.running = false
         return
@@ -396,20 +430,44 @@ start_driver = function(st, delay)
     if not path then
         return nil, err
     end
+    local gen = (st.gen or 0) + 1
     local ok
-    ok, err = timer_at(delay or 0, driver, st)
+    ok, err = timer_at(delay or 0, driver, st, gen)
     if not ok then
         return nil, "cannot start the resty.async driver: " .. tostring(err)
     end
+    st.gen = gen
+    st.alive = false
+    st.due = ngx_now() + (delay or 0)
     st.running = true
     return true
+end
+
+
+-- Whether the driver of `st` runs, or is about to. One whose timer ngx_lua
+-- dropped (see START_GRACE) is logged and taken for stopped, so that the
+-- next call starts it again, rather than every call waiting out its
+-- timeout for good.
+local function running(st)
+    if not st.running then
+        return false
+    end
+    if st.alive or ngx_now() < st.due + START_GRACE then
+        return true
+    end
+    st.running = false
+    ngx_log(ERR, "resty.async: the driver of ", st.name, " did not start: ",
+            "ngx_lua did not run its timer (each runtime's driver keeps ",
+            "one of lua_max_running_timers while it runs); starting it ",
+            "again")
+    return false
 end
 
 
 -- Makes sure the driver of `st` runs before task `id` is waited for; if it
 -- cannot start, the task is cancelled.
 local function need_driver(st, id)
-    if st.running then
+    if running(st) then
         return true
     end
     local ok, err = start_driver(st)
@@ -425,6 +483,7 @@ end
 _M.kick = kick
 _M.start = start_driver
 _M.need = need_driver
+_M.running = running
 
 
 return _M
