@@ -504,3 +504,20 @@ goes on: true in_flight=0
 4: 150 nil
 5: 150 nil
 goes on: 1
+
+
+
+=== TEST 19: a panic converting the arguments is the call's result, for blocking and sync functions as for async ones
+--- config
+    location = /t {
+        content_by_lua_block {
+            local fx = require "resty_async_fixtures"
+            ngx.say("blocking: ", fx.blocking_arg_panic(1))
+            ngx.say("sync: ", fx.sync_arg_panic(1))
+            ngx.say("goes on: ", fx.block_ms(1), " ", fx.add(1, 2))
+        }
+    }
+--- response_body
+blocking: nilrust function panicked: fixture argument conversion panic
+sync: nilrust function panicked: fixture argument conversion panic
+goes on: 1 3
