@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7);
+plan tests => repeat_each() * (blocks() * 7 + 1);
 
 run_tests();
 
@@ -263,5 +263,36 @@ still works: 2 2
 --- error_code: 500
 --- error_log
 bad argument `self` to `Counter.get`: error converting Lua nil to userdata
+--- no_error_log
+unknown reason
+
+
+
+=== TEST 11: the errors of field getters and sync metamethods are raised as strings, and an uncaught one is logged as its message
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local c = ex.counter(1)
+            ngx.say("len: ", #c, " value: ", c.value)
+            -- the method borrows the object mutably while it waits
+            local th = ngx.thread.spawn(c.exclusive_incr, c, 100)
+            local ok, err = pcall(function() return #c end)
+            ngx.say("len: ", ok, " ", type(err), " ", err)
+            ok, err = pcall(function() return c.value end)
+            ngx.say("value: ", ok, " ", type(err), " ", err)
+            local uncaught = ngx.thread.spawn(function() return c.value end)
+            ngx.thread.wait(uncaught)
+            ngx.thread.wait(th)
+            ngx.say("len: ", #c, " value: ", c.value)
+        }
+    }
+--- response_body
+len: 1 value: 1
+len: false string bad argument `self` to `Counter.__len`: error borrowing userdata
+value: false string bad argument `self` to `Counter.value`: error borrowing userdata
+len: 2 value: 2
+--- error_log
+lua user thread aborted: runtime error: bad argument `self` to `Counter.value`: error borrowing userdata
 --- no_error_log
 unknown reason
