@@ -4,16 +4,22 @@
 //! mlua makes a userdata type's metatable, with its async methods, the
 //! first time a value of the type reaches Lua, and offers no way to reach
 //! it before. So a registered type is only noted here; when a value of it
-//! comes out of a function of the module (or is one of its exports),
-//! `resty/async.lua` swaps the async functions in its metatable for
-//! wrappers that run them on the executor, like the module's own async
-//! functions. Each Lua VM has its own metatables: the note is per VM.
+//! comes out of a function of the module, alone or in a table (or is one
+//! of its exports), `resty/async.lua` swaps the async functions in its
+//! metatable for wrappers that run them on the executor, like the module's
+//! own async functions. Each Lua VM has its own metatables: the note is
+//! per VM.
 
 use std::any::TypeId;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use mlua::{Function, Lua, Table, UserData, Value};
+
+/// Most keys and values [`adopt_in`] looks at in one result.
+const WALK_BUDGET: usize = 4096;
+/// How deep [`adopt_in`] looks into tables within tables.
+const WALK_DEPTH: usize = 8;
 
 /// The userdata types of this library registered in one Lua VM.
 struct Classes {
@@ -53,6 +59,49 @@ pub(crate) fn register<T: UserData + 'static>(lua: &Lua) -> mlua::Result<()> {
             name: name.rsplit("::").next().unwrap_or(name).to_owned(),
             adopted: Cell::new(false),
         });
+    }
+    Ok(())
+}
+
+/// Whether a registered type's metatable was not taken over yet in this
+/// VM.
+pub(crate) fn pending(lua: &Lua) -> bool {
+    lua.app_data_ref::<Rc<Classes>>()
+        .is_some_and(|c| c.types.borrow().iter().any(|c| !c.adopted.get()))
+}
+
+/// Takes over the registered types of the userdata in table `t` (a
+/// result, such as a `Vec` of objects or a record holding one), and in
+/// the tables it holds: a value of such a type first reaches Lua there
+/// as often as alone. It looks at [`WALK_BUDGET`] keys and values at
+/// most, [`WALK_DEPTH`] tables deep, and stops once no type is pending.
+pub(crate) fn adopt_in(lua: &Lua, t: &Table) -> mlua::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(t.clone(), 0)];
+    let mut budget = WALK_BUDGET;
+    while let Some((t, depth)) = stack.pop() {
+        if !seen.insert(t.to_pointer()) {
+            continue;
+        }
+        for pair in t.pairs::<Value, Value>() {
+            let (k, v) = pair?;
+            for x in [k, v] {
+                if budget == 0 {
+                    return Ok(());
+                }
+                budget -= 1;
+                match x {
+                    Value::UserData(_) => {
+                        adopt(lua, &x)?;
+                        if !pending(lua) {
+                            return Ok(());
+                        }
+                    }
+                    Value::Table(t) if depth < WALK_DEPTH => stack.push((t, depth + 1)),
+                    _ => {}
+                }
+            }
+        }
     }
     Ok(())
 }

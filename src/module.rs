@@ -180,7 +180,8 @@ impl Module {
     /// mlua makes a type's metatable when the first value of the type
     /// reaches Lua; resty-async takes over its async methods when a value
     /// of the type comes out of one of this module's functions or async
-    /// methods, or is one of its exports. (A value that reaches Lua only
+    /// methods, alone or in a table (a `Vec` of objects, a record holding
+    /// one), or is one of its exports. (A value that reaches Lua only
     /// another way, such as the result of a sync method of another type,
     /// has async methods that raise an error until then.)
     ///

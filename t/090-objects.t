@@ -296,3 +296,20 @@ len: 2 value: 2
 lua user thread aborted: runtime error: bad argument `self` to `Counter.value`: error borrowing userdata
 --- no_error_log
 unknown reason
+
+
+
+=== TEST 12: objects that first reach Lua inside a table (a Vec, a record) have async methods that wait
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local list = ex.counters(3)
+            ngx.say("list: ", #list, " ", list[3]:slow_incr(1))
+            local rec = ex.counter_record(41)
+            ngx.say("record: ", rec.name, " ", rec.counter:slow_incr(1))
+        }
+    }
+--- response_body
+list: 3 3
+record: a counter 42
