@@ -14,7 +14,7 @@ use std::any::TypeId;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use mlua::{Function, Lua, Table, UserData, Value};
+use mlua::{AnyUserData, Function, Lua, Table, UserData, Value};
 
 /// Most keys and values [`adopt_in`] looks at in one result.
 const WALK_BUDGET: usize = 4096;
@@ -33,6 +33,16 @@ struct Class {
     name: String,
     /// Its metatable in this VM has been taken over.
     adopted: Cell<bool>,
+    /// Whether a userdata is a proxy of the type (`Lua::create_proxy`,
+    /// mlua's way to reach its static functions, such as a constructor),
+    /// whose metatable is another: the proxy type is private to mlua.
+    is_proxy: fn(&AnyUserData) -> bool,
+    /// The proxies' metatable in this VM has been taken over.
+    proxy_adopted: Cell<bool>,
+}
+
+fn is_proxy<T: 'static>(ud: &AnyUserData) -> bool {
+    ud.is_proxy::<T>()
 }
 
 /// Notes `T` as a type whose async methods resty-async runs.
@@ -58,6 +68,8 @@ pub(crate) fn register<T: UserData + 'static>(lua: &Lua) -> mlua::Result<()> {
             id,
             name: name.rsplit("::").next().unwrap_or(name).to_owned(),
             adopted: Cell::new(false),
+            is_proxy: is_proxy::<T>,
+            proxy_adopted: Cell::new(false),
         });
     }
     Ok(())
@@ -106,8 +118,8 @@ pub(crate) fn adopt_in(lua: &Lua, t: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
-/// If `v` is a value of a registered type whose metatable was not taken
-/// over yet in this VM, takes it over.
+/// If `v` is a value, or a proxy, of a registered type whose metatable
+/// was not taken over yet in this VM, takes it over.
 pub(crate) fn adopt(lua: &Lua, v: &Value) -> mlua::Result<()> {
     let Value::UserData(ud) = v else {
         return Ok(());
@@ -118,15 +130,30 @@ pub(crate) fn adopt(lua: &Lua, v: &Value) -> mlua::Result<()> {
     let Some(id) = ud.type_id() else {
         return Ok(());
     };
-    let name = match classes.types.borrow().iter().find(|c| c.id == id) {
-        Some(c) if !c.adopted.get() => c.name.clone(),
-        _ => return Ok(()),
+    // (the flag of the metatable found: the instances' or the proxies')
+    let found = {
+        let types = classes.types.borrow();
+        match types.iter().position(|c| c.id == id) {
+            Some(i) => (!types[i].adopted.get()).then_some((i, false)),
+            None => types
+                .iter()
+                .position(|c| !c.proxy_adopted.get() && (c.is_proxy)(ud))
+                .map(|i| (i, true)),
+        }
+        .map(|(i, proxy)| (i, proxy, types[i].name.clone()))
+    };
+    let Some((i, proxy, name)) = found else {
+        return Ok(());
     };
     let done: bool = classes.adopt.call((crate::raw::library_id(), ud.clone(), name))?;
     if done {
-        if let Some(c) = classes.types.borrow().iter().find(|c| c.id == id) {
-            c.adopted.set(true);
-        }
+        let types = classes.types.borrow();
+        let flag = if proxy {
+            &types[i].proxy_adopted
+        } else {
+            &types[i].adopted
+        };
+        flag.set(true);
     }
     Ok(())
 }

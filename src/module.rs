@@ -181,9 +181,11 @@ impl Module {
     /// reaches Lua; resty-async takes over its async methods when a value
     /// of the type comes out of one of this module's functions or async
     /// methods, alone or in a table (a `Vec` of objects, a record holding
-    /// one), or is one of its exports. (A value that reaches Lua only
-    /// another way, such as the result of a sync method of another type,
-    /// has async methods that raise an error until then.)
+    /// one), or is one of its exports (and its async functions when a
+    /// proxy of it, made by `Lua::create_proxy`, is one of the exports).
+    /// (A value that reaches Lua only another way, such as the result of a
+    /// sync method of another type, has async methods that raise an error
+    /// until then.)
     ///
     /// A method's future that holds the `UserDataRef` it was given keeps
     /// the Lua object alive (and borrowed) until it ends. To let the object

@@ -313,3 +313,17 @@ unknown reason
 --- response_body
 list: 3 3
 record: a counter 42
+
+
+
+=== TEST 13: the type's async functions wait when called through the proxy the module exports (Lua::create_proxy)
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local c = ex.Counter.make_after(41, 1)
+            ngx.say("made: ", c:slow_incr(1))
+        }
+    }
+--- response_body
+made: 42
