@@ -454,7 +454,8 @@ impl PlainTasks {
                     // cancelled while it ran
                     drop(slots);
                     self.back.uncancel(id);
-                    drop(errand); // (after the borrow: the result's drop is user code)
+                    // (after the borrow)
+                    drop_result(errand);
                 }
             }
         }
@@ -674,7 +675,8 @@ impl PlainTasks {
             Kind::Job(None) => self.back.cancel(id),
             Kind::Job(Some(_)) => {}
         }
-        drop(slot); // after the borrow: the result's drop is user code
+        // (after the borrow)
+        drop_result(slot);
         true
     }
 
@@ -737,6 +739,15 @@ impl PlainTasks {
     pub(crate) fn cancelled_on_their_way(&self) -> usize {
         self.back.cancelled().len()
     }
+}
+
+/// Drops `v`, which may hold a job's result nobody takes: its drop is the
+/// module's code, and a panic in it must not unwind through the poll (the
+/// other jobs it collects would be lost, and the driver restarted) or
+/// through a cancel. Such a panic is printed by the panic hook, as others
+/// caught here are, and otherwise ignored: nobody waits for that result.
+fn drop_result<T>(v: T) {
+    let _ = crate::panic::catch(AssertUnwindSafe(move || drop(v)));
 }
 
 /// Why a task is refused when every slot is taken.

@@ -142,14 +142,17 @@ impl Module {
             // (A sync function makes no runtime: it may run in init_by_lua,
             // before nginx forks.)
             let _enter = vm.existing().map(|rt| vm::enter(&rt));
-            let args = match A::from_lua_args(args, 1, Some(&fname), lua) {
-                Ok(a) => a,
-                Err(e) => return misuse(lua, &error_message(&e)),
-            };
+            // (the conversion of the arguments is the module's code too: a
+            // FromLua that panics)
             let out = crate::panic::catch(AssertUnwindSafe(|| {
-                f(lua, args).and_then(|r| values::convert(lua, r))
-            }))
-            .map_err(Panicked::from_payload);
+                A::from_lua_args(args, 1, Some(&fname), lua)
+                    .map(|args| f(lua, args).and_then(|r| values::convert(lua, r)))
+            }));
+            let out = match out {
+                Ok(Ok(out)) => Ok(out),
+                Ok(Err(e)) => return misuse(lua, &error_message(&e)),
+                Err(payload) => Err(Panicked::from_payload(payload)),
+            };
             finished(lua, out)
         })?;
         self.insert(name, "sync", func)
@@ -177,9 +180,12 @@ impl Module {
     /// mlua makes a type's metatable when the first value of the type
     /// reaches Lua; resty-async takes over its async methods when a value
     /// of the type comes out of one of this module's functions or async
-    /// methods, or is one of its exports. (A value that reaches Lua only
-    /// another way, such as the result of a sync method of another type,
-    /// has async methods that raise an error until then.)
+    /// methods, alone or in a table (a `Vec` of objects, a record holding
+    /// one), or is one of its exports (and its async functions when a
+    /// proxy of it, made by `Lua::create_proxy`, is one of the exports).
+    /// (A value that reaches Lua only another way, such as the result of a
+    /// sync method of another type, has async methods that raise an error
+    /// until then.)
     ///
     /// A method's future that holds the `UserDataRef` it was given keeps
     /// the Lua object alive (and borrowed) until it ends. To let the object
@@ -224,14 +230,21 @@ impl Module {
 
     /// Like [`Module::add_raw_async`] for a blocking call: `f` validates
     /// the arguments and returns the job, which runs on the pool as a task
-    /// of its own, without a future (see `futureless.rs`).
+    /// of its own, without a future (see `futureless.rs`). A panic in `f`
+    /// (an argument's `FromLua`, the module's code) is the call's result,
+    /// as one in the job is.
     pub(crate) fn add_raw_blocking<A, F, J>(&mut self, name: &str, f: F) -> mlua::Result<&mut Module>
     where
         A: FromLuaMulti,
         F: Fn(&Lua, A) -> Result<J, String> + 'static,
         J: FnOnce() -> Sendable + Send + 'static,
     {
-        self.add_raw(name, move |lua, rt, args: A| Ok(rt.spawn_job(f(lua, args)?)))
+        self.add_raw(name, move |lua, rt, args: A| {
+            match crate::panic::catch(AssertUnwindSafe(|| f(lua, args))) {
+                Ok(job) => Ok(rt.spawn_job(job?)),
+                Err(payload) => Ok(Spawned::Ready(Err(Panicked::from_payload(payload)))),
+            }
+        })
     }
 
     /// The lowest level of the waiting kinds: `f` validates the arguments

@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -217,6 +217,7 @@ where
     });
     JoinHandle {
         inner: handle().spawn(caught),
+        aborted: AtomicBool::new(false),
     }
 }
 
@@ -225,11 +226,16 @@ where
 #[derive(Debug)]
 pub struct JoinHandle<T> {
     inner: ::tokio::task::JoinHandle<T>,
+    /// [`JoinHandle::abort`] was called.
+    aborted: AtomicBool,
 }
 
 impl<T> JoinHandle<T> {
-    /// Aborts the task now (as dropping the handle does).
+    /// Aborts the task now (as dropping the handle does). Awaiting the
+    /// handle afterwards panics, unless the task had finished: there is no
+    /// output to give.
     pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Relaxed);
         self.inner.abort();
     }
 
@@ -247,8 +253,11 @@ impl<T> Future for JoinHandle<T> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(out)) => Poll::Ready(out),
             Poll::Ready(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Only the runtime's shutdown cancels a task whose handle is
-            // still held: the process is exiting.
+            Poll::Ready(Err(_)) if self.aborted.load(Ordering::Relaxed) => {
+                panic!("the tokio task was aborted (JoinHandle::abort) before it finished")
+            }
+            // Otherwise only the runtime's shutdown cancels a task whose
+            // handle is still held: the process is exiting.
             Poll::Ready(Err(_)) => {
                 panic!("the tokio task was cancelled: the worker's tokio runtime shut down")
             }

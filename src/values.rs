@@ -59,10 +59,13 @@ pub(crate) fn convert<R: IntoLuaMulti + 'static>(lua: &Lua, r: R) -> mlua::Resul
         Some(v) => v.map(LuaValues::One),
         None => {
             let values = r.into_lua_multi(lua)?;
-            // A value of a registered userdata type: see crate::class.
+            // A value of a registered userdata type, alone or in a table:
+            // see crate::class.
             for v in values.iter() {
-                if let Value::UserData(_) = v {
-                    crate::class::adopt(lua, v)?;
+                match v {
+                    Value::UserData(_) => crate::class::adopt(lua, v)?,
+                    Value::Table(t) if crate::class::pending(lua) => crate::class::adopt_in(lua, t)?,
+                    _ => {}
                 }
             }
             Ok(LuaValues::Many(values))

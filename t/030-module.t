@@ -466,3 +466,58 @@ child, cancelled: niltimeout
 before the future: nilrust function panicked: panic before the future (1)
 no panic: 0
 goes on: true in_flight=0
+
+
+
+=== TEST 18: a pool job's result that nobody takes, whose drop panics: the jobs that came back with it reach their callers
+--- init_by_lua_block
+    assert(async.configure{ threads = 8 })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local fx = require "resty_async_fixtures"
+            local th = {
+                ngx.thread.spawn(async.with_timeout, 0.02,
+                                 fx.drop_panics_result, 100),
+            }
+            for i = 2, 5 do
+                th[i] = ngx.thread.spawn(async.with_timeout, 1, fx.block_ms,
+                                         150)
+            end
+            ngx.sleep(0.05)  -- the first call times out; its job runs on
+            -- The worker is busy while every job comes back: one poll
+            -- collects them, the abandoned result first.
+            local t0 = os.clock()
+            while os.clock() - t0 < 0.3 do end
+            for i = 1, #th do
+                local _, v, err = ngx.thread.wait(th[i])
+                ngx.say(i, ": ", tostring(v), " ", tostring(err))
+            end
+            ngx.say("goes on: ", fx.block_ms(1))
+        }
+    }
+--- response_body
+1: nil timeout
+2: 150 nil
+3: 150 nil
+4: 150 nil
+5: 150 nil
+goes on: 1
+
+
+
+=== TEST 19: a panic converting the arguments is the call's result, for blocking and sync functions as for async ones
+--- config
+    location = /t {
+        content_by_lua_block {
+            local fx = require "resty_async_fixtures"
+            ngx.say("blocking: ", fx.blocking_arg_panic(1))
+            ngx.say("sync: ", fx.sync_arg_panic(1))
+            ngx.say("goes on: ", fx.block_ms(1), " ", fx.add(1, 2))
+        }
+    }
+--- response_body
+blocking: nilrust function panicked: fixture argument conversion panic
+sync: nilrust function panicked: fixture argument conversion panic
+goes on: 1 3

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7);
+plan tests => repeat_each() * (blocks() * 7 + 1);
 
 run_tests();
 
@@ -286,3 +286,65 @@ unknown reason
     }
 --- response_body
 running: 2
+
+
+
+=== TEST 12: the errors of field getters and sync metamethods are raised as strings, and an uncaught one is logged as its message
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local c = ex.counter(1)
+            ngx.say("len: ", #c, " value: ", c.value)
+            -- the method borrows the object mutably while it waits
+            local th = ngx.thread.spawn(c.exclusive_incr, c, 100)
+            local ok, err = pcall(function() return #c end)
+            ngx.say("len: ", ok, " ", type(err), " ", err)
+            ok, err = pcall(function() return c.value end)
+            ngx.say("value: ", ok, " ", type(err), " ", err)
+            local uncaught = ngx.thread.spawn(function() return c.value end)
+            ngx.thread.wait(uncaught)
+            ngx.thread.wait(th)
+            ngx.say("len: ", #c, " value: ", c.value)
+        }
+    }
+--- response_body
+len: 1 value: 1
+len: false string bad argument `self` to `Counter.__len`: error borrowing userdata
+value: false string bad argument `self` to `Counter.value`: error borrowing userdata
+len: 2 value: 2
+--- error_log
+lua user thread aborted: runtime error: bad argument `self` to `Counter.value`: error borrowing userdata
+--- no_error_log
+unknown reason
+
+
+
+=== TEST 13: objects that first reach Lua inside a table (a Vec, a record) have async methods that wait
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local list = ex.counters(3)
+            ngx.say("list: ", #list, " ", list[3]:slow_incr(1))
+            local rec = ex.counter_record(41)
+            ngx.say("record: ", rec.name, " ", rec.counter:slow_incr(1))
+        }
+    }
+--- response_body
+list: 3 3
+record: a counter 42
+
+
+
+=== TEST 14: the type's async functions wait when called through the proxy the module exports (Lua::create_proxy)
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local c = ex.Counter.make_after(41, 1)
+            ngx.say("made: ", c:slow_incr(1))
+        }
+    }
+--- response_body
+made: 42

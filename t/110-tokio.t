@@ -599,3 +599,34 @@ bad option 'max_body' (a whole number of bytes expected)
 --- response_body
 response body larger than 67108864 bytes
 --- timeout: 20
+
+
+
+=== TEST 20: the CA certificates are read off the worker: a ca_file that does not answer (a FIFO) holds up no other request
+--- config
+    location = /ping {
+        content_by_lua_block { ngx.say("pong") }
+    }
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_tokio"
+            local h = require "t_http"
+            local fifo = "$TEST_NGINX_SERVER_ROOT/html/ca.fifo"
+            os.remove(fifo)
+            assert(os.execute("mkfifo " .. fifo) == 0)
+            local th = ngx.thread.spawn(h.get, "/ping")
+            ngx.say("fetch: ", async.with_timeout(0.3, http.fetch,
+                    "https://$TEST_NGINX_TOKIO_HTTPS/x", { ca_file = fifo }))
+            local _, status, body = ngx.thread.wait(th)
+            ngx.print("meanwhile: ", status, " ", body)
+            -- a writer lets the blocked read of the FIFO end
+            ngx.say("released: ", os.execute("timeout 5 sh -c ': > " .. fifo
+                                             .. "'") == 0)
+            os.remove(fifo)
+        }
+    }
+--- response_body
+fetch: niltimeout
+meanwhile: 200 pong
+released: true

@@ -278,6 +278,13 @@ fn parse_addr(addr: &str) -> io::Result<(String, Option<u16>)> {
 /// once (up to a window of unconfirmed bytes) and sent in order; flushing
 /// has nothing to wait for.
 ///
+/// Closing its write half (`AsyncWrite::poll_close`, tokio's
+/// `shutdown`) only refuses later writes: ngx_lua's cosockets cannot
+/// half-close a connection, so no FIN goes out and the peer sees no end
+/// of the stream until the stream is dropped. A protocol that ends a
+/// request that way (read to the end after a half-close) cannot run over
+/// it.
+///
 /// Dropping the stream closes the connection; [`TcpStream::keepalive`]
 /// hands it to nginx's keepalive pool instead. Either way the waiter
 /// carries it out before the call returns. A stream is tied to the task

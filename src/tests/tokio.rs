@@ -40,6 +40,18 @@ fn dropping_the_handle_aborts_the_task() {
 }
 
 #[test]
+fn awaiting_an_aborted_task_says_it_was_aborted() {
+    let h = crate::tokio::spawn(async { ::tokio::time::sleep(Duration::from_secs(60)).await });
+    h.abort();
+    let payload = std::panic::catch_unwind(AssertUnwindSafe(|| futures::executor::block_on(h)))
+        .expect_err("no output to give");
+    assert_eq!(
+        Panicked::from_payload(payload).0,
+        "the tokio task was aborted (JoinHandle::abort) before it finished"
+    );
+}
+
+#[test]
 fn a_panic_is_resumed_where_the_handle_is_awaited() {
     let h = crate::tokio::spawn(async { panic!("boom") });
     let payload = std::panic::catch_unwind(AssertUnwindSafe(|| futures::executor::block_on(h)))

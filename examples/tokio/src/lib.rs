@@ -198,22 +198,32 @@ fn make_client(key: &ClientKey) -> Result<HttpClient, String> {
         .build(connector))
 }
 
-/// The client for `key`, made on first use in this process.
-fn client(key: &ClientKey) -> Result<HttpClient, String> {
+/// This process's clients (made before fork(), their connections would
+/// be the parent's).
+fn with_clients<R>(f: impl FnOnce(&mut HashMap<ClientKey, HttpClient>) -> R) -> R {
     CLIENTS.with(|c| {
         let mut c = c.borrow_mut();
         let pid = std::process::id();
         if c.0 != pid {
-            // (Made before fork(): its connections are the parent's.)
             *c = (pid, HashMap::new());
         }
-        if let Some(client) = c.1.get(key) {
-            return Ok(client.clone());
-        }
-        let client = make_client(key)?;
-        c.1.insert(key.clone(), client.clone());
-        Ok(client)
+        f(&mut c.1)
     })
+}
+
+/// The client for `key`, made on first use in this process. Making one
+/// reads CA certificates (the system's store, or `ca_file`): file I/O,
+/// done on resty-async's blocking pool, not on the nginx worker.
+async fn client(key: ClientKey) -> Result<HttpClient, String> {
+    if let Some(client) = with_clients(|c| c.get(&key).cloned()) {
+        return Ok(client);
+    }
+    let k = key.clone();
+    let made = resty_async::unblock(move || make_client(&k))
+        .await
+        .map_err(|e| e.to_string())??;
+    // (Another call may have made one meanwhile: the first stays.)
+    Ok(with_clients(|c| c.entry(key).or_insert(made).clone()))
 }
 
 fn opt<T: FromLua>(opts: &Option<LuaTable>, name: &str, want: &str) -> Result<Option<T>, String> {
@@ -394,9 +404,11 @@ fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
     let mut m = Module::new(lua, "resty_async_tokio")?;
 
     m.add_async("fetch", |lua, (url, opts): (String, Option<LuaTable>)| {
-        let prepared = prepare(&lua, &url, &opts).and_then(|f| Ok((client(&f.key)?, f.request, f.max_body)));
+        let prepared = prepare(&lua, &url, &opts);
         async move {
-            let (client, request, max_body) = prepared.map_err(LuaError::RuntimeError)?;
+            let f = prepared.map_err(LuaError::RuntimeError)?;
+            let client = client(f.key).await.map_err(LuaError::RuntimeError)?;
+            let (request, max_body) = (f.request, f.max_body);
             let res = resty_async::tokio::spawn(send(client, request, max_body))
                 .await
                 .map_err(LuaError::RuntimeError)?;

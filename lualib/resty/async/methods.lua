@@ -28,13 +28,28 @@ local function mlua_source(f)
 end
 
 
+-- Metatable keys whose C functions are not a type's sync metamethods to
+-- wrap: the collector's, and the lookups (mlua's own, scanned apart).
+local NOT_WRAPPED = {
+    __gc = true, __close = true, __index = true, __newindex = true,
+}
+
+-- The upvalues of mlua's __index and __newindex functions that hold a
+-- type's methods, field getters and field setters.
+local LOOKUP_UPVALUES = {
+    __index = true, methods = true, field_getters = true,
+    field_setters = true, __newindex = true,
+}
+
+
 -- The async functions (mlua's) in userdata metatable `mt`, as `{ table,
 -- key, function }`: its async metamethods, and the async methods in its
 -- __index table, or in the tables mlua's own __index function looks in.
--- The second result: its other methods (C functions), likewise.
+-- The second result: its other methods, metamethods, field getters and
+-- setters (C functions), likewise.
 function _M.async_methods(mt)
     local out, sync, seen = {}, {}, {}
-    local function scan(t, methods)
+    local function scan(t, skip)
         if type(t) ~= "table" or seen[t] then
             return
         end
@@ -43,24 +58,29 @@ function _M.async_methods(mt)
             if type(k) == "string" then
                 if mlua_source(v) == "=__mlua_async_poll" then
                     out[#out + 1] = { t, k, v }
-                elseif methods and mlua_source(v) == "=[C]" then
+                elseif mlua_source(v) == "=[C]" and not (skip and skip[k])
+                then
                     sync[#sync + 1] = { t, k, v }
                 end
             end
         end
     end
-    scan(mt)
-    local index = rawget(mt, "__index")
-    if type(index) == "table" then
-        scan(index, true)
-    elseif mlua_source(index) == "=__mlua_index" then
-        for i = 1, 255 do
-            local name, v = debug_getupvalue(index, i)
-            if name == nil then
-                break
-            end
-            if name == "__index" or name == "methods" then
-                scan(v, true)
+    scan(mt, NOT_WRAPPED)
+    for _, key in ipairs({ "__index", "__newindex" }) do
+        local f = rawget(mt, key)
+        if type(f) == "table" then
+            scan(f)
+        elseif mlua_source(f) == "=__mlua_index"
+               or mlua_source(f) == "=__mlua_newindex"
+        then
+            for i = 1, 255 do
+                local name, v = debug_getupvalue(f, i)
+                if name == nil then
+                    break
+                end
+                if LOOKUP_UPVALUES[name] then
+                    scan(v)
+                end
             end
         end
     end
@@ -69,8 +89,9 @@ end
 
 
 -- mlua raises a Rust error as a userdata, which ngx_lua logs as "unknown
--- reason" when nobody catches it: a sync method's error is raised again
--- as its message (without the traceback mlua appends).
+-- reason" when nobody catches it: the error of a sync method, metamethod,
+-- field getter or setter is raised again as its message (without the
+-- traceback mlua appends).
 local function rethrow(ok, ...)
     if ok then
         return ...
