@@ -106,7 +106,9 @@ local function poll_once(st, armed)
     local out = poll_out[0]
     local n = st.api.poll(st.vm, armed, ids, MAX_IDS, out)
     if n < 0 then
-        error("the runtime of " .. st.name .. " is gone")
+        -- (gone, or a panic: the FFI call left its message)
+        error("the poll of " .. st.name .. " failed: "
+              .. runtime.error_message(st))
     end
     for i = 0, n - 1 do
         finished(st, ids[i])
