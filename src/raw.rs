@@ -232,6 +232,11 @@ pub(crate) fn failure(lua: &Lua, msg: &str) -> mlua::Result<MultiValue> {
     Ok(MultiValue::from_vec(vec![Value::Nil, msg.into_lua(lua)?]))
 }
 
+/// The message of mlua's `StackError`.
+pub(crate) const STACK_ERROR: &str = "out of Lua stack: too many Lua values at once (mlua keeps \
+     at most about 8,000 per module crate and Lua VM, and each call in flight of an async method \
+     or of a Module::add_lua_async function keeps one)";
+
 /// A readable message for an mlua error: the innermost cause, without
 /// mlua's wrapping and tracebacks.
 pub(crate) fn error_message(e: &mlua::Error) -> String {
@@ -240,6 +245,12 @@ pub(crate) fn error_message(e: &mlua::Error) -> String {
         mlua::Error::CallbackError { cause, .. } => error_message(cause),
         mlua::Error::ExternalError(err) => err.to_string(),
         mlua::Error::WithContext { context, cause } => format!("{context}: {}", error_message(cause)),
+        // mlua's own text blames arguments and return values; at scale the
+        // cause is the values it keeps for Rust (LuaJIT lets one thread hold
+        // LUAI_MAXCSTACK of them), of which every call of an async method or
+        // of a Module::add_lua_async function keeps one (its coroutine)
+        // while in flight.
+        mlua::Error::StackError => STACK_ERROR.to_owned(),
         other => other.to_string(),
     }
 }

@@ -348,3 +348,29 @@ record: a counter 42
     }
 --- response_body
 made: 42
+
+
+
+=== TEST 15: beyond the calls mlua can keep in flight at once (about 8,000 async methods), a call fails with a message that says so; the others go on
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            local c = ex.counter(0)
+            local tasks = {}
+            for i = 1, 8200 do
+                tasks[i] = async.spawn(c.slow_incr, c, 10000)
+            end
+            ngx.say("last: ", select(2, tasks[8200]:wait(1)))
+            ngx.say("first running: ", tasks[1]:cancel())
+            for i = 2, 8200 do
+                tasks[i]:cancel()
+            end
+            ngx.say("after: ", c:slow_incr(1))
+        }
+    }
+--- response_body_like
+^last: out of Lua stack: too many Lua values at once \(mlua keeps at most about 8,000 per module crate and Lua VM, and each call in flight of an async method or of a Module::add_lua_async function keeps one\)
+first running: true
+after: 1
