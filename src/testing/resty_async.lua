@@ -7,7 +7,8 @@
 -- The Rust side passes `sys`: sys.drive(id, timeout) runs the runtime of
 -- this Lua state until task `id` finishes (true) or `timeout` seconds
 -- pass (false: the task is cancelled); sys.abi is the calling convention
--- of raw functions (src/raw.rs); sys.config.timeout is the call timeout.
+-- of raw functions (src/raw.rs); sys.config.timeout is the call timeout;
+-- sys.net_ops is the error of a call whose task uses network streams.
 
 local sys = ...
 
@@ -15,6 +16,7 @@ local methods = require "resty.async.methods"
 
 local type = type
 local error = error
+local select = select
 local pairs = pairs
 local tostring = tostring
 local debug_getmetatable = debug.getmetatable
@@ -40,6 +42,13 @@ local function finish(st, ok, ...)
     end
     if ok < 0 then
         ok = -ok
+    end
+    if select("#", ...) > 0 then
+        -- the first poll queued socket ops (resty_async::net) for the
+        -- caller, which only nginx's cosockets carry out: without this the
+        -- task would wait for them until the call's timeout
+        st.rt.cancel(ok)
+        error("resty_async::testing: " .. sys.net_ops, 2)
     end
     if drive(ok, config.timeout) then
         return st.rt.take(ok)
