@@ -8,7 +8,9 @@
 //! timers and blocking pool, as the driver does in nginx, woken through
 //! the completion socket) until the task finishes, and returns what the
 //! call returns in nginx: the results, or `nil, message` for an `Err`, a
-//! panic or a timeout. A wrong argument raises. Async methods of
+//! panic or a timeout. A wrong argument raises, and so does a call that
+//! would wait inside a C function (a `table.sort` comparator, a
+//! `string.gsub` callback), as in nginx. Async methods of
 //! registered userdata types wait the same way. Its `resty.async` has no
 //! `with_timeout`, `spawn` or `stats`: test Lua code that uses them, and
 //! network streams, under Test::Nginx (the template's `t/`).
@@ -97,6 +99,7 @@ impl Harness {
         let sys = lua.create_table()?;
         sys.raw_set("abi", crate::raw::ABI)?;
         sys.raw_set("net_ops", NET_OPS)?;
+        sys.raw_set("ccall", crate::waiters::CCALL)?;
         sys.raw_set("config", config.clone())?;
         let link = RefCell::new(None);
         sys.raw_set(
