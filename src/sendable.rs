@@ -7,6 +7,9 @@ use mlua::{BString, IntoLuaMulti, Lua, Value};
 use crate::strings::create;
 use crate::values::{convert, LuaValues};
 
+/// Longest string LuaJIT makes (`LJ_MAX_STR` is 0x7fffff00, exclusive).
+pub(crate) const MAX_LUA_STRING: usize = 0x7fff_feff;
+
 /// Longest string [`Bytes`] keeps inline (a SHA-256 in hex fits).
 pub(crate) const INLINE: usize = 64;
 
@@ -91,15 +94,16 @@ impl<R: IntoLuaMulti + Send + 'static> Convert for R {
 impl Sendable {
     /// `r`, ready to cross to the worker: a `String`, `BString` or
     /// `&'static str` as [`Bytes`], a `bool` or `f64` as it is, anything
-    /// else boxed.
+    /// else boxed. A string longer than Lua takes is the error mlua's
+    /// conversion would give, with its length.
     pub(crate) fn new<R: IntoLuaMulti + Send + 'static>(r: R) -> Sendable {
         let mut slot = Some(r);
         let any = &mut slot as &mut dyn Any;
         if let Some(s) = any.downcast_mut::<Option<String>>() {
-            return Sendable::Bytes(Bytes::from_vec(s.take().expect("just set").into_bytes()));
+            return Sendable::bytes(s.take().expect("just set").into_bytes());
         }
         if let Some(s) = any.downcast_mut::<Option<BString>>() {
-            return Sendable::Bytes(Bytes::from_vec(s.take().expect("just set").into()));
+            return Sendable::bytes(s.take().expect("just set").into());
         }
         if let Some(s) = any.downcast_mut::<Option<&'static str>>() {
             return Sendable::Bytes(Bytes::copy(s.take().expect("just set").as_bytes()));
@@ -111,6 +115,19 @@ impl Sendable {
             return Sendable::Number(n.take().expect("just set"));
         }
         Sendable::Other(Box::new(slot.take().expect("just set")))
+    }
+
+    /// `v` as one string. The Lua side copies a string result into Lua
+    /// with `ffi.string`, which raises for one too long, where the caller
+    /// could not get its result or free its task: it is refused here.
+    fn bytes(v: Vec<u8>) -> Sendable {
+        if v.len() > MAX_LUA_STRING {
+            return Sendable::Failed(format!(
+                "string length overflow: a result of {} bytes, where a Lua string holds at most {MAX_LUA_STRING}",
+                v.len()
+            ));
+        }
+        Sendable::Bytes(Bytes::from_vec(v))
     }
 
     /// `Ok(r)` as [`Sendable::new`], `Err(e)` as `nil, e.to_string()`.

@@ -50,6 +50,9 @@ get: 42 value: 42
             ngx.say("names what to call: ",
                     err:find("Module::add_class", 1, true) ~= nil)
             ngx.say("at once: ", ngx.now() - t0 < 0.1)
+            local _, e2 = pcall(function() local r = u:wait(1000) return r end)
+            ngx.say("at the caller's line: ",
+                    e2:match("^content_by_lua%b():(%d+): ") or e2)
             ngx.say("later calls work: ", ex.counter(1):slow_incr(5))
         }
     }
@@ -57,6 +60,7 @@ get: 42 value: 42
 false must be registered through resty-async
 names what to call: true
 at once: true
+at the caller's line: 12
 later calls work: 2
 
 

@@ -8,7 +8,9 @@
 //! timers and blocking pool, as the driver does in nginx, woken through
 //! the completion socket) until the task finishes, and returns what the
 //! call returns in nginx: the results, or `nil, message` for an `Err`, a
-//! panic or a timeout. A wrong argument raises. Async methods of
+//! panic or a timeout. A wrong argument raises, and so does a call that
+//! would wait inside a C function (a `table.sort` comparator, a
+//! `string.gsub` callback), as in nginx. Async methods of
 //! registered userdata types wait the same way. Its `resty.async` has no
 //! `with_timeout`, `spawn` or `stats`: test Lua code that uses them, and
 //! network streams, under Test::Nginx (the template's `t/`).
@@ -69,6 +71,11 @@ use crate::vm::{self, VmRuntime};
 #[link(name = "luajit-5.1")]
 extern "C" {}
 
+/// Why a call whose task uses network streams fails here (raised after
+/// `resty_async::testing: `, as the harness's other errors).
+const NET_OPS: &str =
+    "the task uses network streams, whose socket ops nginx carries out: test it under Test::Nginx";
+
 /// The call timeout of a new [`Harness`], as in nginx by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -91,6 +98,8 @@ impl Harness {
         config.raw_set("timeout", DEFAULT_TIMEOUT.as_secs_f64())?;
         let sys = lua.create_table()?;
         sys.raw_set("abi", crate::raw::ABI)?;
+        sys.raw_set("net_ops", NET_OPS)?;
+        sys.raw_set("ccall", crate::waiters::CCALL)?;
         sys.raw_set("config", config.clone())?;
         let link = RefCell::new(None);
         sys.raw_set(
@@ -176,10 +185,7 @@ fn drive(lua: &Lua, link: &mut Option<UnixStream>, id: TaskId, timeout: f64) -> 
                     Done::Finished(finished) if finished == id => done = true,
                     Done::Ops(task) if task == id => {
                         rt.cancel(id);
-                        return Err(io::Error::other(
-                            "the task uses network streams, whose socket ops nginx carries out: \
-                             test it under Test::Nginx",
-                        ));
+                        return Err(io::Error::other(NET_OPS));
                     }
                     // a task of an earlier call that nobody waits for
                     Done::Finished(other) | Done::Ops(other) => {

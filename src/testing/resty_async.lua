@@ -7,7 +7,9 @@
 -- The Rust side passes `sys`: sys.drive(id, timeout) runs the runtime of
 -- this Lua state until task `id` finishes (true) or `timeout` seconds
 -- pass (false: the task is cancelled); sys.abi is the calling convention
--- of raw functions (src/raw.rs); sys.config.timeout is the call timeout.
+-- of raw functions (src/raw.rs); sys.config.timeout is the call timeout;
+-- sys.net_ops is the error of a call whose task uses network streams;
+-- sys.ccall that of a call that would wait inside a C function.
 
 local sys = ...
 
@@ -15,9 +17,13 @@ local methods = require "resty.async.methods"
 
 local type = type
 local error = error
+local select = select
 local pairs = pairs
 local tostring = tostring
 local debug_getmetatable = debug.getmetatable
+local debug_getinfo = debug.getinfo
+local pcall = pcall
+local xpcall = xpcall
 local drive = sys.drive
 local config = sys.config
 
@@ -26,6 +32,27 @@ local _M = { version = "testing" }
 
 -- One state per runtime (one per Rust library), keyed by the library id.
 local states = {}
+
+
+-- Whether the caller (at `level` of the caller of this function) runs
+-- inside a C function that called Lua (a table.sort comparator, a
+-- string.gsub callback, require), where LuaJIT cannot yield: in nginx a
+-- call that would wait there raises. pcall and xpcall do not stop a
+-- yield; the bottom of the stack is the harness's own call from Rust.
+local function in_c_function(level)
+    level = level + 1
+    while true do
+        local info = debug_getinfo(level, "Sf")
+        if not info then
+            return false
+        end
+        if info.what == "C" and info.func ~= pcall and info.func ~= xpcall
+        then
+            return true
+        end
+        level = level + 1
+    end
+end
 
 
 -- What a raw function returned: `true, ...` (finished), `nil, message`
@@ -40,6 +67,17 @@ local function finish(st, ok, ...)
     end
     if ok < 0 then
         ok = -ok
+    end
+    if select("#", ...) > 0 then
+        -- the first poll queued socket ops (resty_async::net) for the
+        -- caller, which only nginx's cosockets carry out: without this the
+        -- task would wait for them until the call's timeout
+        st.rt.cancel(ok)
+        error("resty_async::testing: " .. sys.net_ops, 2)
+    end
+    if in_c_function(2) then
+        st.rt.cancel(ok)
+        error(sys.ccall, 2)
     end
     if drive(ok, config.timeout) then
         return st.rt.take(ok)

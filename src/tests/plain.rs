@@ -202,3 +202,15 @@ fn a_sleep_refused_for_a_full_table_leaves_its_message() {
     assert_eq!(msg, b"resty.async: more than 16777216 tasks at once");
     assert!(rt.cancel(id.abs() as u64));
 }
+
+#[test]
+fn a_string_longer_than_lua_takes_is_an_error() {
+    // (zeroed pages: none is touched)
+    let long = mlua::BString::from(vec![0u8; crate::sendable::MAX_LUA_STRING + 1]);
+    match Sendable::new(long) {
+        Sendable::Failed(msg) => assert!(msg.starts_with("string length overflow"), "{msg}"),
+        _ => panic!("taken as a string"),
+    }
+    let longest = mlua::BString::from(vec![0u8; crate::sendable::MAX_LUA_STRING]);
+    assert!(matches!(Sendable::new(longest), Sendable::Bytes(_)));
+}

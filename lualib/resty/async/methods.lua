@@ -132,7 +132,9 @@ function _M.yield_guard(msg, poll_yield)
             if in_poll() then
                 return (poll_yield or other_yield)(...)
             end
-            error(msg, 2)
+            -- level 3: the caller of the async function, whose body
+            -- (mlua's `__mlua_async_poll` chunk) calls this yield
+            error(msg, 3)
         end
         return other_yield(...)
     end
