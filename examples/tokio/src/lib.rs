@@ -431,8 +431,11 @@ fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
 
     // A tokio task that holds a drop counter while it sleeps.
     m.add_async("guarded_sleep", |_lua, ms: u64| async move {
+        // (made here and moved in: an abort before the tokio task's first
+        // poll drops it too)
+        let guard = DropGuard;
         resty_async::tokio::spawn(async move {
-            let _guard = DropGuard;
+            let _guard = guard;
             tokio::time::sleep(Duration::from_millis(ms)).await;
         })
         .await;
