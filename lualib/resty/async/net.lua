@@ -339,8 +339,9 @@ end
 -- Carries out the queued ops, in order; but a half-duplex stream's
 -- receive waits until the queue is empty (its protocol sends nothing
 -- while it waits to receive), and is then done here if no other read goes
--- on and no send's confirmation is pending (else by a reader). Returns false once the call's deadline has passed (an op of ours
--- timed out at it).
+-- on and no send's confirmation is pending (else by a reader). Returns
+-- false once the call's deadline has passed (an op of ours timed out at
+-- it).
 local function run_ops(ctx)
     local q = ctx.q
     local held, held_max  -- the half-duplex receive held back
