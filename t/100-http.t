@@ -1029,3 +1029,59 @@ nilopts.max_body must be a whole number of bytes, 0 or more
 --- response_body
 response body larger than 67108864 bytes
 --- timeout: 20
+
+
+
+=== TEST 34: a request body larger than the stream's send window (256 KiB) goes out in full
+--- config
+    location = /len {
+        client_max_body_size 8m;
+        client_body_buffer_size 8m;
+        content_by_lua_block {
+            ngx.req.read_body()
+            ngx.say(ngx.req.get_method(), " ", #(ngx.req.get_body_data() or ""))
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/len"
+            for _, n in ipairs{ 300 * 1024, 4 * 1024 * 1024 } do
+                local res, err = async.with_timeout(5, http.fetch, url, {
+                    method = "POST", body = string.rep("x", n),
+                })
+                ngx.print(res and res.body or err .. "\n")
+            end
+        }
+    }
+--- response_body
+POST 307200
+POST 4194304
+--- timeout: 15
+
+
+
+=== TEST 35: userinfo in the URL is not sent as part of Host or :authority
+--- config
+    location = /host {
+        content_by_lua_block { ngx.say(ngx.var.http_host) }
+    }
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local res, err = http.fetch("http://user:secret@127.0.0.1:" .. ngx.var.server_port .. "/host")
+            ngx.print(res and res.body or err .. "\n")
+            res, err = http.fetch("http://user:secret@localhost/", {
+                version = 2, unix_socket = "$TEST_NGINX_SERVER_ROOT/html/h2host.sock",
+            })
+            ngx.print(res and res.body or err .. "\n")
+        }
+    }
+--- http_config
+    server {
+        listen unix:$TEST_NGINX_SERVER_ROOT/html/h2host.sock http2;
+        location / { return 200 "h2 $http_host\n"; }
+    }
+--- response_body_like chomp
+^127\.0\.0\.1:\d+\nh2 localhost\n$

@@ -259,10 +259,14 @@ impl Fetch {
 
     fn request(&self) -> Result<Request<Full<Bytes>>, String> {
         let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = self.uri.authority().map_or(self.host.as_str(), |a| a.as_str());
+        // Host (or :authority) without the URL's userinfo: credentials
+        // there are no part of the host, and must not go out in clear.
+        let authority = self.uri.authority().map_or(self.host.as_str(), |a| {
+            a.as_str().rsplit('@').next().unwrap_or("")
+        });
         let mut b = Request::builder().method(self.method.clone());
         b = if self.http2 {
-            b.uri(&self.uri)
+            b.uri(format!("http://{authority}{path}"))
         } else {
             b.uri(path).header(hyper::header::HOST, authority)
         };

@@ -143,6 +143,10 @@ end
 local function add_result(ctx, sock, kind, value)
     if sock < 0 and value == "timeout" then
         ctx.op_timed_out = true
+    elseif kind == SEND and sock > 0 then
+        -- a send's confirmation: the task may be waiting for it to queue
+        -- more of what it sends
+        ctx.acked = true
     end
     local res, n = ctx.res, ctx.nres
     res[n + 1] = sock
@@ -156,6 +160,7 @@ end
 local function deliver(ctx)
     local n = ctx.nres
     ctx.nres = 0
+    ctx.acked = false
     local res = ctx.res
     if n == 0 then
         return ctx.step(ctx.id)
@@ -334,8 +339,9 @@ end
 -- Carries out the queued ops, in order; but a half-duplex stream's
 -- receive waits until the queue is empty (its protocol sends nothing
 -- while it waits to receive), and is then done here if no other read goes
--- on. Returns false once the call's deadline has passed (an op of ours
--- timed out at it).
+-- on and no send's confirmation is pending (else by a reader). Returns
+-- false once the call's deadline has passed (an op of ours timed out at
+-- it).
 local function run_ops(ctx)
     local q = ctx.q
     local held, held_max  -- the half-duplex receive held back
@@ -347,7 +353,11 @@ local function run_ops(ctx)
             local i, sock = held, ctx.socks[held]
             held = nil
             if sock then
-                if ctx.nreading == 0 then
+                -- Not here while a send's confirmation waits to be handed
+                -- over: the task may have more of its request to send
+                -- (beyond its send window), which the peer waits for
+                -- before it answers.
+                if ctx.nreading == 0 and not ctx.acked then
                     read_inline(ctx, i, sock, held_max)
                 else
                     start_reader(ctx, i, sock, held_max)
@@ -659,6 +669,7 @@ function _M.wait(st, id, timeout, k, ...)
                                                          false
     ctx.busy, ctx.nbusy, ctx.seen, ctx.connecting = nil, 0, nil, nil
     ctx.op_timed_out = false
+    ctx.acked = false
     st.netids[id] = true
     st.nets[id] = ctx
     st.nnet = st.nnet + 1
