@@ -105,8 +105,13 @@ fn write(path: &Path, data: &[u8], append: bool) -> Result<f64, String> {
     let path_shown = path.display();
     // (a FIFO without a reader fails with ENXIO; the writes then block as
     // usual)
+    // A new file gets nginx's own mode for the files it makes, 0644: its
+    // daemon clears the umask, so the default 0666 made files that every
+    // local user could write.
+    use std::os::unix::fs::OpenOptionsExt;
     let mut file = open_nonblocking(
         OpenOptions::new()
+            .mode(0o644)
             .write(true)
             .create(true)
             .append(append)

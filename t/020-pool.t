@@ -574,3 +574,23 @@ true
 --- response_body
 nil larger than 1073741824 bytes
 at once: true
+
+
+
+=== TEST 18: write_file makes a new file 0644, though nginx's daemon cleared the umask
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local path = "$TEST_NGINX_SERVER_ROOT/html/mode.txt"
+            os.remove(path)
+            ngx.say(async.write_file(path, "x"))
+            local p = io.popen("stat -c %a " .. path)
+            ngx.say(p:read("*l"))
+            p:close()
+            os.remove(path)
+        }
+    }
+--- response_body
+1
+644
