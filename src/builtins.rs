@@ -5,6 +5,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub const MAX_READ: u64 = 1 << 30;
 /// pool thread in open() until its other end came. A file with a lease
 /// that the open must break is opened again, blocking (the kernel bounds
 /// the wait by its lease-break time).
-fn open_nonblocking(opts: &mut OpenOptions, path: &str) -> std::io::Result<std::fs::File> {
+fn open_nonblocking(opts: &mut OpenOptions, path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     match opts.custom_flags(libc::O_NONBLOCK).open(path) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => opts.custom_flags(0).open(path),
@@ -34,9 +35,10 @@ fn open_nonblocking(opts: &mut OpenOptions, path: &str) -> std::io::Result<std::
     }
 }
 
-fn read_capped(path: &str) -> Result<Vec<u8>, String> {
+fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let fail = |e: std::io::Error| format!("cannot read {path}: {e}");
+    let path_shown = path.display();
+    let fail = |e: std::io::Error| format!("cannot read {path_shown}: {e}");
     // Refused unless a regular file: a FIFO would hold the pool thread in
     // read() as long as a writer kept it open without writing; a device
     // may be endless, or block as long.
@@ -44,17 +46,30 @@ fn read_capped(path: &str) -> Result<Vec<u8>, String> {
     let meta = file.metadata().map_err(fail)?;
     // (a directory fails in read() with the OS's own message)
     if !meta.is_file() && !meta.is_dir() {
-        return Err(format!("cannot read {path}: {}", not_a_file(&meta.file_type())));
+        return Err(format!(
+            "cannot read {path_shown}: {}",
+            not_a_file(&meta.file_type())
+        ));
+    }
+    // A regular file that is too large already is refused before it is
+    // read: reading it to the cap first held the pool thread for seconds
+    // and the worker's memory by a GiB. (One that grows while it is read
+    // is caught below; /proc files say 0.)
+    if meta.is_file() && meta.len() > MAX_READ {
+        return Err(too_large(&path_shown));
     }
     let hint = meta.len().min(MAX_READ);
     let mut buf = Vec::with_capacity(hint as usize);
-    file.take(MAX_READ + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    file.take(MAX_READ + 1).read_to_end(&mut buf).map_err(fail)?;
     if buf.len() as u64 > MAX_READ {
-        return Err(format!("cannot read {path}: larger than {MAX_READ} bytes"));
+        return Err(too_large(&path_shown));
     }
     Ok(buf)
+}
+
+/// Why `read_file` refuses a file longer than [`MAX_READ`].
+fn too_large(path: &std::path::Display<'_>) -> String {
+    format!("cannot read {path}: larger than {MAX_READ} bytes")
 }
 
 /// Why `read_file` refuses a file of type `t` (neither a regular file nor
@@ -72,33 +87,41 @@ fn not_a_file(t: &std::fs::FileType) -> &'static str {
     }
 }
 
-fn path_arg(bytes: &[u8], pos: usize, fname: &str) -> Result<String, String> {
-    let path = std::str::from_utf8(bytes)
-        .map_err(|_| format!("bad argument #{pos} to '{fname}' (path is not UTF-8)"))?;
-    if path.is_empty() || path.contains('\0') {
+/// A path argument: any bytes but NUL, as the kernel takes them (a file
+/// name need not be UTF-8, and such a file must be as readable as with
+/// `io.open`).
+fn path_arg(bytes: &[u8], pos: usize, fname: &str) -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt;
+    if bytes.is_empty() || bytes.contains(&0) {
         return Err(format!(
             "bad argument #{pos} to '{fname}' (empty path or NUL byte)"
         ));
     }
-    Ok(path.to_owned())
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
 }
 
 /// Writes (or appends) `data` to the file at `path`; the number of bytes.
-fn write(path: &str, data: &[u8], append: bool) -> Result<f64, String> {
+fn write(path: &Path, data: &[u8], append: bool) -> Result<f64, String> {
+    let path_shown = path.display();
     // (a FIFO without a reader fails with ENXIO; the writes then block as
     // usual)
+    // A new file gets nginx's own mode for the files it makes, 0644: its
+    // daemon clears the umask, so the default 0666 made files that every
+    // local user could write.
+    use std::os::unix::fs::OpenOptionsExt;
     let mut file = open_nonblocking(
         OpenOptions::new()
+            .mode(0o644)
             .write(true)
             .create(true)
             .append(append)
             .truncate(!append),
         path,
     )
-    .map_err(|e| format!("cannot open {path}: {e}"))?;
-    crate::sys::set_blocking(&file).map_err(|e| format!("cannot open {path}: {e}"))?;
+    .map_err(|e| format!("cannot open {path_shown}: {e}"))?;
+    crate::sys::set_blocking(&file).map_err(|e| format!("cannot open {path_shown}: {e}"))?;
     file.write_all(data)
-        .map_err(|e| format!("cannot write {path}: {e}"))?;
+        .map_err(|e| format!("cannot write {path_shown}: {e}"))?;
     // Exact: a Lua string is far shorter than 2^53 bytes.
     Ok(data.len() as f64)
 }

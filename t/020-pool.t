@@ -522,3 +522,75 @@ false bad argument #1 to 'read_file' (string expected, got boolean)
 false bad argument #1 to 'read_file' (string expected, got table)
 false bad argument #1 to 'read_file' (string expected, got userdata)
 false bad argument #2 to 'write_file' (string expected, got boolean)
+
+
+
+=== TEST 16: a file name that is not UTF-8 is read and written, as io.open does
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local path = "$TEST_NGINX_SERVER_ROOT/html/latin1-\233t\233.txt"
+            ngx.say(async.write_file(path, "été"))
+            ngx.say(async.read_file(path))
+            local f = assert(io.open(path))
+            ngx.say(f:read("*a"))
+            f:close()
+            os.remove(path)
+            local _, err = async.read_file(path)
+            ngx.say(err:find("latin1-", 1, true) ~= nil)
+        }
+    }
+--- response_body
+5
+été
+été
+true
+
+
+
+=== TEST 17: read_file refuses a file larger than 1 GiB at once, without reading it first
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            -- sparse: 2 GiB of length, no blocks
+            local path = "$TEST_NGINX_SERVER_ROOT/html/sparse-2g"
+            local f = assert(io.open(path, "w"))
+            assert(f:seek("set", 2 ^ 31))
+            assert(f:write("x"))
+            f:close()
+            ngx.update_time()
+            local t0 = ngx.now()
+            -- (before, it read 1 GiB into the worker first: seconds of a
+            -- pool thread)
+            local data, err = async.read_file(path)
+            ngx.update_time()
+            os.remove(path)
+            ngx.say(data, " ", (err:gsub("^.-: ", "")))
+            ngx.say("at once: ", ngx.now() - t0 < 0.5)
+        }
+    }
+--- response_body
+nil larger than 1073741824 bytes
+at once: true
+
+
+
+=== TEST 18: write_file makes a new file 0644, though nginx's daemon cleared the umask
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local path = "$TEST_NGINX_SERVER_ROOT/html/mode.txt"
+            os.remove(path)
+            ngx.say(async.write_file(path, "x"))
+            local p = io.popen("stat -c %a " .. path)
+            ngx.say(p:read("*l"))
+            p:close()
+            os.remove(path)
+        }
+    }
+--- response_body
+1
+644
