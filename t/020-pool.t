@@ -562,8 +562,8 @@ true
             f:close()
             ngx.update_time()
             local t0 = ngx.now()
-            -- (before, it read 1 GiB into the worker first: seconds of a
-            -- pool thread)
+            -- (refused from its length: reading it to the cap would take
+            -- seconds of a pool thread and a GiB of the worker's memory)
             local data, err = async.read_file(path)
             ngx.update_time()
             os.remove(path)
