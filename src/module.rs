@@ -239,12 +239,8 @@ impl Module {
         F: Fn(&Lua, A) -> Result<J, String> + 'static,
         J: FnOnce() -> Sendable + Send + 'static,
     {
-        self.add_raw(name, move |lua, rt, args: A| {
-            match crate::panic::catch(AssertUnwindSafe(|| f(lua, args))) {
-                Ok(job) => Ok(rt.spawn_job(job?)),
-                Err(payload) => Ok(Spawned::Ready(Err(Panicked::from_payload(payload)))),
-            }
-        })
+        // (a panic in `f`: see raw::raw)
+        self.add_raw(name, move |lua, rt, args: A| Ok(rt.spawn_job(f(lua, args)?)))
     }
 
     /// The lowest level of the waiting kinds: `f` validates the arguments

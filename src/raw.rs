@@ -31,7 +31,10 @@ use crate::vm::{self, VmRuntime};
 
 /// The lowest level of a waiting function: `f` validates the arguments
 /// (`Err(message)` is raised in the caller) and spawns a task on the
-/// runtime of `vm` (the raw calling convention of the module docs).
+/// runtime of `vm` (the raw calling convention of the module docs). A
+/// panic in `f` (the module's code that makes the task: an argument's
+/// `FromLua`, a closure before its future) is the call's result, as one in
+/// the task is.
 pub(crate) fn raw<A, F>(lua: &Lua, vm: &Rc<VmRuntime>, f: F) -> mlua::Result<Function>
 where
     A: FromLuaMulti,
@@ -41,7 +44,11 @@ where
     lua.create_function(move |lua, args: A| {
         let rt = vm.get();
         let _enter = vm::enter(&rt);
-        match rt.batch(|| f(lua, &rt, args)) {
+        let made = || match crate::panic::catch(AssertUnwindSafe(|| f(lua, &rt, args))) {
+            Ok(res) => res,
+            Err(payload) => Ok(Spawned::Ready(Err(Panicked::from_payload(payload)))),
+        };
+        match rt.batch(made) {
             Ok(spawned) => spawned_results(lua, &rt, spawned),
             Err(msg) => misuse(lua, &msg),
         }
@@ -58,15 +65,10 @@ where
     raw(lua, vm, move |lua, rt, args: MultiValue| {
         // (A closure may make tokio types before its future runs.)
         #[cfg(feature = "tokio")]
-        let made = || crate::tokio::in_context(|| f(lua, args));
+        let fut = crate::tokio::in_context(|| f(lua, args))?;
         #[cfg(not(feature = "tokio"))]
-        let made = || f(lua, args);
-        // A panic in the closure itself (before its future) is the call's
-        // result, as one in the future is.
-        match crate::panic::catch(AssertUnwindSafe(made)) {
-            Ok(fut) => Ok(spawn_sized(lua, rt, fut?)),
-            Err(payload) => Ok(Spawned::Ready(Err(Panicked::from_payload(payload)))),
-        }
+        let fut = f(lua, args)?;
+        Ok(spawn_sized(lua, rt, fut))
     })
 }
 
