@@ -103,6 +103,7 @@ fn path_arg(bytes: &[u8], pos: usize, fname: &str) -> Result<PathBuf, String> {
 /// Writes (or appends) `data` to the file at `path`; the number of bytes.
 fn write(path: &Path, data: &[u8], append: bool) -> Result<f64, String> {
     let path_shown = path.display();
+    let open_failed = |e: std::io::Error| format!("cannot open {path_shown}: {e}");
     // (a FIFO without a reader fails with ENXIO; the writes then block as
     // usual)
     // A new file gets nginx's own mode for the files it makes, 0644: its
@@ -118,8 +119,8 @@ fn write(path: &Path, data: &[u8], append: bool) -> Result<f64, String> {
             .truncate(!append),
         path,
     )
-    .map_err(|e| format!("cannot open {path_shown}: {e}"))?;
-    crate::sys::set_blocking(&file).map_err(|e| format!("cannot open {path_shown}: {e}"))?;
+    .map_err(open_failed)?;
+    crate::sys::set_blocking(&file).map_err(open_failed)?;
     file.write_all(data)
         .map_err(|e| format!("cannot write {path_shown}: {e}"))?;
     // Exact: a Lua string is far shorter than 2^53 bytes.
