@@ -1085,3 +1085,74 @@ POST 4194304
     }
 --- response_body_like chomp
 ^127\.0\.0\.1:\d+\nh2 localhost\n$
+
+
+
+=== TEST 36: a request body over client_max_body_size: nginx's 413, which closes the connection once it has read the body
+--- config
+    location = /limited {
+        client_max_body_size 1k;
+        return 200 "not reached\n";
+    }
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/limited"
+            for _, n in ipairs{ 300 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024 } do
+                local res, err = async.with_timeout(5, http.fetch, url, {
+                    method = "POST", body = string.rep("x", n),
+                })
+                ngx.say(res and res.status .. " " .. res.headers.connection
+                        or err)
+            end
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams,
+                    " waiting=", st.waiting)
+        }
+    }
+--- response_body
+413 close
+413 close
+413 close
+in_flight=0 streams=0 waiting=0
+--- error_log
+client intended to send too large body: 16777216 bytes
+--- no_error_log
+[alert]
+--- timeout: 15
+
+
+
+=== TEST 37: a server that answers 413 and closes the connection at once, the body unread: the response, or the error of the send
+--- config
+    location = /slam {
+        lingering_close off;
+        content_by_lua_block {
+            local sock = assert(ngx.req.socket(true))
+            sock:send("HTTP/1.1 413 Payload Too Large\r\n"
+                      .. "Content-Length: 10\r\nConnection: close\r\n\r\n"
+                      .. "too large\n")
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/slam"
+            local res, err = async.with_timeout(5, http.fetch, url, {
+                method = "POST", body = string.rep("x", 16 * 1024 * 1024),
+            })
+            ngx.print(res and res.status .. " " .. res.body or err .. "\n")
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams,
+                    " waiting=", st.waiting)
+        }
+    }
+--- response_body_like chomp
+^(413 too large|[^\n]*send to 127\.0\.0\.1:\d+ failed: (connection reset by peer|broken pipe)[^\n]*)\nin_flight=0 streams=0 waiting=0\n$
+--- error_log eval
+qr/send\(\) failed \((104: Connection reset by peer|32: Broken pipe)\)/
+--- no_error_log
+[alert]
+--- timeout: 15

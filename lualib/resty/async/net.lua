@@ -527,35 +527,42 @@ run = function(ctx)
             cleanup(ctx)
             return nil, ctx.failed
         end
-        if ctx.qh <= ctx.qt and not run_ops(ctx) then
-            return timed_out(ctx)
-        end
-        if ctx.nres > 0 or ctx.ops_ready or ctx.finished then
+        if ctx.qh <= ctx.qt then
+            -- (then the top again: a reader's step may end the task while
+            -- an op of these waits, as when a response comes while the
+            -- request is being sent; the results gathered meanwhile are
+            -- of no use then)
+            if not run_ops(ctx) then
+                return timed_out(ctx)
+            end
+        elseif ctx.nres > 0 or ctx.ops_ready or ctx.finished then
             ctx.ops_ready = false
             return stepped(ctx, deliver(ctx))
-        end
-        local left = ctx.deadline - ngx_now()
-        if left <= 0 then
-            return timed_out(ctx)
-        end
-        local sema = ctx.sema
-        if not sema then
-            if nspare > 0 then
-                sema = spare[nspare]
-                spare[nspare] = nil
-                nspare = nspare - 1
-            else
-                sema = sema_new(0)
+        else
+            local left = ctx.deadline - ngx_now()
+            if left <= 0 then
+                return timed_out(ctx)
             end
-            ctx.sema = sema
-        end
-        ctx.waiting = true
-        local ok, err = sema:wait(left < MAX_WAIT and left or MAX_WAIT)
-        ctx.waiting = false
-        if not ok and err == "timeout" and left < MAX_WAIT then
-            -- (nginx's clock, which ngx_now reads, moves only between
-            -- events: a wait shorter than its resolution returns at once)
-            return timed_out(ctx)
+            local sema = ctx.sema
+            if not sema then
+                if nspare > 0 then
+                    sema = spare[nspare]
+                    spare[nspare] = nil
+                    nspare = nspare - 1
+                else
+                    sema = sema_new(0)
+                end
+                ctx.sema = sema
+            end
+            ctx.waiting = true
+            local ok, err = sema:wait(left < MAX_WAIT and left or MAX_WAIT)
+            ctx.waiting = false
+            if not ok and err == "timeout" and left < MAX_WAIT then
+                -- (nginx's clock, which ngx_now reads, moves only between
+                -- events: a wait shorter than its resolution returns at
+                -- once)
+                return timed_out(ctx)
+            end
         end
     end
 end
