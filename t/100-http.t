@@ -1156,3 +1156,34 @@ qr/send\(\) failed \((104: Connection reset by peer|32: Broken pipe)\)/
 --- no_error_log
 [alert]
 --- timeout: 15
+
+
+
+=== TEST 38: a server that answers at once, without reading the request body, and keeps the connection: the response
+nginx reads and discards the body after the answer.
+--- config
+    location = /early {
+        content_by_lua_block { ngx.say("early") }
+    }
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/early"
+            for _, n in ipairs{ 300 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024 } do
+                local res, err = async.with_timeout(5, http.fetch, url, {
+                    method = "POST", body = string.rep("x", n),
+                })
+                ngx.print(res and res.status .. " " .. res.body or err .. "\n")
+            end
+            local st = async.stats()
+            ngx.say("in_flight=", st.in_flight, " streams=", st.streams,
+                    " waiting=", st.waiting)
+        }
+    }
+--- response_body
+200 early
+200 early
+200 early
+in_flight=0 streams=0 waiting=0
+--- timeout: 15
