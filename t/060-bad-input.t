@@ -62,7 +62,7 @@ log: resty.async: sleep() cannot wait in the log phase
             end
             try(async.with_timeout, 0 / 0, async.sleep, 1)
             try(async.with_timeout, -1, async.sleep, 1)
-            try(async.with_timeout, "1", async.sleep, 1)
+            try(async.with_timeout, "soon", async.sleep, 1)
             try(async.with_timeout, 1, print, 1)
             try(async.configure, "threads")
             try(async.configure, { threads = 0 })
@@ -78,7 +78,7 @@ log: resty.async: sleep() cannot wait in the log phase
             try(async.configure, { pool_cpus = 1 })
             try(async.configure, { pool_cpus = { -1 } })
             try(async.configure, { pool_cpus = { 1.5 } })
-            try(async.configure, { pool_cpus = { "1" } })
+            try(async.configure, { pool_cpus = { "one" } })
             try(async.configure, { pool_cpus = { cpu = 1 } })
             try(async.configure, { pool_cpus = { 0, nil, 1 } })
             try(async.configure, { pool_cpus = { 0 / 0 } })
@@ -220,7 +220,7 @@ in use: max_queue=1024 pool_nice=10
             try{ send_timeout = -1 }
             try{ read_timeout = 0 / 0 }
             try{ read_timeout = 2147484 }
-            try{ keepalive_timeout = "60" }
+            try{ keepalive_timeout = "long" }
             try{ keepalive_pool = 0 }
             try{ keepalive_pool = 1.5 }
             assert(async.sha256("x"))

@@ -126,7 +126,7 @@ function Task.wait(self, timeout)
     if timeout == nil then
         timeout = config.timeout
     else
-        check_timeout(timeout, 1, "wait")
+        timeout = check_timeout(timeout, 1, "wait")
     end
     local st, id = self.st, self.id
     if self.waiting then
