@@ -1,7 +1,7 @@
 //! The settings of `async.configure`: their defaults, limits and checks,
 //! all here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mlua::{Lua, Table, Value};
 
@@ -219,11 +219,16 @@ impl Config {
                     let Value::String(s) = expect(&name, &v, "string")? else {
                         unreachable!()
                     };
-                    c.base_dir = PathBuf::from(
-                        s.to_str()
-                            .map_err(|_| misuse("option 'base_dir' is not UTF-8"))?
-                            .as_ref() as &str,
-                    );
+                    let dir = s.to_str().map_err(|_| misuse("option 'base_dir' is not UTF-8"))?;
+                    // (a relative one would name a directory in whatever
+                    // the worker's working directory is)
+                    if !Path::new(&*dir).is_absolute() {
+                        return Err(misuse(format!(
+                            "option 'base_dir' must be an absolute path, got {}",
+                            lua_string(&dir)
+                        )));
+                    }
+                    c.base_dir = PathBuf::from(&*dir);
                 }
                 "pool_cpus" => {
                     let Value::Table(t) = expect(&name, &v, "table")? else {
@@ -262,6 +267,25 @@ impl Config {
         }
         Ok((c, timeout))
     }
+}
+
+/// `s` as a Lua string literal.
+fn lua_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // (three digits: a digit that follows is not read as part of it)
+            c if c.is_ascii_control() => out.push_str(&format!("\\{:03}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The CPU numbers of a Lua list (sorted, without duplicates); `None` if

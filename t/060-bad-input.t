@@ -281,3 +281,33 @@ mailbox: true 0
 the VM's mailbox, no capacity asked: true
 the real one works: true
 wait for no task: 2
+
+
+
+=== TEST 9: base_dir must be an absolute path
+--- init_by_lua_block
+        local tried = {}
+        for _, dir in ipairs{ "relative/dir", "./sockets", "" } do
+            local ok, err = pcall(async.configure, { base_dir = dir })
+            tried[#tried + 1] = tostring(ok) .. " "
+                                .. (tostring(err):gsub("^.-:%d+: ", ""))
+        end
+        package.loaded.t_base_dir_tried = tried
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            for _, line in ipairs(package.loaded.t_base_dir_tried) do
+                ngx.say("init: ", line)
+            end
+            local ok, err = pcall(async.configure, { base_dir = "" })
+            ngx.say("worker: ", ok, " ", (tostring(err):gsub("^.-:%d+: ", "")))
+            ngx.say("the first one in use: ", async.sleep(0.01))
+        }
+    }
+--- response_body
+init: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "relative/dir")
+init: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "./sockets")
+init: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "")
+worker: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "")
+the first one in use: true
