@@ -267,6 +267,66 @@ impl Config {
         }
         Ok((c, timeout))
     }
+
+    /// The settings read when a runtime is made (all but the network
+    /// defaults, which may change while it runs) that differ between
+    /// `self`, in use, and `asked`, each in Lua terms (`threads = 2 (not
+    /// 3)`), in the order of the README's table.
+    pub(crate) fn fixed_changes(&self, asked: &Config) -> Vec<String> {
+        // (destructured: a new setting must be placed here or below)
+        let Config {
+            base_dir,
+            threads,
+            max_queue,
+            pool_nice,
+            pool_cpus,
+            tokio_threads,
+            net: _,
+        } = self;
+        let mut out = Vec::new();
+        let mut change = |name: &str, differs: bool, now: String, not: String| {
+            if differs {
+                out.push(format!("{name} = {now} (not {not})"));
+            }
+        };
+        change(
+            "threads",
+            *threads != asked.threads,
+            threads.to_string(),
+            asked.threads.to_string(),
+        );
+        change(
+            "max_queue",
+            *max_queue != asked.max_queue,
+            max_queue.to_string(),
+            asked.max_queue.to_string(),
+        );
+        change(
+            "base_dir",
+            *base_dir != asked.base_dir,
+            lua_string(&base_dir.to_string_lossy()),
+            lua_string(&asked.base_dir.to_string_lossy()),
+        );
+        change(
+            "pool_nice",
+            *pool_nice != asked.pool_nice,
+            pool_nice.to_string(),
+            asked.pool_nice.to_string(),
+        );
+        change(
+            "pool_cpus",
+            *pool_cpus != asked.pool_cpus,
+            lua_list(pool_cpus),
+            lua_list(&asked.pool_cpus),
+        );
+        change(
+            "tokio_threads",
+            *tokio_threads != asked.tokio_threads,
+            tokio_threads.to_string(),
+            asked.tokio_threads.to_string(),
+        );
+        out
+    }
 }
 
 /// `s` as a Lua string literal.
@@ -286,6 +346,15 @@ fn lua_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// `list` as a Lua table constructor: `{ 0, 1 }`, `{}`.
+fn lua_list(list: &[usize]) -> String {
+    if list.is_empty() {
+        return "{}".to_string();
+    }
+    let items: Vec<String> = list.iter().map(usize::to_string).collect();
+    format!("{{ {} }}", items.join(", "))
 }
 
 /// The CPU numbers of a Lua list (sorted, without duplicates); `None` if

@@ -311,3 +311,24 @@ init: false bad argument #1 to 'configure' (option 'base_dir' must be an absolut
 init: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "")
 worker: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "")
 the first one in use: true
+
+
+
+=== TEST 10: configure after the runtime started names the settings that differ, as Lua values
+--- init_by_lua_block
+        assert(async.configure{ threads = 2, pool_cpus = { 0 } })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            assert(async.sha256("x"))
+            ngx.say(async.configure{ threads = 3, max_queue = 7 })
+            ngx.say(async.configure{ base_dir = "/", pool_nice = 0,
+                                     pool_cpus = {}, tokio_threads = 2 })
+            ngx.say(async.configure{ pool_cpus = { 0, 0 }, threads = 2.0 })
+        }
+    }
+--- response_body_like
+^nilthe runtime of this worker is already running with threads = 2 \(not 3\), max_queue = 1024 \(not 7\); configure threads, max_queue, base_dir, pool_nice, pool_cpus and tokio_threads before the first call
+nilthe runtime of this worker is already running with base_dir = "/[^"]+" \(not "/"\), pool_nice = 10 \(not 0\), pool_cpus = \{ 0 \} \(not \{\}\), tokio_threads = 1 \(not 2\); configure threads, max_queue, base_dir, pool_nice, pool_cpus and tokio_threads before the first call
+true
