@@ -1,9 +1,9 @@
 //! The settings of `async.configure`: their defaults, limits and checks,
 //! all here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use mlua::{Table, Value};
+use mlua::{Lua, Table, Value};
 
 use crate::sys;
 
@@ -110,12 +110,8 @@ fn misuse(what: impl std::fmt::Display) -> ConfigError {
 
 /// A Lua number of seconds above 0, as whole milliseconds (at least 1) no
 /// more than [`MAX_SOCKET_MS`].
-fn socket_ms(k: &str, v: &Value) -> Result<u32, ConfigError> {
-    let secs = match expect(k, v, "number")? {
-        Value::Integer(i) => *i as f64,
-        Value::Number(n) => *n,
-        _ => unreachable!(),
-    };
+fn socket_ms(lua: &Lua, k: &str, v: &Value) -> Result<u32, ConfigError> {
+    let secs = number(lua, k, v)?;
     let max = f64::from(MAX_SOCKET_MS) / 1000.0;
     if !(secs > 0.0 && secs <= max) {
         return Err(misuse(format!(
@@ -125,13 +121,26 @@ fn socket_ms(k: &str, v: &Value) -> Result<u32, ConfigError> {
     Ok(((secs * 1000.0).round() as u32).clamp(1, MAX_SOCKET_MS))
 }
 
-/// A Lua number that is an integer from `lo` to `hi`.
-fn integer(v: &Value, lo: i64, hi: i64) -> Option<i64> {
-    let n = match v {
-        Value::Integer(i) => *i as f64,
-        Value::Number(n) => *n,
-        _ => return None,
-    };
+/// The number that Lua makes of `v`: a number, or a string that converts
+/// to one, as `luaL_checknumber` takes it (ngx_lua's functions, and so
+/// `async.sleep` and the timeouts of the Lua API); `None` for anything
+/// else.
+fn to_number(lua: &Lua, v: &Value) -> Option<f64> {
+    match v {
+        Value::Integer(i) => Some(*i as f64),
+        Value::Number(n) => Some(*n),
+        Value::String(_) => lua.coerce_number(v.clone()).ok().flatten(),
+        _ => None,
+    }
+}
+
+/// Option `k`'s value `v` as a number (see [`to_number`]).
+fn number(lua: &Lua, k: &str, v: &Value) -> Result<f64, ConfigError> {
+    to_number(lua, v).ok_or_else(|| misuse(format!("option '{k}': number expected, got {}", type_name(v))))
+}
+
+/// `n` if it is an integer from `lo` to `hi`.
+fn integer(n: f64, lo: i64, hi: i64) -> Option<i64> {
     (n.fract() == 0.0 && n >= lo as f64 && n <= hi as f64).then_some(n as i64)
 }
 
@@ -157,8 +166,9 @@ impl Config {
     /// This configuration with the options of `opts` (a `configure` table)
     /// applied, and the `timeout` option if given (seconds; the Lua side
     /// keeps it). Unknown options, wrong types and values out of range
-    /// are misuse; so is a CPU the machine cannot have.
-    pub(crate) fn with_options(&self, opts: &Table) -> Result<(Config, Option<f64>), ConfigError> {
+    /// are misuse; so is a CPU the machine cannot have. A number may be
+    /// given as a string that Lua converts to one.
+    pub(crate) fn with_options(&self, lua: &Lua, opts: &Table) -> Result<(Config, Option<f64>), ConfigError> {
         let mut c = self.clone();
         let mut timeout = None;
         for pair in opts.pairs::<Value, Value>() {
@@ -172,39 +182,33 @@ impl Config {
             let name = name.to_string_lossy();
             match name.as_str() {
                 "timeout" => {
-                    let n = match expect(&name, &v, "number")? {
-                        Value::Integer(i) => *i as f64,
-                        Value::Number(n) => *n,
-                        _ => unreachable!(),
-                    };
+                    let n = number(lua, &name, &v)?;
                     if !(n.is_finite() && n > 0.0) {
                         return Err(misuse("timeout must be a finite number > 0"));
                     }
                     timeout = Some(n);
                 }
                 "threads" => {
-                    c.threads =
-                        integer(expect(&name, &v, "number")?, 1, MAX_THREADS as i64).ok_or_else(|| {
-                            misuse(format!(
-                                "option 'threads' must be an integer from 1 to {MAX_THREADS}"
-                            ))
-                        })? as usize;
+                    c.threads = integer(number(lua, &name, &v)?, 1, MAX_THREADS as i64).ok_or_else(|| {
+                        misuse(format!(
+                            "option 'threads' must be an integer from 1 to {MAX_THREADS}"
+                        ))
+                    })? as usize;
                 }
                 "max_queue" => {
-                    c.max_queue =
-                        integer(expect(&name, &v, "number")?, 1, MAX_QUEUE as i64).ok_or_else(|| {
-                            misuse(format!(
-                                "option 'max_queue' must be an integer from 1 to {MAX_QUEUE}"
-                            ))
-                        })? as usize;
+                    c.max_queue = integer(number(lua, &name, &v)?, 1, MAX_QUEUE as i64).ok_or_else(|| {
+                        misuse(format!(
+                            "option 'max_queue' must be an integer from 1 to {MAX_QUEUE}"
+                        ))
+                    })? as usize;
                 }
                 "pool_nice" => {
-                    c.pool_nice = integer(expect(&name, &v, "number")?, 0, 19)
+                    c.pool_nice = integer(number(lua, &name, &v)?, 0, 19)
                         .ok_or_else(|| misuse("option 'pool_nice' must be an integer from 0 to 19"))?
                         as i32;
                 }
                 "tokio_threads" => {
-                    c.tokio_threads = integer(expect(&name, &v, "number")?, 1, MAX_TOKIO_THREADS as i64)
+                    c.tokio_threads = integer(number(lua, &name, &v)?, 1, MAX_TOKIO_THREADS as i64)
                         .ok_or_else(|| {
                             misuse(format!(
                                 "option 'tokio_threads' must be an integer from 1 to {MAX_TOKIO_THREADS}"
@@ -215,28 +219,33 @@ impl Config {
                     let Value::String(s) = expect(&name, &v, "string")? else {
                         unreachable!()
                     };
-                    c.base_dir = PathBuf::from(
-                        s.to_str()
-                            .map_err(|_| misuse("option 'base_dir' is not UTF-8"))?
-                            .as_ref() as &str,
-                    );
+                    let dir = s.to_str().map_err(|_| misuse("option 'base_dir' is not UTF-8"))?;
+                    // (a relative one would name a directory in whatever
+                    // the worker's working directory is)
+                    if !Path::new(&*dir).is_absolute() {
+                        return Err(misuse(format!(
+                            "option 'base_dir' must be an absolute path, got {}",
+                            lua_string(&dir)
+                        )));
+                    }
+                    c.base_dir = PathBuf::from(&*dir);
                 }
                 "pool_cpus" => {
                     let Value::Table(t) = expect(&name, &v, "table")? else {
                         unreachable!()
                     };
-                    c.pool_cpus = cpu_list(t).ok_or_else(|| {
+                    c.pool_cpus = cpu_list(lua, t).ok_or_else(|| {
                         misuse(format!(
                             "option 'pool_cpus' must be a list of CPU numbers from 0 to {MAX_CPU}"
                         ))
                     })?;
                 }
-                "connect_timeout" => c.net.connect_ms = socket_ms(&name, &v)?,
-                "send_timeout" => c.net.send_ms = socket_ms(&name, &v)?,
-                "read_timeout" => c.net.read_ms = socket_ms(&name, &v)?,
-                "keepalive_timeout" => c.net.keepalive_ms = socket_ms(&name, &v)?,
+                "connect_timeout" => c.net.connect_ms = socket_ms(lua, &name, &v)?,
+                "send_timeout" => c.net.send_ms = socket_ms(lua, &name, &v)?,
+                "read_timeout" => c.net.read_ms = socket_ms(lua, &name, &v)?,
+                "keepalive_timeout" => c.net.keepalive_ms = socket_ms(lua, &name, &v)?,
                 "keepalive_pool" => {
-                    c.net.pool_size = integer(expect(&name, &v, "number")?, 1, i64::from(MAX_POOL_SIZE))
+                    c.net.pool_size = integer(number(lua, &name, &v)?, 1, i64::from(MAX_POOL_SIZE))
                         .ok_or_else(|| {
                             misuse(format!(
                                 "option 'keepalive_pool' must be an integer from 1 to {MAX_POOL_SIZE}"
@@ -258,18 +267,107 @@ impl Config {
         }
         Ok((c, timeout))
     }
+
+    /// The settings read when a runtime is made (all but the network
+    /// defaults, which may change while it runs) that differ between
+    /// `self`, in use, and `asked`, each in Lua terms (`threads = 2 (not
+    /// 3)`), in the order of the README's table.
+    pub(crate) fn fixed_changes(&self, asked: &Config) -> Vec<String> {
+        // (destructured: a new setting must be placed here or below)
+        let Config {
+            base_dir,
+            threads,
+            max_queue,
+            pool_nice,
+            pool_cpus,
+            tokio_threads,
+            net: _,
+        } = self;
+        let mut out = Vec::new();
+        let mut change = |name: &str, differs: bool, now: String, not: String| {
+            if differs {
+                out.push(format!("{name} = {now} (not {not})"));
+            }
+        };
+        change(
+            "threads",
+            *threads != asked.threads,
+            threads.to_string(),
+            asked.threads.to_string(),
+        );
+        change(
+            "max_queue",
+            *max_queue != asked.max_queue,
+            max_queue.to_string(),
+            asked.max_queue.to_string(),
+        );
+        change(
+            "base_dir",
+            *base_dir != asked.base_dir,
+            lua_string(&base_dir.to_string_lossy()),
+            lua_string(&asked.base_dir.to_string_lossy()),
+        );
+        change(
+            "pool_nice",
+            *pool_nice != asked.pool_nice,
+            pool_nice.to_string(),
+            asked.pool_nice.to_string(),
+        );
+        change(
+            "pool_cpus",
+            *pool_cpus != asked.pool_cpus,
+            lua_list(pool_cpus),
+            lua_list(&asked.pool_cpus),
+        );
+        change(
+            "tokio_threads",
+            *tokio_threads != asked.tokio_threads,
+            tokio_threads.to_string(),
+            asked.tokio_threads.to_string(),
+        );
+        out
+    }
+}
+
+/// `s` as a Lua string literal.
+fn lua_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // (three digits: a digit that follows is not read as part of it)
+            c if c.is_ascii_control() => out.push_str(&format!("\\{:03}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `list` as a Lua table constructor: `{ 0, 1 }`, `{}`.
+fn lua_list(list: &[usize]) -> String {
+    if list.is_empty() {
+        return "{}".to_string();
+    }
+    let items: Vec<String> = list.iter().map(usize::to_string).collect();
+    format!("{{ {} }}", items.join(", "))
 }
 
 /// The CPU numbers of a Lua list (sorted, without duplicates); `None` if
 /// it is anything else.
-fn cpu_list(t: &Table) -> Option<Vec<usize>> {
+fn cpu_list(lua: &Lua, t: &Table) -> Option<Vec<usize>> {
     let n = t.raw_len();
     if t.pairs::<Value, Value>().count() != n {
         return None;
     }
     let mut cpus = Vec::with_capacity(n);
     for i in 1..=n {
-        cpus.push(integer(&t.raw_get::<Value>(i).ok()?, 0, MAX_CPU as i64)? as usize);
+        let n = to_number(lua, &t.raw_get::<Value>(i).ok()?)?;
+        cpus.push(integer(n, 0, MAX_CPU as i64)? as usize);
     }
     cpus.sort_unstable();
     cpus.dedup();

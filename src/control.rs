@@ -154,7 +154,7 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
             // (from the defaults: the Lua side passes every option given
             // so far in this Lua VM)
             let running = h.existing();
-            match Config::default().with_options(&opts) {
+            match Config::default().with_options(lua, &opts) {
                 Ok((config, timeout)) => {
                     match check_tokio(&config).and_then(|()| Runtime::configure(config, running.as_deref())) {
                         Ok(()) => (true, timeout).into_lua_multi(lua),

@@ -156,16 +156,13 @@ impl Runtime {
     /// configuration is accepted.
     pub fn configure(config: Config, running: Option<&Runtime>) -> Result<(), String> {
         if let Some(rt) = running {
-            // The network defaults may change at any time.
-            let unchanged = Config {
-                net: rt.config.net,
-                ..config.clone()
-            };
-            if rt.config != unchanged {
+            // (the network defaults may change at any time)
+            let changes = rt.config.fixed_changes(&config);
+            if !changes.is_empty() {
                 return Err(format!(
-                    "the runtime of this worker is already running with {:?}; \
+                    "the runtime of this worker is already running with {}; \
                      configure threads, max_queue, base_dir, pool_nice, pool_cpus and tokio_threads before the first call",
-                    rt.config
+                    changes.join(", ")
                 ));
             }
         }

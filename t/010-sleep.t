@@ -299,3 +299,40 @@ false .*bad argument #1 to 'configure' \(unknown option 'bogus'\)
 --- response_body
 one year: nil timeout
 longer: false bad argument #1 to 'sleep' (seconds must be at most 31536000, got 31536000.5)
+
+
+
+=== TEST 12: a numeric string is a number, as ngx.sleep takes it: sleep, the timeouts, configure
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            ngx.say("sleep: ", async.sleep("0.001"), " ", async.sleep(" 0 "))
+            ngx.say("with_timeout: ",
+                    async.with_timeout("0.01", async.sleep, "5"))
+            local task = async.spawn(async.sleep, "0.001")
+            ngx.say("task:wait: ", task:wait("1"))
+            assert(async.configure{ timeout = "0.5", read_timeout = "2",
+                                    max_queue = "1024" })
+            ngx.say("configured: ", async.stats().timeout)
+            assert(async.configure{ timeout = 60 })
+            local function try(f, ...)
+                local ok, err = pcall(f, ...)
+                ngx.say(ok, " ", (tostring(err):gsub("^.-:%d+: ", "")))
+            end
+            try(async.sleep, "0.01s")
+            try(async.with_timeout, "soon", async.sleep, 0)
+            local pending = async.spawn(async.sleep, 1)
+            try(pending.wait, pending, "soon")
+            try(async.configure, { timeout = "soon" })
+        }
+    }
+--- response_body
+sleep: true true
+with_timeout: niltimeout
+task:wait: true
+configured: 0.5
+false bad argument #1 to 'sleep' (number expected, got string)
+false bad argument #1 to 'with_timeout' (number expected, got string)
+false bad argument #1 to 'wait' (number expected, got string)
+false bad argument #1 to 'configure' (option 'timeout': number expected, got string)

@@ -477,3 +477,40 @@ killed: true, woken wrongly: 0, in_flight=0 waiting=0
 --- no_error_log
 [error]
 [crit]
+
+
+
+=== TEST 16: task:wait checks its timeout as with_timeout does, also once the task has finished
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local function try(f, ...)
+                local ok, err, err2 = pcall(f, ...)
+                ngx.say(ok, " ", (tostring(err):gsub("^.-:%d+: ", "")),
+                        err2 and " " .. err2 or "")
+            end
+            local done = async.spawn(async.sleep, 0)
+            local late = async.spawn(async.sleep, 5)
+            ngx.say("late: ", late:wait(0.01))
+            for _, task in ipairs{ done, late } do
+                for _, v in ipairs{ -1, 0 / 0, 1 / 0, "soon" } do
+                    try(task.wait, task, v)
+                end
+            end
+            try(async.with_timeout, -1, async.sleep, 0)
+            ngx.say("done: ", done:wait(), " late: ", late:wait())
+        }
+    }
+--- response_body
+late: niltimeout
+false bad argument #1 to 'wait' (timeout must be a finite number > 0)
+false bad argument #1 to 'wait' (timeout must be a finite number > 0)
+false bad argument #1 to 'wait' (timeout must be a finite number > 0)
+false bad argument #1 to 'wait' (number expected, got string)
+false bad argument #1 to 'wait' (timeout must be a finite number > 0)
+false bad argument #1 to 'wait' (timeout must be a finite number > 0)
+false bad argument #1 to 'wait' (timeout must be a finite number > 0)
+false bad argument #1 to 'wait' (number expected, got string)
+false bad argument #1 to 'with_timeout' (timeout must be a finite number > 0)
+done: true late: niltimeout

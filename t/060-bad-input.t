@@ -62,7 +62,7 @@ log: resty.async: sleep() cannot wait in the log phase
             end
             try(async.with_timeout, 0 / 0, async.sleep, 1)
             try(async.with_timeout, -1, async.sleep, 1)
-            try(async.with_timeout, "1", async.sleep, 1)
+            try(async.with_timeout, "soon", async.sleep, 1)
             try(async.with_timeout, 1, print, 1)
             try(async.configure, "threads")
             try(async.configure, { threads = 0 })
@@ -78,7 +78,7 @@ log: resty.async: sleep() cannot wait in the log phase
             try(async.configure, { pool_cpus = 1 })
             try(async.configure, { pool_cpus = { -1 } })
             try(async.configure, { pool_cpus = { 1.5 } })
-            try(async.configure, { pool_cpus = { "1" } })
+            try(async.configure, { pool_cpus = { "one" } })
             try(async.configure, { pool_cpus = { cpu = 1 } })
             try(async.configure, { pool_cpus = { 0, nil, 1 } })
             try(async.configure, { pool_cpus = { 0 / 0 } })
@@ -220,7 +220,7 @@ in use: max_queue=1024 pool_nice=10
             try{ send_timeout = -1 }
             try{ read_timeout = 0 / 0 }
             try{ read_timeout = 2147484 }
-            try{ keepalive_timeout = "60" }
+            try{ keepalive_timeout = "long" }
             try{ keepalive_pool = 0 }
             try{ keepalive_pool = 1.5 }
             assert(async.sha256("x"))
@@ -281,3 +281,54 @@ mailbox: true 0
 the VM's mailbox, no capacity asked: true
 the real one works: true
 wait for no task: 2
+
+
+
+=== TEST 9: base_dir must be an absolute path
+--- init_by_lua_block
+        local tried = {}
+        for _, dir in ipairs{ "relative/dir", "./sockets", "" } do
+            local ok, err = pcall(async.configure, { base_dir = dir })
+            tried[#tried + 1] = tostring(ok) .. " "
+                                .. (tostring(err):gsub("^.-:%d+: ", ""))
+        end
+        package.loaded.t_base_dir_tried = tried
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            for _, line in ipairs(package.loaded.t_base_dir_tried) do
+                ngx.say("init: ", line)
+            end
+            local ok, err = pcall(async.configure, { base_dir = "" })
+            ngx.say("worker: ", ok, " ", (tostring(err):gsub("^.-:%d+: ", "")))
+            ngx.say("the first one in use: ", async.sleep(0.01))
+        }
+    }
+--- response_body
+init: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "relative/dir")
+init: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "./sockets")
+init: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "")
+worker: false bad argument #1 to 'configure' (option 'base_dir' must be an absolute path, got "")
+the first one in use: true
+
+
+
+=== TEST 10: configure after the runtime started names the settings that differ, as Lua values
+--- init_by_lua_block
+        assert(async.configure{ threads = 2, pool_cpus = { 0 } })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            assert(async.sha256("x"))
+            ngx.say(async.configure{ threads = 3, max_queue = 7 })
+            ngx.say(async.configure{ base_dir = "/", pool_nice = 0,
+                                     pool_cpus = {}, tokio_threads = 2 })
+            ngx.say(async.configure{ pool_cpus = { 0, 0 }, threads = 2.0 })
+        }
+    }
+--- response_body_like
+^nilthe runtime of this worker is already running with threads = 2 \(not 3\), max_queue = 1024 \(not 7\); configure threads, max_queue, base_dir, pool_nice, pool_cpus and tokio_threads before the first call
+nilthe runtime of this worker is already running with base_dir = "/[^"]+" \(not "/"\), pool_nice = 10 \(not 0\), pool_cpus = \{ 0 \} \(not \{\}\), tokio_threads = 1 \(not 2\); configure threads, max_queue, base_dir, pool_nice, pool_cpus and tokio_threads before the first call
+true

@@ -19,6 +19,7 @@ local ngx = ngx
 local type = type
 local error = error
 local pairs = pairs
+local tonumber = tonumber
 local tostring = tostring
 local get_phase = ngx.get_phase
 local ngx_log = ngx.log
@@ -186,7 +187,7 @@ end
 
 -- Calls resty.async function `f` with a timeout of its own (seconds).
 function _M.with_timeout(timeout, f, ...)
-    check_timeout(timeout, 1, "with_timeout")
+    timeout = check_timeout(timeout, 1, "with_timeout")
     local w = check_async_fn(f, 2, "with_timeout")
     check_phase(w.name)
     return finish(w.st, timeout, w.raw(...))
@@ -279,8 +280,13 @@ end
 
 local function start_sleep(secs, raw)
     if type(secs) ~= "number" then
-        return NAN, "bad argument #1 to 'sleep' (number expected, got "
-                    .. type(secs) .. ")"
+        -- a numeric string too, as ngx.sleep takes it (luaL_checknumber)
+        local n = type(secs) == "string" and tonumber(secs)
+        if not n then
+            return NAN, "bad argument #1 to 'sleep' (number expected, got "
+                        .. type(secs) .. ")"
+        end
+        secs = n
     end
     -- (no tail calls: see runtime.lua)
     local r = api.sleep(vm, secs, wait_now(raw), waited)

@@ -180,7 +180,7 @@ local function config_options(r)
     elseif k == 11 then return { timeout = -1 }
     elseif k == 12 then return { timeout = 0 / 0 }
     elseif k == 13 then return { timeout = 1 / 0 }
-    elseif k == 14 then return { timeout = "1" }
+    elseif k == 14 then return { timeout = "soon" }
     elseif k == 15 then return { threads = 0 }
     elseif k == 16 then return { threads = 1.5 }
     elseif k == 17 then return { max_queue = -1 }

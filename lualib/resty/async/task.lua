@@ -118,16 +118,18 @@ end
 
 function Task.wait(self, timeout)
     check_task(self, "wait")
+    -- (checked first, as sema:wait does: a bad timeout raises whether or
+    -- not the task has finished)
+    if timeout == nil then
+        timeout = config.timeout
+    else
+        timeout = check_timeout(timeout, 1, "wait")
+    end
     local results = self.results
     if results then
         return unpack(results, 1, results.n)
     end
     check_phase("wait")
-    if timeout == nil then
-        timeout = config.timeout
-    else
-        check_timeout(timeout, 1, "wait")
-    end
     local st, id = self.st, self.id
     if self.waiting then
         if waited(st, id) then

@@ -10,6 +10,7 @@ local net = require "resty.async.net"
 local ngx = ngx
 local type = type
 local error = error
+local tonumber = tonumber
 local pcall = pcall
 local setmetatable = setmetatable
 local math_huge = math.huge
@@ -257,15 +258,26 @@ local function make_sync(raw)
 end
 
 
+-- A timeout argument: a number, or a string Lua converts to one, as
+-- luaL_checknumber takes them (ngx.sleep, cosocket settimeout). Returns
+-- the number; raises in the caller of `fname` for anything else, for NaN,
+-- infinity and for 0 or less (lua-resty-core's sema:wait raises for a
+-- negative one too; 0 would cancel every call that does not finish at
+-- once).
 local function check_timeout(v, pos, fname)
-    if type(v) ~= "number" then
-        error("bad argument #" .. pos .. " to '" .. fname
-              .. "' (number expected, got " .. type(v) .. ")", 3)
+    local n = v
+    if type(n) ~= "number" then
+        n = type(n) == "string" and tonumber(n)
+        if not n then
+            error("bad argument #" .. pos .. " to '" .. fname
+                  .. "' (number expected, got " .. type(v) .. ")", 3)
+        end
     end
-    if v ~= v or v <= 0 or v == math_huge then
+    if n ~= n or n <= 0 or n == math_huge then
         error("bad argument #" .. pos .. " to '" .. fname
               .. "' (timeout must be a finite number > 0)", 3)
     end
+    return n
 end
 
 
