@@ -174,16 +174,18 @@ pool_threads=2 pool_idle=2 connected=2 drivers=2
 
 
 
-=== TEST 8: the built-ins wait in rewrite_by_lua and access_by_lua
+=== TEST 8: the built-ins and a module's functions wait in rewrite_by_lua and access_by_lua
 --- config
     location = /t {
         rewrite_by_lua_block {
-            ngx.ctx.rewrite = require("t_builtins").try(
-                "$TEST_NGINX_SERVER_ROOT/html/rewrite.txt")
+            local b = require "t_builtins"
+            ngx.ctx.rewrite = b.try("$TEST_NGINX_SERVER_ROOT/html/rewrite.txt")
+                              .. " | " .. b.try_module()
         }
         access_by_lua_block {
-            ngx.ctx.access = require("t_builtins").try(
-                "$TEST_NGINX_SERVER_ROOT/html/access.txt")
+            local b = require "t_builtins"
+            ngx.ctx.access = b.try("$TEST_NGINX_SERVER_ROOT/html/access.txt")
+                             .. " | " .. b.try_module()
         }
         content_by_lua_block {
             ngx.say("rewrite: ", ngx.ctx.rewrite)
@@ -191,20 +193,21 @@ pool_threads=2 pool_idle=2 connected=2 drivers=2
         }
     }
 --- response_body
-rewrite: true ba7816bf 5 12345 timeout ba7816bf true cancelled
-access: true ba7816bf 5 12345 timeout ba7816bf true cancelled
+rewrite: true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2
+access: true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2
 
 
 
-=== TEST 9: the built-ins wait in an ngx.timer callback
+=== TEST 9: the built-ins and a module's functions wait in an ngx.timer callback
 --- config
     location = /t {
         content_by_lua_block {
             local done = require("ngx.semaphore").new()
             local line
             local ok, err = ngx.timer.at(0, function()
-                line = require("t_builtins").try(
-                    "$TEST_NGINX_SERVER_ROOT/html/timer.txt")
+                local b = require "t_builtins"
+                line = b.try("$TEST_NGINX_SERVER_ROOT/html/timer.txt")
+                       .. " | " .. b.try_module()
                 done:post()
             end)
             assert(ok, err)
@@ -213,4 +216,28 @@ access: true ba7816bf 5 12345 timeout ba7816bf true cancelled
         }
     }
 --- response_body
-timer: true ba7816bf 5 12345 timeout ba7816bf true cancelled
+timer: true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2
+
+
+
+=== TEST 10: the built-ins and a module's functions wait in ngx.thread light threads, while the entry thread goes on
+--- config
+    location = /t {
+        content_by_lua_block {
+            local b = require "t_builtins"
+            local steps = {}
+            local th = ngx.thread.spawn(function()
+                local line = b.try("$TEST_NGINX_SERVER_ROOT/html/thread.txt")
+                             .. " | " .. b.try_module()
+                steps[#steps + 1] = "thread done"
+                return line
+            end)
+            steps[#steps + 1] = "entry thread goes on"
+            local ok, line = ngx.thread.wait(th)
+            ngx.say(table.concat(steps, ", "))
+            ngx.say("thread: ", ok, " ", line)
+        }
+    }
+--- response_body
+entry thread goes on, thread done
+thread: true true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2

@@ -1,8 +1,9 @@
 -- Test helper: calls every built-in of resty.async once (sleep, sha256,
 -- write_file, read_file, with_timeout, spawn, task:wait, task:cancel) and
 -- returns one line of what they returned, so that a block can show them
--- all working in a phase or an ngx.timer callback; or (refused) calls every
--- kind of function that may wait where none may, and says how each raised.
+-- all working in a phase or an ngx.timer callback; likewise (try_module) a
+-- module crate's functions; or (refused) calls every kind of function that
+-- may wait where none may, and says how each raised.
 local async = require "resty.async"
 
 local _M = {}
@@ -25,6 +26,19 @@ function _M.try(path)
     out[#out + 1] = err
     return table.concat(out, " ")
 end
+
+-- Calls a module crate's functions that wait (async, blocking, mlua async,
+-- an async method) and returns one line of what they returned.
+function _M.try_module()
+    local fx = require "resty_async_fixtures"
+    return table.concat({
+        fx.echo_after("a", 5),
+        fx.block_ms(3),
+        fx.mlua_sleep(5),
+        fx.counter(1):slow_incr(5),
+    }, " ")
+end
+
 
 -- The message a call in a phase where Lua cannot yield raises.
 local REFUSED = "^resty%.async: (%S+)%(%) cannot wait in the (%S+) phase "
