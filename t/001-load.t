@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 1);
+plan tests => repeat_each() * (blocks() * 7 + 2);
 
 run_tests();
 
@@ -241,3 +241,45 @@ timer: true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 
 --- response_body
 entry thread goes on, thread done
 thread: true true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2
+
+
+
+=== TEST 11: stats() in init_worker_by_lua and in an ngx.timer callback; configure in a handler starts the drivers
+--- http_config
+    init_worker_by_lua_block {
+        local st = require("resty.async").stats()
+        ngx.log(ngx.WARN, "init_worker stats: timeout=", st.timeout,
+                " max_queue=", st.max_queue, " runtimes=", st.runtimes,
+                " drivers=", st.drivers, " in_flight=", st.in_flight)
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            ngx.say("before: drivers=", async.stats().drivers)
+            ngx.say("configure: ", async.configure{ timeout = 30 })
+            local st = async.stats()
+            ngx.say("after: drivers=", st.drivers, " timeout=", st.timeout)
+            local done = require("ngx.semaphore").new()
+            local line
+            assert(ngx.timer.at(0, function()
+                local completed = async.stats().completed
+                assert(async.sleep(0.01))
+                local t = async.stats()
+                line = "completed +" .. t.completed - completed
+                       .. " drivers=" .. t.drivers .. " waiting=" .. t.waiting
+                done:post()
+            end))
+            assert(done:wait(5))
+            ngx.say("timer: ", line)
+        }
+    }
+--- response_body
+before: drivers=0
+configure: true
+after: drivers=1 timeout=30
+timer: completed +1 drivers=1 waiting=0
+--- error_log
+init_worker stats: timeout=60 max_queue=1024 runtimes=1 drivers=0 in_flight=0,
+--- no_error_log
+[error]
