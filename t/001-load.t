@@ -283,3 +283,27 @@ timer: completed +1 drivers=1 waiting=0
 init_worker stats: timeout=60 max_queue=1024 runtimes=1 drivers=0 in_flight=0,
 --- no_error_log
 [error]
+
+
+
+=== TEST 12: stats() has the README's fields, all numbers; version is the crate's
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            assert(async.sha256("x"))
+            local keys = {}
+            for k, v in pairs(async.stats()) do
+                keys[#keys + 1] = k .. (type(v) == "number" and "" or "!")
+            end
+            table.sort(keys)
+            ngx.say(table.concat(keys, " "))
+            local f = assert(io.open(ngx.config.prefix() .. "../../Cargo.toml"))
+            local crate = f:read("*a"):match('\nversion = "([^"]+)"')
+            f:close()
+            ngx.say("version: ", async.version == crate, " ", type(async.version))
+        }
+    }
+--- response_body
+cancelled completed connected driver_polls drivers in_flight max_queue pool_done pool_idle pool_max_threads pool_nice pool_queued pool_rejected pool_running pool_skipped pool_threads pool_wakeups rejected_peers runtimes streams task_polls timeout timers tokio_tasks tokio_threads waiting wakeups
+version: true string
