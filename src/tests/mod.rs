@@ -2,6 +2,7 @@
 //! test binary: see build.rs).
 
 mod blocks;
+mod config;
 mod executor;
 mod fork;
 mod mailbox;
