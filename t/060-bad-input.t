@@ -336,3 +336,24 @@ header_filter: sleep/header_filter sha256/header_filter read_file/header_filter 
 body_filter: sleep/body_filter sha256/body_filter read_file/body_filter write_file/body_filter sleep/body_filter sha256/body_filter echo_after/body_filter block_ms/body_filter mlua_sleep/body_filter Counter:slow_incr/body_filter wait/body_filter,
 log: sleep/log sha256/log read_file/log write_file/log sleep/log sha256/log echo_after/log block_ms/log mlua_sleep/log Counter:slow_incr/log wait/log while
 files written: false while
+
+
+
+=== TEST 10: configure in a worker, before any call, creates the runtime: its settings are fixed from then on, but timeout
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            ngx.say("first: ", async.configure{ threads = 3 }, " ",
+                    async.stats().pool_max_threads)
+            local ok, err = async.configure{ threads = 4 }
+            ngx.say("later: ", ok, " ", err and err:match("already running") ~= nil,
+                    " ", async.stats().pool_max_threads)
+            ngx.say("timeout: ", async.configure{ timeout = 5 }, " ",
+                    async.stats().timeout)
+        }
+    }
+--- response_body
+first: true 3
+later: nil true 3
+timeout: true 5
