@@ -659,3 +659,25 @@ released: true
     }
 --- response_body
 GET a|b|c
+
+
+
+=== TEST 22: fetch in rewrite_by_lua and access_by_lua
+--- config
+    location = /t {
+        rewrite_by_lua_block {
+            local res, err = require("resty_async_tokio").fetch(
+                "http://$TEST_NGINX_TOKIO_HTTP/hello")
+            ngx.ctx.rewrite = res and res.body or err
+        }
+        access_by_lua_block {
+            local res, err = require("resty_async_tokio").fetch(
+                "http://$TEST_NGINX_TOKIO_HTTP/hello")
+            ngx.ctx.access = res and res.body or err
+        }
+        content_by_lua_block {
+            ngx.say("rewrite: ", ngx.ctx.rewrite, ", access: ", ngx.ctx.access)
+        }
+    }
+--- response_body
+rewrite: hello, access: hello
