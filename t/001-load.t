@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 1);
+plan tests => repeat_each() * (blocks() * 7 + 2);
 
 run_tests();
 
@@ -174,16 +174,18 @@ pool_threads=2 pool_idle=2 connected=2 drivers=2
 
 
 
-=== TEST 8: the built-ins wait in rewrite_by_lua and access_by_lua
+=== TEST 8: the built-ins and a module's functions wait in rewrite_by_lua and access_by_lua
 --- config
     location = /t {
         rewrite_by_lua_block {
-            ngx.ctx.rewrite = require("t_builtins").try(
-                "$TEST_NGINX_SERVER_ROOT/html/rewrite.txt")
+            local b = require "t_builtins"
+            ngx.ctx.rewrite = b.try("$TEST_NGINX_SERVER_ROOT/html/rewrite.txt")
+                              .. " | " .. b.try_module()
         }
         access_by_lua_block {
-            ngx.ctx.access = require("t_builtins").try(
-                "$TEST_NGINX_SERVER_ROOT/html/access.txt")
+            local b = require "t_builtins"
+            ngx.ctx.access = b.try("$TEST_NGINX_SERVER_ROOT/html/access.txt")
+                             .. " | " .. b.try_module()
         }
         content_by_lua_block {
             ngx.say("rewrite: ", ngx.ctx.rewrite)
@@ -191,20 +193,21 @@ pool_threads=2 pool_idle=2 connected=2 drivers=2
         }
     }
 --- response_body
-rewrite: true ba7816bf 5 12345 timeout ba7816bf true cancelled
-access: true ba7816bf 5 12345 timeout ba7816bf true cancelled
+rewrite: true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2
+access: true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2
 
 
 
-=== TEST 9: the built-ins wait in an ngx.timer callback
+=== TEST 9: the built-ins and a module's functions wait in an ngx.timer callback
 --- config
     location = /t {
         content_by_lua_block {
             local done = require("ngx.semaphore").new()
             local line
             local ok, err = ngx.timer.at(0, function()
-                line = require("t_builtins").try(
-                    "$TEST_NGINX_SERVER_ROOT/html/timer.txt")
+                local b = require "t_builtins"
+                line = b.try("$TEST_NGINX_SERVER_ROOT/html/timer.txt")
+                       .. " | " .. b.try_module()
                 done:post()
             end)
             assert(ok, err)
@@ -213,4 +216,94 @@ access: true ba7816bf 5 12345 timeout ba7816bf true cancelled
         }
     }
 --- response_body
-timer: true ba7816bf 5 12345 timeout ba7816bf true cancelled
+timer: true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2
+
+
+
+=== TEST 10: the built-ins and a module's functions wait in ngx.thread light threads, while the entry thread goes on
+--- config
+    location = /t {
+        content_by_lua_block {
+            local b = require "t_builtins"
+            local steps = {}
+            local th = ngx.thread.spawn(function()
+                local line = b.try("$TEST_NGINX_SERVER_ROOT/html/thread.txt")
+                             .. " | " .. b.try_module()
+                steps[#steps + 1] = "thread done"
+                return line
+            end)
+            steps[#steps + 1] = "entry thread goes on"
+            local ok, line = ngx.thread.wait(th)
+            ngx.say(table.concat(steps, ", "))
+            ngx.say("thread: ", ok, " ", line)
+        }
+    }
+--- response_body
+entry thread goes on, thread done
+thread: true true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2
+
+
+
+=== TEST 11: stats() in init_worker_by_lua and in an ngx.timer callback; configure in a handler starts the drivers
+--- http_config
+    init_worker_by_lua_block {
+        local st = require("resty.async").stats()
+        ngx.log(ngx.WARN, "init_worker stats: timeout=", st.timeout,
+                " max_queue=", st.max_queue, " runtimes=", st.runtimes,
+                " drivers=", st.drivers, " in_flight=", st.in_flight)
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            ngx.say("before: drivers=", async.stats().drivers)
+            ngx.say("configure: ", async.configure{ timeout = 30 })
+            local st = async.stats()
+            ngx.say("after: drivers=", st.drivers, " timeout=", st.timeout)
+            local done = require("ngx.semaphore").new()
+            local line
+            assert(ngx.timer.at(0, function()
+                local completed = async.stats().completed
+                assert(async.sleep(0.01))
+                local t = async.stats()
+                line = "completed +" .. t.completed - completed
+                       .. " drivers=" .. t.drivers .. " waiting=" .. t.waiting
+                done:post()
+            end))
+            assert(done:wait(5))
+            ngx.say("timer: ", line)
+        }
+    }
+--- response_body
+before: drivers=0
+configure: true
+after: drivers=1 timeout=30
+timer: completed +1 drivers=1 waiting=0
+--- error_log
+init_worker stats: timeout=60 max_queue=1024 runtimes=1 drivers=0 in_flight=0,
+--- no_error_log
+[error]
+
+
+
+=== TEST 12: stats() has the README's fields, all numbers; version is the crate's
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            assert(async.sha256("x"))
+            local keys = {}
+            for k, v in pairs(async.stats()) do
+                keys[#keys + 1] = k .. (type(v) == "number" and "" or "!")
+            end
+            table.sort(keys)
+            ngx.say(table.concat(keys, " "))
+            local f = assert(io.open(ngx.config.prefix() .. "../../Cargo.toml"))
+            local crate = f:read("*a"):match('\nversion = "([^"]+)"')
+            f:close()
+            ngx.say("version: ", async.version == crate, " ", type(async.version))
+        }
+    }
+--- response_body
+cancelled completed connected driver_polls drivers in_flight max_queue pool_done pool_idle pool_max_threads pool_nice pool_queued pool_rejected pool_running pool_skipped pool_threads pool_wakeups rejected_peers runtimes streams task_polls timeout timers tokio_tasks tokio_threads waiting wakeups
+version: true string

@@ -521,3 +521,27 @@ goes on: 1
 blocking: nilrust function panicked: fixture argument conversion panic
 sync: nilrust function panicked: fixture argument conversion panic
 goes on: 1 3
+
+
+
+=== TEST 20: a module whose calling convention differs: require fails with "unknown reason", and the error log says why
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            -- as if the module were built against another resty-async:
+            -- the raw table Module::build hands to register says so
+            local register = async.register
+            async.register = function(raw)
+                raw.__abi = raw.__abi + 1
+                return register(raw)
+            end
+            require "resty_async_fixtures"
+        }
+    }
+--- error_code: 500
+--- error_log eval
+[
+    qr/\[error\] .*resty\.async: the module resty_async_fixtures did not load: resty\.async: module resty_async_fixtures was built against another version of resty-async \(calling convention \d+, this resty\/async\.lua speaks \d+\): rebuild it against the resty-async whose lualib\/ is on lua_package_path/,
+    qr/\[error\] .*runtime error: unknown reason/,
+]

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 5);
+plan tests => repeat_each() * (blocks() * 7 + 11);
 
 run_tests();
 
@@ -332,3 +332,79 @@ the first one in use: true
 ^nilthe runtime of this worker is already running with threads = 2 \(not 3\), max_queue = 1024 \(not 7\); configure threads, max_queue, base_dir, pool_nice, pool_cpus and tokio_threads before the first call
 nilthe runtime of this worker is already running with base_dir = "/[^"]+" \(not "/"\), pool_nice = 10 \(not 0\), pool_cpus = \{ 0 \} \(not \{\}\), tokio_threads = 1 \(not 2\); configure threads, max_queue, base_dir, pool_nice, pool_cpus and tokio_threads before the first call
 true
+
+
+
+=== TEST 11: every kind of function that may wait raises in every phase where Lua cannot yield, even when it would be ready at once
+--- init_by_lua_block
+        package.loaded.init_refused = require("t_builtins").refused(
+            "$TEST_NGINX_SERVER_ROOT/html/init.txt")
+--- http_config
+    init_worker_by_lua_block {
+        local b = require "t_builtins"
+        ngx.log(ngx.WARN, "init: ", package.loaded.init_refused)
+        ngx.log(ngx.WARN, "init_worker: ",
+                b.refused("$TEST_NGINX_SERVER_ROOT/html/worker.txt"))
+    }
+--- config
+    location = /t {
+        set_by_lua_block $x {
+            ngx.log(ngx.WARN, "set: ", require("t_builtins").refused(
+                "$TEST_NGINX_SERVER_ROOT/html/set.txt"))
+            return "x"
+        }
+        content_by_lua_block {
+            local async = require "resty.async"
+            ngx.ctx.task = async.spawn(async.sleep, 1)
+            ngx.say("ok ", ngx.var.x)
+        }
+        header_filter_by_lua_block {
+            ngx.log(ngx.WARN, "header_filter: ", require("t_builtins").refused(
+                "$TEST_NGINX_SERVER_ROOT/html/header.txt", ngx.ctx.task))
+        }
+        body_filter_by_lua_block {
+            if ngx.arg[2] then
+                ngx.log(ngx.WARN, "body_filter: ",
+                    require("t_builtins").refused(
+                        "$TEST_NGINX_SERVER_ROOT/html/body.txt", ngx.ctx.task))
+            end
+        }
+        log_by_lua_block {
+            ngx.log(ngx.WARN, "log: ", require("t_builtins").refused(
+                "$TEST_NGINX_SERVER_ROOT/html/log.txt", ngx.ctx.task))
+            local f = io.open("$TEST_NGINX_SERVER_ROOT/html/log.txt")
+            ngx.log(ngx.WARN, "files written: ", f ~= nil)
+        }
+    }
+--- response_body
+ok x
+--- wait: 0.1
+--- error_log
+init: sleep/init sha256/init read_file/init write_file/init sleep/init sha256/init echo_after/init block_ms/init mlua_sleep/init Counter:slow_incr/init,
+init_worker: sleep/init_worker sha256/init_worker read_file/init_worker write_file/init_worker sleep/init_worker sha256/init_worker echo_after/init_worker block_ms/init_worker mlua_sleep/init_worker Counter:slow_incr/init_worker,
+set: sleep/set sha256/set read_file/set write_file/set sleep/set sha256/set echo_after/set block_ms/set mlua_sleep/set Counter:slow_incr/set,
+header_filter: sleep/header_filter sha256/header_filter read_file/header_filter write_file/header_filter sleep/header_filter sha256/header_filter echo_after/header_filter block_ms/header_filter mlua_sleep/header_filter Counter:slow_incr/header_filter wait/header_filter,
+body_filter: sleep/body_filter sha256/body_filter read_file/body_filter write_file/body_filter sleep/body_filter sha256/body_filter echo_after/body_filter block_ms/body_filter mlua_sleep/body_filter Counter:slow_incr/body_filter wait/body_filter,
+log: sleep/log sha256/log read_file/log write_file/log sleep/log sha256/log echo_after/log block_ms/log mlua_sleep/log Counter:slow_incr/log wait/log while
+files written: false while
+
+
+
+=== TEST 12: configure in a worker, before any call, creates the runtime: its settings are fixed from then on, but timeout
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            ngx.say("first: ", async.configure{ threads = 3 }, " ",
+                    async.stats().pool_max_threads)
+            local ok, err = async.configure{ threads = 4 }
+            ngx.say("later: ", ok, " ", err and err:match("already running") ~= nil,
+                    " ", async.stats().pool_max_threads)
+            ngx.say("timeout: ", async.configure{ timeout = 5 }, " ",
+                    async.stats().timeout)
+        }
+    }
+--- response_body
+first: true 3
+later: nil true 3
+timeout: true 5

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 12);
+plan tests => repeat_each() * (blocks() * 7 + 13);
 
 # A fresh self-signed certificate for test.com in the server root's conf/,
 # made before each block's nginx starts.
@@ -362,5 +362,72 @@ client_hello: after async.sleep
 handshake: true 200 hello over TLS
 --- error_log eval
 qr/\[warn\] .*client_hello: false .*resty.async: sleep\(\) cannot wait in the ssl_client_hello phase/
+--- no_error_log
+[error]
+
+
+
+=== TEST 9: the other built-ins and a module's functions wait in ssl_certificate_by_lua too
+--- http_config
+    lua_shared_dict tls 1m;
+    server {
+        listen unix:$TEST_NGINX_SERVER_ROOT/html/tls.sock ssl;
+        server_name test.com;
+        ssl_certificate $TEST_NGINX_SERVER_ROOT/conf/test.crt;
+        ssl_certificate_key $TEST_NGINX_SERVER_ROOT/conf/test.key;
+        ssl_certificate_by_lua_block {
+            local b = require "t_builtins"
+            ngx.shared.tls:set("cert",
+                b.try("$TEST_NGINX_SERVER_ROOT/html/cert.txt")
+                .. " | " .. b.try_module())
+        }
+        location / {
+            content_by_lua_block { ngx.say(ngx.shared.tls:get("cert")) }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local h = require "t_http"
+            local sess, status, body =
+                h.tls_get("$TEST_NGINX_SERVER_ROOT/html/tls.sock", "/")
+            ngx.say("handshake: ", sess ~= nil, " ", status)
+            ngx.print(body)
+        }
+    }
+--- response_body
+handshake: true 200
+true ba7816bf 5 12345 timeout ba7816bf true cancelled | a 3 mlua slept 5 ms 2
+
+
+
+=== TEST 10: every kind of function that may wait raises in ssl_client_hello_by_lua, even when it would be ready at once
+--- http_config
+    server {
+        listen unix:$TEST_NGINX_SERVER_ROOT/html/tls.sock ssl;
+        server_name test.com;
+        ssl_certificate $TEST_NGINX_SERVER_ROOT/conf/test.crt;
+        ssl_certificate_key $TEST_NGINX_SERVER_ROOT/conf/test.key;
+        ssl_client_hello_by_lua_block {
+            ngx.log(ngx.WARN, "client_hello: ", require("t_builtins").refused(
+                "$TEST_NGINX_SERVER_ROOT/html/hello.txt"))
+        }
+        location / {
+            content_by_lua_block { ngx.say("hello over TLS") }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local h = require "t_http"
+            local sess, status, body =
+                h.tls_get("$TEST_NGINX_SERVER_ROOT/html/tls.sock", "/")
+            ngx.print("handshake: ", sess ~= nil, " ", status, " ", body)
+        }
+    }
+--- response_body
+handshake: true 200 hello over TLS
+--- error_log
+client_hello: sleep/ssl_client_hello sha256/ssl_client_hello read_file/ssl_client_hello write_file/ssl_client_hello sleep/ssl_client_hello sha256/ssl_client_hello echo_after/ssl_client_hello block_ms/ssl_client_hello mlua_sleep/ssl_client_hello Counter:slow_incr/ssl_client_hello,
 --- no_error_log
 [error]

@@ -1187,3 +1187,40 @@ nginx reads and discards the body after the answer.
 200 early
 in_flight=0 streams=0 waiting=0
 --- timeout: 15
+
+
+
+=== TEST 39: nginx's keepalive pool keeps 30 idle connections per pool name by default (keepalive_pool)
+--- config
+    location = /held {
+        content_by_lua_block {
+            ngx.sleep(0.2)
+            ngx.say(ngx.var.connection_requests)
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_http"
+            local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/held"
+            -- 40 fetches at once: each needs a connection of its own
+            local function reused()
+                local th, n = {}, 0
+                for i = 1, 40 do
+                    th[i] = ngx.thread.spawn(http.fetch, url)
+                end
+                for i = 1, 40 do
+                    local _, res, err = ngx.thread.wait(th[i])
+                    assert(res, err)
+                    if tonumber(res.body) > 1 then
+                        n = n + 1
+                    end
+                end
+                return n
+            end
+            ngx.say("first 40, reused: ", reused())
+            ngx.say("next 40, reused: ", reused())
+        }
+    }
+--- response_body
+first 40, reused: 0
+next 40, reused: 30

@@ -637,3 +637,47 @@ response body larger than 67108864 bytes
 fetch: niltimeout
 meanwhile: 200 pong
 released: true
+
+
+
+=== TEST 21: a header given as a list of strings is sent once per value
+--- config
+    location = /headers {
+        content_by_lua_block {
+            local v = ngx.req.get_headers()["x-list"]
+            ngx.say(ngx.req.get_method(), " ", type(v) == "table"
+                    and table.concat(v, "|") or tostring(v))
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local http = require "resty_async_tokio"
+            local res, err = http.fetch("http://127.0.0.1:" .. ngx.var.server_port
+                .. "/headers", { headers = { ["X-List"] = { "a", "b", "c" } } })
+            ngx.print(res and res.body or err)
+        }
+    }
+--- response_body
+GET a|b|c
+
+
+
+=== TEST 22: fetch in rewrite_by_lua and access_by_lua
+--- config
+    location = /t {
+        rewrite_by_lua_block {
+            local res, err = require("resty_async_tokio").fetch(
+                "http://$TEST_NGINX_TOKIO_HTTP/hello")
+            ngx.ctx.rewrite = res and res.body or err
+        }
+        access_by_lua_block {
+            local res, err = require("resty_async_tokio").fetch(
+                "http://$TEST_NGINX_TOKIO_HTTP/hello")
+            ngx.ctx.access = res and res.body or err
+        }
+        content_by_lua_block {
+            ngx.say("rewrite: ", ngx.ctx.rewrite, ", access: ", ngx.ctx.access)
+        }
+    }
+--- response_body
+rewrite: hello, access: hello
