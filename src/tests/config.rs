@@ -51,3 +51,4 @@ fn defaults_are_the_documented_ones() {
     assert_eq!((c.max_queue, c.pool_nice, c.tokio_threads), (1024, 10, 1));
     assert!(c.pool_cpus.is_empty());
     assert_eq!(c.net, net);
+}
