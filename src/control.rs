@@ -119,7 +119,10 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
         "idle",
         lua.create_function(move |_, ()| Ok(h.existing().is_none_or(|rt| rt.is_idle())))?,
     )?;
-    t.raw_set("vms_closed", lua.create_function(|_, ()| Ok(vm::vms_closed()))?)?;
+    t.raw_set(
+        "vms_come_and_go",
+        lua.create_function(|_, ()| Ok(vm::vms_come_and_go()))?,
+    )?;
     // adopt(v): see crate::class.
     t.raw_set(
         "adopt",

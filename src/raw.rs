@@ -164,7 +164,7 @@ pub(crate) fn id_value(id: TaskId) -> f64 {
 /// `resty/async.lua` checks: a module crate built against another
 /// resty-async than the `resty/async.lua` it runs with fails to register
 /// instead of misreading results.
-pub const ABI: u32 = 6;
+pub const ABI: u32 = 7;
 
 /// What a raw function returns: its first value (`true`, a task id or
 /// `nil`) and the rest. A tuple, so that mlua pushes the results of a finished

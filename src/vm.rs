@@ -35,11 +35,18 @@ thread_local! {
 /// Lua VMs of this process that closed (their library's copy of this
 /// crate saw them go).
 static VMS_CLOSED: AtomicU64 = AtomicU64::new(0);
+/// Lua VMs of this process that made a handle of this library, those of
+/// the master before `fork()` included.
+static VMS_MADE: AtomicU64 = AtomicU64::new(0);
+/// The most VMs a worker keeps for good: ngx_lua's http VM and its stream
+/// module's.
+const VMS_FOR_GOOD: u64 = 2;
 
-/// Whether a Lua VM that loaded this library has closed in this process:
-/// VMs come and go (`lua_code_cache off`).
-pub(crate) fn vms_closed() -> bool {
-    VMS_CLOSED.load(Ordering::Relaxed) > 0
+/// Whether Lua VMs come and go in this process (`lua_code_cache off`): one
+/// that loaded this library closed, or more were made than a worker keeps
+/// for good.
+pub(crate) fn vms_come_and_go() -> bool {
+    VMS_CLOSED.load(Ordering::Relaxed) > 0 || VMS_MADE.load(Ordering::Relaxed) > VMS_FOR_GOOD
 }
 
 /// The runtime of one Lua VM, made on first use in each process (a runtime
@@ -117,6 +124,7 @@ impl VmRuntime {
         }
         lua.set_app_data(Rc::clone(&handle));
         local::with(|l| l.live.borrow_mut().push(Rc::as_ptr(&handle)));
+        VMS_MADE.fetch_add(1, Ordering::Relaxed);
         Ok(handle)
     }
 

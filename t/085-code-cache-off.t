@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * 88;
+plan tests => repeat_each() * 117;
 
 run_tests();
 
@@ -196,3 +196,82 @@ started
 ["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
 --- no_shutdown_error_log eval
 [qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal", "double free"]
+
+
+
+=== TEST 7: lua_code_cache off: task handles kept in a module's table do not keep their VMs open
+--- config
+    location = /keep {
+        lua_code_cache off;
+        content_by_lua_block {
+            local async = require "resty.async"
+            -- (a module's table: reachable from the VM's package.loaded)
+            local kept = package.loaded.t_kept or {}
+            package.loaded.t_kept = kept
+            if ngx.var.arg_m == "fixtures" then
+                -- a module loaded in the handler, not in init_by_lua
+                local fixtures = require "resty_async_fixtures"
+                kept[#kept + 1] = async.spawn(fixtures.echo_after, "x", 60000)
+                kept[#kept + 1] = async.spawn(fixtures.echo_after, "x", 1)
+                ngx.say(fixtures.echo_after("waited", 1))
+            else
+                kept[#kept + 1] = async.spawn(async.sleep, 60)
+                kept[#kept + 1] = async.spawn(async.sha256, "x")
+                ngx.say(async.sleep(0.001) and "waited")
+            end
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local function count(dir)
+                local n = 0
+                local p = assert(io.popen("ls " .. dir))
+                for _ in p:lines() do n = n + 1 end
+                p:close()
+                return n
+            end
+            local h = require "t_http"
+            local fds = count("/proc/self/fd")
+            for i = 1, 10 do
+                local m = i % 2 == 0 and "fixtures" or "core"
+                local status, body = h.get("/keep?m=" .. m)
+                assert(status == 200 and body == "waited\n", body)
+            end
+            ngx.sleep(3)
+            -- each VM left open would keep its completion sockets' fds
+            ngx.say("fds: ", count("/proc/self/fd") - fds <= 2)
+        }
+    }
+--- response_body
+fds: true
+--- timeout: 10
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+--- no_shutdown_error_log eval
+[qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+
+
+
+=== TEST 8: lua_code_cache off: a spawned task runs on while the request that holds its handle runs
+--- config
+    location = /t {
+        lua_code_cache off;
+        content_by_lua_block {
+            local async = require "resty.async"
+            local fixtures = require "resty_async_fixtures"
+            -- 100 ms on the pool, then 100 ms on a timer: done before the
+            -- wait only if the task ran meanwhile
+            local task = async.spawn(fixtures.unblock_ms, 100)
+            ngx.sleep(1)
+            ngx.say(task:wait(0.05))
+        }
+    }
+--- request eval
+["GET /t", "GET /t", "GET /t", "GET /t"]
+--- response_body eval
+[("100\n") x 4]
+--- timeout: 10
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+--- no_shutdown_error_log eval
+[qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]

@@ -47,7 +47,7 @@ local _M = {
 
 -- The version of the calling convention between a module's raw functions
 -- and this file (resty_async::module::ABI).
-local ABI = 6
+local ABI = 7
 
 -- The options given to configure() so far, for the runtimes of modules
 -- loaded later.

@@ -23,7 +23,6 @@ local ERR = ngx.ERR
 local WARN = ngx.WARN
 local exiting = ngx.worker.exiting
 local ngx_now = ngx.now
-local worker_pid = ngx.worker.pid
 local tcp = ngx.socket.tcp
 local sema_new = semaphore.new
 local ffi_new = ffi.new
@@ -31,6 +30,7 @@ local band = bit.band
 local error = error
 local finished = runtime.finished
 local forget = runtime.forget
+local may_close = runtime.may_close
 
 
 local _M = {}
@@ -231,34 +231,48 @@ local function idle(st)
 end
 
 
--- Whether the VM of `st` may be closed once its handlers end. The VM
--- resty.async was loaded into before nginx forked, or in which
--- init_worker_by_lua ran, lives as long as the worker; others may be
--- closed (`lua_code_cache off`).
-local function may_close(st)
-    return st.pid == worker_pid() and st.phase ~= "init_worker"
+-- Whether VMs like that of `st` come and go: `lua_code_cache off`.
+local function vms_come_and_go(st)
+    return st.cache_off or st.rt.vms_come_and_go()
 end
 
 
 -- Whether an idle driver of `st` (idle for `secs`) should exit: its driver
--- stays in a VM that lives as long as the worker. Once one VM of the
--- worker closed, the others' drivers exit as soon as they are idle; until
--- then, after IDLE_EXIT seconds.
+-- stays in a VM that lives as long as the worker. Where VMs come and go,
+-- the drivers exit as soon as they are idle; until that is known, after
+-- IDLE_EXIT seconds.
 local function may_exit_idle(st, secs)
     if not may_close(st) then
         return false
     end
-    return st.rt.vms_closed() or secs >= IDLE_EXIT
+    return vms_come_and_go(st) or secs >= IDLE_EXIT
+end
+
+
+-- Whether only task handles that no running handler holds keep the driver
+-- of `st`, in a VM of a request (`lua_code_cache off`): nobody waits, and
+-- the requests and timers that made or waited on the handles have ended
+-- (the GC collected their ngx.ctx). Such a handle is reachable only from
+-- the VM itself (a module's table, say), and were the driver to stay for
+-- it, so would the VM, its runtime, its pool threads and its completion
+-- socket: one of each per request, for good. The driver exits instead;
+-- the handles' tasks are cancelled when ngx_lua closes the VM, and a
+-- handler of the VM that waits on one later (a timer that had not run
+-- yet) starts the driver again.
+local function abandoned(st)
+    return st.waiting == 0 and st.nnet == 0 and next(st.users) == nil
+           and may_close(st) and vms_come_and_go(st)
 end
 
 
 -- Advances the GC of a VM that may close while nobody waits and only task
 -- handles keep its driver: the driver's own loop allocates too little for
--- the GC to ever collect a handle that its request, now gone, dropped, and
--- the driver (hence the VM, its runtime and its completion socket) would
--- stay for good.
+-- the GC to ever collect a handle that its request, now gone, dropped, or
+-- the ngx.ctx of that request (see abandoned()), and the driver (hence
+-- the VM, its runtime and its completion socket) would stay for good.
 local function collect_handles(st)
-    if st.waiting == 0 and st.nnet == 0 and next(st.owned) ~= nil
+    if st.waiting == 0 and st.nnet == 0
+       and (next(st.owned) ~= nil or next(st.users) ~= nil)
        and may_close(st)
     then
         collectgarbage("step", GC_STEP_KB)
@@ -315,7 +329,7 @@ local function drive(st)
             st.failures = 0
         end
 
-        if next_ms < 0 and idle(st) then
+        if (next_ms < 0 and idle(st)) or abandoned(st) then
             local now = ngx_now()
             idle_since = idle_since or now
             if may_exit_idle(st, now - idle_since) then

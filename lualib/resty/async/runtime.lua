@@ -18,6 +18,19 @@ local ffi_new = ffi.new
 local ffi_string = ffi.string
 
 
+-- ngx.process.type(), or nil where lua-resty-core lacks it.
+local process_type
+do
+    local ok, process = pcall(require, "ngx.process")
+    process_type = ok and process.type or function() return nil end
+end
+
+
+local function get_ctx()
+    return ngx.ctx
+end
+
+
 ffi.cdef[[
 typedef struct {
     double next_ms;
@@ -136,6 +149,7 @@ function _M.get(raw, name)
     -- where the driver's poll leaves the results of the callers it posts
     -- (src/mailbox.rs): entries 0 .. mailbox_cap - 1
     local mailbox = api.mailbox(vm, cap_out)
+    local phase = ngx.get_phase()
     st = {
         name = name,
         rt = raw.__rt,
@@ -155,16 +169,46 @@ function _M.get(raw, name)
         nnet = 0,
         netops = {},
         collected = {},   -- ids of handles the GC collected
+        -- the ngx.ctx of each request or timer that made or waited on a
+        -- task handle, while it runs (weak: the GC collects the table of
+        -- one that ended); see driver.lua: abandoned()
+        users = setmetatable({}, { __mode = "k" }),
+        -- whether this VM is one of a request (`lua_code_cache off`):
+        -- init_by_lua runs in a worker only then, once per VM
+        cache_off = phase == "init" and process_type() == "worker",
         swept = 0,
         running = false,
         failures = 0,
         polls = 0,
-        pid = ngx.worker.pid(),  -- see driver.lua: may_exit_idle()
-        phase = ngx.get_phase(),
+        pid = ngx.worker.pid(),  -- see may_close()
+        phase = phase,
     }
     _M.states[id] = st
     _M.nstates = _M.nstates + 1
     return st, true
+end
+
+
+-- Whether the VM of `st` may be closed once its handlers end. The VM
+-- resty.async was loaded into before nginx forked, or in which
+-- init_worker_by_lua ran, lives as long as the worker; others may be
+-- closed (`lua_code_cache off`).
+local function may_close(st)
+    return st.pid == ngx.worker.pid() and st.phase ~= "init_worker"
+end
+_M.may_close = may_close
+
+
+-- Notes that the request or timer running now holds a task handle of
+-- `st`, or waits on one: the driver of a VM that may close stays for
+-- handles only while such a handler runs (see driver.lua: abandoned()).
+function _M.note_user(st)
+    if may_close(st) then
+        local ok, ctx = pcall(get_ctx)
+        if ok and ctx then
+            st.users[ctx] = true
+        end
+    end
 end
 
 

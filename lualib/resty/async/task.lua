@@ -13,6 +13,7 @@ local getmetatable = getmetatable
 local newproxy = newproxy
 local need_driver = driver.need
 local forget = runtime.forget
+local note_user = runtime.note_user
 local config = runtime.config
 local pending_id = wait_mod.pending_id
 local wait = wait_mod.wait
@@ -55,6 +56,7 @@ local function start_task(st, ok, ...)
     end
     task.id = id
     st.owned[id] = "pending"
+    note_user(st)
     -- When the GC collects the task unawaited, its Rust task is cancelled
     -- by the driver's next sweep (not here: a finalizer may run in the
     -- middle of a call into Rust).
@@ -144,6 +146,7 @@ function Task.wait(self, timeout)
     if state ~= "done" and state ~= "pending" then
         return settle(self, true, nil, "cancelled")
     end
+    note_user(st)
     -- (until it ends, a wait of another caller learns that this one waits;
     -- level 4 for error(): the caller of this function, past pcall)
     self.waiting = true
