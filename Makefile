@@ -300,7 +300,8 @@ soak: deps build
 # FUZZ_CCALL (1: calls inside gsub callbacks and sort comparators too),
 # FUZZ_REPLAY ("seed ...": those requests one by one instead of wrk),
 # FUZZ_CALLS (20), FUZZ_SKIP (functions not to call: "f,g"), FUZZ_TRACE
-# (1: log every call), FUZZ_PORT (2184), FUZZ_KEEP (1: keep logs, cores).
+# (1: log every call), FUZZ_PORT (2184), FUZZ_KEEP (1: keep logs, cores),
+# FUZZ_CODE_CACHE (off: lua_code_cache off, a Lua VM per request).
 FUZZ_SECONDS     ?= 60
 FUZZ_CONNECTIONS ?= 10
 FUZZ_SEED        ?=
@@ -311,11 +312,14 @@ FUZZ_SKIP        ?=
 FUZZ_TRACE       ?= 0
 FUZZ_PORT        ?= 2184
 FUZZ_KEEP        ?= 0
+FUZZ_CODE_CACHE  ?= on
 
 .PHONY: fuzz fuzz-short
-# The fuzz `make test` runs: 20 s, every way of calling included.
+# The fuzz `make test` runs: 20 s, every way of calling included; then 15 s
+# with a Lua VM per request.
 fuzz-short:
-	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=20
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=20 FUZZ_CODE_CACHE=on
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=15 FUZZ_CODE_CACHE=off
 
 fuzz: deps build
 	$(call need_tool,wrk,wrk)
@@ -323,5 +327,5 @@ fuzz: deps build
 	FUZZ_SECONDS="$(FUZZ_SECONDS)" FUZZ_CONNECTIONS="$(FUZZ_CONNECTIONS)" \
 	FUZZ_SEED="$(FUZZ_SEED)" FUZZ_CCALL="$(FUZZ_CCALL)" FUZZ_CALLS="$(FUZZ_CALLS)" \
 	FUZZ_REPLAY="$(FUZZ_REPLAY)" FUZZ_SKIP="$(FUZZ_SKIP)" FUZZ_TRACE="$(FUZZ_TRACE)" \
-	FUZZ_PORT="$(FUZZ_PORT)" FUZZ_KEEP="$(FUZZ_KEEP)" \
+	FUZZ_PORT="$(FUZZ_PORT)" FUZZ_KEEP="$(FUZZ_KEEP)" FUZZ_CODE_CACHE="$(FUZZ_CODE_CACHE)" \
 	t/fuzz/run.sh

@@ -126,6 +126,7 @@ end
 -- number allowed; a larger one becomes 3.
 local CAPS = {
     block_ms = { 500 },
+    unblock_ms = { 500 },
     sleep_after_block = { 20 },
     guarded_thread_wait = { 500 },
     mlua_sleep = { 500 },
