@@ -123,6 +123,12 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
         "vms_come_and_go",
         lua.create_function(|_, ()| Ok(vm::vms_come_and_go()))?,
     )?;
+    // in_flight() -> tasks pending, or finished and not taken
+    let h = Rc::clone(vm);
+    t.raw_set(
+        "in_flight",
+        lua.create_function(move |_, ()| Ok(h.existing().map_or(0, |rt| rt.in_flight())))?,
+    )?;
     // adopt(v): see crate::class.
     t.raw_set(
         "adopt",

@@ -603,7 +603,7 @@ impl Runtime {
     }
 
     /// Tasks and pool jobs pending, or finished and not taken.
-    fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.plain.reap(&self.waiters);
         self.executor.in_flight() + self.plain.len()
     }

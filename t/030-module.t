@@ -293,8 +293,8 @@ false 2 -8 1
         }
     }
 --- response_body
-false resty.async: module old_module was built against another version of resty-async (calling convention nil, this resty/async.lua speaks 6): rebuild it against the resty-async whose lualib/ is on lua_package_path
-false resty.async: module old_module was built against another version of resty-async (calling convention 1, this resty/async.lua speaks 6): rebuild it against the resty-async whose lualib/ is on lua_package_path
+false resty.async: module old_module was built against another version of resty-async (calling convention nil, this resty/async.lua speaks 7): rebuild it against the resty-async whose lualib/ is on lua_package_path
+false resty.async: module old_module was built against another version of resty-async (calling convention 1, this resty/async.lua speaks 7): rebuild it against the resty-async whose lualib/ is on lua_package_path
 
 
 

@@ -250,18 +250,26 @@ end
 
 
 -- Whether only task handles that no running handler holds keep the driver
--- of `st`, in a VM of a request (`lua_code_cache off`): nobody waits, and
--- the requests and timers that made or waited on the handles have ended
--- (the GC collected their ngx.ctx). Such a handle is reachable only from
--- the VM itself (a module's table, say), and were the driver to stay for
--- it, so would the VM, its runtime, its pool threads and its completion
--- socket: one of each per request, for good. The driver exits instead;
--- the handles' tasks are cancelled when ngx_lua closes the VM, and a
--- handler of the VM that waits on one later (a timer that had not run
--- yet) starts the driver again.
+-- of `st`, in a VM of a request (`lua_code_cache off`): nobody waits, every
+-- task in flight has a handle, and the requests and timers that made or
+-- waited on the handles have ended (the GC collected their ngx.ctx). Such
+-- a handle is reachable only from the VM itself (a module's table, say),
+-- and were the driver to stay for it, so would the VM, its runtime, its
+-- pool threads and its completion socket: one of each per request, for
+-- good. The driver exits instead; the handles' tasks are cancelled when
+-- ngx_lua closes the VM, and a handler of the VM that waits on one later
+-- (a timer that had not run yet) starts the driver again.
 local function abandoned(st)
-    return st.waiting == 0 and st.nnet == 0 and next(st.users) == nil
-           and may_close(st) and vms_come_and_go(st)
+    if not (st.waiting == 0 and st.nnet == 0 and next(st.users) == nil
+            and may_close(st) and vms_come_and_go(st))
+    then
+        return false
+    end
+    local handles = 0
+    for _ in pairs(st.owned) do
+        handles = handles + 1
+    end
+    return st.rt.in_flight() <= handles
 end
 
 
