@@ -94,8 +94,10 @@ run: deps build
 test: deps lint build test-rust test-nginx test-install test-template test-lifecycle fuzz-short
 
 # The Rust tests without nginx: the runtime's parts (src/tests/), the
-# doctests and the tokio runtime's tests (with its feature); then, with the
-# testing harness, its doctest and the fixtures (t/fixtures/src/tests.rs).
+# doctests, the tokio runtime's tests and the streams' with tokio's and
+# hyper's traits (with their features); then, with the
+# testing harness, its doctest (and hyper's) and the fixtures
+# (t/fixtures/src/tests.rs).
 # Those build resty-async with the testing feature, which links LuaJIT: in
 # the debug profile, apart from the release builds of the .so files (cargo
 # gives resty-async's library one file name whatever its features). The
@@ -104,8 +106,8 @@ test: deps lint build test-rust test-nginx test-install test-template test-lifec
 test-rust:
 	$(CARGO) test $(CARGO_PROFILE)
 	$(CARGO) test $(CARGO_PROFILE) --features tokio --lib tokio
-	$(CARGO) test $(CARGO_PROFILE) --features tokio-io --lib net
-	$(CARGO) test -p resty-async --features testing --doc
+	$(CARGO) test $(CARGO_PROFILE) --features tokio-io,hyper --lib net
+	$(CARGO) test -p resty-async --features testing,hyper --doc
 	$(CARGO) test -p resty-async-fixtures
 	$(CARGO) bench --no-run -q --features internals --bench roundtrip
 

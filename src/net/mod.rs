@@ -6,7 +6,8 @@
 //! no epoll instance and no second reactor. It implements the I/O traits
 //! of `futures` (and, with the `tokio-io` and `hyper` features, tokio's and
 //! hyper's), so runtime-agnostic clients run on it unchanged: hyper's
-//! HTTP/1.1 and HTTP/2 clients (HTTP/2 with [`HyperExecutor`] and
+//! HTTP/1.1 and HTTP/2 clients (HTTP/1.1's connection driven by
+//! [`without_shutdown`], HTTP/2 with [`HyperExecutor`] and
 //! [`HyperTimer`]), `h2`, tokio-postgres's `Config::connect_raw`.
 //!
 //! # Who owns the sockets
@@ -47,7 +48,7 @@ pub(crate) mod lua;
 mod hyper;
 
 #[cfg(feature = "hyper")]
-pub use self::hyper::{HyperExecutor, HyperTimer};
+pub use self::hyper::{without_shutdown, HyperExecutor, HyperTimer, WithoutShutdown};
 pub use self::stream::{Options, Ready, TcpStream};
 
 pub(crate) use self::task::Net;

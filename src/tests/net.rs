@@ -459,3 +459,92 @@ fn tokio_traits_write_and_read_through_the_same_ops() {
     assert_eq!(done, Some(true));
     assert_eq!(rt.stats().streams, 0);
 }
+
+/// hyper's HTTP/1 client over a stream, its connection driven by
+/// `net::without_shutdown`: a POST of `len` bytes to a server that
+/// answers at once, before it has read the body. `hold`: the client keeps
+/// its `SendRequest` until the whole body is sent, else drops it once it
+/// has the response. Returns whether the call finished (and was fine),
+/// and the ops its end queued.
+#[cfg(feature = "hyper")]
+fn early_answer(len: usize, hold: bool) -> (Option<bool>, Vec<&'static str>) {
+    use hyper::body::Body;
+    use hyper::client::conn::http1;
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+    let rt = Runtime::current();
+    let _enter = vm::enter(&rt);
+    let (sent_tx, sent_rx) = oneshot::channel::<()>();
+    let (id, _) = spawn(&rt, async move {
+        let stream = Options::new().half_duplex(true).open("127.0.0.1:8080").unwrap();
+        let (mut sender, conn) = http1::handshake::<_, String>(stream).await.unwrap();
+        let conn = crate::spawn_local(crate::net::without_shutdown(conn));
+        let req = hyper::Request::post("/")
+            .header("host", "127.0.0.1")
+            .body("x".repeat(len))
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let mut body = res.into_body();
+        let mut got = Vec::new();
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(got, b"early");
+        if hold {
+            sent_rx.await.unwrap();
+        }
+        drop(sender);
+        let parts = conn.await.unwrap().unwrap();
+        assert!(parts.read_buf.is_empty());
+        parts.io.keepalive();
+        ok()
+    });
+    let (task, mut ops) = take(&rt, id);
+    // (hyper reads before it writes: the read watches the idle connection.)
+    assert_eq!(kinds(&ops), ["connect", "recv", "send"]);
+    let mut results = vec![(1, OpResult::Connected(0)), (1, OpResult::Received(RESPONSE))];
+    let mut done = None;
+    // The waiter confirms each send that asks for it, until none does.
+    loop {
+        for op in &ops {
+            if let Op::Send { ack: true, .. } = op {
+                results.push((1, OpResult::Sent));
+            }
+        }
+        if results.is_empty() || done.is_some() {
+            break;
+        }
+        (ops, done) = step(&rt, &task, std::mem::take(&mut results));
+    }
+    if done.is_none() {
+        let _ = sent_tx.send(());
+        (ops, done) = step(&rt, &task, vec![]);
+    }
+    if done.is_none() {
+        rt.cancel(id);
+    }
+    (done, kinds(&ops))
+}
+
+// In both, hyper's own `conn.without_shutdown()` never ends. The read
+// that watches the idle connection went out and has not returned, so the
+// connection is closed, not pooled.
+
+#[cfg(feature = "hyper")]
+#[test]
+fn hyper_http1_ends_when_the_answer_comes_before_the_body_is_sent() {
+    let big = 4 * crate::net::SEND_WINDOW;
+    assert_eq!(early_answer(big, false), (Some(true), vec!["send", "close"]));
+}
+
+#[cfg(feature = "hyper")]
+#[test]
+fn hyper_http1_ends_when_the_sender_is_dropped_after_the_body_is_sent() {
+    // The last of the body goes out while the sender lives: the
+    // connection must still learn of its drop afterwards.
+    let big = 4 * crate::net::SEND_WINDOW;
+    assert_eq!(early_answer(big, true), (Some(true), vec!["close"]));
+}

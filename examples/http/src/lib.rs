@@ -31,19 +31,13 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll};
-
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1;
 use hyper::{Method, Request, Uri};
 use mlua::prelude::*;
-use resty_async::net::{HyperExecutor, HyperTimer, Options, TcpStream};
+use resty_async::net::{self, HyperExecutor, HyperTimer, Options, TcpStream};
 use resty_async::{Module, Record};
 
 /// A request, read from the Lua arguments before the future starts.
@@ -391,42 +385,6 @@ fn options(f: &Fetch) -> Options {
     }
 }
 
-/// hyper's HTTP/1 connection, driven to its end as `without_shutdown`
-/// drives it (the output is the connection's parts), but polled once more
-/// when it returns `Pending` after the request is over (`over`: its
-/// sender is dropped).
-///
-/// A response that comes in full while the request body is still being
-/// sent (a server that answers early, then reads and discards the rest)
-/// leaves the connection idle with that rest in its write buffer. hyper
-/// asks its sender for the next request only once that buffer is empty,
-/// and the poll that empties it returns `Pending` without asking: no
-/// waker waits on the sender then, so the connection would never learn
-/// that the sender is gone, and the fetch would wait for it until the
-/// call's timeout. The second poll asks.
-struct Finish {
-    conn: Option<http1::Connection<TcpStream, Full<Bytes>>>,
-    over: Rc<Cell<bool>>,
-}
-
-impl Future for Finish {
-    type Output = hyper::Result<http1::Parts<TcpStream>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let conn = this.conn.as_mut().expect("Finish polled after completion");
-        let mut polled = conn.poll_without_shutdown(cx);
-        if polled.is_pending() && this.over.get() {
-            polled = conn.poll_without_shutdown(cx);
-        }
-        match polled {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(this.conn.take().expect("the connection").into_parts())),
-        }
-    }
-}
-
 async fn fetch_http1(f: &Fetch) -> Result<Response, String> {
     let stream = options(f)
         // Request, then response: the body is known in full.
@@ -440,16 +398,14 @@ async fn fetch_http1(f: &Fetch) -> Result<Response, String> {
         .handshake::<TcpStream, Full<Bytes>>(stream)
         .await
         .map_err(|e| message(&e))?;
-    let over = Rc::new(Cell::new(false));
-    let conn = resty_async::spawn_local(Finish {
-        conn: Some(conn),
-        over: Rc::clone(&over),
-    });
+    // net::without_shutdown, not conn.without_shutdown(): hyper's own
+    // misses the end of a connection whose server answered before the
+    // request body was all sent.
+    let conn = resty_async::spawn_local(net::without_shutdown(conn));
     let res = sender.send_request(f.request()?).await.map_err(|e| message(&e))?;
     let (parts, body) = res.into_parts();
     let body = read_body(body, f.max_body).await?;
     drop(sender);
-    over.set(true);
     // The connection ends once idle; its socket goes back to nginx's pool
     // if both sides allow it.
     let reuse = f.keepalive
