@@ -127,6 +127,7 @@ end
 local CAPS = {
     block_ms = { 500 },
     unblock_ms = { 500 },
+    drop_panics_result = { 500 },
     sleep_after_block = { 20 },
     guarded_thread_wait = { 500 },
     mlua_sleep = { 500 },

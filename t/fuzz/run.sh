@@ -10,8 +10,9 @@
 # With FUZZ_CODE_CACHE=off every request runs in a Lua VM of its own, which
 # ngx_lua closes once the request and its timers end, tasks in flight or
 # not. stats() then sees one VM; what shows work left behind is the
-# worker's fds: each VM left open keeps its runtimes' completion sockets.
-# They must come back to their count after the warm-up.
+# worker's fds and threads: each VM left open keeps its runtimes'
+# completion sockets and pool threads. Both must come back to their counts
+# after the warm-up.
 #
 # Environment:
 #   FUZZ_SECONDS      length of the load (60)
@@ -187,6 +188,7 @@ proc_info() {  # pid
 }
 info0=$(proc_info "$worker0")
 fds0=$(ls "/proc/$worker0/fd" 2>/dev/null | wc -l)
+threads0=$(ls "/proc/$worker0/task" 2>/dev/null | wc -l)
 
 if [ -n "$replay" ]; then
     say "fuzz: replaying seeds $replay (ccall=$ccall, calls=$calls) on worker $worker0"
@@ -225,12 +227,15 @@ started=$(sed -n 's/^started=//p' "$work/stats.out")
 unfinished=$(sed -n 's/^unfinished=//p' "$work/stats.out")
 
 # With the code cache off: the VMs close once their requests and timers
-# end (a pool job of a closed VM may still run out its sleep, up to 0.5 s).
+# end; a pool thread of a closed VM exits once its job has run out its
+# sleep (the fuzzer caps those at 0.5 s).
 fds_left=""
+threads_left=""
 if [ "$code_cache" = off ] && [ -d "/proc/$worker1" ]; then
     for _ in $(seq 150); do
         fds_left=$(( $(ls "/proc/$worker1/fd" | wc -l) - fds0 ))
-        [ "$fds_left" -le 0 ] && break
+        threads_left=$(( $(ls "/proc/$worker1/task" | wc -l) - threads0 ))
+        [ "$fds_left" -le 0 ] && [ "$threads_left" -le 0 ] && break
         sleep 0.1
     done
     info2=$(proc_info "$worker1")
@@ -270,7 +275,7 @@ say "in_flight after the load: ${in_flight:-?}"
 say "worker $worker0 after warm-up: $info0"
 say "worker $worker1 at the end:    $info1"
 if [ "$code_cache" = off ]; then
-    say "worker $worker1 once its VMs closed: ${info2:-(gone)}; fds above the warm-up's: ${fds_left:-?}"
+    say "worker $worker1 once its VMs closed: ${info2:-(gone)}; above the warm-up's: fds ${fds_left:-?}, threads ${threads_left:-?}"
 fi
 [ -n "$left" ] && say "left in the base directory after nginx stopped: $left"
 
@@ -322,7 +327,7 @@ fail=0
 [ "$crashes" -gt 0 ] && fail=1
 [ "$alerts" -gt 0 ] && fail=1
 [ "${in_flight:-x}" = 0 ] || fail=1
-if [ "$code_cache" = off ] && ! [ "${fds_left:-1}" -le 0 ]; then
+if [ "$code_cache" = off ] && ! { [ "${fds_left:-1}" -le 0 ] && [ "${threads_left:-1}" -le 0 ]; }; then
     fail=1
 fi
 say ""
