@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 11);
+plan tests => repeat_each() * (blocks() * 7 + 16);
 
 run_tests();
 
@@ -408,3 +408,52 @@ files written: false while
 first: true 3
 later: nil true 3
 timeout: true 5
+
+
+
+=== TEST 13: balancer_by_lua and exit_worker_by_lua cannot yield either: a call raises, and the request and the worker's exit go on
+--- http_config
+    exit_worker_by_lua_block {
+        local async = require "resty.async"
+        local fixtures = require "resty_async_fixtures"
+        for _, call in ipairs{
+            { async.sleep, 0.01 },
+            { async.spawn, async.sha256, "x" },
+            { fixtures.echo_after, "x", 1 },
+        } do
+            local ok, err = pcall(unpack(call))
+            ngx.log(ngx.WARN, "exit_worker: ", ok, " ", err)
+        end
+    }
+    upstream backend {
+        server 127.0.0.1:$TEST_NGINX_SERVER_PORT;
+        balancer_by_lua_block {
+            local async = require "resty.async"
+            local fixtures = require "resty_async_fixtures"
+            for _, call in ipairs{
+                { async.sha256, "x" },
+                { fixtures.block_ms, 1 },
+            } do
+                local ok, err = pcall(unpack(call))
+                ngx.log(ngx.WARN, "balancer: ", ok, " ", err)
+            end
+        }
+    }
+--- config
+    location = /t {
+        proxy_pass http://backend/back;
+    }
+    location = /back {
+        return 200 "proxied\n";
+    }
+--- response_body
+proxied
+--- error_log
+balancer: false resty.async: sha256() cannot wait in the balancer phase (use it in rewrite, access or content handlers, ngx.timer callbacks or ngx.thread light threads)
+balancer: false resty.async: block_ms() cannot wait in the balancer phase
+--- shutdown_error_log
+exit_worker: false resty.async: sleep() cannot wait in the exit_worker phase
+exit_worker: false resty.async: sha256() cannot wait in the exit_worker phase
+exit_worker: false resty.async: echo_after() cannot wait in the exit_worker phase
+--- no_error_log
+[error]
