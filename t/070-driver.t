@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 2);
+plan tests => repeat_each() * (blocks() * 7 + 3);
 
 run_tests();
 
@@ -146,4 +146,28 @@ later: true 64
 --- error_log eval
 [qr/\[alert\] .*lua_max_running_timers are not enough/,
  qr/\[error\] .*the driver of resty.async did not start/]
+--- timeout: 10
+
+
+
+=== TEST 6: a timer's call outlives worker_shutdown_timeout, which closed the completion socket
+--- main_config
+    worker_shutdown_timeout 300ms;
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            -- nginx lets timers run past worker_shutdown_timeout; it
+            -- closes every connection then, the driver's socket too
+            assert(ngx.timer.at(0, function()
+                local ok, err = async.sleep(1)
+                ngx.log(ngx.WARN, "timer's sleep: ", ok, " ", err)
+            end))
+            ngx.say("started")
+        }
+    }
+--- response_body
+started
+--- shutdown_error_log
+timer's sleep: true nil
 --- timeout: 10
