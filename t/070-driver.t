@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 3);
+plan tests => repeat_each() * (blocks() * 7 + 4);
 
 run_tests();
 
@@ -168,6 +168,39 @@ later: true 64
     }
 --- response_body
 started
+--- shutdown_error_log
+timer's sleep: true nil
+--- timeout: 10
+
+
+
+=== TEST 7: a driver restart pending when the worker starts to exit still serves the calls that wait
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local core = require "resty_async_core"
+            assert(async.sleep(0.01))            -- the driver runs
+            assert(ngx.timer.at(0, function()
+                local ok, err = async.sleep(1)
+                ngx.log(ngx.WARN, "timer's sleep: ", ok, " ", err)
+            end))
+            ngx.sleep(0.05)                      -- the timer waits
+            -- a driver that died many times in a row restarts late
+            -- (1.28 s); nginx stops meanwhile, and ngx_lua runs the
+            -- pending restart's timer early
+            require("resty.async.runtime").states[core.__id].failures = 7
+            core.__rt.disconnect()
+            ngx.sleep(0.05)
+            ngx.say("started")
+        }
+    }
+--- response_body
+started
+--- error_log
+restarting in 1.28 s
+--- no_error_log eval
+["exited on signal", "[alert]"]
 --- shutdown_error_log
 timer's sleep: true nil
 --- timeout: 10

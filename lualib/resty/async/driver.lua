@@ -404,7 +404,17 @@ local function driver(premature, st, gen, wait_first)
     end
     st.alive = true
     if premature then
+        -- ngx_lua runs every pending timer early, once, as the worker
+        -- starts to exit: a driver that was about to start or restart
+        -- for calls that wait starts now (it exits once nobody waits)
         st.running = false
+        if st.nnet > 0 or not st.rt.idle() then
+            local ok, err = start_driver(st)
+            if not ok then
+                ngx_log(ERR, "resty.async: cannot start the driver of ",
+                        st.name, " while the worker exits: ", err)
+            end
+        end
         return
     end
     if wait_first > 0 then
