@@ -232,9 +232,11 @@ test-template: $(SO)
 package:
 	$(CARGO) package -p resty-async $(PACKAGE_FLAGS)
 
-# Reloads under load, SIGKILL of a worker, quit while requests wait.
+# Reloads under load, SIGKILL of a worker, quit while requests wait; then
+# the same with lua_code_cache off (a Lua VM per request).
 test-lifecycle: build
 	TEST_NGINX_BINARY=$(NGINX) TEST_NGINX_LOAD_MODULES="$(strip $(LUA_MODULES))" t/lifecycle/run.sh
+	TEST_NGINX_BINARY=$(NGINX) TEST_NGINX_LOAD_MODULES="$(strip $(LUA_MODULES))" LIFECYCLE_CODE_CACHE=off t/lifecycle/run.sh
 
 clean:
 	rm -rf build t/servroot

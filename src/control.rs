@@ -163,9 +163,15 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
             // (from the defaults: the Lua side passes every option given
             // so far in this Lua VM)
             let running = h.existing();
+            // (the tokio runtime is the process's: with lua_code_cache
+            // off, a request's VM takes init_by_lua's options, and those
+            // that leave tokio_threads out ask for no change of a runtime
+            // that another VM's options started)
+            let names_tokio = !opts.raw_get::<Value>("tokio_threads")?.is_nil();
             match Config::default().with_options(lua, &opts) {
                 Ok((config, timeout)) => {
-                    match check_tokio(&config).and_then(|()| Runtime::configure(config, running.as_deref())) {
+                    let tokio = if names_tokio { check_tokio(&config) } else { Ok(()) };
+                    match tokio.and_then(|()| Runtime::configure(config, running.as_deref())) {
                         Ok(()) => (true, timeout).into_lua_multi(lua),
                         Err(e) => failure(lua, &e),
                     }

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 2);
+plan tests => repeat_each() * (blocks() * 7 + 4);
 
 run_tests();
 
@@ -146,4 +146,61 @@ later: true 64
 --- error_log eval
 [qr/\[alert\] .*lua_max_running_timers are not enough/,
  qr/\[error\] .*the driver of resty.async did not start/]
+--- timeout: 10
+
+
+
+=== TEST 6: a timer's call outlives worker_shutdown_timeout, which closed the completion socket
+--- main_config
+    worker_shutdown_timeout 300ms;
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            -- nginx lets timers run past worker_shutdown_timeout; it
+            -- closes every connection then, the driver's socket too
+            assert(ngx.timer.at(0, function()
+                local ok, err = async.sleep(1)
+                ngx.log(ngx.WARN, "timer's sleep: ", ok, " ", err)
+            end))
+            ngx.say("started")
+        }
+    }
+--- response_body
+started
+--- shutdown_error_log
+timer's sleep: true nil
+--- timeout: 10
+
+
+
+=== TEST 7: a driver restart pending when the worker starts to exit still serves the calls that wait
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local core = require "resty_async_core"
+            assert(async.sleep(0.01))            -- the driver runs
+            assert(ngx.timer.at(0, function()
+                local ok, err = async.sleep(1)
+                ngx.log(ngx.WARN, "timer's sleep: ", ok, " ", err)
+            end))
+            ngx.sleep(0.05)                      -- the timer waits
+            -- a driver that died many times in a row restarts late
+            -- (1.28 s); nginx stops meanwhile, and ngx_lua runs the
+            -- pending restart's timer early
+            require("resty.async.runtime").states[core.__id].failures = 7
+            core.__rt.disconnect()
+            ngx.sleep(0.05)
+            ngx.say("started")
+        }
+    }
+--- response_body
+started
+--- error_log
+restarting in 1.28 s
+--- no_error_log eval
+["exited on signal", "[alert]"]
+--- shutdown_error_log
+timer's sleep: true nil
 --- timeout: 10

@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * 117;
+plan tests => repeat_each() * 126;
 
 run_tests();
 
@@ -270,6 +270,39 @@ fds: true
 ["GET /t", "GET /t", "GET /t", "GET /t"]
 --- response_body eval
 [("100\n") x 4]
+--- timeout: 10
+--- no_error_log eval
+["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+--- no_shutdown_error_log eval
+[qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+
+
+
+=== TEST 9: lua_code_cache off: a timer's call outlives worker_shutdown_timeout, which closed the completion socket
+--- main_config
+    worker_shutdown_timeout 300ms;
+--- config
+    location = /t {
+        lua_code_cache off;
+        content_by_lua_block {
+            local async = require "resty.async"
+            local fixtures = require "resty_async_fixtures"
+            -- nginx lets timers run past worker_shutdown_timeout; it
+            -- closes every connection then, the drivers' sockets too
+            assert(ngx.timer.at(0, function()
+                local ok, err = async.sleep(1)
+                ngx.log(ngx.WARN, "timer's sleep: ", ok, " ", err)
+                ok, err = fixtures.echo_after("echo", 500)
+                ngx.log(ngx.WARN, "timer's echo: ", ok, " ", err)
+            end))
+            ngx.say("started")
+        }
+    }
+--- response_body
+started
+--- shutdown_error_log
+timer's sleep: true nil
+timer's echo: echo nil
 --- timeout: 10
 --- no_error_log eval
 ["[error]", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]

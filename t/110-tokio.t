@@ -108,7 +108,7 @@ worker_connections(1024);
 
 # (TEST 12 checks the log after shutdown: one more; TEST 14 checks no
 # response: one less.)
-plan tests => repeat_each() * (blocks() * 7);
+plan tests => repeat_each() * (blocks() * 7 + 13);
 
 run_tests();
 
@@ -681,3 +681,33 @@ GET a|b|c
     }
 --- response_body
 rewrite: hello, access: hello
+
+
+
+=== TEST 23: lua_code_cache off: a VM whose configure does not name tokio_threads takes the running tokio runtime as it is
+--- config
+    lua_code_cache off;
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            -- (each request's VM runs init_by_lua, whose configure does
+            -- not name tokio_threads; the first request's starts the
+            -- worker's tokio runtime with 2 threads)
+            if ngx.var.arg_threads then
+                ngx.say(async.configure{ tokio_threads = 2 })
+            end
+            local t = require "resty_async_tokio"
+            if ngx.var.arg_timeout then
+                ngx.say(async.configure{ timeout = 5 })
+            end
+            ngx.say(t.sleep(1), " ", async.stats().tokio_threads)
+        }
+    }
+--- request eval
+["GET /t?threads=2", "GET /t", "GET /t?timeout=5"]
+--- response_body eval
+["true\ntrue 2\n", "true 2\n", "true\ntrue 2\n"]
+--- no_error_log eval
+["[error]", "already running", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+--- no_shutdown_error_log eval
+[qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Process lifecycle under load: 20 reloads, SIGKILL of a worker, a graceful
-# quit while requests wait, with the tokio module (resty_async_tokio) in use.
+# quit while requests wait, with the tokio module (resty_async_tokio), the
+# fixtures module (its functions, pool jobs and a userdata's async method)
+# and resty_async_http in use, by requests, by timers they start and by task
+# handles kept in a module's table.
 # Fails on a worker crash, an [alert]/[emerg] line, a failed request, a hang,
 # a quit slower than 5 s, leaked fds, threads or socket directories.
+#
+# LIFECYCLE_CODE_CACHE=off runs it all with `lua_code_cache off`: a Lua VM,
+# hence a runtime, per request and the timers it starts (on by default).
+# LIFECYCLE_KEEP=1 keeps the work directory (config, logs).
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,6 +21,15 @@ work=$(mktemp -d /tmp/resty-async-lifecycle.XXXXXX)
 base=$work/base
 mkdir -p "$work/logs" "$base"
 fail=0
+code_cache=${LIFECYCLE_CODE_CACHE:-on}
+case $code_cache in
+    on | off) ;;
+    *) echo "LIFECYCLE_CODE_CACHE must be on or off, not $code_cache" >&2; exit 2 ;;
+esac
+# The requests of the load, the warm-up and the checks.
+mix="/sleep,/sha,/mixed,/fetch,/keep,/timer,/method,/http"
+keep=/keep
+[ "$code_cache" = off ] && keep="/keep?block=1" && mix="$mix,$keep"
 
 say() { printf '%s\n' "$*"; }
 bad() { say "FAIL: $*"; fail=1; }
@@ -35,14 +51,14 @@ cleanup() {
     local m; m=$(master_pid)
     [ -n "$m" ] && kill -9 "$m" 2>/dev/null
     for p in $(all_nginx); do kill -9 "$p" 2>/dev/null; done
-    rm -rf "$work"
+    if [ "${LIFECYCLE_KEEP:-0}" = 1 ]; then say "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
 loads=""
 for m in ${TEST_NGINX_LOAD_MODULES:-}; do loads="$loads load_module $m;"; done
 sed -e "s|@REPO@|$repo|g" -e "s|@PORT@|$port|g" -e "s|@BASE@|$base|g" -e "s|@UPSTREAM@|$upstream|g" \
-    -e "s|@LOAD_MODULES@|$loads|" "$repo/t/lifecycle/nginx.conf.in" > "$work/nginx.conf"
+    -e "s|@LOAD_MODULES@|$loads|" -e "s|@CODE_CACHE@|$code_cache|" "$repo/t/lifecycle/nginx.conf.in" > "$work/nginx.conf"
 
 "$nginx" -p "$work" -c "$work/nginx.conf" || { bad "nginx did not start"; exit 1; }
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/sleep?s=0" >/dev/null && break; sleep 0.1; done
@@ -55,7 +71,7 @@ named_threads() { cat /proc/"$1"/task/*/comm 2>/dev/null | grep -cx "$2"; }
 # Warm up every worker (until each has started its tokio runtime, whose
 # epoll and eventfd count), then remember their fd counts.
 for _ in $(seq 10); do
-    python3 "$repo/t/lifecycle/load.py" "$port" 1 8 "/sleep,/sha,/mixed,/fetch" >/dev/null || bad "warm-up load failed"
+    python3 "$repo/t/lifecycle/load.py" "$port" 1 8 "$mix" >/dev/null || bad "warm-up load failed"
     cold=0
     for w in $(workers); do [ "$(named_threads "$w" resty-tokio)" -ge 1 ] || cold=1; done
     [ "$cold" = 0 ] && break
@@ -65,16 +81,21 @@ sleep 0.5
 for w in $(workers); do fds_before[$w]=$(fds_of "$w"); done
 
 # 1. Load with many requests, fds must not grow.
-out=$(python3 "$repo/t/lifecycle/load.py" "$port" 3 16 "/sleep,/sha,/mixed,/fetch") || bad "steady load: $out"
+out=$(python3 "$repo/t/lifecycle/load.py" "$port" 3 16 "$mix") || bad "steady load: $out"
 say "steady load: $out"
 # Threads: the worker's own, at most one pool of nproc threads for each of
-# the two runtimes that run blocking calls (built-ins, fixtures module), and
-# the tokio runtime's one worker thread (the tokio module's calls are not
-# blocking ones, and its URLs need no DNS look-up).
-max_threads=$((1 + 2 * $(nproc) + 1))
+# the three runtimes that run blocking calls (built-ins, fixtures module,
+# the tokio module, which makes its HTTP clients there), and the tokio
+# runtime's one worker thread (its URLs need no DNS look-up).
+max_threads=$((1 + 3 * $(nproc) + 1))
 for w in "${!fds_before[@]}"; do
-    # (A connection of a fetch that just ended may still be closing.)
-    for _ in $(seq 20); do [ "$(fds_of "$w")" -le "${fds_before[$w]}" ] && break; sleep 0.1; done
+    # (A connection of a fetch that just ended may still be closing; with
+    # lua_code_cache off, the VMs of the last requests close once their
+    # drivers see them idle, their pool threads once their jobs end.)
+    for _ in $(seq 50); do
+        [ "$(fds_of "$w")" -le "${fds_before[$w]}" ] && [ "$(threads_of "$w")" -le "$max_threads" ] && break
+        sleep 0.1
+    done
     now=$(fds_of "$w")
     threads=$(threads_of "$w")
     tokio=$(named_threads "$w" resty-tokio)
@@ -87,7 +108,7 @@ done
 # 2. 20 reloads under load. (The fetches use new connections: a keepalive
 # connection that an old worker closes as a request goes out on it fails,
 # as with any HTTP client.)
-python3 "$repo/t/lifecycle/load.py" "$port" 6 16 "/sleep?s=0.2,/sha,/mixed,/fetch,/fetch?s=0.1" > "$work/reload-load.out" &
+python3 "$repo/t/lifecycle/load.py" "$port" 6 16 "$mix,/sleep?s=0.2,/fetch?s=0.1,/method?ms=200,/http?s=0.1" > "$work/reload-load.out" &
 load_pid=$!
 for i in $(seq 20); do
     "$nginx" -p "$work" -c "$work/nginx.conf" -s reload 2>"$work/reload.err" \
@@ -117,13 +138,14 @@ done
 victim=$(workers | head -1)
 kill -9 "$victim"
 for _ in $(seq 50); do [ "$(workers | wc -l)" -eq 2 ] && ! workers | grep -qx "$victim" && break; sleep 0.1; done
-out=$(python3 "$repo/t/lifecycle/load.py" "$port" 1 8 "/sleep,/sha,/mixed,/fetch") || bad "after SIGKILL: $out"
+out=$(python3 "$repo/t/lifecycle/load.py" "$port" 1 8 "$mix") || bad "after SIGKILL: $out"
 say "after SIGKILL of worker $victim: $out"
 [ "$(threads_of "$(master_pid)")" -eq 1 ] || bad "the master has more than one thread after SIGKILL"
 
-# 4. Graceful quit while requests wait in Rust (timers, and fetches on the
-# tokio runtime): they finish, then nginx exits, within 5 s.
-python3 "$repo/t/lifecycle/load.py" "$port" 0.3 10 "/sleep?s=1.5,/fetch?s=1.5&ka=1" > "$work/quit-load.out" &
+# 4. Graceful quit while requests wait in Rust (timers, fetches on the
+# tokio runtime, an async method, resty_async_http) and timers they started
+# call it, with task handles kept: they finish, then nginx exits, within 5 s.
+python3 "$repo/t/lifecycle/load.py" "$port" 0.3 10 "/sleep?s=1.5,/fetch?s=1.5&ka=1,/method?ms=1500,/http?s=1.5&ka=1,/timer,$keep" > "$work/quit-load.out" &
 load_pid=$!
 sleep 0.5
 start=$(date +%s%N)
@@ -136,7 +158,9 @@ wait "$load_pid" || bad "waiting requests failed on quit: $(cat "$work/quit-load
 say "quit while 10 requests waited: exited in ${took} ms; $(head -1 "$work/quit-load.out")"
 
 # 5. The logs and the base directory.
+# (nginx's own alert that lua_code_cache is off excepted)
 grep -E "exited on signal [^9]|\[alert\]|\[emerg\]" "$work/logs/error.log" | grep -v "signal 9" \
+    | grep -v "lua_code_cache is off; this will hurt performance" \
     && bad "crash or alert lines in the error log"
 # (not `grep | head`: under pipefail it fails when head stops reading)
 errors=$(grep -n "\[error\]" "$work/logs/error.log")
@@ -144,5 +168,5 @@ errors=$(grep -n "\[error\]" "$work/logs/error.log")
 left=$(ls -A "$base")
 [ -z "$left" ] || bad "socket directories left in $base: $left"
 
-if [ "$fail" = 0 ]; then say "lifecycle: all checks passed"; else say "lifecycle: FAILED"; fi
+if [ "$fail" = 0 ]; then say "lifecycle (lua_code_cache $code_cache): all checks passed"; else say "lifecycle (lua_code_cache $code_cache): FAILED"; fi
 exit "$fail"

@@ -23,6 +23,7 @@ local ERR = ngx.ERR
 local WARN = ngx.WARN
 local exiting = ngx.worker.exiting
 local ngx_now = ngx.now
+local ngx_sleep = ngx.sleep
 local tcp = ngx.socket.tcp
 local sema_new = semaphore.new
 local ffi_new = ffi.new
@@ -397,14 +398,27 @@ log_failure = function(st, why, delay)
 end
 
 
-local function driver(premature, st, gen)
+local function driver(premature, st, gen, wait_first)
     if gen ~= st.gen then
         return  -- taken for dropped and started again (see running())
     end
     st.alive = true
     if premature then
+        -- ngx_lua runs every pending timer early, once, as the worker
+        -- starts to exit: a driver that was about to start or restart
+        -- for calls that wait starts now (it exits once nobody waits)
         st.running = false
+        if st.nnet > 0 or not st.rt.idle() then
+            local ok, err = start_driver(st)
+            if not ok then
+                ngx_log(ERR, "resty.async: cannot start the driver of ",
+                        st.name, " while the worker exits: ", err)
+            end
+        end
         return
+    end
+    if wait_first > 0 then
+        ngx_sleep(wait_first)  -- (a restart while the worker exits)
     end
 
     local ok, res, err = pcall(drive, st)
@@ -426,7 +440,8 @@ local function driver(premature, st, gen)
 
     local why = ok and err or res
     st.failures = st.failures + 1
-    if exiting() then
+    local waited = st.waiting > 0 or st.nnet > 0
+    if exiting() and not waited then
         ngx_log(WARN, "resty.async: driver of ", st.name, " stopped while ",
                 "the worker exits: ", why)
         return
@@ -436,7 +451,14 @@ local function driver(premature, st, gen)
     if delay > RESTART_MAX then
         delay = RESTART_MAX
     end
-    log_failure(st, why, delay)
+    if exiting() then
+        -- (worker_shutdown_timeout closes the completion socket: no error)
+        ngx_log(WARN, "resty.async: driver of ", st.name, " stopped while ",
+                "the worker exits: ", why, "; restarting in ", delay,
+                " s for the calls that wait")
+    else
+        log_failure(st, why, delay)
+    end
     local started, terr = start_driver(st, delay)
     if not started then
         ngx_log(ERR, "resty.async: cannot restart the driver of ", st.name,
@@ -455,8 +477,17 @@ start_driver = function(st, delay)
         return nil, err
     end
     local gen = (st.gen or 0) + 1
+    -- While the worker exits, ngx_lua refuses a timer with a delay, and
+    -- worker_shutdown_timeout closes every connection, the completion
+    -- socket's too, but lets timers run on: the driver restarts at once
+    -- for their calls and waits out its delay itself.
+    local wait_first = 0
+    if delay and delay > 0 and exiting() then
+        wait_first = delay
+    end
     local ok
-    ok, err = timer_at(delay or 0, driver, st, gen)
+    ok, err = timer_at(wait_first > 0 and 0 or delay or 0, driver, st, gen,
+                       wait_first)
     if not ok then
         return nil, "cannot start the resty.async driver: " .. tostring(err)
     end
