@@ -35,7 +35,7 @@ use crate::runtime::LuaOutput;
 use crate::sendable::Sendable;
 use crate::socket::Notifier;
 use crate::timer::{Key, Ms, Timers};
-use crate::waiters::{Waited, Waiter, Waiters};
+use crate::waiters::{Caller, Waited, Waiter, Waiters};
 
 enum Kind {
     /// A pool job: its errand once it came back.
@@ -97,14 +97,26 @@ struct Slots {
     limit: Option<usize>,
 }
 
+impl Slot {
+    fn new(kind: Kind) -> Slot {
+        Slot {
+            kind,
+            done: false,
+            held: None,
+            waiter: None,
+            posted: false,
+        }
+    }
+}
+
 impl Slots {
     fn id(index: usize, uses: u32) -> TaskId {
         PLAIN | TaskId::from(uses) << INDEX_BITS | index as TaskId
     }
 
-    /// Puts the slot that `make` makes for its id in an empty slot; the id,
-    /// or `None` if all 2^[`INDEX_BITS`] are taken.
-    fn insert_with(&mut self, make: impl FnOnce(TaskId) -> Slot) -> Option<TaskId> {
+    /// Puts the slot that `make` makes for its id in an empty slot; the id
+    /// and the slot, or `None` if all 2^[`INDEX_BITS`] are taken.
+    fn insert_with(&mut self, make: impl FnOnce(TaskId) -> Slot) -> Option<(TaskId, &mut Slot)> {
         let index = match self.free.pop() {
             Some(i) => i as usize,
             None if (self.entries.len() as TaskId) <= INDEX_MASK && !self.at_limit() => {
@@ -117,9 +129,9 @@ impl Slots {
         // (below USES_MASK: see `remove`)
         entry.0 += 1;
         let id = Slots::id(index, entry.0);
-        entry.1 = Some(make(id));
+        let slot = entry.1.insert(make(id));
         self.len += 1;
-        Some(id)
+        Some((id, slot))
     }
 
     /// The place of `id`'s slot, if `id` is a plain task's and its slot
@@ -330,42 +342,88 @@ impl PlainTasks {
     }
 
     /// Queues `job` on `pool` as a task; its id.
+    #[cfg(test)]
     pub(crate) fn spawn_job(
         &self,
         pool: &Pool,
         job: impl FnOnce() -> Sendable + Send + 'static,
         wake: WakeUp,
     ) -> Result<TaskId, PoolError> {
+        self.spawn_job_for(pool, job, wake, None).map(|(id, _)| id)
+    }
+
+    /// [`PlainTasks::spawn_job`], queuing `caller` (if any) for the task
+    /// once the job is queued: its id and whether the caller was queued.
+    pub(crate) fn spawn_job_for(
+        &self,
+        pool: &Pool,
+        job: impl FnOnce() -> Sendable + Send + 'static,
+        wake: WakeUp,
+        caller: Option<(&Waiters, Caller)>,
+    ) -> Result<(TaskId, bool), PoolError> {
         let id = self
-            .insert(|_| Kind::Job(None))
-            .ok_or_else(|| PoolError::Lost(too_many_tasks()))?;
+            .slots
+            .borrow_mut()
+            .insert_with(|_| Slot::new(Kind::Job(None)))
+            .ok_or_else(|| PoolError::Lost(too_many_tasks()))?
+            .0;
         let errand = self.blocks.boxed(JobErrand {
             id,
             stage: Stage::Queued(job),
             back: Arc::clone(&self.back),
         });
+        // (not borrowed: a refused job is dropped, which may run any code)
         if let Err(e) = pool.spawn_errand(errand, wake) {
             self.slots.borrow_mut().remove(id);
             return Err(e);
         }
-        Ok(id)
+        let queued = match caller {
+            Some((waiters, caller)) => match self.slots.borrow_mut().get_mut(id) {
+                Some(slot) => self.queue_in(slot, waiters, caller),
+                None => false,
+            },
+            None => false,
+        };
+        Ok((id, queued))
     }
 
     /// A task that finishes at `deadline`, with the result `true`; its id,
     /// or the message of its refusal.
+    #[cfg(test)]
     pub(crate) fn spawn_sleep(&self, deadline: Ms) -> Result<TaskId, String> {
-        self.insert(|id| Kind::Sleep(self.timers.add_task(deadline, id)))
-            .ok_or_else(too_many_tasks)
+        self.spawn_sleep_for(deadline, None).map(|(id, _)| id)
     }
 
-    fn insert(&self, kind: impl FnOnce(TaskId) -> Kind) -> Option<TaskId> {
-        self.slots.borrow_mut().insert_with(|id| Slot {
-            kind: kind(id),
-            done: false,
-            held: None,
-            waiter: None,
-            posted: false,
-        })
+    /// [`PlainTasks::spawn_sleep`], queuing `caller` (if any) for the new
+    /// task: its id and whether the caller was queued.
+    pub(crate) fn spawn_sleep_for(
+        &self,
+        deadline: Ms,
+        caller: Option<(&Waiters, Caller)>,
+    ) -> Result<(TaskId, bool), String> {
+        let mut slots = self.slots.borrow_mut();
+        let (id, slot) = slots
+            .insert_with(|id| Slot::new(Kind::Sleep(self.timers.add_task(deadline, id))))
+            .ok_or_else(too_many_tasks)?;
+        let queued = match caller {
+            Some((waiters, caller)) => self.queue_in(slot, waiters, caller),
+            None => false,
+        };
+        Ok((id, queued))
+    }
+
+    /// Queues `caller` for the task of `slot`, new and pending (see
+    /// [`Waiters::queue`]): whether it did. (A caller that could not be
+    /// queued here waits through the Lua C function, which reports why.)
+    fn queue_in(&self, slot: &mut Slot, waiters: &Waiters, caller: Caller) -> bool {
+        match caller.queue(waiters) {
+            Ok(waiter) => {
+                slot.waiter = Some(waiter);
+                self.waiting.set(self.waiting.get() + 1);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Queues the caller running on `state` for task `id` (see

@@ -26,7 +26,7 @@ use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
 use crate::timer::{Sleep, Timers};
 use crate::values::LuaValues;
-use crate::waiters::{Waited, Waiters};
+use crate::waiters::{Caller, Waited, Waiters};
 
 /// What [`Runtime::settle`] found.
 pub(crate) enum Settled {
@@ -297,7 +297,20 @@ impl Runtime {
         &self,
         job: impl FnOnce() -> Sendable + Send + 'static,
     ) -> Result<TaskId, PoolError> {
-        let spawned = self.plain.spawn_job(&self.pool, job, self.batch.wake_up());
+        self.spawn_job_for(job, None).map(|(id, _)| id)
+    }
+
+    /// [`Runtime::spawn_job_raw`], queuing `caller` (if any) for the task:
+    /// its id and whether the caller was queued.
+    pub(crate) fn spawn_job_for(
+        &self,
+        job: impl FnOnce() -> Sendable + Send + 'static,
+        caller: Option<Caller>,
+    ) -> Result<(TaskId, bool), PoolError> {
+        let caller = caller.map(|c| (&self.waiters, c));
+        let spawned = self
+            .plain
+            .spawn_job_for(&self.pool, job, self.batch.wake_up(), caller);
         spawned.inspect_err(|_| self.plain.count_ready())
     }
 
@@ -305,12 +318,20 @@ impl Runtime {
     /// whose result is `true` once `dur` has passed: its id, `None` when it
     /// is done at once (for zero), or the message of a refusal (a full
     /// table of tasks).
-    pub(crate) fn spawn_sleep(&self, dur: Duration) -> Result<Option<TaskId>, String> {
+    ///
+    /// `caller`, if any, is queued for the task: the id comes with whether
+    /// it was.
+    pub(crate) fn spawn_sleep(
+        &self,
+        dur: Duration,
+        caller: Option<Caller>,
+    ) -> Result<Option<(TaskId, bool)>, String> {
         if dur.is_zero() {
             self.plain.count_ready();
             return Ok(None);
         }
-        let spawned = self.plain.spawn_sleep(self.timers.deadline_ms(dur));
+        let caller = caller.map(|c| (&self.waiters, c));
+        let spawned = self.plain.spawn_sleep_for(self.timers.deadline_ms(dur), caller);
         spawned.map(Some).inspect_err(|_| self.plain.count_ready())
     }
 
