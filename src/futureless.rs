@@ -464,8 +464,15 @@ impl PlainTasks {
     /// Hands the ids of the tasks done since the last call to `f`, or posts
     /// their waiters: jobs the pool reported, sleeps whose deadline fired
     /// (a task cancelled meanwhile is skipped).
-    pub(crate) fn take_completed(&self, waiters: &Waiters, mut f: impl FnMut(TaskId)) {
+    #[cfg(test)]
+    pub(crate) fn take_completed(&self, waiters: &Waiters, f: impl FnMut(TaskId)) {
         self.reap(waiters);
+        self.take_done(waiters, f);
+    }
+
+    /// [`PlainTasks::take_completed`] without the [`PlainTasks::reap`]
+    /// before it.
+    pub(crate) fn take_done(&self, waiters: &Waiters, mut f: impl FnMut(TaskId)) {
         // Marks the slot done; whether to tell `f`.
         let finish = |id: TaskId, slot: &mut Slot| {
             slot.done = true;
@@ -481,16 +488,15 @@ impl PlainTasks {
                 None => true,
             }
         };
-        let mut done = |id| {
-            let tell = match self.slots.borrow_mut().get_mut(id) {
-                Some(slot) => finish(id, slot),
-                None => false,
-            };
-            if tell {
-                f(id);
-            }
-        };
-        self.timers.take_fired(&mut done);
+        {
+            // (`f` and `finish` leave the slots alone)
+            let mut slots = self.slots.borrow_mut();
+            self.timers.take_fired(|id| {
+                if slots.get_mut(id).is_some_and(|slot| finish(id, slot)) {
+                    f(id);
+                }
+            });
+        }
         let mut taking = self.taking.borrow_mut();
         std::mem::swap(
             &mut *self.back.done.lock().unwrap_or_else(PoisonError::into_inner),

@@ -377,12 +377,13 @@ impl Runtime {
         self.notifier.hold();
         let now = self.timers.now();
         self.timers.fire(now);
-        self.collect_done();
+        self.collect_done(true);
         let tasks_ready = self.executor.has_ready();
         if !tasks_ready {
             // Jobs the pool finishes from now on ask for another poll.
             self.notifier.release(|| self.executor.has_ready());
-            self.collect_done();
+            // (the results read since the first are freed by the next poll)
+            self.collect_done(false);
         }
         let next = if arm {
             self.timers.arm()
@@ -420,13 +421,18 @@ impl Runtime {
         self.flush();
         // Work left over asks for another poll, after nginx's other events.
         self.notifier.release(|| self.executor.has_ready());
-        self.collect_done();
+        self.collect_done(true);
     }
 
     /// Collects the finished tasks, and those that queued socket ops for
     /// their callers: posts the callers that wait for them, keeps the
-    /// others for Lua ([`Runtime::next_done`]).
-    fn collect_done(&self) {
+    /// others for Lua ([`Runtime::next_done`]). `reap`: frees first the
+    /// plain tasks whose results their callers read (see
+    /// [`PlainTasks::reap`]).
+    fn collect_done(&self, reap: bool) {
+        if reap {
+            self.plain.reap(&self.waiters);
+        }
         let mut done = self.done.borrow_mut();
         let mut found = |id| {
             if !self.waiters.post(id) {
@@ -434,7 +440,7 @@ impl Runtime {
             }
         };
         self.executor.take_completed(&mut found);
-        self.plain.take_completed(&self.waiters, &mut found);
+        self.plain.take_done(&self.waiters, &mut found);
         self.net.take_ready(|id| {
             if !self.waiters.post(id) {
                 done.push_back(Done::Ops(id));
