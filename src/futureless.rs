@@ -396,6 +396,7 @@ impl PlainTasks {
 
     /// [`PlainTasks::spawn_sleep`], queuing `caller` (if any) for the new
     /// task: its id and whether the caller was queued.
+    #[inline(always)]
     pub(crate) fn spawn_sleep_for(
         &self,
         deadline: Ms,
@@ -415,6 +416,7 @@ impl PlainTasks {
     /// Queues `caller` for the task of `slot`, new and pending (see
     /// [`Waiters::queue`]): whether it did. (A caller that could not be
     /// queued here waits through the Lua C function, which reports why.)
+    #[inline(always)]
     fn queue_in(&self, slot: &mut Slot, waiters: &Waiters, caller: Caller) -> bool {
         match caller.queue(waiters) {
             Ok(waiter) => {
@@ -566,8 +568,11 @@ impl PlainTasks {
         let Some(mailbox) = self.mailbox.get() else {
             return;
         };
-        // (release and retire below do not touch the list)
+        // (release and retire below touch neither; and a posted result is
+        // a value of this crate's, see `post_result`: dropping it runs no
+        // code of the module's)
         let mut posted = self.posted.borrow_mut();
+        let mut slots = self.slots.borrow_mut();
         let mut i = 0;
         while i < posted.len() {
             let id = posted[i];
@@ -577,10 +582,9 @@ impl PlainTasks {
                 continue;
             }
             posted.swap_remove(i);
-            let slot = self.slots.borrow_mut().remove(id);
-            if let Some(mut slot) = slot {
+            if let Some(mut slot) = slots.remove(id) {
                 self.release(waiters, slot.waiter.take());
-                self.retire(slot.kind); // (after the borrow: drops the result)
+                self.retire(slot.kind);
             }
         }
     }

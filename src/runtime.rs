@@ -321,6 +321,7 @@ impl Runtime {
     ///
     /// `caller`, if any, is queued for the task: the id comes with whether
     /// it was.
+    #[inline(always)]
     pub(crate) fn spawn_sleep(
         &self,
         dur: Duration,
