@@ -33,7 +33,7 @@ use crate::pool::PoolError;
 use crate::runtime::{Done, Runtime};
 use crate::sendable::Sendable;
 use crate::vm::VmRuntime;
-use crate::waiters::Waited;
+use crate::waiters::{Caller, Waited};
 
 /// The version of [`Api`] and of the conventions below; `resty/async.lua`
 /// declares the same.
@@ -210,28 +210,32 @@ impl Wait {
         }
     }
 
-    /// Queues the caller of pending task `id`, if asked to and it can.
-    fn queue(self, rt: &Runtime, id: TaskId) {
+    /// The caller to queue for a task it starts now, if asked to and it
+    /// may yield here (see [`Waiters::running_caller`]); `None` leaves it
+    /// to wait through the Lua C function.
+    fn caller(self, rt: &Runtime) -> Option<Caller> {
         if self.waited.is_null() || self.timeout.is_nan() || self.timeout <= 0.0 {
-            return;
+            return None;
         }
-        let code = match rt.waiters.running_caller() {
-            // SAFETY: `state` is what running_caller returned, in this call.
-            Ok(state) => match unsafe { wait_running(rt, state, id, timeout_ms(self.timeout)) } {
-                Waited::Yield => WAIT_YIELD,
-                // (the caller tries again through wait())
-                _ => WAIT_C_FUNCTION,
-            },
-            Err(_) => WAIT_C_FUNCTION,
-        };
-        self.says(code);
+        let state = rt.waiters.running_caller().ok()?;
+        // SAFETY: `state` is what running_caller returned, and the Caller
+        // is used in this FFI call (by the start that asked for it).
+        Some(unsafe { Caller::new(state, timeout_ms(self.timeout)) })
+    }
+
+    /// What a start that took [`Wait::caller`] reports of pending task
+    /// `id` (see [`Api`]): whether it queued the caller.
+    fn started(self, rt: &Runtime, id: TaskId, queued: bool) -> c_double {
+        if queued {
+            rt.waiters.count_queued(true);
+            self.says(WAIT_YIELD);
+        }
+        pending_id(rt, id)
     }
 }
 
-/// What a spawning function returns for pending task `id` (see [`Api`]);
-/// queues its caller as `wait` says.
-fn pending(rt: &Runtime, id: TaskId, wait: Wait) -> c_double {
-    wait.queue(rt, id);
+/// What a spawning function returns for pending task `id` (see [`Api`]).
+fn pending_id(rt: &Runtime, id: TaskId) -> c_double {
     let id = id as c_double;
     if rt.take_rearm() | rt.wake_owed() {
         -id
@@ -289,8 +293,8 @@ pub(crate) fn start_sleep_for_test(rt: &Runtime, secs: c_double, waited: &mut c_
 /// for `take(vm, 0, out)`, and `*waited` says [`WAIT_DONE`]: the Lua side
 /// takes the result only then.
 fn start_sleep(rt: &Runtime, secs: c_double, wait: Wait) -> c_double {
-    match crate::builtins::sleep_duration(secs).map(|d| rt.spawn_sleep(d)) {
-        Ok(Ok(Some(id))) => pending(rt, id, wait),
+    match crate::builtins::sleep_duration(secs).map(|d| rt.spawn_sleep(d, wait.caller(rt))) {
+        Ok(Ok(Some((id, queued)))) => wait.started(rt, id, queued),
         Ok(Ok(None)) => {
             rt.flush();
             0.0
@@ -404,8 +408,8 @@ unsafe extern "C" fn ra_write_file(
 
 /// Queues a blocking job; a full queue is a result at once.
 fn spawn_job(rt: &Runtime, job: impl FnOnce() -> Sendable + Send + 'static, wait: Wait) -> c_double {
-    rt.batch(|| match rt.spawn_job_raw(job) {
-        Ok(id) => pending(rt, id, wait),
+    rt.batch(|| match rt.spawn_job_for(job, wait.caller(rt)) {
+        Ok((id, queued)) => wait.started(rt, id, queued),
         Err(e) => ready(Ok(Sendable::Failed(e.to_string()))),
     })
 }

@@ -35,7 +35,7 @@ use crate::runtime::LuaOutput;
 use crate::sendable::Sendable;
 use crate::socket::Notifier;
 use crate::timer::{Key, Ms, Timers};
-use crate::waiters::{Waited, Waiter, Waiters};
+use crate::waiters::{Caller, Waited, Waiter, Waiters};
 
 enum Kind {
     /// A pool job: its errand once it came back.
@@ -97,14 +97,26 @@ struct Slots {
     limit: Option<usize>,
 }
 
+impl Slot {
+    fn new(kind: Kind) -> Slot {
+        Slot {
+            kind,
+            done: false,
+            held: None,
+            waiter: None,
+            posted: false,
+        }
+    }
+}
+
 impl Slots {
     fn id(index: usize, uses: u32) -> TaskId {
         PLAIN | TaskId::from(uses) << INDEX_BITS | index as TaskId
     }
 
-    /// Puts the slot that `make` makes for its id in an empty slot; the id,
-    /// or `None` if all 2^[`INDEX_BITS`] are taken.
-    fn insert_with(&mut self, make: impl FnOnce(TaskId) -> Slot) -> Option<TaskId> {
+    /// Puts the slot that `make` makes for its id in an empty slot; the id
+    /// and the slot, or `None` if all 2^[`INDEX_BITS`] are taken.
+    fn insert_with(&mut self, make: impl FnOnce(TaskId) -> Slot) -> Option<(TaskId, &mut Slot)> {
         let index = match self.free.pop() {
             Some(i) => i as usize,
             None if (self.entries.len() as TaskId) <= INDEX_MASK && !self.at_limit() => {
@@ -117,9 +129,9 @@ impl Slots {
         // (below USES_MASK: see `remove`)
         entry.0 += 1;
         let id = Slots::id(index, entry.0);
-        entry.1 = Some(make(id));
+        let slot = entry.1.insert(make(id));
         self.len += 1;
-        Some(id)
+        Some((id, slot))
     }
 
     /// The place of `id`'s slot, if `id` is a plain task's and its slot
@@ -330,42 +342,90 @@ impl PlainTasks {
     }
 
     /// Queues `job` on `pool` as a task; its id.
+    #[cfg(test)]
     pub(crate) fn spawn_job(
         &self,
         pool: &Pool,
         job: impl FnOnce() -> Sendable + Send + 'static,
         wake: WakeUp,
     ) -> Result<TaskId, PoolError> {
+        self.spawn_job_for(pool, job, wake, None).map(|(id, _)| id)
+    }
+
+    /// [`PlainTasks::spawn_job`], queuing `caller` (if any) for the task
+    /// once the job is queued: its id and whether the caller was queued.
+    pub(crate) fn spawn_job_for(
+        &self,
+        pool: &Pool,
+        job: impl FnOnce() -> Sendable + Send + 'static,
+        wake: WakeUp,
+        caller: Option<(&Waiters, Caller)>,
+    ) -> Result<(TaskId, bool), PoolError> {
         let id = self
-            .insert(|_| Kind::Job(None))
-            .ok_or_else(|| PoolError::Lost(too_many_tasks()))?;
+            .slots
+            .borrow_mut()
+            .insert_with(|_| Slot::new(Kind::Job(None)))
+            .ok_or_else(|| PoolError::Lost(too_many_tasks()))?
+            .0;
         let errand = self.blocks.boxed(JobErrand {
             id,
             stage: Stage::Queued(job),
             back: Arc::clone(&self.back),
         });
+        // (not borrowed: a refused job is dropped, which may run any code)
         if let Err(e) = pool.spawn_errand(errand, wake) {
             self.slots.borrow_mut().remove(id);
             return Err(e);
         }
-        Ok(id)
+        let queued = match caller {
+            Some((waiters, caller)) => match self.slots.borrow_mut().get_mut(id) {
+                Some(slot) => self.queue_in(slot, waiters, caller),
+                None => false,
+            },
+            None => false,
+        };
+        Ok((id, queued))
     }
 
     /// A task that finishes at `deadline`, with the result `true`; its id,
     /// or the message of its refusal.
+    #[cfg(test)]
     pub(crate) fn spawn_sleep(&self, deadline: Ms) -> Result<TaskId, String> {
-        self.insert(|id| Kind::Sleep(self.timers.add_task(deadline, id)))
-            .ok_or_else(too_many_tasks)
+        self.spawn_sleep_for(deadline, None).map(|(id, _)| id)
     }
 
-    fn insert(&self, kind: impl FnOnce(TaskId) -> Kind) -> Option<TaskId> {
-        self.slots.borrow_mut().insert_with(|id| Slot {
-            kind: kind(id),
-            done: false,
-            held: None,
-            waiter: None,
-            posted: false,
-        })
+    /// [`PlainTasks::spawn_sleep`], queuing `caller` (if any) for the new
+    /// task: its id and whether the caller was queued.
+    #[inline(always)]
+    pub(crate) fn spawn_sleep_for(
+        &self,
+        deadline: Ms,
+        caller: Option<(&Waiters, Caller)>,
+    ) -> Result<(TaskId, bool), String> {
+        let mut slots = self.slots.borrow_mut();
+        let (id, slot) = slots
+            .insert_with(|id| Slot::new(Kind::Sleep(self.timers.add_task(deadline, id))))
+            .ok_or_else(too_many_tasks)?;
+        let queued = match caller {
+            Some((waiters, caller)) => self.queue_in(slot, waiters, caller),
+            None => false,
+        };
+        Ok((id, queued))
+    }
+
+    /// Queues `caller` for the task of `slot`, new and pending (see
+    /// [`Waiters::queue`]): whether it did. (A caller that could not be
+    /// queued here waits through the Lua C function, which reports why.)
+    #[inline(always)]
+    fn queue_in(&self, slot: &mut Slot, waiters: &Waiters, caller: Caller) -> bool {
+        match caller.queue(waiters) {
+            Ok(waiter) => {
+                slot.waiter = Some(waiter);
+                self.waiting.set(self.waiting.get() + 1);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Queues the caller running on `state` for task `id` (see
@@ -406,8 +466,15 @@ impl PlainTasks {
     /// Hands the ids of the tasks done since the last call to `f`, or posts
     /// their waiters: jobs the pool reported, sleeps whose deadline fired
     /// (a task cancelled meanwhile is skipped).
-    pub(crate) fn take_completed(&self, waiters: &Waiters, mut f: impl FnMut(TaskId)) {
+    #[cfg(test)]
+    pub(crate) fn take_completed(&self, waiters: &Waiters, f: impl FnMut(TaskId)) {
         self.reap(waiters);
+        self.take_done(waiters, f);
+    }
+
+    /// [`PlainTasks::take_completed`] without the [`PlainTasks::reap`]
+    /// before it.
+    pub(crate) fn take_done(&self, waiters: &Waiters, mut f: impl FnMut(TaskId)) {
         // Marks the slot done; whether to tell `f`.
         let finish = |id: TaskId, slot: &mut Slot| {
             slot.done = true;
@@ -423,16 +490,15 @@ impl PlainTasks {
                 None => true,
             }
         };
-        let mut done = |id| {
-            let tell = match self.slots.borrow_mut().get_mut(id) {
-                Some(slot) => finish(id, slot),
-                None => false,
-            };
-            if tell {
-                f(id);
-            }
-        };
-        self.timers.take_fired(&mut done);
+        {
+            // (`f` and `finish` leave the slots alone)
+            let mut slots = self.slots.borrow_mut();
+            self.timers.take_fired(|id| {
+                if slots.get_mut(id).is_some_and(|slot| finish(id, slot)) {
+                    f(id);
+                }
+            });
+        }
         let mut taking = self.taking.borrow_mut();
         std::mem::swap(
             &mut *self.back.done.lock().unwrap_or_else(PoisonError::into_inner),
@@ -502,8 +568,11 @@ impl PlainTasks {
         let Some(mailbox) = self.mailbox.get() else {
             return;
         };
-        // (release and retire below do not touch the list)
+        // (release and retire below touch neither; and a posted result is
+        // a value of this crate's, see `post_result`: dropping it runs no
+        // code of the module's)
         let mut posted = self.posted.borrow_mut();
+        let mut slots = self.slots.borrow_mut();
         let mut i = 0;
         while i < posted.len() {
             let id = posted[i];
@@ -513,10 +582,9 @@ impl PlainTasks {
                 continue;
             }
             posted.swap_remove(i);
-            let slot = self.slots.borrow_mut().remove(id);
-            if let Some(mut slot) = slot {
+            if let Some(mut slot) = slots.remove(id) {
                 self.release(waiters, slot.waiter.take());
-                self.retire(slot.kind); // (after the borrow: drops the result)
+                self.retire(slot.kind);
             }
         }
     }

@@ -26,7 +26,7 @@ use crate::socket::{Notifier, Rendezvous};
 use crate::sys;
 use crate::timer::{Sleep, Timers};
 use crate::values::LuaValues;
-use crate::waiters::{Waited, Waiters};
+use crate::waiters::{Caller, Waited, Waiters};
 
 /// What [`Runtime::settle`] found.
 pub(crate) enum Settled {
@@ -297,7 +297,20 @@ impl Runtime {
         &self,
         job: impl FnOnce() -> Sendable + Send + 'static,
     ) -> Result<TaskId, PoolError> {
-        let spawned = self.plain.spawn_job(&self.pool, job, self.batch.wake_up());
+        self.spawn_job_for(job, None).map(|(id, _)| id)
+    }
+
+    /// [`Runtime::spawn_job_raw`], queuing `caller` (if any) for the task:
+    /// its id and whether the caller was queued.
+    pub(crate) fn spawn_job_for(
+        &self,
+        job: impl FnOnce() -> Sendable + Send + 'static,
+        caller: Option<Caller>,
+    ) -> Result<(TaskId, bool), PoolError> {
+        let caller = caller.map(|c| (&self.waiters, c));
+        let spawned = self
+            .plain
+            .spawn_job_for(&self.pool, job, self.batch.wake_up(), caller);
         spawned.inspect_err(|_| self.plain.count_ready())
     }
 
@@ -305,12 +318,21 @@ impl Runtime {
     /// whose result is `true` once `dur` has passed: its id, `None` when it
     /// is done at once (for zero), or the message of a refusal (a full
     /// table of tasks).
-    pub(crate) fn spawn_sleep(&self, dur: Duration) -> Result<Option<TaskId>, String> {
+    ///
+    /// `caller`, if any, is queued for the task: the id comes with whether
+    /// it was.
+    #[inline(always)]
+    pub(crate) fn spawn_sleep(
+        &self,
+        dur: Duration,
+        caller: Option<Caller>,
+    ) -> Result<Option<(TaskId, bool)>, String> {
         if dur.is_zero() {
             self.plain.count_ready();
             return Ok(None);
         }
-        let spawned = self.plain.spawn_sleep(self.timers.deadline_ms(dur));
+        let caller = caller.map(|c| (&self.waiters, c));
+        let spawned = self.plain.spawn_sleep_for(self.timers.deadline_ms(dur), caller);
         spawned.map(Some).inspect_err(|_| self.plain.count_ready())
     }
 
@@ -356,12 +378,13 @@ impl Runtime {
         self.notifier.hold();
         let now = self.timers.now();
         self.timers.fire(now);
-        self.collect_done();
+        self.collect_done(true);
         let tasks_ready = self.executor.has_ready();
         if !tasks_ready {
             // Jobs the pool finishes from now on ask for another poll.
             self.notifier.release(|| self.executor.has_ready());
-            self.collect_done();
+            // (the results read since the first are freed by the next poll)
+            self.collect_done(false);
         }
         let next = if arm {
             self.timers.arm()
@@ -399,13 +422,18 @@ impl Runtime {
         self.flush();
         // Work left over asks for another poll, after nginx's other events.
         self.notifier.release(|| self.executor.has_ready());
-        self.collect_done();
+        self.collect_done(true);
     }
 
     /// Collects the finished tasks, and those that queued socket ops for
     /// their callers: posts the callers that wait for them, keeps the
-    /// others for Lua ([`Runtime::next_done`]).
-    fn collect_done(&self) {
+    /// others for Lua ([`Runtime::next_done`]). `reap`: frees first the
+    /// plain tasks whose results their callers read (see
+    /// [`PlainTasks::reap`]).
+    fn collect_done(&self, reap: bool) {
+        if reap {
+            self.plain.reap(&self.waiters);
+        }
         let mut done = self.done.borrow_mut();
         let mut found = |id| {
             if !self.waiters.post(id) {
@@ -413,7 +441,7 @@ impl Runtime {
             }
         };
         self.executor.take_completed(&mut found);
-        self.plain.take_completed(&self.waiters, &mut found);
+        self.plain.take_done(&self.waiters, &mut found);
         self.net.take_ready(|id| {
             if !self.waiters.post(id) {
                 done.push_back(Done::Ops(id));

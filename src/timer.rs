@@ -220,6 +220,7 @@ struct Queue {
 }
 
 impl Queue {
+    #[inline(always)]
     fn add(&mut self, key: Key, entry: Entry) {
         if self.armed.is_none_or(|a| key.0 < a) {
             self.rearm = true;
@@ -277,6 +278,7 @@ impl Timers {
     }
 
     /// The deadline `dur` from now, on the clock of these timers.
+    #[inline(always)]
     pub fn deadline_ms(&self, dur: Duration) -> Ms {
         self.now().saturating_add(ceil_ms(dur))
     }
@@ -310,6 +312,7 @@ impl Timers {
 
     /// A deadline that stands for task `id`: when it fires, `id` goes to
     /// [`Timers::take_fired`]. Remove it with [`Timers::remove`] to cancel.
+    #[inline(always)]
     pub fn add_task(&self, deadline: Ms, id: u64) -> Key {
         let mut q = self.queue.borrow_mut();
         q.seq += 1;

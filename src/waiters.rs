@@ -115,6 +115,31 @@ impl Waiter {
     }
 }
 
+/// A caller to queue on a semaphore as it starts a task: the coroutine
+/// running now, which may yield, and its timeout (see [`Waiters::queue`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Caller {
+    state: *mut ffi::lua_State,
+    timeout_ms: c_int,
+}
+
+impl Caller {
+    /// # Safety
+    ///
+    /// As [`Waiters::queue`], for as long as the `Caller` is used: it is
+    /// used during the FFI call that found `state` (see
+    /// [`Waiters::running_caller`]).
+    pub(crate) unsafe fn new(state: *mut ffi::lua_State, timeout_ms: c_int) -> Caller {
+        Caller { state, timeout_ms }
+    }
+
+    /// Queues this caller (see [`Waiters::queue`]).
+    pub(crate) fn queue(self, waiters: &Waiters) -> Result<Waiter, Waited> {
+        // SAFETY: Caller::new's contract.
+        unsafe { waiters.queue(self.state, self.timeout_ms) }
+    }
+}
+
 /// Most semaphores kept for reuse.
 const MAX_SPARE: usize = 1024;
 
@@ -208,11 +233,13 @@ impl Waiters {
                 sema
             }
         };
-        let mut buf = [0u8; 128];
+        // (not zeroed: ngx_lua writes a message there only on failure,
+        // and says how long)
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 128];
         let mut len = buf.len();
         // SAFETY: `r` is the caller's request, `sema` a live semaphore of
         // ngx_lua's, `buf` has `len` bytes for a message.
-        let rc = unsafe { (ngx.wait)(r, sema, timeout_ms, buf.as_mut_ptr(), &mut len) };
+        let rc = unsafe { (ngx.wait)(r, sema, timeout_ms, buf.as_mut_ptr().cast(), &mut len) };
         if rc == NGX_AGAIN {
             return Ok(Waiter {
                 sema,
@@ -224,7 +251,12 @@ impl Waiters {
         Err(match rc {
             NGX_OK => Waited::Done,
             NGX_DECLINED => Waited::Timeout,
-            NGX_ERROR => Waited::Failed(String::from_utf8_lossy(&buf[..len.min(buf.len())]).into_owned()),
+            NGX_ERROR => {
+                // SAFETY: ngx_lua wrote `len` bytes of its message there.
+                let msg =
+                    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len.min(buf.len())) };
+                Waited::Failed(String::from_utf8_lossy(msg).into_owned())
+            }
             rc => Waited::Failed(format!("resty.async: the semaphore wait returned {rc}")),
         })
     }
