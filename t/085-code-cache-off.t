@@ -71,31 +71,19 @@ __DATA__
     }
     location = /t {
         content_by_lua_block {
-            local function count(dir)
-                local n = 0
-                local p = assert(io.popen("ls " .. dir))
-                for _ in p:lines() do n = n + 1 end
-                p:close()
-                return n
-            end
-            local function threads()
-                for l in io.lines("/proc/self/status") do
-                    local n = l:match("^Threads:%s+(%d+)")
-                    if n then return tonumber(n) end
-                end
-            end
+            local proc = require "t_proc"
             local h = require "t_http"
             -- warm up: the first VM to close waits out an idle period
             for _ = 1, 3 do assert(h.get("/work")) end
             ngx.sleep(1.5)
-            local fds, nthreads = count("/proc/self/fd"), threads()
+            local fds, nthreads = proc.fds(), proc.threads()
             for _ = 1, 20 do
                 local status, body = h.get("/work")
                 assert(status == 200 and body == "ok\n", body)
             end
             ngx.sleep(1)
-            ngx.say("fds: ", count("/proc/self/fd") - fds <= 2)
-            ngx.say("threads: ", threads() - nthreads <= 1)
+            ngx.say("fds: ", proc.fds() - fds <= 2)
+            ngx.say("threads: ", proc.threads() - nthreads <= 1)
         }
     }
 --- response_body
@@ -147,15 +135,9 @@ threads: true
     }
     location = /t {
         content_by_lua_block {
-            local function count(dir)
-                local n = 0
-                local p = assert(io.popen("ls " .. dir))
-                for _ in p:lines() do n = n + 1 end
-                p:close()
-                return n
-            end
+            local proc = require "t_proc"
             local h = require "t_http"
-            local fds = count("/proc/self/fd")
+            local fds = proc.fds()
             -- a task that ends soon, and one that would run for a minute
             for i = 1, 10 do
                 local status, body = h.get("/drop?s=" .. (i % 2 == 0 and 0.01 or 60))
@@ -163,7 +145,7 @@ threads: true
             end
             ngx.sleep(3)
             -- each VM left open would keep its completion socket's two fds
-            ngx.say("fds: ", count("/proc/self/fd") - fds <= 2)
+            ngx.say("fds: ", proc.fds() - fds <= 2)
         }
     }
 --- response_body
@@ -223,15 +205,9 @@ started
     }
     location = /t {
         content_by_lua_block {
-            local function count(dir)
-                local n = 0
-                local p = assert(io.popen("ls " .. dir))
-                for _ in p:lines() do n = n + 1 end
-                p:close()
-                return n
-            end
+            local proc = require "t_proc"
             local h = require "t_http"
-            local fds = count("/proc/self/fd")
+            local fds = proc.fds()
             for i = 1, 10 do
                 local m = i % 2 == 0 and "fixtures" or "core"
                 local status, body = h.get("/keep?m=" .. m)
@@ -239,7 +215,7 @@ started
             end
             ngx.sleep(3)
             -- each VM left open would keep its completion sockets' fds
-            ngx.say("fds: ", count("/proc/self/fd") - fds <= 2)
+            ngx.say("fds: ", proc.fds() - fds <= 2)
         }
     }
 --- response_body
