@@ -51,8 +51,12 @@ impl From<i64> for Key<'_> {
 /// A value of a [`Record`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Field<'a> {
-    /// A string (any bytes).
+    /// A string (any bytes), copied into the record.
     Str(&'a [u8]),
+    /// A string whose bytes are moved into the record, not copied: for a
+    /// large value such as a response body (`Vec<u8>` and `String`
+    /// convert to it).
+    Owned(Vec<u8>),
     /// A number.
     Num(f64),
     /// A boolean.
@@ -82,6 +86,18 @@ impl<'a> From<&'a [u8]> for Field<'a> {
 impl<'a> From<&'a Vec<u8>> for Field<'a> {
     fn from(s: &'a Vec<u8>) -> Field<'a> {
         Field::Str(s)
+    }
+}
+
+impl From<Vec<u8>> for Field<'_> {
+    fn from(s: Vec<u8>) -> Field<'static> {
+        Field::Owned(s)
+    }
+}
+
+impl From<String> for Field<'_> {
+    fn from(s: String) -> Field<'static> {
+        Field::Owned(s.into_bytes())
     }
 }
 
@@ -130,6 +146,7 @@ enum KeyAt {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum FieldAt {
     Str(usize, usize),
+    Owned(usize),
     Num(f64),
     Bool(bool),
     Table(usize),
@@ -145,6 +162,8 @@ pub struct Record {
     bytes: Vec<u8>,
     fields: Vec<(KeyAt, FieldAt)>,
     tables: Vec<Record>,
+    /// The strings moved in ([`Field::Owned`]).
+    owned: Vec<Vec<u8>>,
     /// Integer keys set (room for them when the table is made).
     narr: usize,
     /// The largest integer key set (0: none above 0): [`Record::push`]
@@ -196,6 +215,10 @@ impl Record {
             Field::Str(s) => {
                 let (at, n) = self.put(s);
                 FieldAt::Str(at, n)
+            }
+            Field::Owned(s) => {
+                self.owned.push(s);
+                FieldAt::Owned(self.owned.len() - 1)
             }
             Field::Num(n) => FieldAt::Num(n),
             Field::Bool(b) => FieldAt::Bool(b),
@@ -264,7 +287,8 @@ unsafe fn push_record(state: *mut ffi::lua_State, r: &Record) {
     // SAFETY: (for the whole function) the caller guarantees one free
     // slot for the table; lua_checkstack makes two more for a key and a
     // value, and a nested record gets its own check. The byte ranges were
-    // taken from `r.bytes` by `set`.
+    // taken from `r.bytes` by `set`, and an owned string's index from
+    // `r.owned`.
     unsafe {
         ffi::lua_createtable(state, narr, nrec);
         ffi::luaL_checkstack(state, 3, c"resty-async: record too deep".as_ptr());
@@ -278,6 +302,10 @@ unsafe fn push_record(state: *mut ffi::lua_State, r: &Record) {
             match v {
                 FieldAt::Str(at, n) => {
                     ffi::lua_pushlstring(state, bytes.add(at), n);
+                }
+                FieldAt::Owned(i) => {
+                    let s = &r.owned[i];
+                    ffi::lua_pushlstring(state, s.as_ptr() as *const c_char, s.len());
                 }
                 FieldAt::Num(n) => ffi::lua_pushnumber(state, n),
                 FieldAt::Bool(b) => ffi::lua_pushboolean(state, c_int::from(b)),

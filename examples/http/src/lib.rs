@@ -449,17 +449,17 @@ async fn fetch_http2(f: &Fetch) -> Result<Response, String> {
     })
 }
 
-/// `{ status = ..., headers = { ... }, body = ... }`: status and headers
-/// made in one go (resty_async::Record: far cheaper than mlua's table
-/// writes), the body copied once, from its buffer into the Lua string (in
-/// the record it would be copied twice).
+/// `{ status = ..., headers = { ... }, body = ... }`, made in one go
+/// (resty_async::Record: far cheaper than mlua's table writes, each under
+/// a protected call of its own). The body's buffer is moved into the
+/// record, not copied: its bytes are copied once, into the Lua string.
 impl IntoLua for Response {
     fn into_lua(self, lua: &Lua) -> LuaResult<LuaValue> {
-        let mut t = Record::with_capacity(2);
-        t.set("status", self.status).set("headers", self.headers);
-        let t = t.to_table(lua)?;
-        t.raw_set("body", lua.create_string(&self.body[..])?)?;
-        Ok(LuaValue::Table(t))
+        let mut t = Record::with_capacity(3);
+        t.set("status", self.status)
+            .set("headers", self.headers)
+            .set("body", Vec::from(self.body));
+        t.into_lua(lua)
     }
 }
 
