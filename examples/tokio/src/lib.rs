@@ -28,7 +28,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mlua::prelude::*;
-use resty_async::Module;
+use resty_async::{Module, Record};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -355,26 +355,38 @@ async fn read_body(mut body: Incoming, limit: u64) -> Result<Bytes, String> {
     Ok(out.freeze())
 }
 
-/// `{ status = ..., headers = {...}, body = "..." }`. A header that came
-/// several times is a list of its values.
-fn response_table(lua: &Lua, res: Response) -> LuaResult<LuaTable> {
-    let headers = lua.create_table()?;
-    for (name, value) in res.headers {
-        let value = lua.create_string(&value)?;
-        match headers.raw_get::<LuaValue>(name.as_str())? {
-            LuaValue::Nil => headers.raw_set(name.as_str(), value)?,
-            LuaValue::Table(list) => list.raw_push(value)?,
-            first => headers.raw_set(
-                name.as_str(),
-                lua.create_sequence_from([first, LuaValue::String(value)])?,
-            )?,
+/// `{ status = ..., headers = {...}, body = "..." }`, made in one protected
+/// call (resty_async::Record: mlua makes each string and each table write
+/// under a protected call of its own). A header that came several times is
+/// a list of its values.
+fn response_record(res: Response) -> Record {
+    let mut seen: Vec<(&HeaderName, Vec<&Bytes>)> = Vec::with_capacity(res.headers.len());
+    for (name, value) in &res.headers {
+        match seen.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(value),
+            None => seen.push((name, vec![value])),
         }
     }
-    let t = lua.create_table_with_capacity(0, 3)?;
-    t.raw_set("status", res.status)?;
-    t.raw_set("headers", headers)?;
-    t.raw_set("body", lua.create_string(&res.body)?)?;
-    Ok(t)
+    let mut headers = Record::with_capacity(seen.len());
+    for (name, values) in &seen {
+        match values[..] {
+            [one] => {
+                headers.set(name.as_str(), &one[..]);
+            }
+            _ => {
+                let mut list = Record::with_capacity(values.len());
+                for v in values {
+                    list.push(&v[..]);
+                }
+                headers.set(name.as_str(), list);
+            }
+        }
+    }
+    let mut t = Record::with_capacity(3);
+    t.set("status", res.status)
+        .set("headers", headers)
+        .set("body", Vec::from(res.body));
+    t
 }
 
 // --- test fixtures -------------------------------------------------------
@@ -412,7 +424,7 @@ fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
             let res = resty_async::tokio::spawn(send(client, request, max_body))
                 .await
                 .map_err(LuaError::RuntimeError)?;
-            response_table(&lua, res)
+            Ok(response_record(res))
         }
     })?;
 
