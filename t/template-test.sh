@@ -68,6 +68,19 @@ readelf -d "$M/build/hello.so" | grep -q 'NEEDED.*luajit' \
     && fail "build/hello.so links LuaJIT (the testing feature leaked into it)"
 echo "ok - make test of the template"
 
+# A module built with panic = "abort" (whose panics would kill the worker)
+# does not build, and the error says why.
+if (cd "$M" && CARGO_PROFILE_RELEASE_PANIC=abort "$CARGO" check --release --lib) \
+    >"$T/abort.log" 2>&1
+then
+    fail "a build with panic = \"abort\" succeeded"
+fi
+grep -q 'resty-async needs panic = "unwind"' "$T/abort.log" || {
+    cat "$T/abort.log" >&2
+    fail "a build with panic = \"abort\" failed without saying why"
+}
+echo "ok - a build with panic = \"abort\" fails and says why"
+
 # 3. luarocks make into a temporary tree.
 rockspec=$(cd "$M" && ls ./*.rockspec)
 tree=$T/rocks
