@@ -81,6 +81,10 @@ grep -q 'resty-async needs panic = "unwind"' "$T/abort.log" || {
 }
 echo "ok - a build with panic = \"abort\" fails and says why"
 
+# The module as renamed after a first build: build/ still holds the old
+# name's .so, which must not be installed.
+cp "$M/build/hello.so" "$M/build/old_name.so"
+
 # 3. luarocks make into a temporary tree.
 rockspec=$(cd "$M" && ls ./*.rockspec)
 tree=$T/rocks
@@ -100,6 +104,7 @@ for f in lualib/resty/async/*.lua; do
     cmp -s "$ldir/resty/async/${f##*/}" "$f" \
         || fail "$ldir/resty/async/${f##*/} differs from $f"
 done
+[ ! -e "$cdir/old_name.so" ] || fail "luarocks make installed build/old_name.so"
 echo "ok - luarocks make installed hello.so, resty_async_core.so and resty.async"
 
 # ... and the same files by the template's own `make install` (the
@@ -116,6 +121,8 @@ for f in lualib/resty/async.lua lualib/resty/async/*.lua; do
     cmp -s "$inst/usr/local/lib/lua/5.1/$f" "$ldir/$f" \
         || fail "make install: lib/lua/5.1/$f missing or not the rock's"
 done
+[ ! -e "$inst/usr/local/lib/lua/5.1/old_name.so" ] \
+    || fail "make install installed build/old_name.so"
 echo "ok - make install DESTDIR=... installed the same files"
 
 # OPENRESTY_PREFIX: OpenResty's site/lualib; `make uninstall` takes the
