@@ -545,3 +545,21 @@ goes on: 1 3
     qr/\[error\] .*resty\.async: the module resty_async_fixtures did not load: resty\.async: module resty_async_fixtures was built against another version of resty-async \(calling convention \d+, this resty\/async\.lua speaks \d+\): rebuild it against the resty-async whose lualib\/ is on lua_package_path/,
     qr/\[error\] .*runtime error: unknown reason/,
 ]
+
+
+
+=== TEST 21: resty_async::sleep blocked on outside a task (block_on in a plain function or on the pool) panics with a message, never hangs
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local fx = require "resty_async_fixtures"
+            ngx.say("sync: ", fx.sync_block_on_sleep(10))
+            ngx.say("blocking: ", async.with_timeout(1, fx.blocking_block_on_sleep, 10))
+            ngx.say("goes on: ", fx.echo_after("alive", 1), " ", fx.block_ms(1))
+        }
+    }
+--- response_body
+sync: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on, a blocking or tokio thread, a thread of your own) nothing would ever fire it
+blocking: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on, a blocking or tokio thread, a thread of your own) nothing would ever fire it
+goes on: alive 1
