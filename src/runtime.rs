@@ -668,9 +668,9 @@ impl Runtime {
 ///
 /// # Panics
 ///
-/// When polled outside a task of resty-async's executor (`block_on` in a
-/// plain or blocking function, a tokio task, a thread of your own), where
-/// nothing would ever fire it.
+/// When a module's code polls it outside a task of resty-async's executor
+/// (`block_on` in an `add_function` or `add_blocking` closure, or in a task
+/// of `resty_async::tokio::spawn`), where nothing would ever fire it.
 pub fn sleep(dur: Duration) -> Sleep {
     Runtime::current().sleep(dur)
 }
