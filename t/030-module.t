@@ -162,12 +162,15 @@ in_flight=0 pool_threads>0: true
             ngx.say(ok, " ", err)
             ok, err = pcall(ex.block_ms, -5)
             ngx.say(ok, " ", err)
+            ok, err = pcall(ex.mlua_sleep, "x")
+            ngx.say(ok, " ", err)
         }
     }
 --- response_body_like
 ^false bad argument #1 to `add`: error converting Lua string to f64.*
 false bad argument #1 to `double_on_thread`: error converting Lua table to i64.*
 false bad argument #1 to `block_ms`: error converting Lua .* to u64.*
+false bad argument #1 to `mlua_sleep`: error converting Lua string to u64.*
 
 
 
