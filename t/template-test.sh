@@ -107,6 +107,20 @@ done
 [ ! -e "$cdir/old_name.so" ] || fail "luarocks make installed build/old_name.so"
 echo "ok - luarocks make installed hello.so, resty_async_core.so and resty.async"
 
+# A second module's rock in the same tree (its copy of resty-async's files
+# takes the plain names); removing it puts the first one's copy back.
+sed 's/^package = "hello"/package = "second"/' "$M/$rockspec" >"$M/second-0.1.0-1.rockspec"
+(cd "$M" && "$LUAROCKS" make --tree "$tree" second-0.1.0-1.rockspec \
+    && "$LUAROCKS" remove --tree "$tree" second) >"$T/luarocks.log" 2>&1 || {
+    cat "$T/luarocks.log" >&2
+    fail "luarocks make and remove of a second rock"
+}
+rm "$M/second-0.1.0-1.rockspec"
+for f in "$cdir/hello.so" "$cdir/resty_async_core.so" "$ldir/resty/async.lua"; do
+    [ -f "$f" ] || fail "gone after the second rock's removal: $f"
+done
+echo "ok - a second rock in the tree, then removed, leaves the first one's files"
+
 # ... and the same files by the template's own `make install` (the
 # README's way without LuaRocks), under a DESTDIR.
 inst=$T/inst
