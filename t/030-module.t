@@ -566,3 +566,22 @@ goes on: 1 3
 sync: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in a plain or blocking function, a tokio task) nothing would ever fire it
 blocking: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in a plain or blocking function, a tokio task) nothing would ever fire it
 goes on: alive 1
+
+
+
+=== TEST 22: a RefCell borrow held across an await: a call made while another waits gets the panic as its error; the first goes on
+--- config
+    location = /t {
+        content_by_lua_block {
+            local fx = require "resty_async_fixtures"
+            local a = ngx.thread.spawn(fx.borrow_across_await, 50)
+            local b = ngx.thread.spawn(fx.borrow_across_await, 1)
+            ngx.say("second: ", select(2, ngx.thread.wait(b)))
+            ngx.say("first: ", type(select(2, ngx.thread.wait(a))))
+            ngx.say("later: ", type(fx.borrow_across_await(1)))
+        }
+    }
+--- response_body_like
+^second: nilrust function panicked: .*already borrowed.*
+first: number
+later: number$
