@@ -669,8 +669,8 @@ impl Runtime {
 /// # Panics
 ///
 /// When a module's code polls it outside a task of resty-async's executor
-/// (`block_on` in an `add_function` or `add_blocking` closure, or in a task
-/// of `resty_async::tokio::spawn`), where nothing would ever fire it.
+/// (`block_on` in an `add_function` or `add_blocking` closure), where
+/// nothing would ever fire it.
 pub fn sleep(dur: Duration) -> Sleep {
     Runtime::current().sleep(dur)
 }

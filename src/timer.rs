@@ -387,7 +387,7 @@ pub struct Sleep {
 /// Why a [`Sleep`] of a module's code was polled in vain.
 const OUTSIDE_TASK: &str = "resty_async::sleep must be awaited in a task of resty-async on the nginx \
     worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in \
-    a plain or blocking function, a tokio task) nothing would ever fire it";
+    a plain or blocking function) nothing would ever fire it";
 
 impl Sleep {
     /// When it completes.

@@ -563,8 +563,8 @@ goes on: 1 3
         }
     }
 --- response_body
-sync: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in a plain or blocking function, a tokio task) nothing would ever fire it
-blocking: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in a plain or blocking function, a tokio task) nothing would ever fire it
+sync: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in a plain or blocking function) nothing would ever fire it
+blocking: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in a plain or blocking function) nothing would ever fire it
 goes on: alive 1
 
 
