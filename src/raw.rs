@@ -243,6 +243,13 @@ pub(crate) fn failure(lua: &Lua, msg: &str) -> mlua::Result<MultiValue> {
     Ok(MultiValue::from_vec(vec![Value::Nil, msg.into_lua(lua)?]))
 }
 
+/// `m` without the traceback mlua appends to the error of Lua code that
+/// Rust called (a module's function that runs Lua code): a `nil, message`
+/// is one message, and in a task the traceback would be the driver's.
+fn without_traceback(m: &str) -> &str {
+    m.split("\nstack traceback:").next().unwrap_or(m)
+}
+
 /// The message of mlua's `StackError`.
 pub(crate) const STACK_ERROR: &str = "out of Lua stack: too many Lua values at once (mlua keeps \
      at most about 8,000 per module crate and Lua VM, and each call in flight of an async method \
@@ -252,7 +259,7 @@ pub(crate) const STACK_ERROR: &str = "out of Lua stack: too many Lua values at o
 /// mlua's wrapping and tracebacks.
 pub(crate) fn error_message(e: &mlua::Error) -> String {
     match e {
-        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => without_traceback(m).to_owned(),
         mlua::Error::CallbackError { cause, .. } => error_message(cause),
         mlua::Error::ExternalError(err) => err.to_string(),
         mlua::Error::WithContext { context, cause } => format!("{context}: {}", error_message(cause)),

@@ -585,3 +585,20 @@ goes on: alive 1
 ^second: nilrust function panicked: .*already borrowed.*
 first: number
 later: number$
+
+
+
+=== TEST 23: the error of Lua code a module's function runs comes back as its message, without mlua's traceback
+--- config
+    location = /t {
+        content_by_lua_block {
+            local fx = require "resty_async_fixtures"
+            ngx.say(fx.lua_error_after("error('boom', 0)", 1))
+            ngx.say(fx.sync_lua_error("error('bang', 0)"))
+            ngx.say(fx.lua_error_after("local t; return t.x", 0))
+        }
+    }
+--- response_body_like
+^nilboom
+nilbang
+nil[^\n]*:1: attempt to index local 't' \(a nil value\)$
