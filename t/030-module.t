@@ -8,11 +8,12 @@ run_tests();
 
 __DATA__
 
-=== TEST 1: async, blocking and sync functions of a module crate
+=== TEST 1: async, blocking and sync functions and constants of a module crate
 --- config
     location = /t {
         content_by_lua_block {
             local ex = require "resty_async_fixtures"
+            ngx.say(ex.LIMIT, " ", ex.NAME)
             ngx.say(ex.echo_after("hi", 10))
             ngx.say(ex.double_on_thread(21, 20))
             ngx.say(ex.block_ms(5))
@@ -25,6 +26,7 @@ __DATA__
         }
     }
 --- response_body
+42 fixtures
 hi
 42
 5
