@@ -604,3 +604,35 @@ later: number$
 ^nilboom
 nilbang
 nil[^\n]*:1: attempt to index local 't' \(a nil value\)$
+
+
+
+=== TEST 24: a module required again (package.loaded cleared), and a copy of it under another name: every table works; only the copy, another library, adds a runtime
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local a = require "resty_async_fixtures"
+            local n = async.stats().runtimes
+            package.loaded.resty_async_fixtures = nil
+            local b = require "resty_async_fixtures"
+            ngx.say("again: ", a ~= b, " ", a.echo_after("a", 1), " ",
+                    b.echo_after("b", 1), " ", b.counter(1):slow_incr(1),
+                    " runtimes +", async.stats().runtimes - n)
+            local so = package.searchpath("resty_async_fixtures", package.cpath)
+            local dir = "$TEST_NGINX_SERVER_ROOT/html"
+            -- luaopen_resty_async_fixtures: the name up to the "-" is left out
+            assert(os.execute("cp " .. so .. " " .. dir
+                              .. "/v2-resty_async_fixtures.so") == 0)
+            package.cpath = dir .. "/?.so;" .. package.cpath
+            local c = require "v2-resty_async_fixtures"
+            ngx.say("copy: ", c.echo_after("c", 1), " ",
+                    c.counter(1):slow_incr(1), " runtimes +",
+                    async.stats().runtimes - n)
+            ngx.say("first: ", a.echo_after("a", 1), " ", a.block_ms(1))
+        }
+    }
+--- response_body
+again: true a b 2 runtimes +0
+copy: c 2 runtimes +1
+first: a 1
