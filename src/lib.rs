@@ -82,6 +82,15 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+// A panic is caught and returned to Lua only if it unwinds: with "abort"
+// any panic in a module kills the nginx worker and every request it serves.
+#[cfg(panic = "abort")]
+compile_error!(
+    "resty-async needs panic = \"unwind\" (it returns a Rust panic to Lua as nil, \
+     \"rust function panicked: ...\"; with panic = \"abort\" a panic kills the nginx worker): \
+     set panic = \"unwind\" in the [profile.*] sections of the module crate's Cargo.toml"
+);
+
 #[macro_use]
 mod sys;
 

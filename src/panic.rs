@@ -46,6 +46,13 @@ pub(crate) fn catch_in<R>(
     res
 }
 
+/// Whether this thread runs code whose panics resty-async catches: a
+/// module's function, its future, its pool job, a tokio task of
+/// `resty_async::tokio::spawn`.
+pub(crate) fn catching() -> bool {
+    local::try_with(|l| l.catching.get() > 0).unwrap_or(false)
+}
+
 /// Marks the code that runs while it lives as code whose panics are
 /// caught (for futures, whose `catch_unwind` is a combinator).
 pub(crate) struct Catching(());

@@ -116,6 +116,7 @@ pub(crate) fn lua_async_raw(
             error_message(&e)
         ))
     })?;
+    let name = name.to_owned();
     raw(lua, vm, move |lua, rt, args: MultiValue| {
         let f = f.clone();
         let spawned = spawn_sized(lua, rt, async move { f.call_async::<MultiValue>(args).await });
@@ -123,7 +124,7 @@ pub(crate) fn lua_async_raw(
         // spawning made: a failed conversion is misuse, raised in the
         // caller as a module function's is
         if let Spawned::Ready(Ok(Err(e))) = &spawned {
-            if let Some(msg) = argument_error(e) {
+            if let Some(msg) = argument_error(e, &name) {
                 return Err(msg);
             }
         }
@@ -134,13 +135,21 @@ pub(crate) fn lua_async_raw(
 /// The message of `e` if mlua failed to convert an argument (a wrong
 /// type, or a method called on another value than its object; not an
 /// object borrowed by a call in flight, which is the call's failure, nor a
-/// conversion in the function's own body).
-fn argument_error(e: &mlua::Error) -> Option<String> {
+/// conversion in the function's own body). `func` names the function
+/// where mlua does not: a function made by `create_async_function` does
+/// not know the name it is registered under.
+fn argument_error(e: &mlua::Error, func: &str) -> Option<String> {
     use mlua::Error::*;
     match e {
-        CallbackError { cause, .. } => argument_error(cause),
-        BadArgument { cause, .. } => match **cause {
+        CallbackError { cause, .. } => argument_error(cause, func),
+        BadArgument { to, pos, name, cause } => match **cause {
             UserDataBorrowError | UserDataBorrowMutError | UserDataDestructed => None,
+            _ if to.is_none() => Some(error_message(&BadArgument {
+                to: Some(func.to_owned()),
+                pos: *pos,
+                name: name.clone(),
+                cause: cause.clone(),
+            })),
             _ => Some(error_message(e)),
         },
         _ => None,
@@ -234,6 +243,13 @@ pub(crate) fn failure(lua: &Lua, msg: &str) -> mlua::Result<MultiValue> {
     Ok(MultiValue::from_vec(vec![Value::Nil, msg.into_lua(lua)?]))
 }
 
+/// `m` without the traceback mlua appends to the error of Lua code that
+/// Rust called (a module's function that runs Lua code): a `nil, message`
+/// is one message, and in a task the traceback would be the driver's.
+fn without_traceback(m: &str) -> &str {
+    m.split("\nstack traceback:").next().unwrap_or(m)
+}
+
 /// The message of mlua's `StackError`.
 pub(crate) const STACK_ERROR: &str = "out of Lua stack: too many Lua values at once (mlua keeps \
      at most about 8,000 per module crate and Lua VM, and each call in flight of an async method \
@@ -243,7 +259,7 @@ pub(crate) const STACK_ERROR: &str = "out of Lua stack: too many Lua values at o
 /// mlua's wrapping and tracebacks.
 pub(crate) fn error_message(e: &mlua::Error) -> String {
     match e {
-        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => without_traceback(m).to_owned(),
         mlua::Error::CallbackError { cause, .. } => error_message(cause),
         mlua::Error::ExternalError(err) => err.to_string(),
         mlua::Error::WithContext { context, cause } => format!("{context}: {}", error_message(cause)),

@@ -361,9 +361,10 @@ impl Runtime {
         self.batch.flush(&self.pool);
     }
 
-    /// A timer of this runtime.
+    /// A timer of this runtime, for tasks of its executor only (see
+    /// [`Sleep`]).
     pub fn sleep(&self, dur: Duration) -> Sleep {
-        self.timers.sleep(dur)
+        self.timers.sleep(dur).tasks_only()
     }
 
     /// The part of a driver poll that runs no Lua code: fires due timers
@@ -664,6 +665,12 @@ impl Runtime {
 
 /// A future that completes after `dur`, fired by the driver through nginx's
 /// timers. Use it in async functions registered with [`crate::Module`].
+///
+/// # Panics
+///
+/// When a module's code polls it outside a task of resty-async's executor
+/// (`block_on` in an `add_function` or `add_blocking` closure), where
+/// nothing would ever fire it.
 pub fn sleep(dur: Duration) -> Sleep {
     Runtime::current().sleep(dur)
 }

@@ -267,6 +267,7 @@ impl Timers {
             deadline,
             key: None,
             queue: Rc::downgrade(&self.queue),
+            tasks_only: false,
         }
     }
 
@@ -379,12 +380,28 @@ pub struct Sleep {
     deadline: Instant,
     key: Option<Key>,
     queue: Weak<RefCell<Queue>>,
+    /// Whether a poll outside a task of the executor panics.
+    tasks_only: bool,
 }
+
+/// Why a [`Sleep`] of a module's code was polled in vain.
+const OUTSIDE_TASK: &str = "resty_async::sleep must be awaited in a task of resty-async on the nginx \
+    worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in \
+    a plain or blocking function) nothing would ever fire it";
 
 impl Sleep {
     /// When it completes.
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// The same sleep, which panics when polled by a module's code outside
+    /// a task of the executor. Only the driver fires timers, between the
+    /// executor's polls: `block_on` of a sleep in a module's plain function
+    /// would hang the worker for good, one on a pool thread that thread.
+    pub(crate) fn tasks_only(mut self) -> Sleep {
+        self.tasks_only = true;
+        self
     }
 }
 
@@ -392,6 +409,13 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // (Outside any code of a module that resty-async runs, this is mlua
+        // polling an async method or function called directly, which yields
+        // next: resty.async's guard of that yield raises the error that
+        // says what to register.)
+        if self.tasks_only && !crate::executor::in_poll() && crate::panic::catching() {
+            panic!("{OUTSIDE_TASK}");
+        }
         if Instant::now() >= self.deadline {
             self.unregister();
             return Poll::Ready(());

@@ -594,3 +594,30 @@ at once: true
 --- response_body
 1
 644
+
+
+
+=== TEST 19: a timeout cannot stop a module's blocking job that has started: it holds its pool thread to its end, and meanwhile, with every thread held, the module's next call waits in the queue
+--- init_by_lua_block
+        assert(async.configure{ threads = 1 })
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            ngx.say("first: ", async.with_timeout(0.05, ex.block_ms, 500))
+            ngx.say("running: ", async.stats().pool_running)
+            ngx.say("next: ", async.with_timeout(0.05, ex.block_ms, 1))
+            -- the built-ins have a pool of their own
+            ngx.say("sha256: ", #async.sha256("x"))
+            ngx.sleep(0.6)
+            ngx.say("after: ", ex.block_ms(1), " running: ",
+                    async.stats().pool_running)
+        }
+    }
+--- response_body
+first: niltimeout
+running: 1
+next: niltimeout
+sha256: 64
+after: 1 running: 0

@@ -8,11 +8,12 @@ run_tests();
 
 __DATA__
 
-=== TEST 1: async, blocking and sync functions of a module crate
+=== TEST 1: async, blocking and sync functions and constants of a module crate
 --- config
     location = /t {
         content_by_lua_block {
             local ex = require "resty_async_fixtures"
+            ngx.say(ex.LIMIT, " ", ex.NAME)
             ngx.say(ex.echo_after("hi", 10))
             ngx.say(ex.double_on_thread(21, 20))
             ngx.say(ex.block_ms(5))
@@ -25,6 +26,7 @@ __DATA__
         }
     }
 --- response_body
+42 fixtures
 hi
 42
 5
@@ -162,12 +164,15 @@ in_flight=0 pool_threads>0: true
             ngx.say(ok, " ", err)
             ok, err = pcall(ex.block_ms, -5)
             ngx.say(ok, " ", err)
+            ok, err = pcall(ex.mlua_sleep, "x")
+            ngx.say(ok, " ", err)
         }
     }
 --- response_body_like
 ^false bad argument #1 to `add`: error converting Lua string to f64.*
 false bad argument #1 to `double_on_thread`: error converting Lua table to i64.*
 false bad argument #1 to `block_ms`: error converting Lua .* to u64.*
+false bad argument #1 to `mlua_sleep`: error converting Lua string to u64.*
 
 
 
@@ -545,3 +550,89 @@ goes on: 1 3
     qr/\[error\] .*resty\.async: the module resty_async_fixtures did not load: resty\.async: module resty_async_fixtures was built against another version of resty-async \(calling convention \d+, this resty\/async\.lua speaks \d+\): rebuild it against the resty-async whose lualib\/ is on lua_package_path/,
     qr/\[error\] .*runtime error: unknown reason/,
 ]
+
+
+
+=== TEST 21: resty_async::sleep blocked on outside a task (block_on in a plain function or on the pool) panics with a message, never hangs
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local fx = require "resty_async_fixtures"
+            ngx.say("sync: ", fx.sync_block_on_sleep(10))
+            ngx.say("blocking: ", async.with_timeout(1, fx.blocking_block_on_sleep, 10))
+            ngx.say("goes on: ", fx.echo_after("alive", 1), " ", fx.block_ms(1))
+        }
+    }
+--- response_body
+sync: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in a plain or blocking function) nothing would ever fire it
+blocking: nilrust function panicked: resty_async::sleep must be awaited in a task of resty-async on the nginx worker (an add_async function, an async method, spawn_local): polled elsewhere (block_on in a plain or blocking function) nothing would ever fire it
+goes on: alive 1
+
+
+
+=== TEST 22: a RefCell borrow held across an await: a call made while another waits gets the panic as its error; the first goes on
+--- config
+    location = /t {
+        content_by_lua_block {
+            local fx = require "resty_async_fixtures"
+            local a = ngx.thread.spawn(fx.borrow_across_await, 50)
+            local b = ngx.thread.spawn(fx.borrow_across_await, 1)
+            ngx.say("second: ", select(2, ngx.thread.wait(b)))
+            ngx.say("first: ", type(select(2, ngx.thread.wait(a))))
+            ngx.say("later: ", type(fx.borrow_across_await(1)))
+        }
+    }
+--- response_body_like
+^second: nilrust function panicked: .*already borrowed.*
+first: number
+later: number$
+
+
+
+=== TEST 23: the error of Lua code a module's function runs comes back as its message, without mlua's traceback
+--- config
+    location = /t {
+        content_by_lua_block {
+            local fx = require "resty_async_fixtures"
+            ngx.say(fx.lua_error_after("error('boom', 0)", 1))
+            ngx.say(fx.sync_lua_error("error('bang', 0)"))
+            ngx.say(fx.lua_error_after("local t; return t.x", 0))
+        }
+    }
+--- response_body_like
+^nilboom
+nilbang
+nil[^\n]*:1: attempt to index local 't' \(a nil value\)$
+
+
+
+=== TEST 24: a module required again (package.loaded cleared), and a copy of it under another name: every table works; only the copy, another library, adds a runtime
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local a = require "resty_async_fixtures"
+            local n = async.stats().runtimes
+            package.loaded.resty_async_fixtures = nil
+            local b = require "resty_async_fixtures"
+            ngx.say("again: ", a ~= b, " ", a.echo_after("a", 1), " ",
+                    b.echo_after("b", 1), " ", b.counter(1):slow_incr(1),
+                    " runtimes +", async.stats().runtimes - n)
+            local so = package.searchpath("resty_async_fixtures", package.cpath)
+            local dir = "$TEST_NGINX_SERVER_ROOT/html"
+            -- luaopen_resty_async_fixtures: the name up to the "-" is left out
+            assert(os.execute("cp " .. so .. " " .. dir
+                              .. "/v2-resty_async_fixtures.so") == 0)
+            package.cpath = dir .. "/?.so;" .. package.cpath
+            local c = require "v2-resty_async_fixtures"
+            ngx.say("copy: ", c.echo_after("c", 1), " ",
+                    c.counter(1):slow_incr(1), " runtimes +",
+                    async.stats().runtimes - n)
+            ngx.say("first: ", a.echo_after("a", 1), " ", a.block_ms(1))
+        }
+    }
+--- response_body
+again: true a b 2 runtimes +0
+copy: c 2 runtimes +1
+first: a 1

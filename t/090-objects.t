@@ -2,7 +2,7 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 1);
+plan tests => repeat_each() * (blocks() * 7 + 2);
 
 run_tests();
 
@@ -378,3 +378,24 @@ made: 42
 ^last: out of Lua stack: too many Lua values at once \(mlua keeps at most about 8,000 per module crate and Lua VM, and each call in flight of an async method or of a Module::add_lua_async function keeps one\)
 first running: true
 after: 1
+
+
+
+=== TEST 16: a sync method's error is raised as its text, as a module function's is returned
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local c = ex.counter(1)
+            ngx.say("method: ", select(2, pcall(c.sync_fail, c, "counter says no")))
+            ngx.say("function: ", select(2, ex.sync_fail("function says no")))
+            ngx.thread.wait(ngx.thread.spawn(c.sync_fail, c, "uncaught"))
+        }
+    }
+--- response_body
+method: counter says no
+function: function says no
+--- error_log
+lua user thread aborted: runtime error: uncaught
+--- no_error_log
+runtime error: runtime error

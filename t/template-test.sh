@@ -68,6 +68,23 @@ readelf -d "$M/build/hello.so" | grep -q 'NEEDED.*luajit' \
     && fail "build/hello.so links LuaJIT (the testing feature leaked into it)"
 echo "ok - make test of the template"
 
+# A module built with panic = "abort" (whose panics would kill the worker)
+# does not build, and the error says why.
+if (cd "$M" && CARGO_PROFILE_RELEASE_PANIC=abort "$CARGO" check --release --lib) \
+    >"$T/abort.log" 2>&1
+then
+    fail "a build with panic = \"abort\" succeeded"
+fi
+grep -q 'resty-async needs panic = "unwind"' "$T/abort.log" || {
+    cat "$T/abort.log" >&2
+    fail "a build with panic = \"abort\" failed without saying why"
+}
+echo "ok - a build with panic = \"abort\" fails and says why"
+
+# The module as renamed after a first build: build/ still holds the old
+# name's .so, which must not be installed.
+cp "$M/build/hello.so" "$M/build/old_name.so"
+
 # 3. luarocks make into a temporary tree.
 rockspec=$(cd "$M" && ls ./*.rockspec)
 tree=$T/rocks
@@ -87,12 +104,28 @@ for f in lualib/resty/async/*.lua; do
     cmp -s "$ldir/resty/async/${f##*/}" "$f" \
         || fail "$ldir/resty/async/${f##*/} differs from $f"
 done
+[ ! -e "$cdir/old_name.so" ] || fail "luarocks make installed build/old_name.so"
 echo "ok - luarocks make installed hello.so, resty_async_core.so and resty.async"
+
+# A second module's rock in the same tree (its copy of resty-async's files
+# takes the plain names); removing it puts the first one's copy back.
+sed 's/^package = "hello"/package = "second"/' "$M/$rockspec" >"$M/second-0.1.0-1.rockspec"
+(cd "$M" && "$LUAROCKS" make --tree "$tree" second-0.1.0-1.rockspec \
+    && "$LUAROCKS" remove --tree "$tree" second) >"$T/luarocks.log" 2>&1 || {
+    cat "$T/luarocks.log" >&2
+    fail "luarocks make and remove of a second rock"
+}
+rm "$M/second-0.1.0-1.rockspec"
+for f in "$cdir/hello.so" "$cdir/resty_async_core.so" "$ldir/resty/async.lua"; do
+    [ -f "$f" ] || fail "gone after the second rock's removal: $f"
+done
+echo "ok - a second rock in the tree, then removed, leaves the first one's files"
 
 # ... and the same files by the template's own `make install` (the
 # README's way without LuaRocks), under a DESTDIR.
 inst=$T/inst
-make --no-print-directory -C "$M" install DESTDIR="$inst" PREFIX=/usr/local \
+# (without cargo, as under sudo, whose PATH may not have it)
+make --no-print-directory -C "$M" install DESTDIR="$inst" PREFIX=/usr/local CARGO=false \
     >"$T/install.log" 2>&1 || { cat "$T/install.log" >&2; fail "make install"; }
 for f in hello.so resty_async_core.so; do
     cmp -s "$inst/usr/local/lib/lua/5.1/$f" "$cdir/$f" \
@@ -103,6 +136,8 @@ for f in lualib/resty/async.lua lualib/resty/async/*.lua; do
     cmp -s "$inst/usr/local/lib/lua/5.1/$f" "$ldir/$f" \
         || fail "make install: lib/lua/5.1/$f missing or not the rock's"
 done
+[ ! -e "$inst/usr/local/lib/lua/5.1/old_name.so" ] \
+    || fail "make install installed build/old_name.so"
 echo "ok - make install DESTDIR=... installed the same files"
 
 # OPENRESTY_PREFIX: OpenResty's site/lualib; `make uninstall` takes the

@@ -91,7 +91,11 @@ end
 -- mlua raises a Rust error as a userdata, which ngx_lua logs as "unknown
 -- reason" when nobody catches it: the error of a sync method, metamethod,
 -- field getter or setter is raised again as its message (without the
--- traceback mlua appends).
+-- traceback mlua appends, and without the "runtime error: " mlua puts
+-- before the text of a RuntimeError, which a module function's error
+-- does not carry).
+local RUNTIME_ERROR = "runtime error: "
+
 local function rethrow(ok, ...)
     if ok then
         return ...
@@ -102,6 +106,9 @@ local function rethrow(ok, ...)
         local tb = str_find(e, "\nstack traceback:", 1, true)
         if tb then
             e = str_sub(e, 1, tb - 1)
+        end
+        if str_sub(e, 1, #RUNTIME_ERROR) == RUNTIME_ERROR then
+            e = str_sub(e, #RUNTIME_ERROR + 1)
         end
     end
     error(e, 0)
