@@ -2,7 +2,9 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 1);
+# (TESTs 12 and 17 have both an error_log and a no_error_log: one more
+# each.)
+plan tests => repeat_each() * (blocks() * 7 + 2);
 
 run_tests();
 
@@ -378,3 +380,71 @@ made: 42
 ^last: out of Lua stack: too many Lua values at once \(mlua keeps at most about 8,000 per module crate and Lua VM, and each call in flight of an async method or of a Module::add_lua_async function keeps one\)
 first running: true
 after: 1
+
+
+
+=== TEST 16: async metamethods wait: __call, __tostring, __eq, __lt, __concat, __len, __unm, __index and __newindex
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            local m1, m2 = ex.meta(1), ex.meta(2)
+            ngx.say("call: ", m1(5), " tostring: ", tostring(m1))
+            ngx.say("eq: ", m1 == m2, " ", m1 == ex.meta(1), " lt: ", m1 < m2)
+            ngx.say("concat: ", "x" .. m1, " len: ", #m2, " unm: ", -m2)
+            -- with methods (mlua's lookup calls __index), and without
+            for _, r in ipairs{ ex.remote(), ex.bare_remote() } do
+                r.key = 1  -- its failure is dropped, as an assignment's
+                ngx.say("index: ", r.key)
+            end
+            ngx.say("method: ", ex.remote():name())
+            ngx.say("in_flight=", async.stats().in_flight)
+        }
+    }
+--- response_body
+call: 1 tostring: Meta(1)
+eq: false true lt: true
+concat: xMeta(1) len: 2 unm: -2
+index: value of key
+index: value of key
+method: remote
+in_flight=0
+
+
+
+=== TEST 17: the errors of a type's sync __index and __newindex are raised as their messages
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local s = ex.strict()
+            ngx.say(pcall(function() return s.foo end))
+            ngx.say(pcall(function() s.foo = 1 end))
+            local p = ex.pool()
+            ngx.say(pcall(function() return p.foo end))
+            ngx.thread.wait(ngx.thread.spawn(function() return s.bar end))
+        }
+    }
+--- response_body
+falseno field foo
+falsecannot set foo
+falseno field foo
+--- error_log
+lua user thread aborted: runtime error: no field bar
+--- no_error_log
+unknown reason
+
+
+
+=== TEST 18: an object that first reaches Lua from a sync method has async methods that wait
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local conn = ex.pool():conn()
+            ngx.say(conn:query(5))
+        }
+    }
+--- response_body
+queried
