@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::tokio::runtime::{Builder, Handle};
 
@@ -57,6 +57,8 @@ thread_local! {
 /// How long the exiting process lets the runtime's threads finish: its
 /// tasks are dropped at once, blocking jobs (a DNS look-up) get this long.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// Longest the start of the runtime waits for its worker threads to run.
+const THREAD_START_WAIT: Duration = Duration::from_secs(1);
 
 fn lock() -> MutexGuard<'static, Option<Started>> {
     RUNTIME.lock().unwrap_or_else(PoisonError::into_inner)
@@ -118,6 +120,13 @@ fn start(forks: u64) -> io::Result<Handle> {
             THREADS.fetch_sub(1, Ordering::Relaxed);
         })
         .build()?;
+    // Its worker threads start on their own time: wait (briefly, once per
+    // process) until they run, so that the first call returns with them
+    // named, their signals blocked and counted by `stats`.
+    let deadline = Instant::now() + THREAD_START_WAIT;
+    while THREADS.load(Ordering::Relaxed) < threads && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
     let handle = runtime.handle().clone();
     *slot = Some(Started {
         forks,

@@ -453,6 +453,18 @@ fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
         Ok(true)
     })?;
 
+    // A blocking tokio job nobody awaits, sleeping `ms` on a blocking
+    // thread of the runtime (as a DNS look-up does), then logging that it
+    // ended: the runtime's shutdown at exit waits for it only briefly.
+    m.add_function("blocking_job", |_, ms: u64| {
+        let ms = ms.min(60_000);
+        resty_async::tokio::handle().spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            eprintln!("blocking tokio job done after {ms} ms");
+        });
+        Ok(true)
+    })?;
+
     m.add_async("panic_after", |_lua, ms: u64| async move {
         resty_async::tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
