@@ -448,3 +448,59 @@ unknown reason
     }
 --- response_body
 queried
+
+
+
+=== TEST 19: an object the module exports (Module::add_value) has async methods that wait
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            ngx.say(ex.constant:get_after(1))
+        }
+    }
+--- response_body
+42
+
+
+
+=== TEST 20: a registered type is looked for among the first 1,024 keys and values of a result
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            -- the counter is value 513: keys and values 1,025 and 1,026
+            local t = ex.padded_counter(512)
+            local ok, err = pcall(t[513].slow_incr, t[513], 1)
+            ngx.say(ok, " ", err:match("must be registered") ~= nil)
+            -- value 512: keys and values 1,023 and 1,024
+            t = ex.padded_counter(511)
+            ngx.say(t[512]:slow_incr(1))
+        }
+    }
+--- response_body
+false true
+2
+
+
+
+=== TEST 21: a type whose Drop panics aborts the worker when the object is collected
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            ex.drop_panics()
+            ngx.timer.at(0.05, function()
+                collectgarbage()
+                collectgarbage()
+            end)
+            ngx.say("made")
+        }
+    }
+--- response_body
+made
+--- wait: 0.5
+--- error_log
+fixture userdata drop panic
+[alert]
+exited on signal 6
