@@ -831,3 +831,53 @@ worker thread blocks none: true
 1: stats 16, named 16, blocking signals 16
 2: stats 32, named 32, blocking signals 32
 3: stats 48, named 48, blocking signals 48
+
+
+
+=== TEST 27: tokio's TcpStream works in an add_async function as it stands
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            ngx.say(t.tcp_get("$TEST_NGINX_TOKIO_HTTP", "/hello"))
+            ngx.say(t.tcp_get("127.0.0.1:1", "/"))
+        }
+    }
+--- response_body
+HTTP/1.1 200 OK
+nilConnection refused (os error 111)
+
+
+
+=== TEST 28: a task started with plain tokio::spawn is detached: a timeout of the call does not abort it
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local t = require "resty_async_tokio"
+            local before = t.dropped()
+            ngx.say(async.with_timeout(0.05, t.plain_spawn_sleep, 400))
+            ngx.sleep(0.15)
+            ngx.say("at 0.2 s: ", t.dropped() - before)
+            ngx.sleep(0.4)
+            ngx.say("at 0.6 s: ", t.dropped() - before)
+        }
+    }
+--- response_body
+niltimeout
+at 0.2 s: 0
+at 0.6 s: 1
+
+
+
+=== TEST 29: an add_blocking closure runs outside the tokio runtime's context
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            assert(t.sleep(0))
+            ngx.say(t.blocking_in_context())
+        }
+    }
+--- response_body
+false
