@@ -507,3 +507,28 @@ made
 fixture userdata drop panic
 [alert]
 exited on signal 6
+
+
+
+=== TEST 22: an add_async_method_mut call whose light thread is killed keeps its borrow until the driver's sweep cancels it
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local c = ex.counter(0)
+            local th = ngx.thread.spawn(c.exclusive_incr, c, 5000)
+            ngx.sleep(0.01)
+            ngx.thread.kill(th)
+            ngx.say("at once: ", select(2, c:exclusive_incr(0)))
+            ngx.update_time()
+            local t0 = ngx.now()
+            while not c:exclusive_incr(0) and ngx.now() - t0 < 1 do
+                ngx.sleep(0.01)
+                ngx.update_time()
+            end
+            ngx.say("free within 0.3 s: ", ngx.now() - t0 < 0.3)
+        }
+    }
+--- response_body
+at once: bad argument `self` to `Counter.exclusive_incr`: error mutably borrowing userdata
+free within 0.3 s: true
