@@ -532,3 +532,26 @@ exited on signal 6
 --- response_body
 at once: bad argument `self` to `Counter.exclusive_incr`: error mutably borrowing userdata
 free within 0.3 s: true
+
+
+
+=== TEST 23: a registered type is looked for in the tables of a result down to 8 levels below it
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local function bottom(t)
+                while type(t) == "table" do t = t[1] end
+                return t
+            end
+            -- (the result, and 9 levels of tables below it)
+            local c = bottom(ex.nested_counter(10))
+            local ok, err = pcall(c.slow_incr, c, 1)
+            ngx.say(ok, " ", err:match("must be registered") ~= nil)
+            c = bottom(ex.nested_counter(9))
+            ngx.say(c:slow_incr(1))
+        }
+    }
+--- response_body
+false true
+2
