@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use ::tokio::runtime::{Builder, Handle};
 
 use crate::config::Config;
-use crate::runtime::Runtime;
 use crate::sys;
 
 /// The runtime of this process, with [`sys::forks`] at its start: it
@@ -44,6 +43,11 @@ struct Started {
 }
 
 static RUNTIME: Mutex<Option<Started>> = Mutex::new(None);
+/// `tokio_threads` as last configured in this process (0: never), for a
+/// start on any thread: the configuration of `Runtime::config` is the
+/// worker thread's, and a pool thread (an `add_blocking` closure that
+/// calls [`handle`] or [`spawn`]) has only the defaults.
+static CONFIGURED_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// Threads of the runtime alive now (workers and blocking threads).
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 static AT_EXIT: Once = Once::new();
@@ -105,7 +109,10 @@ fn start(forks: u64) -> io::Result<Handle> {
         std::mem::forget(inherited);
         THREADS.store(0, Ordering::Relaxed);
     }
-    let threads = Runtime::config().tokio_threads;
+    let threads = match CONFIGURED_THREADS.load(Ordering::Relaxed) {
+        0 => Config::default().tokio_threads,
+        n => n,
+    };
     let runtime = Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("resty-tokio")
@@ -184,6 +191,12 @@ pub(crate) fn stats() -> (usize, usize) {
         ),
         None => (0, 0),
     }
+}
+
+/// Notes the `tokio_threads` of a configuration taken (see
+/// `CONFIGURED_THREADS`).
+pub(crate) fn note_config(config: &Config) {
+    CONFIGURED_THREADS.store(config.tokio_threads, Ordering::Relaxed);
 }
 
 /// Refuses a `tokio_threads` other than that of the runtime running in

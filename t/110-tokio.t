@@ -881,3 +881,19 @@ at 0.6 s: 1
     }
 --- response_body
 false
+
+
+
+=== TEST 30: tokio_threads holds when an add_blocking closure is what starts the runtime
+--- init_by_lua_block
+    async.configure{ tokio_threads = 3 }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local t = require "resty_async_tokio"
+            ngx.say(t.workers_from_pool(), " ", async.stats().tokio_threads)
+        }
+    }
+--- response_body
+3 3

@@ -499,6 +499,13 @@ fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
         Ok::<_, String>(tokio::runtime::Handle::try_current().is_ok())
     })?;
 
+    // The worker threads of the runtime, from `resty_async::tokio::handle`
+    // called in an add_blocking closure (on a pool thread), which may be
+    // what starts it.
+    m.add_blocking("workers_from_pool", |()| {
+        Ok::<_, String>(resty_async::tokio::handle().metrics().num_workers())
+    })?;
+
     m.add_async("panic_after", |_lua, ms: u64| async move {
         resty_async::tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
