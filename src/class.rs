@@ -4,10 +4,10 @@
 //! mlua makes a userdata type's metatable, with its async methods, the
 //! first time a value of the type reaches Lua, and offers no way to reach
 //! it before. So a registered type is only noted here; when a value of it
-//! comes out of a function of the module, alone or in a table (or is one
-//! of its exports), `resty/async.lua` swaps the async functions in its
-//! metatable for wrappers that run them on the executor, like the module's
-//! own async functions. Each Lua VM has its own metatables: the note is
+//! comes out of a function of the module or a method of a registered type,
+//! alone or in a table (or is one of its exports), `resty/async.lua` swaps
+//! the async functions in its metatable for wrappers that run them on the
+//! executor, like the module's own async functions. Each Lua VM has its own metatables: the note is
 //! per VM.
 
 use std::any::TypeId;

@@ -129,10 +129,18 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
         "in_flight",
         lua.create_function(move |_, ()| Ok(h.existing().map_or(0, |rt| rt.in_flight())))?,
     )?;
-    // adopt(v): see crate::class.
+    // adopt(v) -> whether a registered type is still to be taken over:
+    // takes over the type of `v`, a userdata, or of those in `v`, a table
+    // (see crate::class).
     t.raw_set(
         "adopt",
-        lua.create_function(|lua, v: Value| crate::class::adopt(lua, &v))?,
+        lua.create_function(|lua, v: Value| {
+            match &v {
+                Value::Table(t) if crate::class::pending(lua) => crate::class::adopt_in(lua, t)?,
+                v => crate::class::adopt(lua, v)?,
+            }
+            Ok(crate::class::pending(lua))
+        })?,
     )?;
     // lua_async(name, f) -> the raw function of an mlua async function or
     // method (see crate::class).

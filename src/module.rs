@@ -175,17 +175,17 @@ impl Module {
     /// light thread yields, a timeout drops the method's future, errors
     /// and panics come back as `nil, message`, and `async.with_timeout` and
     /// `async.spawn` take them. Sync methods, fields and other metamethods
-    /// stay as mlua makes them.
+    /// stay as mlua makes them, but raise their errors as strings.
     ///
     /// mlua makes a type's metatable when the first value of the type
     /// reaches Lua; resty-async takes over its async methods when a value
-    /// of the type comes out of one of this module's functions or async
-    /// methods, alone or in a table (a `Vec` of objects, a record holding
-    /// one), or is one of its exports (and its async functions when a
-    /// proxy of it, made by `Lua::create_proxy`, is one of the exports).
-    /// (A value that reaches Lua only another way, such as the result of a
-    /// sync method of another type, has async methods that raise an error
-    /// until then.)
+    /// of the type comes out of one of this module's functions, or of a
+    /// method, field or metamethod of a registered type, alone or in a
+    /// table (a `Vec` of objects, a record holding one), or is one of its
+    /// exports (and its async functions when a proxy of it, made by
+    /// `Lua::create_proxy`, is one of the exports). (A value that reaches
+    /// Lua only another way, such as an argument Rust passes to a Lua
+    /// callback, has async methods that raise an error until then.)
     ///
     /// A method's future that holds the `UserDataRef` it was given keeps
     /// the Lua object alive (and borrowed) until it ends. To let the object

@@ -166,6 +166,8 @@ impl Runtime {
                 ));
             }
         }
+        #[cfg(feature = "tokio")]
+        crate::tokio::note_config(&config);
         CONFIG.with(|c| *c.borrow_mut() = config);
         Ok(())
     }

@@ -27,12 +27,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::tokio::runtime::{Builder, Handle};
 
 use crate::config::Config;
-use crate::runtime::Runtime;
 use crate::sys;
 
 /// The runtime of this process, with [`sys::forks`] at its start: it
@@ -44,6 +43,11 @@ struct Started {
 }
 
 static RUNTIME: Mutex<Option<Started>> = Mutex::new(None);
+/// `tokio_threads` as last configured in this process (0: never), for a
+/// start on any thread: the configuration of `Runtime::config` is the
+/// worker thread's, and a pool thread (an `add_blocking` closure that
+/// calls [`handle`] or [`spawn`]) has only the defaults.
+static CONFIGURED_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// Threads of the runtime alive now (workers and blocking threads).
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 static AT_EXIT: Once = Once::new();
@@ -57,6 +61,8 @@ thread_local! {
 /// How long the exiting process lets the runtime's threads finish: its
 /// tasks are dropped at once, blocking jobs (a DNS look-up) get this long.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// Longest the start of the runtime waits for its worker threads to run.
+const THREAD_START_WAIT: Duration = Duration::from_secs(1);
 
 fn lock() -> MutexGuard<'static, Option<Started>> {
     RUNTIME.lock().unwrap_or_else(PoisonError::into_inner)
@@ -103,7 +109,10 @@ fn start(forks: u64) -> io::Result<Handle> {
         std::mem::forget(inherited);
         THREADS.store(0, Ordering::Relaxed);
     }
-    let threads = Runtime::config().tokio_threads;
+    let threads = match CONFIGURED_THREADS.load(Ordering::Relaxed) {
+        0 => Config::default().tokio_threads,
+        n => n,
+    };
     let runtime = Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("resty-tokio")
@@ -118,6 +127,13 @@ fn start(forks: u64) -> io::Result<Handle> {
             THREADS.fetch_sub(1, Ordering::Relaxed);
         })
         .build()?;
+    // Its worker threads start on their own time: wait (briefly, once per
+    // process) until they run, so that the first call returns with them
+    // named, their signals blocked and counted by `stats`.
+    let deadline = Instant::now() + THREAD_START_WAIT;
+    while THREADS.load(Ordering::Relaxed) < threads && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
     let handle = runtime.handle().clone();
     *slot = Some(Started {
         forks,
@@ -175,6 +191,12 @@ pub(crate) fn stats() -> (usize, usize) {
         ),
         None => (0, 0),
     }
+}
+
+/// Notes the `tokio_threads` of a configuration taken (see
+/// `CONFIGURED_THREADS`).
+pub(crate) fn note_config(config: &Config) {
+    CONFIGURED_THREADS.store(config.tokio_threads, Ordering::Relaxed);
 }
 
 /// Refuses a `tokio_threads` other than that of the runtime running in

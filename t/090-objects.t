@@ -2,7 +2,9 @@
 use lib '.';
 use t::TestAsync;
 
-plan tests => repeat_each() * (blocks() * 7 + 2);
+# (TESTs 12, 17 and 24 have both an error_log and a no_error_log: one
+# more each.)
+plan tests => repeat_each() * (blocks() * 7 + 3);
 
 run_tests();
 
@@ -183,21 +185,24 @@ in_flight=0
 
 
 
-=== TEST 7: add_async_method_mut: a second call while one is pending fails with a message
+=== TEST 7: add_async_method_mut: while one call is pending, other async calls return nil and a message, sync ones raise it
 --- config
     location = /t {
         content_by_lua_block {
             local ex = require "resty_async_fixtures"
             local c = ex.counter()
             local th = ngx.thread.spawn(c.exclusive_incr, c, 100)
-            local ok, err = c:exclusive_incr(1)
-            ngx.say(ok, " ", type(err), " ", err ~= nil and #err > 0)
+            ngx.say(c:exclusive_incr(1))
+            ngx.say(c:slow_incr(1))
+            ngx.say(pcall(c.get, c))
             ngx.say(select(2, ngx.thread.wait(th)))
             ngx.say(c:exclusive_incr(1))
         }
     }
 --- response_body
-nil string true
+nilbad argument `self` to `Counter.exclusive_incr`: error mutably borrowing userdata
+nilbad argument `self` to `Counter.slow_incr`: error borrowing userdata
+falsebad argument `self` to `Counter.get`: error borrowing userdata
 1
 2
 
@@ -381,7 +386,179 @@ after: 1
 
 
 
-=== TEST 16: a sync method's error is raised as its text, as a module function's is returned
+=== TEST 16: async metamethods wait: __call, __tostring, __eq, __lt, __concat, __len, __unm, __index and __newindex
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local ex = require "resty_async_fixtures"
+            local m1, m2 = ex.meta(1), ex.meta(2)
+            ngx.say("call: ", m1(5), " tostring: ", tostring(m1))
+            ngx.say("eq: ", m1 == m2, " ", m1 == ex.meta(1), " lt: ", m1 < m2)
+            ngx.say("concat: ", "x" .. m1, " len: ", #m2, " unm: ", -m2)
+            -- with methods (mlua's lookup calls __index), and without
+            for _, r in ipairs{ ex.remote(), ex.bare_remote() } do
+                r.key = 1  -- its failure is dropped, as an assignment's
+                ngx.say("index: ", r.key)
+            end
+            ngx.say("method: ", ex.remote():name())
+            ngx.say("in_flight=", async.stats().in_flight)
+        }
+    }
+--- response_body
+call: 1 tostring: Meta(1)
+eq: false true lt: true
+concat: xMeta(1) len: 2 unm: -2
+index: value of key
+index: value of key
+method: remote
+in_flight=0
+
+
+
+=== TEST 17: the errors of a type's sync __index and __newindex are raised as their messages
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local s = ex.strict()
+            ngx.say(pcall(function() return s.foo end))
+            ngx.say(pcall(function() s.foo = 1 end))
+            local p = ex.pool()
+            ngx.say(pcall(function() return p.foo end))
+            ngx.thread.wait(ngx.thread.spawn(function() return s.bar end))
+        }
+    }
+--- response_body
+falseno field foo
+falsecannot set foo
+falseno field foo
+--- error_log
+lua user thread aborted: runtime error: no field bar
+--- no_error_log
+unknown reason
+
+
+
+=== TEST 18: an object that first reaches Lua from a sync method has async methods that wait
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local conn = ex.pool():conn()
+            ngx.say(conn:query(5))
+        }
+    }
+--- response_body
+queried
+
+
+
+=== TEST 19: an object the module exports (Module::add_value) has async methods that wait
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            ngx.say(ex.constant:get_after(1))
+        }
+    }
+--- response_body
+42
+
+
+
+=== TEST 20: a registered type is looked for among the first 1,024 keys and values of a result
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            -- the counter is value 513: keys and values 1,025 and 1,026
+            local t = ex.padded_counter(512)
+            local ok, err = pcall(t[513].slow_incr, t[513], 1)
+            ngx.say(ok, " ", err:match("must be registered") ~= nil)
+            -- value 512: keys and values 1,023 and 1,024
+            t = ex.padded_counter(511)
+            ngx.say(t[512]:slow_incr(1))
+        }
+    }
+--- response_body
+false true
+2
+
+
+
+=== TEST 21: a type whose Drop panics aborts the worker when the object is collected
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            ex.drop_panics()
+            ngx.timer.at(0.05, function()
+                collectgarbage()
+                collectgarbage()
+            end)
+            ngx.say("made")
+        }
+    }
+--- response_body
+made
+--- wait: 0.5
+--- error_log
+fixture userdata drop panic
+[alert]
+exited on signal 6
+
+
+
+=== TEST 22: an add_async_method_mut call whose light thread is killed keeps its borrow until the driver's sweep cancels it
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local c = ex.counter(0)
+            local th = ngx.thread.spawn(c.exclusive_incr, c, 5000)
+            ngx.sleep(0.01)
+            ngx.thread.kill(th)
+            ngx.say("at once: ", select(2, c:exclusive_incr(0)))
+            ngx.update_time()
+            local t0 = ngx.now()
+            while not c:exclusive_incr(0) and ngx.now() - t0 < 1 do
+                ngx.sleep(0.01)
+                ngx.update_time()
+            end
+            ngx.say("free within 0.3 s: ", ngx.now() - t0 < 0.3)
+        }
+    }
+--- response_body
+at once: bad argument `self` to `Counter.exclusive_incr`: error mutably borrowing userdata
+free within 0.3 s: true
+
+
+
+=== TEST 23: a registered type is looked for in the tables of a result down to 8 levels below it
+--- config
+    location = /t {
+        content_by_lua_block {
+            local ex = require "resty_async_fixtures"
+            local function bottom(t)
+                while type(t) == "table" do t = t[1] end
+                return t
+            end
+            -- (the result, and 9 levels of tables below it)
+            local c = bottom(ex.nested_counter(10))
+            local ok, err = pcall(c.slow_incr, c, 1)
+            ngx.say(ok, " ", err:match("must be registered") ~= nil)
+            c = bottom(ex.nested_counter(9))
+            ngx.say(c:slow_incr(1))
+        }
+    }
+--- response_body
+false true
+2
+
+
+
+=== TEST 24: a sync method's error is raised as its text, as a module function's is returned
 --- config
     location = /t {
         content_by_lua_block {

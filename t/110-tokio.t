@@ -32,6 +32,16 @@ $ENV{TEST_NGINX_TLS} = $tls;
     }
 }
 
+# A second module crate on the tokio feature: a copy of the example's
+# library, which the dynamic loader loads apart (another file).
+{
+    use File::Copy qw(copy);
+    for my $name ("second", "third") {
+        copy("build/resty_async_tokio.so", "$tls/${name}_tokio.so")
+            or die "cannot copy the tokio module: $!";
+    }
+}
+
 my $upstreams = <<'_EOC_';
     server {
         listen $TEST_NGINX_TOKIO_HTTP;
@@ -106,9 +116,9 @@ add_block_preprocessor(sub {
 # 100 fetches at once: 200 connections, client and server side.
 worker_connections(1024);
 
-# (TEST 12 checks the log after shutdown: one more; TEST 14 checks no
-# response: one less.)
-plan tests => repeat_each() * (blocks() * 7 + 13);
+# (TESTs 12 and 24 check the log after shutdown: one more each; TEST 14
+# checks no response: one less.)
+plan tests => repeat_each() * (blocks() * 7 + 14);
 
 run_tests();
 
@@ -711,3 +721,179 @@ rewrite: hello, access: hello
 ["[error]", "already running", qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
 --- no_shutdown_error_log eval
 [qr/\[alert\](?!.* lua_code_cache is off)/, "exited on signal"]
+
+
+
+=== TEST 24: the worker's exit waits 0.5 s for a blocking tokio job, not until it ends
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            ngx.say(t.blocking_job(2500))
+        }
+    }
+--- response_body
+true
+--- timeout: 6
+--- no_shutdown_error_log
+blocking tokio job done
+
+
+
+=== TEST 25: the runtime's threads block the signals nginx handles; the worker's own thread does not
+--- config
+    location = /t {
+        content_by_lua_block {
+            local bit = require "bit"
+            local t = require "resty_async_tokio"
+            assert(t.sleep(1))
+            -- SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGALRM, SIGTERM, SIGCHLD,
+            -- SIGWINCH, SIGIO: bits 0, 1, 2, 9, 13, 14, 16, 27, 28
+            local mask = 0
+            for _, sig in ipairs{ 1, 2, 3, 10, 14, 15, 17, 28, 29 } do
+                mask = bit.bor(mask, bit.lshift(1, sig - 1))
+            end
+            local dir = "/proc/" .. ngx.worker.pid() .. "/task/"
+            local function read(path)
+                local f = assert(io.open(path))
+                local s = f:read("*a")
+                f:close()
+                return s
+            end
+            local tokio, others = {}, {}
+            for tid in io.popen("ls " .. dir):lines() do
+                local name = read(dir .. tid .. "/comm"):gsub("\n", "")
+                local blk = read(dir .. tid .. "/status"):match("SigBlk:%s*(%x+)")
+                local low = tonumber(blk:sub(-8), 16)
+                local all = bit.band(low, mask) == mask
+                if name == "resty-tokio" then
+                    tokio[#tokio + 1] = tostring(all)
+                elseif tid == tostring(ngx.worker.pid()) then
+                    others[#others + 1] = tostring(bit.band(low, mask) == 0)
+                end
+            end
+            ngx.say("tokio threads block them: ", table.concat(tokio, " "))
+            ngx.say("worker thread blocks none: ", table.concat(others, " "))
+        }
+    }
+--- response_body
+tokio threads block them: true
+worker thread blocks none: true
+
+
+
+=== TEST 26: each module crate on the tokio feature has a runtime of its own; its first call returns once its threads run: counted, named, their signals blocked
+--- init_by_lua_block
+    async.configure{ tokio_threads = 16 }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local bit = require "bit"
+            -- SIGHUP, SIGQUIT, SIGTERM
+            local mask = bit.bor(bit.lshift(1, 0), bit.lshift(1, 2),
+                                 bit.lshift(1, 14))
+            local dir = "/proc/" .. ngx.worker.pid() .. "/task/"
+            local function read(path)
+                local f = assert(io.open(path))
+                local s = f:read("*a")
+                f:close()
+                return s
+            end
+            -- three module crates, three runtimes started one after another
+            local mods = { require "resty_async_tokio" }
+            for _, name in ipairs{ "second", "third" } do
+                local open = assert(package.loadlib(
+                    "$TEST_NGINX_TLS/" .. name .. "_tokio.so",
+                    "luaopen_resty_async_tokio"))
+                mods[#mods + 1] = open()
+            end
+            for i, m in ipairs(mods) do
+                assert(m.sleep(0))
+                local named, blocking = 0, 0
+                for tid in io.popen("ls " .. dir):lines() do
+                    if read(dir .. tid .. "/comm") == "resty-tokio\n" then
+                        named = named + 1
+                        local blk = read(dir .. tid .. "/status")
+                                    :match("SigBlk:%s*(%x+)")
+                        if bit.band(tonumber(blk:sub(-8), 16), mask) == mask
+                        then
+                            blocking = blocking + 1
+                        end
+                    end
+                end
+                ngx.say(i, ": stats ", async.stats().tokio_threads,
+                        ", named ", named, ", blocking signals ", blocking)
+            end
+        }
+    }
+--- response_body
+1: stats 16, named 16, blocking signals 16
+2: stats 32, named 32, blocking signals 32
+3: stats 48, named 48, blocking signals 48
+
+
+
+=== TEST 27: tokio's TcpStream works in an add_async function as it stands
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            ngx.say(t.tcp_get("$TEST_NGINX_TOKIO_HTTP", "/hello"))
+            ngx.say(t.tcp_get("127.0.0.1:1", "/"))
+        }
+    }
+--- response_body
+HTTP/1.1 200 OK
+nilConnection refused (os error 111)
+
+
+
+=== TEST 28: a task started with plain tokio::spawn is detached: a timeout of the call does not abort it
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local t = require "resty_async_tokio"
+            local before = t.dropped()
+            ngx.say(async.with_timeout(0.05, t.plain_spawn_sleep, 400))
+            ngx.sleep(0.15)
+            ngx.say("at 0.2 s: ", t.dropped() - before)
+            ngx.sleep(0.4)
+            ngx.say("at 0.6 s: ", t.dropped() - before)
+        }
+    }
+--- response_body
+niltimeout
+at 0.2 s: 0
+at 0.6 s: 1
+
+
+
+=== TEST 29: an add_blocking closure runs outside the tokio runtime's context
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "resty_async_tokio"
+            assert(t.sleep(0))
+            ngx.say(t.blocking_in_context())
+        }
+    }
+--- response_body
+false
+
+
+
+=== TEST 30: tokio_threads holds when an add_blocking closure is what starts the runtime
+--- init_by_lua_block
+    async.configure{ tokio_threads = 3 }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local async = require "resty.async"
+            local t = require "resty_async_tokio"
+            ngx.say(t.workers_from_pool(), " ", async.stats().tokio_threads)
+        }
+    }
+--- response_body
+3 3

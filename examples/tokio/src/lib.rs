@@ -465,6 +465,59 @@ fn resty_async_tokio(lua: &Lua) -> LuaResult<LuaTable> {
         Ok(true)
     })?;
 
+    // A blocking tokio job nobody awaits, sleeping `ms` on a blocking
+    // thread of the runtime (as a DNS look-up does), then logging that it
+    // ended: the runtime's shutdown at exit waits for it only briefly.
+    m.add_function("blocking_job", |_, ms: u64| {
+        let ms = ms.min(60_000);
+        resty_async::tokio::handle().spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            eprintln!("blocking tokio job done after {ms} ms");
+        });
+        Ok(true)
+    })?;
+
+    // tokio's own TcpStream, on the resty-async task itself: sends an
+    // HTTP/1.0 GET of `path` to `addr`, returns the status line.
+    m.add_async("tcp_get", |_lua, (addr, path): (String, String)| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(LuaError::external)?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .map_err(LuaError::external)?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.map_err(LuaError::external)?;
+        let resp = String::from_utf8_lossy(&resp);
+        Ok(resp.lines().next().unwrap_or("").to_owned())
+    })?;
+
+    // A guarded sleep started with plain `tokio::spawn`, whose tokio
+    // handle the call awaits: the call's end does not abort it.
+    m.add_async("plain_spawn_sleep", |_lua, ms: u64| async move {
+        let guard = DropGuard;
+        let h = tokio::spawn(async move {
+            let _guard = guard;
+            tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+        });
+        h.await.map_err(LuaError::external)?;
+        Ok(true)
+    })?;
+
+    // Whether an add_blocking closure (on a pool thread) is in a tokio
+    // runtime's context.
+    m.add_blocking("blocking_in_context", |()| {
+        Ok::<_, String>(tokio::runtime::Handle::try_current().is_ok())
+    })?;
+
+    // The worker threads of the runtime, from `resty_async::tokio::handle`
+    // called in an add_blocking closure (on a pool thread), which may be
+    // what starts it.
+    m.add_blocking("workers_from_pool", |()| {
+        Ok::<_, String>(resty_async::tokio::handle().metrics().num_workers())
+    })?;
+
     m.add_async("panic_after", |_lua, ms: u64| async move {
         resty_async::tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -15,6 +15,9 @@ local str_find = string.find
 local str_sub = string.sub
 local debug_getinfo = debug.getinfo
 local debug_getupvalue = debug.getupvalue
+local debug_setupvalue = debug.setupvalue
+local select = select
+local setmetatable = setmetatable
 
 
 local _M = {}
@@ -29,39 +32,48 @@ end
 
 
 -- Metatable keys whose C functions are not a type's sync metamethods to
--- wrap: the collector's, and the lookups (mlua's own, scanned apart).
+-- wrap: the collector's, and the lookups (scanned apart).
 local NOT_WRAPPED = {
     __gc = true, __close = true, __index = true, __newindex = true,
 }
 
 -- The upvalues of mlua's __index and __newindex functions that hold a
--- type's methods, field getters and field setters.
+-- type's methods, field getters and field setters (tables), or the type's
+-- own __index and __newindex metamethods (functions).
 local LOOKUP_UPVALUES = {
     __index = true, methods = true, field_getters = true,
     field_setters = true, __newindex = true,
 }
 
 
--- The async functions (mlua's) in userdata metatable `mt`, as `{ table,
+-- The async functions (mlua's) in userdata metatable `mt`, as `{ host,
 -- key, function }`: its async metamethods, and the async methods in its
 -- __index table, or in the tables mlua's own __index function looks in.
 -- The second result: its other methods, metamethods, field getters and
--- setters (C functions), likewise.
+-- setters (C functions), likewise. `host[key]` holds the function, or,
+-- when the entry's `up` is true, upvalue number `key` of function `host`
+-- does (a type's own __index or __newindex, which mlua's lookup function
+-- calls when the key is none of its methods and fields).
 function _M.async_methods(mt)
     local out, sync, seen = {}, {}, {}
+    local function add(host, k, v, up)
+        local src = mlua_source(v)
+        if src == "=__mlua_async_poll" then
+            out[#out + 1] = { host, k, v, up = up }
+        elseif src == "=[C]" then
+            sync[#sync + 1] = { host, k, v, up = up }
+        end
+    end
     local function scan(t, skip)
         if type(t) ~= "table" or seen[t] then
             return
         end
         seen[t] = true
         for k, v in pairs(t) do
-            if type(k) == "string" then
-                if mlua_source(v) == "=__mlua_async_poll" then
-                    out[#out + 1] = { t, k, v }
-                elseif mlua_source(v) == "=[C]" and not (skip and skip[k])
-                then
-                    sync[#sync + 1] = { t, k, v }
-                end
+            if type(k) == "string" and not (skip and skip[k]
+                                            and mlua_source(v) == "=[C]")
+            then
+                add(t, k, v)
             end
         end
     end
@@ -79,12 +91,38 @@ function _M.async_methods(mt)
                     break
                 end
                 if LOOKUP_UPVALUES[name] then
-                    scan(v)
+                    if type(v) == "table" then
+                        scan(v)
+                    elseif name == key then
+                        add(f, i, v, true)
+                    end
                 end
             end
+        elseif mlua_source(f) == "=[C]" then
+            -- the type's own sync __index or __newindex
+            sync[#sync + 1] = { mt, key, f }
         end
     end
     return out, sync
+end
+
+
+-- The name (for messages) of an entry of async_methods().
+local function entry_name(m)
+    if m.up then
+        return (debug_getupvalue(m[1], m[2]))
+    end
+    return m[2]
+end
+
+
+-- Puts `f` where the entry `m` of async_methods() was.
+local function replace(m, f)
+    if m.up then
+        debug_setupvalue(m[1], m[2], f)
+    else
+        m[1][m[2]] = f
+    end
 end
 
 
@@ -115,9 +153,42 @@ local function rethrow(ok, ...)
 end
 
 
-local function raising_strings(f)
+-- Runtimes `rt` (see _M.adopt) with no registered type left to take
+-- over.
+local all_adopted = setmetatable({}, { __mode = "k" })
+
+
+-- Takes over the registered types of the userdata among `...`, or in the
+-- tables among them: a sync method, field or metamethod (a pool's
+-- `conn()`) may be where a value of one first reaches Lua.
+local function adopt_results(rt, ...)
+    for i = 1, select("#", ...) do
+        local v = select(i, ...)
+        local tv = type(v)
+        if (tv == "userdata" or tv == "table") and not rt.adopt(v) then
+            all_adopted[rt] = true
+            return
+        end
+    end
+end
+
+
+local function pass(rt, ok, ...)
+    if ok and not all_adopted[rt] then
+        adopt_results(rt, ...)
+    end
+    return rethrow(ok, ...)
+end
+
+
+local function raising_strings(f, rt)
+    if not rt then
+        return function(...)
+            return rethrow(pcall(f, ...))
+        end
+    end
     return function(...)
-        return rethrow(pcall(f, ...))
+        return pass(rt, pcall(f, ...))
     end
 end
 
@@ -172,18 +243,20 @@ _M.UNREGISTERED = "this async Rust function or method must be registered "
 
 -- Replaces the async methods of userdata metatable `mt`, of the type
 -- `type_name`, with `make(name, raw)`: `raw` is the raw function that
--- runtime `rt` makes of the method (`rt.lua_async`). Once per metatable.
+-- runtime `rt` makes of the method (`rt.lua_async`); and its sync ones with
+-- functions that raise their errors as strings and take over the types
+-- of the objects they return (`rt.adopt`). Once per metatable.
 function _M.adopt(mt, type_name, rt, make)
     if rawget(mt, CLASS_MARK) then
         return
     end
     local async, sync = _M.async_methods(mt)
     for _, m in ipairs(async) do
-        local name = type_name .. ":" .. m[2]
-        m[1][m[2]] = make(name, rt.lua_async(name, m[3]))
+        local name = type_name .. ":" .. entry_name(m)
+        replace(m, make(name, rt.lua_async(name, m[3])))
     end
     for _, m in ipairs(sync) do
-        m[1][m[2]] = raising_strings(m[3])
+        replace(m, raising_strings(m[3], rt))
     end
     rawset(mt, CLASS_MARK, true)
 end
