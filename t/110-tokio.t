@@ -753,23 +753,12 @@ blocking tokio job done
             for _, sig in ipairs{ 1, 2, 3, 10, 14, 15, 17, 28, 29 } do
                 mask = bit.bor(mask, bit.lshift(1, sig - 1))
             end
-            local dir = "/proc/" .. ngx.worker.pid() .. "/task/"
-            local function read(path)
-                local f = assert(io.open(path))
-                local s = f:read("*a")
-                f:close()
-                return s
-            end
             local tokio, others = {}, {}
-            for tid in io.popen("ls " .. dir):lines() do
-                local name = read(dir .. tid .. "/comm"):gsub("\n", "")
-                local blk = read(dir .. tid .. "/status"):match("SigBlk:%s*(%x+)")
-                local low = tonumber(blk:sub(-8), 16)
-                local all = bit.band(low, mask) == mask
-                if name == "resty-tokio" then
-                    tokio[#tokio + 1] = tostring(all)
-                elseif tid == tostring(ngx.worker.pid()) then
-                    others[#others + 1] = tostring(bit.band(low, mask) == 0)
+            for _, t in ipairs(require("t_proc").tasks()) do
+                if t.name == "resty-tokio" then
+                    tokio[#tokio + 1] = tostring(bit.band(t.blocked, mask) == mask)
+                elseif t.tid == tostring(ngx.worker.pid()) then
+                    others[#others + 1] = tostring(bit.band(t.blocked, mask) == 0)
                 end
             end
             ngx.say("tokio threads block them: ", table.concat(tokio, " "))
@@ -793,13 +782,6 @@ worker thread blocks none: true
             -- SIGHUP, SIGQUIT, SIGTERM
             local mask = bit.bor(bit.lshift(1, 0), bit.lshift(1, 2),
                                  bit.lshift(1, 14))
-            local dir = "/proc/" .. ngx.worker.pid() .. "/task/"
-            local function read(path)
-                local f = assert(io.open(path))
-                local s = f:read("*a")
-                f:close()
-                return s
-            end
             -- three module crates, three runtimes started one after another
             local mods = { require "resty_async_tokio" }
             for _, name in ipairs{ "second", "third" } do
@@ -811,13 +793,10 @@ worker thread blocks none: true
             for i, m in ipairs(mods) do
                 assert(m.sleep(0))
                 local named, blocking = 0, 0
-                for tid in io.popen("ls " .. dir):lines() do
-                    if read(dir .. tid .. "/comm") == "resty-tokio\n" then
+                for _, t in ipairs(require("t_proc").tasks()) do
+                    if t.name == "resty-tokio" then
                         named = named + 1
-                        local blk = read(dir .. tid .. "/status")
-                                    :match("SigBlk:%s*(%x+)")
-                        if bit.band(tonumber(blk:sub(-8), 16), mask) == mask
-                        then
+                        if bit.band(t.blocked, mask) == mask then
                             blocking = blocking + 1
                         end
                     end

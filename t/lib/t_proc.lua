@@ -19,4 +19,30 @@ function _M.threads()
     end
 end
 
+local function read(path)
+    local f = assert(io.open(path))
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+-- The worker's threads: a list of { tid = "123", name = "nginx",
+-- blocked = the low 32 bits of their blocked signals' mask (signal n is
+-- bit n - 1) }.
+function _M.tasks()
+    local dir = "/proc/" .. ngx.worker.pid() .. "/task/"
+    local out = {}
+    local p = assert(io.popen("ls " .. dir))
+    for tid in p:lines() do
+        local blk = read(dir .. tid .. "/status"):match("SigBlk:%s*(%x+)")
+        out[#out + 1] = {
+            tid = tid,
+            name = (read(dir .. tid .. "/comm"):gsub("\n", "")),
+            blocked = tonumber(blk:sub(-8), 16),
+        }
+    end
+    p:close()
+    return out
+end
+
 return _M
