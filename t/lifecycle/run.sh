@@ -88,11 +88,17 @@ say "steady load: $out"
 # the tokio module, which makes its HTTP clients there), and the tokio
 # runtime's one worker thread (its URLs need no DNS look-up).
 max_threads=$((1 + 3 * $(nproc) + 1))
+# (A connection of a fetch that just ended may still be closing; with
+# lua_code_cache off, the VMs of the last requests close once their
+# drivers see them idle, their pool threads once their jobs end: their GC,
+# which the drivers' idle turns advance step by step, must first collect
+# the requests' task handles. That took 2-3 s after this load on an idle
+# 2-vCPU machine, and more than 5 s in one clean-clone CI run. A VM left
+# open stays for the 30 s of /keep's tasks, longer than this wait.)
+settle=50
+[ "$code_cache" = off ] && settle=150
 for w in "${!fds_before[@]}"; do
-    # (A connection of a fetch that just ended may still be closing; with
-    # lua_code_cache off, the VMs of the last requests close once their
-    # drivers see them idle, their pool threads once their jobs end.)
-    for _ in $(seq 50); do
+    for _ in $(seq $settle); do
         [ "$(fds_of "$w")" -le "${fds_before[$w]}" ] && [ "$(threads_of "$w")" -le "$max_threads" ] && break
         sleep 0.1
     done
