@@ -92,9 +92,9 @@ max_threads=$((1 + 3 * $(nproc) + 1))
 # lua_code_cache off, the VMs of the last requests close once their
 # drivers see them idle, their pool threads once their jobs end: their GC,
 # which the drivers' idle turns advance step by step, must first collect
-# the requests' task handles. That took 2-3 s after this load on an idle
-# 2-vCPU machine, and more than 5 s in one clean-clone CI run. A VM left
-# open stays for the 30 s of /keep's tasks, longer than this wait.)
+# the requests' task handles: seconds after this load, more on a busy
+# machine. A VM left open stays for the 30 s of /keep's tasks, longer
+# than this wait.)
 settle=50
 [ "$code_cache" = off ] && settle=150
 for w in "${!fds_before[@]}"; do
