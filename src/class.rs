@@ -118,6 +118,15 @@ pub(crate) fn adopt_in(lua: &Lua, t: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
+/// A result `v` of Rust code for Lua: [`adopt`] if it is a userdata,
+/// [`adopt_in`] if it is a table and a registered type is still pending.
+pub(crate) fn adopt_value(lua: &Lua, v: &Value) -> mlua::Result<()> {
+    match v {
+        Value::Table(t) if pending(lua) => adopt_in(lua, t),
+        v => adopt(lua, v),
+    }
+}
+
 /// If `v` is a value, or a proxy, of a registered type whose metatable
 /// was not taken over yet in this VM, takes it over.
 pub(crate) fn adopt(lua: &Lua, v: &Value) -> mlua::Result<()> {

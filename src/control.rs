@@ -135,10 +135,7 @@ pub(crate) fn control_table(lua: &Lua, vm: &Rc<VmRuntime>) -> mlua::Result<Table
     t.raw_set(
         "adopt",
         lua.create_function(|lua, v: Value| {
-            match &v {
-                Value::Table(t) if crate::class::pending(lua) => crate::class::adopt_in(lua, t)?,
-                v => crate::class::adopt(lua, v)?,
-            }
+            crate::class::adopt_value(lua, &v)?;
             Ok(crate::class::pending(lua))
         })?,
     )?;

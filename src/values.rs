@@ -62,11 +62,7 @@ pub(crate) fn convert<R: IntoLuaMulti + 'static>(lua: &Lua, r: R) -> mlua::Resul
             // A value of a registered userdata type, alone or in a table:
             // see crate::class.
             for v in values.iter() {
-                match v {
-                    Value::UserData(_) => crate::class::adopt(lua, v)?,
-                    Value::Table(t) if crate::class::pending(lua) => crate::class::adopt_in(lua, t)?,
-                    _ => {}
-                }
+                crate::class::adopt_value(lua, v)?;
             }
             Ok(LuaValues::Many(values))
         }

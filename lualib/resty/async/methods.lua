@@ -182,11 +182,6 @@ end
 
 
 local function raising_strings(f, rt)
-    if not rt then
-        return function(...)
-            return rethrow(pcall(f, ...))
-        end
-    end
     return function(...)
         return pass(rt, pcall(f, ...))
     end
